@@ -1,0 +1,1 @@
+"""assigncore: session queueing and automatic assignment engine."""

@@ -1,0 +1,49 @@
+import numpy as np
+import numpy.typing as npt
+
+ALGORITHM_COUNT: int
+
+class RankKernel:
+    def __init__(self) -> None: ...
+    def bind_reps(
+        self,
+        load: npt.NDArray[np.int32],
+        cap: npt.NDArray[np.int32],
+        flags: npt.NDArray[np.uint8],
+        avail: npt.NDArray[np.float64],
+        skills: npt.NDArray[np.uint8],
+        marks: npt.NDArray[np.uint8],
+        n_reps: int,
+    ) -> None: ...
+    def bind_teams(
+        self,
+        indptr: npt.NDArray[np.int32],
+        members: npt.NDArray[np.int32],
+        alg: npt.NDArray[np.int8],
+        n_teams: int,
+    ) -> None: ...
+    def bind_sessions(
+        self,
+        team: npt.NDArray[np.int32],
+        nreq: npt.NDArray[np.uint8],
+        req_skill: npt.NDArray[np.int32],
+        req_level: npt.NDArray[np.uint8],
+        decl_off: npt.NDArray[np.int32],
+        decl_cnt: npt.NDArray[np.int32],
+        n_slots: int,
+    ) -> None: ...
+    def best_candidate(
+        self,
+        candidates: npt.NDArray[np.int32],
+        algorithm: int,
+        req_skill: npt.NDArray[np.int32],
+        req_level: npt.NDArray[np.uint8],
+        declined: npt.NDArray[np.int32],
+    ) -> int: ...
+    def assign_batch(
+        self,
+        order: npt.NDArray[np.int64],
+        decl_pool: npt.NDArray[np.int32],
+        out_slot: npt.NDArray[np.int32],
+        out_rep: npt.NDArray[np.int32],
+    ) -> int: ...

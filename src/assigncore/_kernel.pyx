@@ -1,0 +1,291 @@
+"""Cython ranking kernel: picks the best rep for a session, and runs a whole assignment
+pass over every waiting session, on the engine's columnar arrays.
+
+The kernel holds typed memoryviews of the arrays owned by `columns.RepTable` and
+`columns.SessionTable` (rebound whenever those grow), so a call sets nothing up.
+Semantics are identical to `reference.py`, which is the test oracle.
+
+Compiler directives (boundscheck etc.) come from setup.py, so that a debug build can
+turn the checks back on with ASSIGNCORE_DEBUG_BUILD=1.
+"""
+
+cimport cython
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, INT64_MAX
+from libc.math cimport INFINITY
+
+import numpy as np
+
+# Ineligibility bits; must match columns.py.
+DEF FLAG_PENDING_OFFER = 32
+
+# rank_load of a rep that is not eligible (must match columns.INELIGIBLE).
+DEF INELIGIBLE = 0x7fffffff
+
+cdef extern from *:
+    """
+    #define AC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    """
+    bint AC_UNLIKELY(bint) noexcept nogil
+
+# --- policies -------------------------------------------------------------------------
+# One definition per routing algorithm. Adding a fifth = one function here, one entry in
+# POLICIES below, and its twin in reference.py.
+
+cdef int64_t _skills_match(const level_t* skill_row, const int32_t* req_skill,
+                           const level_t* req_level, int nreq) noexcept nogil:
+    return -matched_prefix(skill_row, req_skill, req_level, nreq)
+
+
+cdef int64_t _best_skills(const level_t* skill_row, const int32_t* req_skill,
+                          const level_t* req_level, int nreq) noexcept nogil:
+    cdef int kept = matched_prefix(skill_row, req_skill, req_level, nreq)
+    cdef int64_t total = 0
+    cdef int j
+    for j in range(kept):
+        total += skill_row[req_skill[j]]
+    # Prefix first (qualification), then the proficiency sum over the kept skills.
+    return -((<int64_t>kept << 20) + total)
+
+
+DEF N_ALGORITHMS = 4
+DEF ALG_NONE = 0
+cdef policy_fn POLICIES[N_ALGORITHMS]
+POLICIES[0] = NULL            # NONE: never auto-assigned, handled before ranking
+POLICIES[1] = NULL            # LEAST_BUSY
+POLICIES[2] = _skills_match   # SKILLS_MATCH_LEAST_BUSY
+POLICIES[3] = _best_skills    # BEST_SKILLS
+
+ALGORITHM_COUNT = N_ALGORITHMS
+
+
+cdef uint8_t _EMPTY_U8[1]
+cdef int32_t _EMPTY_I32[1]
+
+
+@cython.final
+cdef class RankKernel:
+    """Ranking over the engine's columns. Not thread-safe (the engine is single-writer)."""
+
+    # rep columns
+    cdef int32_t[::1] rank_load    # load if eligible, else INELIGIBLE (kept by RepTable)
+    cdef uint8_t[::1] flags
+    cdef double[::1] avail
+    cdef uint8_t[:, ::1] skills
+    cdef uint8_t[::1] marks        # scratch: declined reps of the session being ranked
+    cdef Py_ssize_t n_reps
+    # team columns
+    cdef int32_t[::1] team_indptr
+    cdef int32_t[::1] team_members
+    cdef int8_t[::1] team_alg
+    cdef Py_ssize_t n_teams
+    # session columns
+    cdef int32_t[::1] s_team
+    cdef uint8_t[::1] s_nreq
+    cdef int32_t[:, ::1] s_req_skill
+    cdef uint8_t[:, ::1] s_req_level
+    cdef int32_t[::1] s_decl_off
+    cdef int32_t[::1] s_decl_cnt
+    cdef Py_ssize_t n_slots
+
+    def __init__(self):
+        self.n_reps = 0
+        self.n_teams = 0
+        self.n_slots = 0
+
+    def bind_reps(self, int32_t[::1] rank_load, uint8_t[::1] flags,
+                  double[::1] avail, uint8_t[:, ::1] skills, uint8_t[::1] marks,
+                  Py_ssize_t n_reps):
+        if not (rank_load.shape[0] >= n_reps
+                and flags.shape[0] >= n_reps and avail.shape[0] >= n_reps
+                and skills.shape[0] >= n_reps and marks.shape[0] >= n_reps
+                and skills.shape[1] >= 1):
+            raise ValueError("rep columns are shorter than n_reps")
+        self.rank_load, self.flags, self.avail = rank_load, flags, avail
+        self.skills, self.marks, self.n_reps = skills, marks, n_reps
+
+    def bind_teams(self, int32_t[::1] indptr, int32_t[::1] members, int8_t[::1] alg,
+                   Py_ssize_t n_teams):
+        if indptr.shape[0] < n_teams + 1 or alg.shape[0] < n_teams:
+            raise ValueError("team columns are shorter than n_teams")
+        if members.shape[0] < indptr[n_teams]:
+            raise ValueError("team member list is shorter than its index says")
+        cdef Py_ssize_t i
+        for i in range(indptr[n_teams]):
+            if members[i] < 0 or members[i] >= self.n_reps:
+                raise IndexError(f"team member ordinal {members[i]} out of range")
+        for i in range(n_teams):
+            if alg[i] < 0 or alg[i] >= N_ALGORITHMS:
+                raise ValueError(f"unknown algorithm {alg[i]}")
+        self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
+        self.n_teams = n_teams
+
+    def bind_sessions(self, int32_t[::1] team, uint8_t[::1] nreq,
+                      int32_t[:, ::1] req_skill, uint8_t[:, ::1] req_level,
+                      int32_t[::1] decl_off, int32_t[::1] decl_cnt, Py_ssize_t n_slots):
+        if not (team.shape[0] >= n_slots and nreq.shape[0] >= n_slots
+                and req_skill.shape[0] >= n_slots and req_level.shape[0] >= n_slots
+                and req_skill.shape[1] == req_level.shape[1]
+                and decl_off.shape[0] >= n_slots and decl_cnt.shape[0] >= n_slots):
+            raise ValueError("session columns are shorter than n_slots")
+        self.s_team, self.s_nreq = team, nreq
+        self.s_req_skill, self.s_req_level = req_skill, req_level
+        self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
+
+    # --- ranking core -----------------------------------------------------------------
+
+    cdef ord_t _rank(self, const int32_t* cand, Py_ssize_t n, int algorithm,
+                     const int32_t* req_skill, const level_t* req_level, int nreq,
+                     bint any_declined, Py_ssize_t* n_eligible) noexcept nogil:
+        """Best eligible, undeclined candidate or -1. Reads rank_load (the load of an
+        eligible rep, INELIGIBLE otherwise) for every candidate and the rest only for a
+        would-be winner. Declined reps are marked in self.marks. Counts eligible
+        candidates (declined or not) into n_eligible."""
+        cdef const int32_t* rank_load = &self.rank_load[0]
+        cdef const double* avail = &self.avail[0]
+        cdef const uint8_t* marks = &self.marks[0]
+        cdef const uint8_t* skills = &self.skills[0, 0]
+        cdef Py_ssize_t row = self.skills.shape[1]
+        cdef policy_fn policy = POLICIES[algorithm]
+        cdef ord_t best = -1, r
+        cdef int32_t best_load = INELIGIBLE, l
+        cdef int64_t best_major = INT64_MAX, major
+        cdef double best_avail = INFINITY, a
+        cdef Py_ssize_t i, ok = 0
+        cdef uint32_t n_reps = <uint32_t>self.n_reps
+        if policy == NULL:
+            for i in range(n):
+                r = cand[i]
+                if AC_UNLIKELY(<uint32_t>r >= n_reps):
+                    n_eligible[0] = -1
+                    return -1
+                l = rank_load[r]
+                ok += l != INELIGIBLE
+                if AC_UNLIKELY(l <= best_load):
+                    if l == INELIGIBLE:
+                        continue
+                    a = avail[r]
+                    if (l < best_load) | (a < best_avail) | ((a == best_avail) & (r < best)):
+                        if any_declined and marks[r]:
+                            continue
+                        best, best_load, best_avail = r, l, a
+        else:
+            for i in range(n):
+                r = cand[i]
+                if AC_UNLIKELY(<uint32_t>r >= n_reps):
+                    n_eligible[0] = -1
+                    return -1
+                l = rank_load[r]
+                if l == INELIGIBLE:
+                    continue
+                ok += 1
+                if any_declined and marks[r]:
+                    continue
+                major = policy(skills + r * row, req_skill, req_level, nreq)
+                a = avail[r]
+                if ranks_before(major, l, a, r, best_major, best_load, best_avail, best):
+                    best, best_major, best_load, best_avail = r, major, l, a
+        n_eligible[0] = ok
+        return best
+
+    cdef inline void _mark(self, const int32_t* reps, Py_ssize_t n, uint8_t value) noexcept nogil:
+        cdef Py_ssize_t i
+        for i in range(n):
+            self.marks[reps[i]] = value
+
+    def best_candidate(self, const int32_t[::1] candidates, int algorithm,
+                       const int32_t[::1] req_skill, const uint8_t[::1] req_level,
+                       const int32_t[::1] declined):
+        """Best rep among `candidates` for a session with the given ranked requirements,
+        or -1. `algorithm` NONE returns -1 (never auto-assigned)."""
+        if algorithm < 0 or algorithm >= N_ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm}")
+        if req_skill.shape[0] != req_level.shape[0]:
+            raise ValueError("req_skill and req_level differ in length")
+        cdef Py_ssize_t n = candidates.shape[0], nd = declined.shape[0], i, ok = 0
+        cdef Py_ssize_t nreq = req_skill.shape[0], n_reps = self.n_reps
+        cdef Py_ssize_t ncols = self.skills.shape[1] if n_reps else 0
+        cdef ord_t best
+        for i in range(nreq):
+            if req_skill[i] < 0 or req_skill[i] >= ncols:
+                raise IndexError(f"skill ordinal {req_skill[i]} out of range")
+        if algorithm == ALG_NONE or n == 0:
+            return -1
+        for i in range(nd):
+            if <size_t>declined[i] >= <size_t>n_reps:
+                raise IndexError(f"declined rep ordinal {declined[i]} out of range")
+        with nogil:
+            self._mark(&declined[0] if nd else _EMPTY_I32, nd, 1)
+            best = self._rank(&candidates[0], n, algorithm,
+                              &req_skill[0] if nreq else _EMPTY_I32,
+                              &req_level[0] if nreq else _EMPTY_U8, <int>nreq, nd > 0, &ok)
+            self._mark(&declined[0] if nd else _EMPTY_I32, nd, 0)
+        if ok < 0:
+            raise IndexError("candidate rep ordinal out of range")
+        return best
+
+    def assign_batch(self, const int64_t[::1] order, const int32_t[::1] decl_pool,
+                     int32_t[::1] out_slot, int32_t[::1] out_rep):
+        """One assignment pass. `order` lists session slots in rule-4 order (priority,
+        then created time). Each session whose team queue auto-assigns is offered to its
+        best eligible, undeclined team member; that rep gets FLAG_PENDING_OFFER at once,
+        so later sessions see it as taken. Writes the offers to out_slot/out_rep and
+        returns how many were made."""
+        cdef Py_ssize_t n = order.shape[0], k, made = 0, ok, start, end, nd
+        cdef Py_ssize_t n_reps = self.n_reps, n_teams = self.n_teams
+        cdef Py_ssize_t n_slots = self.n_slots, cap_out = out_slot.shape[0]
+        cdef Py_ssize_t remaining = 0, r, pool_n = decl_pool.shape[0]
+        cdef int64_t s
+        cdef int32_t t
+        cdef int nreq
+        cdef ord_t best
+        if out_rep.shape[0] < cap_out:
+            raise ValueError("out_rep is shorter than out_slot")
+        if n == 0 or n_reps == 0 or n_teams == 0:
+            return 0
+        cdef uint8_t[::1] team_done = np.zeros(n_teams, dtype=np.uint8)
+        for k in range(n):
+            s = order[k]
+            if s < 0 or s >= n_slots:
+                raise IndexError(f"session slot {s} out of range")
+            if self.s_team[s] >= n_teams:
+                raise IndexError(f"team ordinal {self.s_team[s]} out of range")
+            if self.s_decl_cnt[s] and (self.s_decl_off[s] < 0
+                                       or self.s_decl_off[s] + self.s_decl_cnt[s] > pool_n):
+                raise IndexError(f"declined list of slot {s} is outside the pool")
+        for k in range(pool_n):
+            if decl_pool[k] < 0 or decl_pool[k] >= n_reps:
+                raise IndexError(f"declined rep ordinal {decl_pool[k]} out of range")
+        with nogil:
+            for r in range(n_reps):
+                remaining += self.rank_load[r] != INELIGIBLE
+            for k in range(n):
+                if remaining == 0 or made == cap_out:
+                    break
+                s = order[k]
+                t = self.s_team[s]
+                if t < 0 or team_done[t] or self.team_alg[t] == ALG_NONE:
+                    continue
+                start = self.team_indptr[t]
+                end = self.team_indptr[t + 1]
+                nd = self.s_decl_cnt[s]
+                nreq = self.s_nreq[s]
+                if nd:
+                    self._mark(&decl_pool[self.s_decl_off[s]], nd, 1)
+                best = self._rank(&self.team_members[start] if end > start else _EMPTY_I32,
+                                  end - start, self.team_alg[t],
+                                  &self.s_req_skill[s, 0], &self.s_req_level[s, 0], nreq,
+                                  nd > 0, &ok)
+                if nd:
+                    self._mark(&decl_pool[self.s_decl_off[s]], nd, 0)
+                if ok <= 0:
+                    # Nobody in this team is eligible; nobody will become so in this pass.
+                    team_done[t] = 1
+                if best < 0:
+                    continue
+                self.flags[best] |= FLAG_PENDING_OFFER
+                self.rank_load[best] = INELIGIBLE
+                remaining -= 1
+                out_slot[made] = <int32_t>s
+                out_rep[made] = best
+                made += 1
+        return made

@@ -1,0 +1,229 @@
+"""Columnar state the kernel ranks over: reps, team membership, assignable sessions.
+
+Each table owns growable numpy arrays indexed by a dense ordinal and rebinds the kernel
+whenever an array is reallocated, so the kernel's memoryviews are always current and a
+ranking call has no set-up cost. The engine updates these columns in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Ineligibility bits of RepTable.flags; 0 means eligible (load < cap is checked apart).
+FLAG_OFFLINE = 1
+FLAG_LOCKED = 2
+FLAG_IDLE = 4
+FLAG_OPTED_OUT = 8
+FLAG_WRAP_UP = 16
+FLAG_PENDING_OFFER = 32
+FLAG_REMOVED = 64
+
+NO_CAP = np.iinfo(np.int32).max
+# rank_load of a rep that is not eligible; must match INELIGIBLE in _kernel.pyx.
+INELIGIBLE = np.iinfo(np.int32).max
+MAX_REQUIRED_SKILLS = 8
+
+
+def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows,) + arr.shape[1:], dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+class RepTable:
+    """Per-rep columns: load, cap (max concurrent sessions), flags, available_since,
+    skill levels (rep x skill matrix, 0 = skill absent).
+
+    rank_load is derived: the load of an eligible rep (flags == 0 and load < cap), else
+    INELIGIBLE. It folds three columns into the one the kernel reads per candidate; it is
+    only ever written through the methods below, which keep it in step.
+    """
+
+    def __init__(self, kernel, capacity: int = 64, skill_capacity: int = 8) -> None:
+        self.kernel = kernel
+        self.n = 0
+        self.load = np.zeros(capacity, dtype=np.int32)
+        self.cap = np.full(capacity, NO_CAP, dtype=np.int32)
+        self.flags = np.zeros(capacity, dtype=np.uint8)
+        self.avail = np.zeros(capacity, dtype=np.float64)
+        self.rank_load = np.full(capacity, INELIGIBLE, dtype=np.int32)
+        self.skills = np.zeros((capacity, skill_capacity), dtype=np.uint8)
+        self.marks = np.zeros(capacity, dtype=np.uint8)
+        self.n_skills = 0
+        self._bind()
+
+    def _bind(self) -> None:
+        self.kernel.bind_reps(self.rank_load, self.flags, self.avail, self.skills,
+                              self.marks, self.n)
+
+    def add(self) -> int:
+        """A new rep ordinal (offline, no load, no skills). Ordinals are never reused."""
+        if self.n == len(self.load):
+            size = 2 * len(self.load)
+            self.load = _grow(self.load, size)
+            self.cap = _grow(self.cap, size)
+            self.flags = _grow(self.flags, size)
+            self.avail = _grow(self.avail, size)
+            self.rank_load = _grow(self.rank_load, size)
+            self.skills = _grow(self.skills, size)
+            self.marks = _grow(self.marks, size)
+        ordinal = self.n
+        self.n += 1
+        self.load[ordinal] = 0
+        self.cap[ordinal] = NO_CAP
+        self.flags[ordinal] = FLAG_OFFLINE
+        self.rank_load[ordinal] = INELIGIBLE
+        self._bind()
+        return ordinal
+
+    def add_skill_column(self) -> int:
+        if self.n_skills == self.skills.shape[1]:
+            wider = np.zeros((self.skills.shape[0], 2 * self.skills.shape[1]), dtype=np.uint8)
+            wider[:, : self.n_skills] = self.skills[:, : self.n_skills]
+            self.skills = wider
+            self._bind()
+        self.n_skills += 1
+        return self.n_skills - 1
+
+    def eligible(self, rep: int) -> bool:
+        return bool(self.flags[rep] == 0 and self.load[rep] < self.cap[rep])
+
+    def _refresh(self, rep: int) -> None:
+        self.rank_load[rep] = self.load[rep] if self.eligible(rep) else INELIGIBLE
+
+    def set_flag(self, rep: int, flag: int, on: bool) -> None:
+        self.flags[rep] = (self.flags[rep] | flag) if on else (self.flags[rep] & ~flag)
+        self._refresh(rep)
+
+    def set_load(self, rep: int, load: int) -> None:
+        self.load[rep] = load
+        self._refresh(rep)
+
+    def set_cap(self, rep: int, cap: int) -> None:
+        self.cap[rep] = cap
+        self._refresh(rep)
+
+    def refresh_all(self) -> None:
+        """Recompute rank_load after writing load/cap/flags directly (tests, bulk loads)."""
+        n = self.n
+        ok = (self.flags[:n] == 0) & (self.load[:n] < self.cap[:n])
+        self.rank_load[:n] = np.where(ok, self.load[:n], INELIGIBLE)
+
+
+class TeamTable:
+    """Per-team algorithm and membership as CSR (members sorted by ordinal), rebuilt lazily
+    after a membership change, before the next pass."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.n = 0
+        self.alg = np.zeros(16, dtype=np.int8)
+        self.members: list[set[int]] = []
+        self.indptr = np.zeros(1, dtype=np.int32)
+        self.flat = np.zeros(0, dtype=np.int32)
+        self.dirty = True
+
+    def add(self, algorithm: int) -> int:
+        if self.n == len(self.alg):
+            self.alg = _grow(self.alg, 2 * len(self.alg))
+        ordinal = self.n
+        self.n += 1
+        self.alg[ordinal] = algorithm
+        self.members.append(set())
+        self.dirty = True
+        return ordinal
+
+    def set_algorithm(self, ordinal: int, algorithm: int) -> None:
+        self.alg[ordinal] = algorithm
+
+    def add_member(self, team: int, rep: int) -> None:
+        self.members[team].add(rep)
+        self.dirty = True
+
+    def remove_member(self, team: int, rep: int) -> None:
+        self.members[team].discard(rep)
+        self.dirty = True
+
+    def member_array(self, team: int) -> np.ndarray:
+        self.ensure_bound()
+        return self.flat[self.indptr[team] : self.indptr[team + 1]]
+
+    def ensure_bound(self) -> None:
+        if not self.dirty:
+            return
+        counts = np.fromiter((len(m) for m in self.members), dtype=np.int32, count=self.n)
+        indptr = np.zeros(self.n + 1, dtype=np.int32)
+        np.cumsum(counts, out=indptr[1:])
+        flat = np.empty(int(indptr[-1]), dtype=np.int32)
+        for t, members in enumerate(self.members):
+            if members:
+                flat[indptr[t] : indptr[t + 1]] = sorted(members)
+        self.indptr, self.flat = indptr, flat
+        self.kernel.bind_teams(self.indptr, self.flat, self.alg, self.n)
+        self.dirty = False
+
+
+class SessionTable:
+    """Per-slot columns of sessions the kernel may offer: the team ordinal of the
+    auto-assigning queue it waits in without an offer (-1 otherwise), its ranked
+    requirements, rule-4 ordering keys and the location of its declined list in the
+    per-pass pool. Slots are recycled through a free list."""
+
+    def __init__(self, kernel, capacity: int = 64) -> None:
+        self.kernel = kernel
+        self.n = 0
+        self.free: list[int] = []
+        self.team = np.full(capacity, -1, dtype=np.int32)
+        self.priority = np.zeros(capacity, dtype=np.int32)
+        self.created = np.zeros(capacity, dtype=np.float64)
+        self.seq = np.zeros(capacity, dtype=np.int64)
+        self.nreq = np.zeros(capacity, dtype=np.uint8)
+        self.req_skill = np.zeros((capacity, MAX_REQUIRED_SKILLS), dtype=np.int32)
+        self.req_level = np.zeros((capacity, MAX_REQUIRED_SKILLS), dtype=np.uint8)
+        self.decl_off = np.zeros(capacity, dtype=np.int32)
+        self.decl_cnt = np.zeros(capacity, dtype=np.int32)
+        self._bind()
+
+    def _bind(self) -> None:
+        self.kernel.bind_sessions(self.team, self.nreq, self.req_skill, self.req_level,
+                                  self.decl_off, self.decl_cnt, self.n)
+
+    def alloc(self, priority: int, created: float, seq: int,
+              req_skill: list[int], req_level: list[int]) -> int:
+        if self.free:
+            slot = self.free.pop()
+        else:
+            if self.n == len(self.team):
+                size = 2 * len(self.team)
+                team = np.full(size, -1, dtype=np.int32)
+                team[: self.n] = self.team[: self.n]
+                self.team = team
+                for name in ("priority", "created", "seq", "nreq", "req_skill", "req_level",
+                             "decl_off", "decl_cnt"):
+                    setattr(self, name, _grow(getattr(self, name), size))
+            slot = self.n
+            self.n += 1
+            self._bind()
+        self.team[slot] = -1
+        self.priority[slot] = priority
+        self.created[slot] = created
+        self.seq[slot] = seq
+        self.nreq[slot] = len(req_skill)
+        self.req_skill[slot, : len(req_skill)] = req_skill
+        self.req_level[slot, : len(req_level)] = req_level
+        self.decl_cnt[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> None:
+        self.team[slot] = -1
+        self.decl_cnt[slot] = 0
+        self.free.append(slot)
+
+    def pass_order(self) -> np.ndarray:
+        """Slots waiting for an offer, in rule-4 order: higher priority, then earlier
+        created time, then earlier arrival (seq) — a total, deterministic order."""
+        slots = np.flatnonzero(self.team[: self.n] >= 0)
+        if len(slots) > 1:
+            keys = (self.seq[slots], self.created[slots], -self.priority[slots].astype(np.int64))
+            slots = slots[np.lexsort(keys)]
+        return slots.astype(np.int64, copy=False)

@@ -1,0 +1,73 @@
+"""The one entry point to the ranking kernel.
+
+Chooses the compiled Cython kernel, or the pure-Python reference when
+ASSIGNCORE_PURE_PYTHON=1. A normal install must have the compiled kernel: if it is
+missing, importing this module fails loudly instead of silently running 100x slower.
+This wrapper checks dtypes and shapes; the kernel checks ordinals are in range.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import reference
+
+PURE_PYTHON = os.environ.get("ASSIGNCORE_PURE_PYTHON", "") not in ("", "0")
+
+if PURE_PYTHON:
+    _Impl = reference.RankKernel
+    IMPLEMENTATION = "reference"
+else:
+    try:
+        from ._kernel import RankKernel as _Impl  # type: ignore[no-redef]
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "assigncore's compiled kernel (assigncore._kernel) is missing: install the "
+            "package with `pip install .` so the Cython extension is built, or set "
+            "ASSIGNCORE_PURE_PYTHON=1 to run on the (much slower) pure-Python reference"
+        ) from exc
+    IMPLEMENTATION = "cython"
+
+
+def _as(arr, dtype, name: str) -> np.ndarray:
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {out.shape}")
+    return out
+
+
+class Kernel:
+    """Ranking over the engine's columns, on the selected implementation."""
+
+    def __init__(self, implementation: str | None = None) -> None:
+        impl = {"reference": reference.RankKernel, None: _Impl}.get(implementation)
+        if impl is None:
+            if implementation != "cython":
+                raise ValueError(f"unknown kernel implementation {implementation!r}")
+            from ._kernel import RankKernel as impl  # noqa: N813
+        self.impl = impl()
+        self.implementation = implementation or IMPLEMENTATION
+        self.bind_reps = self.impl.bind_reps
+        self.bind_teams = self.impl.bind_teams
+        self.bind_sessions = self.impl.bind_sessions
+
+    def best_candidate(self, candidates, algorithm: int, req_skill=(), req_level=(),
+                       declined=()) -> int:
+        """The best eligible, undeclined rep among `candidates` (rep ordinals), or -1."""
+        return int(self.impl.best_candidate(
+            _as(candidates, np.int32, "candidates"), int(algorithm),
+            _as(req_skill, np.int32, "req_skill"), _as(req_level, np.uint8, "req_level"),
+            _as(declined, np.int32, "declined"),
+        ))
+
+    def assign_batch(self, order: np.ndarray, decl_pool: np.ndarray,
+                     max_offers: int) -> tuple[np.ndarray, np.ndarray]:
+        """One pass over `order` (session slots, rule-4 order); returns the offers made as
+        (slots, rep ordinals). The reps' pending-offer flags are already set."""
+        out_slot = np.empty(max_offers, dtype=np.int32)
+        out_rep = np.empty(max_offers, dtype=np.int32)
+        made = self.impl.assign_batch(_as(order, np.int64, "order"),
+                                      _as(decl_pool, np.int32, "decl_pool"), out_slot, out_rep)
+        return out_slot[:made], out_rep[:made]

@@ -1,0 +1,174 @@
+"""Pure-Python twin of the Cython kernel (`_kernel.pyx`), with identical semantics.
+
+It is the oracle of the differential tests and the implementation the engine runs on
+when ASSIGNCORE_PURE_PYTHON=1. It reads the same numpy columns, converted to Python lists
+at each call, and writes pending offers back into the same flags column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+FLAG_PENDING_OFFER = 32
+INELIGIBLE = 0x7FFFFFFF
+
+# (skill row, required skill ordinals, required minimum levels) -> major score; smaller
+# ranks first. None means every candidate scores 0 (pure least-busy).
+Policy = Callable[[Sequence[int], Sequence[int], Sequence[int]], int] | None
+
+
+def matched_prefix(row: Sequence[int], req_skill: Sequence[int], req_level: Sequence[int]) -> int:
+    """How many of the most important requirements the rep meets, in order."""
+    kept = 0
+    for skill, level in zip(req_skill, req_level, strict=True):
+        if row[skill] < level:
+            break
+        kept += 1
+    return kept
+
+
+def _skills_match(row: Sequence[int], req_skill: Sequence[int], req_level: Sequence[int]) -> int:
+    return -matched_prefix(row, req_skill, req_level)
+
+
+def _best_skills(row: Sequence[int], req_skill: Sequence[int], req_level: Sequence[int]) -> int:
+    kept = matched_prefix(row, req_skill, req_level)
+    total = sum(int(row[req_skill[j]]) for j in range(kept))
+    return -((kept << 20) + total)
+
+
+# Indexed by Algorithm value; must match POLICIES in _kernel.pyx.
+POLICIES: tuple[Policy, ...] = (None, None, _skills_match, _best_skills)
+ALGORITHM_COUNT = len(POLICIES)
+ALG_NONE = 0
+
+
+class RankKernel:
+    """Same interface and results as `_kernel.RankKernel`."""
+
+    def __init__(self) -> None:
+        self.n_reps = 0
+        self.n_teams = 0
+        self.n_slots = 0
+
+    def bind_reps(self, rank_load, flags, avail, skills, marks, n_reps: int) -> None:
+        if min(len(rank_load), len(flags), len(avail), len(skills), len(marks)) < n_reps:
+            raise ValueError("rep columns are shorter than n_reps")
+        self.rank_load, self.flags, self.avail = rank_load, flags, avail
+        self.skills, self.n_reps = skills, n_reps
+
+    def bind_teams(self, indptr, members, alg, n_teams: int) -> None:
+        if len(indptr) < n_teams + 1 or len(alg) < n_teams:
+            raise ValueError("team columns are shorter than n_teams")
+        if len(members) < indptr[n_teams]:
+            raise ValueError("team member list is shorter than its index says")
+        used = members[: indptr[n_teams]]
+        if len(used) and (used.min() < 0 or used.max() >= self.n_reps):
+            raise IndexError("team member ordinal out of range")
+        if n_teams and (alg[:n_teams].min() < 0 or alg[:n_teams].max() >= ALGORITHM_COUNT):
+            raise ValueError("unknown algorithm")
+        self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
+        self.n_teams = n_teams
+
+    def bind_sessions(self, team, nreq, req_skill, req_level, decl_off, decl_cnt, n_slots):
+        if min(len(team), len(nreq), len(req_skill), len(req_level), len(decl_off),
+               len(decl_cnt)) < n_slots or req_skill.shape[1] != req_level.shape[1]:
+            raise ValueError("session columns are shorter than n_slots")
+        self.s_team, self.s_nreq = team, nreq
+        self.s_req_skill, self.s_req_level = req_skill, req_level
+        self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
+
+    def _rank(self, cand, algorithm, req_skill, req_level, declined: set[int],
+              rank_load, avail) -> tuple[int, int]:
+        policy = POLICIES[algorithm]
+        best = -1
+        best_key: tuple[int, int, float, int] | None = None
+        eligible = 0
+        for r in cand:
+            if rank_load[r] == INELIGIBLE:
+                continue
+            eligible += 1
+            if r in declined:
+                continue
+            major = 0 if policy is None else policy(self.skills[r], req_skill, req_level)
+            key = (major, rank_load[r], avail[r], r)
+            if best_key is None or key < best_key:
+                best, best_key = r, key
+        return best, eligible
+
+    def _columns(self):
+        n = self.n_reps
+        return self.rank_load[:n].tolist(), self.avail[:n].tolist()
+
+    def best_candidate(self, candidates, algorithm: int, req_skill, req_level, declined) -> int:
+        if not 0 <= algorithm < ALGORITHM_COUNT:
+            raise ValueError(f"unknown algorithm {algorithm}")
+        if len(req_skill) != len(req_level):
+            raise ValueError("req_skill and req_level differ in length")
+        ncols = self.skills.shape[1] if self.n_reps else 0
+        for s in req_skill:
+            if not 0 <= s < ncols:
+                raise IndexError(f"skill ordinal {s} out of range")
+        if algorithm == ALG_NONE or len(candidates) == 0:
+            return -1
+        cand = [int(c) for c in candidates]
+        decl = {int(d) for d in declined}
+        if any(not 0 <= r < self.n_reps for r in cand) or any(
+            not 0 <= r < self.n_reps for r in decl
+        ):
+            raise IndexError("rep ordinal out of range")
+        best, _ = self._rank(cand, algorithm, list(req_skill), list(req_level), decl,
+                             *self._columns())
+        return best
+
+    def assign_batch(self, order, decl_pool, out_slot, out_rep) -> int:
+        if len(out_rep) < len(out_slot):
+            raise ValueError("out_rep is shorter than out_slot")
+        if len(order) == 0 or self.n_reps == 0 or self.n_teams == 0:
+            return 0
+        pool = [int(d) for d in decl_pool]
+        for s in order:
+            if not 0 <= s < self.n_slots:
+                raise IndexError(f"session slot {s} out of range")
+            if self.s_team[s] >= self.n_teams:
+                raise IndexError(f"team ordinal {self.s_team[s]} out of range")
+            cnt = self.s_decl_cnt[s]
+            if cnt and (self.s_decl_off[s] < 0 or self.s_decl_off[s] + cnt > len(pool)):
+                raise IndexError(f"declined list of slot {s} is outside the pool")
+        if any(not 0 <= r < self.n_reps for r in pool):
+            raise IndexError("declined rep ordinal out of range")
+        rank_load, avail = self._columns()
+        indptr = self.team_indptr[: self.n_teams + 1].tolist()
+        members = self.team_members.tolist()
+        algs = self.team_alg[: self.n_teams].tolist()
+        remaining = sum(1 for load in rank_load if load != INELIGIBLE)
+        team_done = [False] * self.n_teams
+        made = 0
+        for s in (int(x) for x in order):
+            if remaining == 0 or made == len(out_slot):
+                break
+            t = int(self.s_team[s])
+            if t < 0 or team_done[t] or algs[t] == ALG_NONE:
+                continue
+            off, cnt = int(self.s_decl_off[s]), int(self.s_decl_cnt[s])
+            nreq = int(self.s_nreq[s])
+            best, eligible = self._rank(
+                members[indptr[t] : indptr[t + 1]], algs[t],
+                self.s_req_skill[s, :nreq].tolist(), self.s_req_level[s, :nreq].tolist(),
+                set(pool[off : off + cnt]) if cnt else set(), rank_load, avail,
+            )
+            if eligible == 0:
+                team_done[t] = True
+            if best < 0:
+                continue
+            rank_load[best] = INELIGIBLE
+            self.rank_load[best] = INELIGIBLE
+            self.flags[best] |= FLAG_PENDING_OFFER
+            remaining -= 1
+            out_slot[made] = s
+            out_rep[made] = best
+            made += 1
+        return made
+
+
+__all__ = ["ALGORITHM_COUNT", "FLAG_PENDING_OFFER", "POLICIES", "RankKernel", "matched_prefix"]
