@@ -88,20 +88,20 @@ class RepTable:
     def eligible(self, rep: int) -> bool:
         return bool(self.flags[rep] == 0 and self.load[rep] < self.cap[rep])
 
-    def _refresh(self, rep: int) -> None:
+    def refresh(self, rep: int) -> None:
         self.rank_load[rep] = self.load[rep] if self.eligible(rep) else INELIGIBLE
 
     def set_flag(self, rep: int, flag: int, on: bool) -> None:
         self.flags[rep] = (self.flags[rep] | flag) if on else (self.flags[rep] & ~flag)
-        self._refresh(rep)
+        self.refresh(rep)
 
     def set_load(self, rep: int, load: int) -> None:
         self.load[rep] = load
-        self._refresh(rep)
+        self.refresh(rep)
 
     def set_cap(self, rep: int, cap: int) -> None:
         self.cap[rep] = cap
-        self._refresh(rep)
+        self.refresh(rep)
 
     def refresh_all(self) -> None:
         """Recompute rank_load after writing load/cap/flags directly (tests, bulk loads)."""

@@ -1,0 +1,286 @@
+"""The domain model: plain data, no behaviour beyond small derived properties."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+
+
+class Algorithm(IntEnum):
+    """Team-queue routing algorithm. Values index the policy tables of the kernel and the
+    reference; adding one means a new member here plus one policy in each."""
+
+    NONE = 0
+    LEAST_BUSY = 1
+    SKILLS_MATCH_LEAST_BUSY = 2
+    BEST_SKILLS = 3
+
+
+class TeamKind(Enum):
+    STANDARD = "STANDARD"
+    EMBASSY = "EMBASSY"
+
+
+class QueueKind(Enum):
+    PERSONAL = "PERSONAL"
+    TEAM = "TEAM"
+    GENERAL = "GENERAL"
+
+
+class Channel(Enum):
+    FULL_CLIENT = "FULL_CLIENT"
+    BROWSER_SHARING = "BROWSER_SHARING"
+
+
+class Origin(Enum):
+    SESSION_KEY = "SESSION_KEY"
+    PUBLIC_SITE = "PUBLIC_SITE"
+    SUPPORT_BUTTON = "SUPPORT_BUTTON"
+    ISSUE_FORM = "ISSUE_FORM"
+    HELP_LINK = "HELP_LINK"
+    UNDESIGNATED = "UNDESIGNATED"
+    TRANSFER = "TRANSFER"
+    WAITING_RULE = "WAITING_RULE"
+    CONNECTION_LOST = "CONNECTION_LOST"
+
+
+class SessionState(Enum):
+    WAITING = "WAITING"
+    OFFERED = "OFFERED"
+    ACTIVE = "ACTIVE"
+    ENDED = "ENDED"
+
+
+class EndReason(Enum):
+    COMPLETED = "COMPLETED"
+    ABANDONED = "ABANDONED"
+    NO_FALLBACK = "NO_FALLBACK"
+
+
+class RuleAction(Enum):
+    ALERT = "ALERT"
+    TRANSFER = "TRANSFER"
+
+
+class IneligibleReason(Enum):
+    """Why a rep is not offered sessions (a pending offer is not reported: the console
+    already knows it has one)."""
+
+    OFFLINE = "OFFLINE"
+    LOCKED = "LOCKED"
+    IDLE = "IDLE"
+    OPTED_OUT = "OPTED_OUT"
+    MISSED_OFFERS = "MISSED_OFFERS"
+    WRAP_UP = "WRAP_UP"
+    AT_MAX_LOAD = "AT_MAX_LOAD"
+
+
+class RescindReason(Enum):
+    ACCEPTED_BY_OTHER = "ACCEPTED_BY_OTHER"
+    SESSION_ENDED = "SESSION_ENDED"
+    SESSION_MOVED = "SESSION_MOVED"
+    CONNECTION_LOST = "CONNECTION_LOST"
+    SIGNED_OUT = "SIGNED_OUT"
+    LEFT_TEAM = "LEFT_TEAM"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRef:
+    kind: QueueKind
+    owner: str = ""  # rep id for PERSONAL, team id for TEAM, "" for GENERAL
+
+    def __str__(self) -> str:
+        return "general" if self.kind is QueueKind.GENERAL else f"{self.kind.value.lower()}/{self.owner}"
+
+
+GENERAL_QUEUE = QueueRef(QueueKind.GENERAL)
+
+
+def team_queue(team_id: str) -> QueueRef:
+    return QueueRef(QueueKind.TEAM, team_id)
+
+
+def personal_queue(rep_id: str) -> QueueRef:
+    return QueueRef(QueueKind.PERSONAL, rep_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    max_concurrent_sessions: int = 0  # 0 = no limit
+    idle_timeout: float = 0.0  # seconds; 0 = never idle
+    may_get_next: bool = True
+    may_opt_out: bool = False
+    may_transfer: bool = True
+    may_use_general_queue: bool = False
+    shown_on_public_site: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRule:
+    overdue_after: float
+    action: RuleAction
+    overflow: QueueRef | None = None  # TRANSFER target: a team queue or the general queue
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    algorithm: Algorithm = Algorithm.LEAST_BUSY
+    offer_timeout: float = 30.0
+    waiting_rule: WaitingRule | None = None
+    wrap_up: float = 0.0
+    max_missed_offers: int = 0  # 0 = never switch auto-assign off
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    name: str
+    company: str = ""
+    details: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a support button or help link sends sessions: a rep or a team."""
+
+    rep_id: str = ""
+    team_id: str = ""
+
+    @property
+    def queue(self) -> QueueRef:
+        return personal_queue(self.rep_id) if self.rep_id else team_queue(self.team_id)
+
+
+@dataclass(slots=True)
+class Rep:
+    id: str
+    name: str
+    ordinal: int
+    skills: dict[str, int]
+    permissions: Permissions
+    auto_assign: bool = True
+    audible_alerts: bool = True
+    teams: set[str] = field(default_factory=set)
+    favourites: set[str] = field(default_factory=set)
+    chat_read: dict[str, int] = field(default_factory=dict)  # team -> last message seq read
+    connected: bool = False
+    locked: bool = False
+    idle: bool = False
+    last_activity: float = 0.0
+    opted_out_by_missed_offers: bool = False
+    missed_offers: int = 0
+    owned: set[str] = field(default_factory=set)
+    participating: set[str] = field(default_factory=set)
+    offer: str | None = None  # pending offer id
+    grace_timer: list | None = None
+    idle_timer: list | None = None
+    wrap_up_timer: list | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.owned) + len(self.participating)
+
+
+@dataclass(slots=True)
+class ChatMessage:
+    seq: int
+    rep_id: str
+    text: str
+    time: float
+
+
+@dataclass(slots=True)
+class Team:
+    id: str
+    name: str
+    kind: TeamKind
+    ordinal: int
+    settings: QueueSettings
+    members: set[str] = field(default_factory=set)
+    chat: list[ChatMessage] = field(default_factory=list)
+    chat_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IssueType:
+    id: str
+    name: str
+    team_id: str
+    required_skills: tuple[tuple[str, int], ...] = ()  # most important first
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SupportButton:
+    id: str
+    name: str
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class HelpLink:
+    id: str
+    name: str
+    target: Target
+
+
+@dataclass(slots=True)
+class SessionKey:
+    key: str
+    rep_id: str
+    expires_at: float
+    timer: list | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    queue: str
+    time: float
+    cause: Origin
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    seq: int
+    slot: int
+    customer: Customer
+    channel: Channel
+    origin: Origin
+    issue_type_id: str
+    required_skills: tuple[tuple[str, int], ...]
+    priority: int
+    created_time: float
+    queued_time: float
+    state: SessionState = SessionState.WAITING
+    end_reason: EndReason | None = None
+    queue: QueueRef | None = None
+    accepted_from: QueueRef | None = None
+    owner: str | None = None
+    participants: list[str] = field(default_factory=list)  # in order of joining
+    declined_by: set[str] = field(default_factory=set)
+    history: list[Move] = field(default_factory=list)
+    offer: str | None = None
+    entry_seq: int = 0  # bumped on every queue entry; scopes waiting-rule timers
+    rule_moves: int = 0
+    overdue_alerted: bool = False
+    invitations: set[str] = field(default_factory=set)
+    rule_timer: list | None = None
+
+
+@dataclass(slots=True)
+class Offer:
+    id: str
+    session_id: str
+    rep_id: str
+    deadline: float
+    audible: bool
+    timer: list | None = None
+
+
+@dataclass(slots=True)
+class Invitation:
+    id: str
+    session_id: str
+    inviter: str
+    queue: QueueRef
+    created_time: float
