@@ -92,7 +92,8 @@ class RepTable:
         self.rank_load[rep] = self.load[rep] if self.eligible(rep) else INELIGIBLE
 
     def set_flag(self, rep: int, flag: int, on: bool) -> None:
-        self.flags[rep] = (self.flags[rep] | flag) if on else (self.flags[rep] & ~flag)
+        current = int(self.flags[rep])
+        self.flags[rep] = (current | flag) if on else (current & ~flag & 0xFF)
         self.refresh(rep)
 
     def set_load(self, rep: int, load: int) -> None:

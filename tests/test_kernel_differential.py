@@ -1,0 +1,224 @@
+"""The compiled kernel and the pure-Python reference make exactly the same choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from assigncore import reference
+from assigncore.columns import (
+    FLAG_LOCKED,
+    FLAG_OFFLINE,
+    FLAG_PENDING_OFFER,
+    INELIGIBLE,
+    NO_CAP,
+    RepTable,
+    SessionTable,
+    TeamTable,
+)
+from assigncore.kernel import Kernel
+from assigncore.model import Algorithm
+from assigncore.vectorized import best_candidate_numpy
+
+N_SKILLS = 4
+
+
+def build(world: dict, implementation: str):
+    """The same columns, bound to one implementation."""
+    kernel = Kernel(implementation)
+    reps = RepTable(kernel, capacity=8, skill_capacity=2)
+    for _ in range(N_SKILLS):
+        reps.add_skill_column()
+    for _ in range(world["n_reps"]):
+        reps.add()
+    n = world["n_reps"]
+    reps.load[:n], reps.cap[:n] = world["load"], world["cap"]
+    reps.flags[:n], reps.avail[:n] = world["flags"], world["avail"]
+    reps.skills[:n, :N_SKILLS] = world["skills"]
+    reps.refresh_all()
+    teams = TeamTable(kernel)
+    for alg, members in zip(world["team_alg"], world["members"], strict=True):
+        t = teams.add(alg)
+        for r in members:
+            teams.add_member(t, r)
+    teams.ensure_bound()
+    sessions = SessionTable(kernel, capacity=4)
+    pool: list[int] = []
+    for i, s in enumerate(world["sessions"]):
+        slot = sessions.alloc(s["priority"], s["created"], i, [k for k, _ in s["req"]],
+                              [lv for _, lv in s["req"]])
+        sessions.team[slot] = s["team"]
+        sessions.decl_off[slot], sessions.decl_cnt[slot] = len(pool), len(s["declined"])
+        pool.extend(s["declined"])
+    return kernel, reps, sessions, np.asarray(pool, dtype=np.int32)
+
+
+@st.composite
+def worlds(draw, max_reps: int = 40):
+    """Small rosters with few distinct values, so that ties are everywhere."""
+    n = draw(st.integers(1, max_reps))
+    ints = lambda lo, hi: st.lists(st.integers(lo, hi), min_size=n, max_size=n)  # noqa: E731
+    caps = draw(st.lists(st.sampled_from([1, 2, 3, NO_CAP]), min_size=n, max_size=n))
+    flag_choices = [0, 0, 0, FLAG_OFFLINE, FLAG_LOCKED, FLAG_PENDING_OFFER]
+    world = {
+        "n_reps": n,
+        "load": draw(ints(0, 3)),
+        "cap": caps,
+        "flags": draw(st.lists(st.sampled_from(flag_choices), min_size=n, max_size=n)),
+        "avail": draw(ints(0, 3)),
+        "skills": draw(st.lists(st.lists(st.sampled_from([0, 0, 3, 5, 7, 10]),
+                                         min_size=N_SKILLS, max_size=N_SKILLS),
+                                min_size=n, max_size=n)),
+    }
+    n_teams = draw(st.integers(1, 4))
+    world["team_alg"] = draw(st.lists(st.sampled_from(list(Algorithm)), min_size=n_teams,
+                                      max_size=n_teams))
+    world["members"] = [draw(st.sets(st.integers(0, n - 1), max_size=n)) for _ in range(n_teams)]
+    world["sessions"] = [draw(sessions_for(n, n_teams)) for _ in range(draw(st.integers(0, 12)))]
+    return world
+
+
+@st.composite
+def sessions_for(draw, n_reps: int, n_teams: int):
+    skills = draw(st.lists(st.integers(0, N_SKILLS - 1), unique=True, max_size=3))
+    return {
+        "team": draw(st.integers(-1, n_teams - 1)),
+        "priority": draw(st.integers(0, 2)),
+        "created": float(draw(st.integers(0, 3))),
+        "req": [(k, draw(st.sampled_from([1, 3, 5, 8, 10]))) for k in skills],
+        "declined": sorted(draw(st.sets(st.integers(0, n_reps - 1), max_size=n_reps))),
+    }
+
+
+def large_world(seed: int, n: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n_teams = int(rng.integers(1, 20))
+    return {
+        "n_reps": n,
+        "load": rng.integers(0, 4, n).tolist(),
+        "cap": rng.choice([2, 3, 5, NO_CAP], n).tolist(),
+        "flags": rng.choice([0, 0, 0, FLAG_LOCKED, FLAG_OFFLINE], n).tolist(),
+        "avail": rng.integers(0, 50, n).astype(float).tolist(),
+        "skills": rng.choice([0, 0, 2, 5, 9], (n, N_SKILLS)).tolist(),
+        "team_alg": rng.choice(list(Algorithm), n_teams).tolist(),
+        "members": [set(rng.choice(n, int(rng.integers(0, n + 1)), replace=False).tolist())
+                    for _ in range(n_teams)],
+        "sessions": [{
+            "team": int(rng.integers(-1, n_teams)), "priority": int(rng.integers(0, 3)),
+            "created": float(rng.integers(0, 10)),
+            "req": [(int(k), int(rng.integers(1, 11)))
+                    for k in rng.choice(N_SKILLS, int(rng.integers(0, 4)), replace=False)],
+            "declined": sorted(set(rng.integers(0, n, int(rng.integers(0, 30))).tolist())),
+        } for _ in range(int(rng.integers(0, 200)))],
+    }
+
+
+def check_rank_one(world: dict) -> None:
+    ck, creps, _, _ = build(world, "cython")
+    rk, _, _, _ = build(world, "reference")
+    n = world["n_reps"]
+    cands = [np.arange(n, dtype=np.int32), np.zeros(0, dtype=np.int32)]
+    cands += [np.asarray(sorted(m), dtype=np.int32) for m in world["members"]]
+    cands.append(np.arange(n, dtype=np.int32)[::-1].copy())  # unsorted candidates
+    for s in world["sessions"] or [{"req": [], "declined": []}]:
+        req_skill = [k for k, _ in s["req"]]
+        req_level = [lv for _, lv in s["req"]]
+        for cand in cands:
+            for alg in Algorithm:
+                expected = rk.best_candidate(cand, alg, req_skill, req_level, s["declined"])
+                got = ck.best_candidate(cand, alg, req_skill, req_level, s["declined"])
+                assert got == expected, (alg, cand.tolist(), s)
+                if alg is Algorithm.LEAST_BUSY:
+                    vec = best_candidate_numpy(creps, cand, s["declined"])
+                    assert vec == expected
+    # ranking never writes
+    assert (creps.marks == 0).all()
+
+
+def check_batch(world: dict) -> None:
+    results = []
+    for impl in ("cython", "reference"):
+        kernel, reps, sessions, pool = build(world, impl)
+        order = sessions.pass_order()
+        slots, chosen = kernel.assign_batch(order, pool, max(1, len(order)))
+        results.append((slots.tolist(), chosen.tolist(), reps.flags[: reps.n].tolist(),
+                        reps.rank_load[: reps.n].tolist()))
+        # every offer went to an eligible, undeclined member of the session's team
+        for slot, r in zip(slots.tolist(), chosen.tolist(), strict=True):
+            s = world["sessions"][slot]
+            assert r in world["members"][s["team"]]
+            assert r not in s["declined"]
+            assert world["flags"][r] == 0 and world["load"][r] < world["cap"][r]
+            assert world["team_alg"][s["team"]] != Algorithm.NONE
+        assert len(set(chosen.tolist())) == len(chosen)
+    assert results[0] == results[1]
+
+
+@given(worlds())
+def test_rank_one_kernel_matches_reference(world):
+    check_rank_one(world)
+
+
+@given(worlds())
+def test_assign_batch_kernel_matches_reference(world):
+    check_batch(world)
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 17, 300, 1000, 5000]))
+def test_large_rosters_kernel_matches_reference(seed, n):
+    world = large_world(seed, n)
+    check_batch(world)
+    world["sessions"] = world["sessions"][:3]
+    check_rank_one(world)
+
+
+def test_everyone_declined_and_nobody_eligible_give_no_candidate():
+    world = large_world(1, 50)
+    kernel, reps, _, _ = build(world, "cython")
+    everyone = np.arange(50, dtype=np.int32)
+    assert kernel.best_candidate(everyone, Algorithm.LEAST_BUSY, (), (), everyone) == -1
+    reps.flags[:50] = FLAG_LOCKED
+    reps.refresh_all()
+    assert kernel.best_candidate(everyone, Algorithm.BEST_SKILLS, (), (), ()) == -1
+
+
+def test_rank_load_tracks_flags_load_and_cap():
+    kernel = Kernel()
+    reps = RepTable(kernel, capacity=2)
+    r = reps.add()
+    assert reps.rank_load[r] == INELIGIBLE  # new reps are offline
+    reps.set_flag(r, FLAG_OFFLINE, False)
+    assert reps.rank_load[r] == 0
+    reps.set_cap(r, 2)
+    reps.set_load(r, 2)
+    assert reps.rank_load[r] == INELIGIBLE
+    reps.set_load(r, 1)
+    assert reps.rank_load[r] == 1
+    for _ in range(5):  # growth rebinds the kernel
+        reps.add()
+    assert kernel.best_candidate([r, 3], Algorithm.LEAST_BUSY) == r
+
+
+@pytest.mark.parametrize("implementation", ["cython", "reference"])
+def test_out_of_range_ordinals_are_refused(implementation):
+    kernel = Kernel(implementation)
+    reps = RepTable(kernel, capacity=4)
+    reps.add()
+    with pytest.raises(IndexError):
+        kernel.best_candidate([0, 7], Algorithm.LEAST_BUSY)
+    with pytest.raises(IndexError):
+        kernel.best_candidate([0], Algorithm.LEAST_BUSY, declined=[-1])
+    with pytest.raises(IndexError):
+        kernel.best_candidate([0], Algorithm.BEST_SKILLS, [99], [1])
+    with pytest.raises(ValueError):
+        kernel.best_candidate([0], 9)
+    with pytest.raises(ValueError):
+        kernel.best_candidate([[0]], Algorithm.LEAST_BUSY)
+
+
+def test_policy_tables_agree():
+    from assigncore import _kernel
+
+    assert _kernel.ALGORITHM_COUNT == reference.ALGORITHM_COUNT == len(Algorithm)
