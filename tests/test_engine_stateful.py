@@ -1,0 +1,300 @@
+"""Random command sequences against the engine, checking the routing invariants after
+every step, and that every refused command changed nothing."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from assigncore.columns import INELIGIBLE
+from assigncore.engine import Engine, EngineConfig
+from assigncore.errors import DomainError
+from assigncore.events import OfferDeclined, OfferMade, SessionQueued
+from assigncore.model import (
+    GENERAL_QUEUE,
+    Algorithm,
+    Customer,
+    IssueType,
+    Origin,
+    Permissions,
+    QueueKind,
+    QueueSettings,
+    RuleAction,
+    SessionState,
+    SupportButton,
+    Target,
+    WaitingRule,
+    personal_queue,
+    team_queue,
+)
+
+from .conftest import ManualClock
+
+REPS = ["r0", "r1", "r2", "r3", "r4"]
+TEAMS = ["least", "skills", "best", "manual"]
+SKILLS = ["win", "mac", "net"]
+
+
+class EngineMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = ManualClock()
+        self.events: list = []
+        self.engine = Engine(self.clock, EngineConfig(reconnect_grace=20, max_rule_moves=3),
+                             listener=self.events.append, rng=random.Random(3))
+        e = self.engine
+        e.create_team("manual", "Manual", settings=QueueSettings(algorithm=Algorithm.NONE))
+        e.create_team("least", "Least", settings=QueueSettings(
+            Algorithm.LEAST_BUSY, offer_timeout=15, max_missed_offers=3,
+            waiting_rule=WaitingRule(50, RuleAction.TRANSFER, team_queue("manual"))))
+        e.create_team("skills", "Skills", settings=QueueSettings(
+            Algorithm.SKILLS_MATCH_LEAST_BUSY, offer_timeout=10, wrap_up=5,
+            waiting_rule=WaitingRule(40, RuleAction.ALERT)))
+        e.create_team("best", "Best", settings=QueueSettings(
+            Algorithm.BEST_SKILLS, offer_timeout=20,
+            waiting_rule=WaitingRule(30, RuleAction.TRANSFER, team_queue("least"))))
+        for i, rep_id in enumerate(REPS):
+            e.create_rep(rep_id, rep_id.upper(), skills={SKILLS[i % 3]: 3 + i, SKILLS[(i + 1) % 3]: 9 - i},
+                         teams=[TEAMS[i % 4], TEAMS[(i + 1) % 4]],
+                         permissions=Permissions(
+                             max_concurrent_sessions=i % 3, idle_timeout=60.0 * (i % 2),
+                             may_get_next=i != 4, may_opt_out=i % 2 == 0, may_transfer=i != 3,
+                             may_use_general_queue=i < 2, shown_on_public_site=True))
+        e.create_issue_type(IssueType("it-win", "Windows", "skills", (("win", 5), ("net", 3)), 2))
+        e.create_issue_type(IssueType("it-best", "Best", "best", (("mac", 4),), 1))
+        e.create_issue_type(IssueType("it-least", "Least", "least", (), 0))
+        e.create_support_button(SupportButton("btn", "Button", Target(team_id="least")))
+        for rep_id in REPS:
+            e.connect(rep_id)
+        self.declined: dict[str, set[str]] = {}  # session -> reps who declined since transfer
+        self.seen_events = 0
+
+    # ------------------------------------------------------------- helpers
+
+    def run(self, fn, *args, **kwargs):
+        self.engine.advance()  # timers due now fire first, outside the command
+        before = self.engine.snapshot()
+        try:
+            return fn(*args, **kwargs)
+        except DomainError:
+            assert self.engine.snapshot() == before, "a refused command changed state"
+            return None
+
+    def sessions(self, *states):
+        return sorted((s for s in self.engine.sessions() if not states or s.state in states),
+                      key=lambda s: s.seq)
+
+    # ------------------------------------------------------------- rules
+
+    @rule(origin=st.sampled_from(["it-win", "it-best", "it-least", "button", "general",
+                                  "rep", "key"]),
+          rep=st.sampled_from(REPS))
+    def start(self, origin, rep):
+        c = Customer("Customer")
+        e = self.engine
+        if origin.startswith("it-"):
+            self.run(e.start_from_issue, origin, c)
+        elif origin == "button":
+            self.run(e.start_from_button, "btn", c)
+        elif origin == "general":
+            self.run(e.start_undesignated, c)
+        elif origin == "rep":
+            self.run(e.start_with_rep, rep, c)
+        else:
+            key = self.run(e.generate_session_key, rep)
+            self.run(e.start_with_key, key.value, c)
+
+    @rule(rep=st.sampled_from(REPS), signed_out=st.booleans())
+    def presence(self, rep, signed_out):
+        if self.engine.rep(rep).connected:
+            self.run(self.engine.disconnect, rep, signed_out)
+        else:
+            self.run(self.engine.connect, rep)
+
+    @rule(rep=st.sampled_from(REPS), locked=st.booleans())
+    def lock(self, rep, locked):
+        self.run(self.engine.set_locked, rep, locked)
+
+    @rule(rep=st.sampled_from(REPS))
+    def activity(self, rep):
+        self.run(self.engine.report_activity, rep)
+
+    @rule(rep=st.sampled_from(REPS), on=st.booleans())
+    def auto_assign(self, rep, on):
+        self.run(self.engine.update_settings, rep, auto_assign=on)
+
+    @rule(seconds=st.sampled_from([0.5, 3, 10, 16, 25, 45]))
+    def time_passes(self, seconds):
+        self.clock.tick(seconds)
+        self.engine.advance()
+
+    @rule(pick=st.integers(0, 10), accept=st.booleans(), wrong_rep=st.booleans())
+    def answer(self, pick, accept, wrong_rep):
+        offers = [self.engine.offer(s.offer) for s in self.sessions(SessionState.OFFERED)]
+        if not offers:
+            return
+        offer = offers[pick % len(offers)]
+        rep = offer.rep_id
+        if wrong_rep:
+            rep = REPS[(REPS.index(rep) + 1) % len(REPS)]
+        self.run(self.engine.answer_offer, rep, offer.id, accept)
+
+    @rule(rep=st.sampled_from(REPS), pick=st.integers(0, 50))
+    def accept_manually(self, rep, pick):
+        waiting = self.sessions(SessionState.WAITING, SessionState.OFFERED)
+        if waiting:
+            self.run(self.engine.accept_session, rep, waiting[pick % len(waiting)].id)
+
+    @rule(rep=st.sampled_from(REPS))
+    def get_next(self, rep):
+        self.run(self.engine.get_next, rep)
+
+    @rule(rep=st.sampled_from(REPS), pick=st.integers(0, 50),
+          to=st.sampled_from([team_queue(t) for t in TEAMS] + [personal_queue(r) for r in REPS]
+                             + [GENERAL_QUEUE]))
+    def transfer(self, rep, pick, to):
+        live = self.sessions(SessionState.WAITING, SessionState.OFFERED, SessionState.ACTIVE)
+        if live:
+            self.run(self.engine.transfer_session, rep, live[pick % len(live)].id, to)
+
+    @rule(pick=st.integers(0, 50), leave=st.booleans(), owner=st.booleans())
+    def end_or_leave(self, pick, leave, owner):
+        active = self.sessions(SessionState.ACTIVE)
+        if not active:
+            return
+        s = active[pick % len(active)]
+        rep = s.owner if owner or not s.participants else s.participants[0]
+        self.run(self.engine.leave_session if leave else self.engine.end_session, rep, s.id)
+
+    @rule(pick=st.integers(0, 50), to=st.sampled_from(
+        [team_queue(t) for t in TEAMS] + [personal_queue(r) for r in REPS]))
+    def invite(self, pick, to):
+        active = self.sessions(SessionState.ACTIVE)
+        if active:
+            s = active[pick % len(active)]
+            self.run(self.engine.invite, s.owner, s.id, to)
+
+    @rule(rep=st.sampled_from(REPS), pick=st.integers(0, 50))
+    def accept_invitation(self, rep, pick):
+        invitations = sorted(self.engine._invitations)
+        if invitations:
+            self.run(self.engine.accept_invitation, rep, invitations[pick % len(invitations)])
+
+    @rule(pick=st.integers(0, 50))
+    def customer_leaves(self, pick):
+        live = self.sessions(SessionState.WAITING, SessionState.OFFERED, SessionState.ACTIVE)
+        if live:
+            self.run(self.engine.cancel_session, live[pick % len(live)].id)
+
+    @rule(rep=st.sampled_from(REPS), team=st.sampled_from(TEAMS))
+    def membership(self, rep, team):
+        if team in self.engine.rep(rep).teams:
+            self.run(self.engine.remove_team_member, team, rep)
+        else:
+            self.run(self.engine.add_team_member, team, rep)
+
+    @rule(rep=st.sampled_from(REPS), levels=st.dictionaries(st.sampled_from(SKILLS),
+                                                            st.integers(1, 10), max_size=3))
+    def reskill(self, rep, levels):
+        self.run(self.engine.update_rep, rep, skills=levels)
+
+    @rule(garbage=st.sampled_from([
+        ("answer_offer", ("r0", "off-999999", True)), ("accept_session", ("nobody", "ses-1")),
+        ("transfer_session", ("r0", "ses-1", "team/least")), ("end_session", ("r0", "")),
+        ("create_rep", ("r0", "Dup")), ("update_rep", ("r1",), {"skills": {"win": 11}}),
+        ("start_from_issue", ("it-none", Customer("x"))), ("post_chat", ("r0", "least", "")),
+        ("start_undesignated", (Customer("x" * 10_000),)), ("set_locked", ("r0", "yes")),
+        ("invite", ("r0", "ses-1", GENERAL_QUEUE)), ("update_settings", ("r1",), {"auto_assign": False}),
+        ("create_team", ("least", "Again")), ("generate_session_key", ("r0",), {"ttl": -5}),
+    ]))
+    def bad_command(self, garbage):
+        name, args, *kw = garbage
+        self.run(getattr(self.engine, name), *args, **(kw[0] if kw else {}))
+
+    # ------------------------------------------------------------- invariants
+
+    @invariant()
+    def each_session_is_in_exactly_one_place(self):
+        e = self.engine
+        where: dict[str, list[str]] = {}
+        for q, items in e._queues.items():
+            for item in items:
+                where.setdefault(item, []).append(str(q))
+        for s in e.sessions():
+            if s.state in (SessionState.WAITING, SessionState.OFFERED):
+                assert where.get(s.id) == [str(s.queue)] and s.owner is None
+            elif s.state is SessionState.ACTIVE:
+                assert s.id not in where and s.queue is None and s.owner is not None
+                assert s.owner not in s.participants
+            else:
+                assert s.id not in where and s.owner is None and not s.participants
+            assert len(set(s.participants)) == len(s.participants)
+
+    @invariant()
+    def at_most_one_pending_offer_per_session_and_rep(self):
+        offers = list(self.engine._offers.values())
+        assert len({o.session_id for o in offers}) == len(offers)
+        assert len({o.rep_id for o in offers}) == len(offers)
+        for o in offers:
+            assert self.engine.session(o.session_id).offer == o.id
+            assert self.engine.session(o.session_id).state is SessionState.OFFERED
+            assert self.engine.rep(o.rep_id).offer == o.id
+        for s in self.engine.sessions():
+            assert (s.offer is None) == (s.state is not SessionState.OFFERED)
+
+    @invariant()
+    def never_reoffered_a_declined_session_without_a_manual_transfer(self):
+        for ev in self.events[self.seen_events:]:
+            if isinstance(ev, SessionQueued) and ev.origin is Origin.TRANSFER:
+                self.declined.pop(ev.session_id, None)
+            elif isinstance(ev, OfferDeclined):
+                self.declined.setdefault(ev.session_id, set()).add(ev.rep_id)
+            elif isinstance(ev, OfferMade):
+                assert ev.rep_id not in self.declined.get(ev.session_id, set())
+        self.seen_events = len(self.events)
+
+    @invariant()
+    def load_equals_sessions_owned_or_joined(self):
+        e = self.engine
+        counts = dict.fromkeys(REPS, 0)
+        for s in e.sessions():
+            if s.state is SessionState.ACTIVE:
+                counts[s.owner] += 1
+                for p in s.participants:
+                    counts[p] += 1
+        for rep_id, n in counts.items():
+            rep = e.rep(rep_id)
+            assert rep.load == n == e.reps_table.load[rep.ordinal]
+
+    @invariant()
+    def rank_load_is_eligibility_folded_into_load(self):
+        t = self.engine.reps_table
+        ok = (t.flags[: t.n] == 0) & (t.load[: t.n] < t.cap[: t.n])
+        assert (t.rank_load[: t.n] == np.where(ok, t.load[: t.n], INELIGIBLE)).all()
+
+    @invariant()
+    def work_conserving(self):
+        e = self.engine
+        for s in e.sessions():
+            if s.state is not SessionState.WAITING or s.queue.kind is not QueueKind.TEAM:
+                continue
+            team = e.team(s.queue.owner)
+            if team.settings.algorithm is Algorithm.NONE:
+                continue
+            for rep_id in team.members:
+                assert not (e.eligible(rep_id) and rep_id not in s.declined_by), (
+                    f"{rep_id} idles while {s.id} waits in {s.queue}")
+
+    @invariant()
+    def no_due_timer_left_behind(self):
+        deadline = self.engine.next_deadline()
+        assert deadline is None or deadline > self.clock.t
+
+
+EngineMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40,
+                                           deadline=None)
+TestEngineStateful = EngineMachine.TestCase
