@@ -677,13 +677,13 @@ class Engine:
                 if rule.overflow is None:
                     raise InvalidArgument("settings.waiting_rule.overflow",
                                           "required for a TRANSFER rule")
+                if rule.overflow == team_queue(team_id):
+                    raise InvalidArgument("settings.waiting_rule.overflow",
+                                          "must be another queue")
                 target = self._queue_ref("settings.waiting_rule.overflow", rule.overflow)
                 if target.kind is QueueKind.PERSONAL:
                     raise InvalidArgument("settings.waiting_rule.overflow",
                                           "must be a team queue or the general queue")
-                if target == team_queue(team_id):
-                    raise InvalidArgument("settings.waiting_rule.overflow",
-                                          "must be another queue")
                 if target.kind is QueueKind.GENERAL and not self.config.general_queue_enabled:
                     raise InvalidArgument("settings.waiting_rule.overflow",
                                           "the general queue is disabled")
