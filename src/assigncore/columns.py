@@ -145,6 +145,12 @@ class TeamTable:
         self.members[team].discard(rep)
         self.dirty = True
 
+    def with_eligible_member(self, rank_load: np.ndarray) -> np.ndarray:
+        """Per team: does it have at least one eligible member right now?"""
+        self.ensure_bound()
+        eligible = np.concatenate(([0], np.cumsum(rank_load[self.flat] != INELIGIBLE)))
+        return (eligible[self.indptr[1:]] - eligible[self.indptr[:-1]]) > 0
+
     def member_array(self, team: int) -> np.ndarray:
         self.ensure_bound()
         return self.flat[self.indptr[team] : self.indptr[team + 1]]
@@ -220,10 +226,16 @@ class SessionTable:
         self.decl_cnt[slot] = 0
         self.free.append(slot)
 
-    def pass_order(self) -> np.ndarray:
+    def pass_order(self, team_open: np.ndarray | None = None) -> np.ndarray:
         """Slots waiting for an offer, in rule-4 order: higher priority, then earlier
-        created time, then earlier arrival (seq) — a total, deterministic order."""
-        slots = np.flatnonzero(self.team[: self.n] >= 0)
+        created time, then earlier arrival (seq) — a total, deterministic order.
+        With `team_open` (bool per team ordinal), only sessions of those teams."""
+        team = self.team[: self.n]
+        if team_open is None:
+            slots = np.flatnonzero(team >= 0)
+        else:
+            lookup = np.append(team_open, False)  # index -1 (not assignable) -> False
+            slots = np.flatnonzero(lookup[team])
         if len(slots) > 1:
             keys = (self.seq[slots], self.created[slots], -self.priority[slots].astype(np.int64))
             slots = slots[np.lexsort(keys)]

@@ -393,8 +393,11 @@ class Engine:
     def _assign(self) -> None:
         """Rule 1-5: one kernel pass over every waiting session of every queue."""
         self._pass_needed = False
-        self.teams_table.ensure_bound()
-        order = self.sessions_table.pass_order()
+        rt = self.reps_table
+        if not (rt.rank_load[: rt.n] != INELIGIBLE).any():
+            return  # nobody can take anything
+        # Only sessions whose team has an eligible member can be offered in this pass.
+        order = self.sessions_table.pass_order(self.teams_table.with_eligible_member(rt.rank_load))
         if len(order) == 0:
             return
         st = self.sessions_table
