@@ -47,7 +47,7 @@ def build(world: dict, implementation: str):
     sessions = SessionTable(kernel, capacity=4)
     pool: list[int] = []
     for i, s in enumerate(world["sessions"]):
-        slot = sessions.alloc(s["priority"], s["created"], i, [k for k, _ in s["req"]],
+        slot = sessions.alloc(s["priority"], i, [k for k, _ in s["req"]],
                               [lv for _, lv in s["req"]])
         sessions.team[slot] = s["team"]
         sessions.decl_off[slot], sessions.decl_cnt[slot] = len(pool), len(s["declined"])
@@ -86,7 +86,6 @@ def sessions_for(draw, n_reps: int, n_teams: int):
     return {
         "team": draw(st.integers(-1, n_teams - 1)),
         "priority": draw(st.integers(0, 2)),
-        "created": float(draw(st.integers(0, 3))),
         "req": [(k, draw(st.sampled_from([1, 3, 5, 8, 10]))) for k in skills],
         "declined": sorted(draw(st.sets(st.integers(0, n_reps - 1), max_size=n_reps))),
     }
@@ -107,7 +106,6 @@ def large_world(seed: int, n: int) -> dict:
                     for _ in range(n_teams)],
         "sessions": [{
             "team": int(rng.integers(-1, n_teams)), "priority": int(rng.integers(0, 3)),
-            "created": float(rng.integers(0, 10)),
             "req": [(int(k), int(rng.integers(1, 11)))
                     for k in rng.choice(N_SKILLS, int(rng.integers(0, 4)), replace=False)],
             "declined": sorted(set(rng.integers(0, n, int(rng.integers(0, 30))).tolist())),

@@ -170,20 +170,54 @@ class TeamTable:
         self.dirty = False
 
 
+class _ArrivalLog:
+    """Slots of one priority level in arrival order, append-only; entries of ended
+    sessions are skipped by their seq and compacted away once they dominate."""
+
+    def __init__(self) -> None:
+        self.slots = np.zeros(16, dtype=np.int64)
+        self.seqs = np.zeros(16, dtype=np.int64)
+        self.size = 0
+        self.alive = 0
+
+    def append(self, slot: int, seq: int) -> None:
+        if self.size == len(self.slots):
+            self.slots = _grow(self.slots, 2 * self.size)
+            self.seqs = _grow(self.seqs, 2 * self.size)
+        self.slots[self.size], self.seqs[self.size] = slot, seq
+        self.size += 1
+        self.alive += 1
+
+    def live(self, seq_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        slots, seqs = self.slots[: self.size], self.seqs[: self.size]
+        if self.size > 2 * self.alive + 64:  # compact: drop entries of ended sessions
+            keep = seq_column[slots] == seqs
+            slots, seqs = slots[keep], seqs[keep]
+            self.size = len(slots)
+            self.slots[: self.size], self.seqs[: self.size] = slots, seqs
+        return slots, seqs
+
+
 class SessionTable:
     """Per-slot columns of sessions the kernel may offer: the team ordinal of the
     auto-assigning queue it waits in without an offer (-1 otherwise), its ranked
-    requirements, rule-4 ordering keys and the location of its declined list in the
-    per-pass pool. Slots are recycled through a free list."""
+    requirements and the location of its declined list in the per-pass pool. Slots are
+    recycled through a free list.
+
+    Rule-4 order (priority, then created time) needs no sort: a session's priority and
+    arrival seq never change, and seqs are handed out in creation order, so per priority
+    an append-only log of slots in arrival order is already sorted.
+    """
 
     def __init__(self, kernel, capacity: int = 64) -> None:
         self.kernel = kernel
         self.n = 0
         self.free: list[int] = []
+        self.last_seq = -1
+        self.levels: dict[int, _ArrivalLog] = {}
         self.team = np.full(capacity, -1, dtype=np.int32)
         self.priority = np.zeros(capacity, dtype=np.int32)
-        self.created = np.zeros(capacity, dtype=np.float64)
-        self.seq = np.zeros(capacity, dtype=np.int64)
+        self.seq = np.full(capacity, -1, dtype=np.int64)
         self.nreq = np.zeros(capacity, dtype=np.uint8)
         self.req_skill = np.zeros((capacity, MAX_REQUIRED_SKILLS), dtype=np.int32)
         self.req_level = np.zeros((capacity, MAX_REQUIRED_SKILLS), dtype=np.uint8)
@@ -195,48 +229,58 @@ class SessionTable:
         self.kernel.bind_sessions(self.team, self.nreq, self.req_skill, self.req_level,
                                   self.decl_off, self.decl_cnt, self.n)
 
-    def alloc(self, priority: int, created: float, seq: int,
-              req_skill: list[int], req_level: list[int]) -> int:
+    def alloc(self, priority: int, seq: int, req_skill: list[int], req_level: list[int]) -> int:
+        """A slot for a new session. `seq` must grow with every call (creation order)."""
+        if seq <= self.last_seq:
+            raise ValueError("session seqs must be handed out in increasing order")
+        if len(req_skill) != len(req_level) or len(req_skill) > MAX_REQUIRED_SKILLS:
+            raise ValueError("bad requirement lists")
         if self.free:
             slot = self.free.pop()
         else:
             if self.n == len(self.team):
                 size = 2 * len(self.team)
-                team = np.full(size, -1, dtype=np.int32)
-                team[: self.n] = self.team[: self.n]
-                self.team = team
-                for name in ("priority", "created", "seq", "nreq", "req_skill", "req_level",
-                             "decl_off", "decl_cnt"):
+                for name, fill in (("team", -1), ("seq", -1)):
+                    col = np.full(size, fill, dtype=getattr(self, name).dtype)
+                    col[: self.n] = getattr(self, name)[: self.n]
+                    setattr(self, name, col)
+                for name in ("priority", "nreq", "req_skill", "req_level", "decl_off",
+                             "decl_cnt"):
                     setattr(self, name, _grow(getattr(self, name), size))
             slot = self.n
             self.n += 1
             self._bind()
+        self.last_seq = seq
         self.team[slot] = -1
         self.priority[slot] = priority
-        self.created[slot] = created
         self.seq[slot] = seq
         self.nreq[slot] = len(req_skill)
         self.req_skill[slot, : len(req_skill)] = req_skill
         self.req_level[slot, : len(req_level)] = req_level
         self.decl_cnt[slot] = 0
+        level = self.levels.get(priority)
+        if level is None:
+            level = self.levels[priority] = _ArrivalLog()
+        level.append(slot, seq)
         return slot
 
     def release(self, slot: int) -> None:
         self.team[slot] = -1
         self.decl_cnt[slot] = 0
+        self.seq[slot] = -1
+        self.levels[int(self.priority[slot])].alive -= 1
         self.free.append(slot)
 
     def pass_order(self, team_open: np.ndarray | None = None) -> np.ndarray:
-        """Slots waiting for an offer, in rule-4 order: higher priority, then earlier
-        created time, then earlier arrival (seq) — a total, deterministic order.
-        With `team_open` (bool per team ordinal), only sessions of those teams."""
-        team = self.team[: self.n]
-        if team_open is None:
-            slots = np.flatnonzero(team >= 0)
-        else:
-            lookup = np.append(team_open, False)  # index -1 (not assignable) -> False
-            slots = np.flatnonzero(lookup[team])
-        if len(slots) > 1:
-            keys = (self.seq[slots], self.created[slots], -self.priority[slots].astype(np.int64))
-            slots = slots[np.lexsort(keys)]
-        return slots.astype(np.int64, copy=False)
+        """Slots waiting for an offer, in rule-4 order: higher priority first, then
+        earlier arrival. With `team_open` (bool per team ordinal), only sessions of
+        those teams."""
+        parts = []
+        lookup = None if team_open is None else np.append(team_open, False)  # -1 -> False
+        for priority in sorted(self.levels, reverse=True):
+            slots, seqs = self.levels[priority].live(self.seq)
+            team = self.team[slots]
+            keep = (team >= 0) if lookup is None else lookup[team]
+            keep &= self.seq[slots] == seqs
+            parts.append(slots[keep])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -1018,8 +1018,10 @@ class Engine:
         seq = self._counters["session"]
         required = issue_type.required_skills if issue_type else ()
         priority = issue_type.priority if issue_type else 0
+        # seq grows with creation time (the clock never goes back), so the table can
+        # keep rule-4 order by seq alone.
         slot = self.sessions_table.alloc(
-            priority, self._now, seq, [self._skills[name] for name, _ in required],
+            priority, seq, [self._skills[name] for name, _ in required],
             [level for _, level in required])
         s = Session(f"ses-{seq}", seq, slot, customer, channel, origin,
                     issue_type.id if issue_type else "", required, priority, self._now,

@@ -1,0 +1,82 @@
+"""Synthetic desks shared by benchmarks/kernel.py and the pytest-benchmark files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from assigncore.columns import FLAG_LOCKED, NO_CAP, RepTable, SessionTable, TeamTable
+from assigncore.kernel import Kernel
+from assigncore.model import Algorithm
+
+N_SKILLS = 16
+
+
+def rep_table(kernel: Kernel, n_reps: int, eligible_share: float, seed: int = 1) -> RepTable:
+    """Reps with loads 0-3 of max 5, `eligible_share` of them eligible, available_since
+    spread over an hour, 16 skills at levels 0-10."""
+    rng = np.random.default_rng(seed)
+    reps = RepTable(kernel, capacity=n_reps, skill_capacity=N_SKILLS)
+    for _ in range(N_SKILLS):
+        reps.add_skill_column()
+    for _ in range(n_reps):
+        reps.add()
+    n = n_reps
+    reps.load[:n] = rng.integers(0, 4, n)
+    reps.cap[:n] = 5
+    reps.flags[:n] = np.where(rng.random(n) < eligible_share, 0, FLAG_LOCKED)
+    reps.avail[:n] = 1.7e9 + rng.integers(0, 3600, n)
+    reps.skills[:n, :N_SKILLS] = rng.choice([0, 0, 0, 2, 4, 6, 8, 10], (n, N_SKILLS))
+    reps.refresh_all()
+    return reps
+
+
+def candidates(n_reps: int, n: int, seed: int = 2) -> np.ndarray:
+    """A team's member list: sorted ordinals, as the CSR holds them."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_reps, n, replace=False)).astype(np.int32)
+
+
+class BatchDesk:
+    """5,000 team queues, 20,000 reps each in 1-4 teams, 50,000 waiting sessions and
+    2,000 eligible reps (by default), on one kernel implementation."""
+
+    def __init__(self, implementation: str, n_teams: int = 5000, n_reps: int = 20000,
+                 n_sessions: int = 50000, n_eligible: int = 2000, seed: int = 3) -> None:
+        rng = np.random.default_rng(seed)
+        self.kernel = Kernel(implementation)
+        self.reps = rep_table(self.kernel, n_reps, 0.0, seed)
+        eligible = rng.choice(n_reps, n_eligible, replace=False)
+        self.reps.flags[eligible] = 0
+        self.reps.cap[:n_reps] = NO_CAP
+        self.reps.refresh_all()
+        self.teams = TeamTable(self.kernel)
+        algorithms = [Algorithm.LEAST_BUSY, Algorithm.SKILLS_MATCH_LEAST_BUSY,
+                      Algorithm.BEST_SKILLS]
+        for t in range(n_teams):
+            self.teams.add(int(algorithms[t % 3]))
+        for r in range(n_reps):
+            for t in rng.choice(n_teams, int(rng.integers(1, 5)), replace=False):
+                self.teams.add_member(int(t), r)
+        self.teams.ensure_bound()
+        self.sessions = SessionTable(self.kernel, capacity=n_sessions)
+        for i in range(n_sessions):
+            k = int(rng.integers(0, 4))
+            skills = rng.choice(N_SKILLS, k, replace=False).tolist()
+            slot = self.sessions.alloc(int(rng.integers(0, 3)), i, skills,
+                                       rng.integers(1, 8, k).tolist())
+            self.sessions.team[slot] = int(rng.integers(0, n_teams))
+        self.pool = np.zeros(0, dtype=np.int32)
+        self._flags = self.reps.flags.copy()
+        self._rank_load = self.reps.rank_load.copy()
+
+    def reset(self) -> None:
+        """Undo the pending offers a pass made."""
+        self.reps.flags[:] = self._flags
+        self.reps.rank_load[:] = self._rank_load
+
+    def full_pass(self) -> int:
+        """What the engine's pass does with the columns: pick the sessions whose team has
+        an eligible member, order them by rule 4, rank them all in one kernel call."""
+        order = self.sessions.pass_order(self.teams.with_eligible_member(self.reps.rank_load))
+        slots, _ = self.kernel.assign_batch(order, self.pool, min(len(order), self.reps.n))
+        return len(slots)
