@@ -24,7 +24,7 @@ def rep_table(kernel: Kernel, n_reps: int, eligible_share: float, seed: int = 1)
     reps.load[:n] = rng.integers(0, 4, n)
     reps.cap[:n] = 5
     reps.flags[:n] = np.where(rng.random(n) < eligible_share, 0, FLAG_LOCKED)
-    reps.avail[:n] = 1.7e9 + rng.integers(0, 3600, n)
+    reps.avail[:n] = rng.integers(0, 3600 * 10**6, n)  # within an hour, in microseconds
     reps.skills[:n, :N_SKILLS] = rng.choice([0, 0, 0, 2, 4, 6, 8, 10], (n, N_SKILLS))
     reps.refresh_all()
     return reps
@@ -67,16 +67,16 @@ class BatchDesk:
             self.sessions.team[slot] = int(rng.integers(0, n_teams))
         self.pool = np.zeros(0, dtype=np.int32)
         self._flags = self.reps.flags.copy()
-        self._rank_load = self.reps.rank_load.copy()
+        self._rank_key = self.reps.rank_key.copy()
 
     def reset(self) -> None:
         """Undo the pending offers a pass made."""
         self.reps.flags[:] = self._flags
-        self.reps.rank_load[:] = self._rank_load
+        self.reps.rank_key[:] = self._rank_key
 
     def full_pass(self) -> int:
         """What the engine's pass does with the columns: pick the sessions whose team has
         an eligible member, order them by rule 4, rank them all in one kernel call."""
-        order = self.sessions.pass_order(self.teams.with_eligible_member(self.reps.rank_load))
+        order = self.sessions.pass_order(self.teams.with_eligible_member(self.reps.rank_key))
         slots, _ = self.kernel.assign_batch(order, self.pool, min(len(order), self.reps.n))
         return len(slots)

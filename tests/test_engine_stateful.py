@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from assigncore.columns import INELIGIBLE
+from assigncore.columns import INELIGIBLE, LOAD_SHIFT
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError
 from assigncore.events import OfferDeclined, OfferMade, SessionQueued
@@ -271,10 +271,11 @@ class EngineMachine(RuleBasedStateMachine):
             assert rep.load == n == e.reps_table.load[rep.ordinal]
 
     @invariant()
-    def rank_load_is_eligibility_folded_into_load(self):
+    def rank_key_is_load_and_availability_of_eligible_reps(self):
         t = self.engine.reps_table
         ok = (t.flags[: t.n] == 0) & (t.load[: t.n] < t.cap[: t.n])
-        assert (t.rank_load[: t.n] == np.where(ok, t.load[: t.n], INELIGIBLE)).all()
+        key = (t.load[: t.n].astype(np.int64) << LOAD_SHIFT) | t.avail[: t.n]
+        assert (t.rank_key[: t.n] == np.where(ok, key, INELIGIBLE)).all()
 
     @invariant()
     def work_conserving(self):

@@ -13,6 +13,8 @@ from assigncore.columns import (
     FLAG_OFFLINE,
     FLAG_PENDING_OFFER,
     INELIGIBLE,
+    LOAD_SHIFT,
+    MAX_AVAIL_TICKS,
     NO_CAP,
     RepTable,
     SessionTable,
@@ -99,7 +101,7 @@ def large_world(seed: int, n: int) -> dict:
         "load": rng.integers(0, 4, n).tolist(),
         "cap": rng.choice([2, 3, 5, NO_CAP], n).tolist(),
         "flags": rng.choice([0, 0, 0, FLAG_LOCKED, FLAG_OFFLINE], n).tolist(),
-        "avail": rng.integers(0, 50, n).astype(float).tolist(),
+        "avail": rng.integers(0, 50, n).tolist(),
         "skills": rng.choice([0, 0, 2, 5, 9], (n, N_SKILLS)).tolist(),
         "team_alg": rng.choice(list(Algorithm), n_teams).tolist(),
         "members": [set(rng.choice(n, int(rng.integers(0, n + 1)), replace=False).tolist())
@@ -133,6 +135,7 @@ def check_rank_one(world: dict) -> None:
                     assert vec == expected
     # ranking never writes
     assert (creps.marks == 0).all()
+    assert (creps.rank_key[:n] == build(world, "cython")[1].rank_key[:n]).all()
 
 
 def check_batch(world: dict) -> None:
@@ -142,7 +145,7 @@ def check_batch(world: dict) -> None:
         order = sessions.pass_order()
         slots, chosen = kernel.assign_batch(order, pool, max(1, len(order)))
         results.append((slots.tolist(), chosen.tolist(), reps.flags[: reps.n].tolist(),
-                        reps.rank_load[: reps.n].tolist()))
+                        reps.rank_key[: reps.n].tolist()))
         # every offer went to an eligible, undeclined member of the session's team
         for slot, r in zip(slots.tolist(), chosen.tolist(), strict=True):
             s = world["sessions"][slot]
@@ -182,21 +185,37 @@ def test_everyone_declined_and_nobody_eligible_give_no_candidate():
     assert kernel.best_candidate(everyone, Algorithm.BEST_SKILLS, (), (), ()) == -1
 
 
-def test_rank_load_tracks_flags_load_and_cap():
+def test_rank_key_tracks_flags_load_cap_and_availability():
     kernel = Kernel()
     reps = RepTable(kernel, capacity=2)
     r = reps.add()
-    assert reps.rank_load[r] == INELIGIBLE  # new reps are offline
+    assert reps.rank_key[r] == INELIGIBLE  # new reps are offline
     reps.set_flag(r, FLAG_OFFLINE, False)
-    assert reps.rank_load[r] == 0
+    assert reps.rank_key[r] == 0
+    reps.set_available(r, 1234)
     reps.set_cap(r, 2)
     reps.set_load(r, 2)
-    assert reps.rank_load[r] == INELIGIBLE
+    assert reps.rank_key[r] == INELIGIBLE
     reps.set_load(r, 1)
-    assert reps.rank_load[r] == 1
+    assert reps.rank_key[r] == (1 << LOAD_SHIFT) | 1234
     for _ in range(5):  # growth rebinds the kernel
         reps.add()
     assert kernel.best_candidate([r, 3], Algorithm.LEAST_BUSY) == r
+    with pytest.raises(ValueError):
+        reps.set_available(r, MAX_AVAIL_TICKS + 1)
+
+
+def test_rebase_keeps_the_order():
+    kernel = Kernel()
+    reps = RepTable(kernel, capacity=4)
+    for ticks in (MAX_AVAIL_TICKS - 5, MAX_AVAIL_TICKS - 9, MAX_AVAIL_TICKS - 7):
+        r = reps.add()
+        reps.set_flag(r, FLAG_OFFLINE, False)
+        reps.set_available(r, ticks)
+    before = kernel.best_candidate([0, 1, 2], Algorithm.LEAST_BUSY)
+    assert reps.rebase() == MAX_AVAIL_TICKS - 9
+    assert reps.avail[:3].tolist() == [4, 0, 2]
+    assert kernel.best_candidate([0, 1, 2], Algorithm.LEAST_BUSY) == before == 1
 
 
 @pytest.mark.parametrize("implementation", ["cython", "reference"])

@@ -23,11 +23,9 @@ cdef inline int matched_prefix(const level_t* skill_row, const int32_t* req_skil
     return j
 
 
-cdef inline bint ranks_before(int64_t major, int64_t load, double avail, ord_t rep,
-                              int64_t best_major, int64_t best_load, double best_avail,
-                              ord_t best) noexcept nogil:
-    """Lexicographic (major, load, available_since, ordinal); the final tie goes to the
-    lowest ordinal. Written with non-short-circuit operators so gcc emits no branches."""
+cdef inline bint ranks_before(int64_t major, int64_t key, ord_t rep,
+                              int64_t best_major, int64_t best_key, ord_t best) noexcept nogil:
+    """Lexicographic (major, rank key = load then available_since, ordinal); the final
+    tie goes to the lowest ordinal. Non-short-circuit operators: gcc emits no branches."""
     return (major < best_major) | ((major == best_major) & (
-        (load < best_load) | ((load == best_load) & (
-            (avail < best_avail) | ((avail == best_avail) & (rep < best))))))
+        (key < best_key) | ((key == best_key) & (rep < best))))

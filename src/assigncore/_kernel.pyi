@@ -7,10 +7,8 @@ class RankKernel:
     def __init__(self) -> None: ...
     def bind_reps(
         self,
-        load: npt.NDArray[np.int32],
-        cap: npt.NDArray[np.int32],
+        rank_key: npt.NDArray[np.int64],
         flags: npt.NDArray[np.uint8],
-        avail: npt.NDArray[np.float64],
         skills: npt.NDArray[np.uint8],
         marks: npt.NDArray[np.uint8],
         n_reps: int,

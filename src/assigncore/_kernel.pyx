@@ -11,21 +11,20 @@ turn the checks back on with ASSIGNCORE_DEBUG_BUILD=1.
 
 cimport cython
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, INT64_MAX
-from libc.math cimport INFINITY
 
 import numpy as np
 
 # Ineligibility bits; must match columns.py.
 DEF FLAG_PENDING_OFFER = 32
 
-# rank_load of a rep that is not eligible (must match columns.INELIGIBLE).
-DEF INELIGIBLE = 0x7fffffff
-
 cdef extern from *:
     """
     #define AC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #define AC_INELIGIBLE INT64_MAX
     """
     bint AC_UNLIKELY(bint) noexcept nogil
+    # rank_key of a rep that is not eligible (must match columns.INELIGIBLE).
+    const int64_t INELIGIBLE "AC_INELIGIBLE"
 
 # --- policies -------------------------------------------------------------------------
 # One definition per routing algorithm. Adding a fifth = one function here, one entry in
@@ -67,9 +66,8 @@ cdef class RankKernel:
     """Ranking over the engine's columns. Not thread-safe (the engine is single-writer)."""
 
     # rep columns
-    cdef int32_t[::1] rank_load    # load if eligible, else INELIGIBLE (kept by RepTable)
+    cdef int64_t[::1] rank_key     # load << 48 | available_since, or INELIGIBLE
     cdef uint8_t[::1] flags
-    cdef double[::1] avail
     cdef uint8_t[:, ::1] skills
     cdef uint8_t[::1] marks        # scratch: declined reps of the session being ranked
     cdef Py_ssize_t n_reps
@@ -92,15 +90,13 @@ cdef class RankKernel:
         self.n_teams = 0
         self.n_slots = 0
 
-    def bind_reps(self, int32_t[::1] rank_load, uint8_t[::1] flags,
-                  double[::1] avail, uint8_t[:, ::1] skills, uint8_t[::1] marks,
-                  Py_ssize_t n_reps):
-        if not (rank_load.shape[0] >= n_reps
-                and flags.shape[0] >= n_reps and avail.shape[0] >= n_reps
+    def bind_reps(self, int64_t[::1] rank_key, uint8_t[::1] flags,
+                  uint8_t[:, ::1] skills, uint8_t[::1] marks, Py_ssize_t n_reps):
+        if not (rank_key.shape[0] >= n_reps and flags.shape[0] >= n_reps
                 and skills.shape[0] >= n_reps and marks.shape[0] >= n_reps
                 and skills.shape[1] >= 1):
             raise ValueError("rep columns are shorter than n_reps")
-        self.rank_load, self.flags, self.avail = rank_load, flags, avail
+        self.rank_key, self.flags = rank_key, flags
         self.skills, self.marks, self.n_reps = skills, marks, n_reps
 
     def bind_teams(self, int32_t[::1] indptr, int32_t[::1] members, int8_t[::1] alg,
@@ -136,20 +132,19 @@ cdef class RankKernel:
     cdef ord_t _rank(self, const int32_t* cand, Py_ssize_t n, int algorithm,
                      const int32_t* req_skill, const level_t* req_level, int nreq,
                      bint any_declined, Py_ssize_t* n_eligible) noexcept nogil:
-        """Best eligible, undeclined candidate or -1. Reads rank_load (the load of an
-        eligible rep, INELIGIBLE otherwise) for every candidate and the rest only for a
-        would-be winner. Declined reps are marked in self.marks. Counts eligible
-        candidates (declined or not) into n_eligible."""
-        cdef const int32_t* rank_load = &self.rank_load[0]
-        cdef const double* avail = &self.avail[0]
+        """Best eligible, undeclined candidate or -1. Reads one rank_key per candidate
+        (load, then available_since, folded into an int64; INELIGIBLE if not eligible).
+        Declined reps are marked in self.marks, read only for a would-be winner.
+        Counts eligible candidates (declined or not) into n_eligible, or sets it to -1
+        and returns -1 if a candidate ordinal is out of range (checked before use)."""
+        cdef const int64_t* rank_key = &self.rank_key[0]
         cdef const uint8_t* marks = &self.marks[0]
         cdef const uint8_t* skills = &self.skills[0, 0]
         cdef Py_ssize_t row = self.skills.shape[1]
         cdef policy_fn policy = POLICIES[algorithm]
         cdef ord_t best = -1, r
-        cdef int32_t best_load = INELIGIBLE, l
+        cdef int64_t best_key = INELIGIBLE, k
         cdef int64_t best_major = INT64_MAX, major
-        cdef double best_avail = INFINITY, a
         cdef Py_ssize_t i, ok = 0
         cdef uint32_t n_reps = <uint32_t>self.n_reps
         if policy == NULL:
@@ -158,32 +153,30 @@ cdef class RankKernel:
                 if AC_UNLIKELY(<uint32_t>r >= n_reps):
                     n_eligible[0] = -1
                     return -1
-                l = rank_load[r]
-                ok += l != INELIGIBLE
-                if AC_UNLIKELY(l <= best_load):
-                    if l == INELIGIBLE:
+                k = rank_key[r]
+                ok += k != INELIGIBLE
+                if AC_UNLIKELY(k <= best_key):
+                    if k == INELIGIBLE:
                         continue
-                    a = avail[r]
-                    if (l < best_load) | (a < best_avail) | ((a == best_avail) & (r < best)):
+                    if (k < best_key) | (r < best):
                         if any_declined and marks[r]:
                             continue
-                        best, best_load, best_avail = r, l, a
+                        best, best_key = r, k
         else:
             for i in range(n):
                 r = cand[i]
                 if AC_UNLIKELY(<uint32_t>r >= n_reps):
                     n_eligible[0] = -1
                     return -1
-                l = rank_load[r]
-                if l == INELIGIBLE:
+                k = rank_key[r]
+                if k == INELIGIBLE:
                     continue
                 ok += 1
                 if any_declined and marks[r]:
                     continue
                 major = policy(skills + r * row, req_skill, req_level, nreq)
-                a = avail[r]
-                if ranks_before(major, l, a, r, best_major, best_load, best_avail, best):
-                    best, best_major, best_load, best_avail = r, major, l, a
+                if ranks_before(major, k, r, best_major, best_key, best):
+                    best, best_major, best_key = r, major, k
         n_eligible[0] = ok
         return best
 
@@ -257,7 +250,7 @@ cdef class RankKernel:
                 raise IndexError(f"declined rep ordinal {decl_pool[k]} out of range")
         with nogil:
             for r in range(n_reps):
-                remaining += self.rank_load[r] != INELIGIBLE
+                remaining += self.rank_key[r] != INELIGIBLE
             for k in range(n):
                 if remaining == 0 or made == cap_out:
                     break
@@ -283,7 +276,7 @@ cdef class RankKernel:
                 if best < 0:
                     continue
                 self.flags[best] |= FLAG_PENDING_OFFER
-                self.rank_load[best] = INELIGIBLE
+                self.rank_key[best] = INELIGIBLE
                 remaining -= 1
                 out_slot[made] = <int32_t>s
                 out_rep[made] = best

@@ -19,8 +19,12 @@ FLAG_PENDING_OFFER = 32
 FLAG_REMOVED = 64
 
 NO_CAP = np.iinfo(np.int32).max
-# rank_load of a rep that is not eligible; must match INELIGIBLE in _kernel.pyx.
-INELIGIBLE = np.iinfo(np.int32).max
+# rank_key = load << LOAD_SHIFT | available_since (microseconds since the table's epoch)
+# for an eligible rep, INELIGIBLE otherwise; must match _kernel.pyx.
+LOAD_SHIFT = 48
+MAX_AVAIL_TICKS = (1 << LOAD_SHIFT) - 1  # ~8.9 years after the epoch
+MAX_RANKED_LOAD = (1 << 14) - 1  # higher loads rank as this (far above any real cap)
+INELIGIBLE = np.iinfo(np.int64).max
 MAX_REQUIRED_SKILLS = 8
 
 
@@ -31,12 +35,14 @@ def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
 
 
 class RepTable:
-    """Per-rep columns: load, cap (max concurrent sessions), flags, available_since,
-    skill levels (rep x skill matrix, 0 = skill absent).
+    """Per-rep columns: load, cap (max concurrent sessions), flags, available_since
+    (integer microseconds since the epoch; a rep that has been available longer has a
+    smaller value), skill levels (rep x skill matrix, 0 = skill absent).
 
-    rank_load is derived: the load of an eligible rep (flags == 0 and load < cap), else
-    INELIGIBLE. It folds three columns into the one the kernel reads per candidate; it is
-    only ever written through the methods below, which keep it in step.
+    rank_key is derived: load << 48 | available_since for an eligible rep (flags == 0
+    and load < cap), else INELIGIBLE. Least-busy ranking is then the smallest rank_key,
+    one int64 per candidate. It is only ever written through the methods below, which
+    keep it in step.
     """
 
     def __init__(self, kernel, capacity: int = 64, skill_capacity: int = 8) -> None:
@@ -45,34 +51,29 @@ class RepTable:
         self.load = np.zeros(capacity, dtype=np.int32)
         self.cap = np.full(capacity, NO_CAP, dtype=np.int32)
         self.flags = np.zeros(capacity, dtype=np.uint8)
-        self.avail = np.zeros(capacity, dtype=np.float64)
-        self.rank_load = np.full(capacity, INELIGIBLE, dtype=np.int32)
+        self.avail = np.zeros(capacity, dtype=np.int64)
+        self.rank_key = np.full(capacity, INELIGIBLE, dtype=np.int64)
         self.skills = np.zeros((capacity, skill_capacity), dtype=np.uint8)
         self.marks = np.zeros(capacity, dtype=np.uint8)
         self.n_skills = 0
         self._bind()
 
     def _bind(self) -> None:
-        self.kernel.bind_reps(self.rank_load, self.flags, self.avail, self.skills,
-                              self.marks, self.n)
+        self.kernel.bind_reps(self.rank_key, self.flags, self.skills, self.marks, self.n)
 
     def add(self) -> int:
         """A new rep ordinal (offline, no load, no skills). Ordinals are never reused."""
         if self.n == len(self.load):
             size = 2 * len(self.load)
-            self.load = _grow(self.load, size)
-            self.cap = _grow(self.cap, size)
-            self.flags = _grow(self.flags, size)
-            self.avail = _grow(self.avail, size)
-            self.rank_load = _grow(self.rank_load, size)
-            self.skills = _grow(self.skills, size)
-            self.marks = _grow(self.marks, size)
+            for name in ("load", "cap", "flags", "avail", "rank_key", "skills", "marks"):
+                setattr(self, name, _grow(getattr(self, name), size))
         ordinal = self.n
         self.n += 1
         self.load[ordinal] = 0
         self.cap[ordinal] = NO_CAP
         self.flags[ordinal] = FLAG_OFFLINE
-        self.rank_load[ordinal] = INELIGIBLE
+        self.avail[ordinal] = 0
+        self.rank_key[ordinal] = INELIGIBLE
         self._bind()
         return ordinal
 
@@ -89,7 +90,11 @@ class RepTable:
         return bool(self.flags[rep] == 0 and self.load[rep] < self.cap[rep])
 
     def refresh(self, rep: int) -> None:
-        self.rank_load[rep] = self.load[rep] if self.eligible(rep) else INELIGIBLE
+        if self.eligible(rep):
+            load = min(int(self.load[rep]), MAX_RANKED_LOAD)
+            self.rank_key[rep] = (load << LOAD_SHIFT) | int(self.avail[rep])
+        else:
+            self.rank_key[rep] = INELIGIBLE
 
     def set_flag(self, rep: int, flag: int, on: bool) -> None:
         current = int(self.flags[rep])
@@ -104,11 +109,28 @@ class RepTable:
         self.cap[rep] = cap
         self.refresh(rep)
 
+    def set_available(self, rep: int, ticks: int) -> None:
+        if not 0 <= ticks <= MAX_AVAIL_TICKS:
+            raise ValueError("available_since is outside the table's range")
+        self.avail[rep] = ticks
+        self.refresh(rep)
+
     def refresh_all(self) -> None:
-        """Recompute rank_load after writing load/cap/flags directly (tests, bulk loads)."""
+        """Recompute rank_key after writing columns directly (tests, bulk loads)."""
         n = self.n
+        if ((self.avail[:n] < 0) | (self.avail[:n] > MAX_AVAIL_TICKS)).any():
+            raise ValueError("available_since is outside the table's range")
         ok = (self.flags[:n] == 0) & (self.load[:n] < self.cap[:n])
-        self.rank_load[:n] = np.where(ok, self.load[:n], INELIGIBLE)
+        load = np.minimum(self.load[:n], MAX_RANKED_LOAD).astype(np.int64)
+        self.rank_key[:n] = np.where(ok, (load << LOAD_SHIFT) | self.avail[:n], INELIGIBLE)
+
+    def rebase(self) -> int:
+        """Shift the epoch forward to the earliest available_since, keeping the order;
+        returns the shift in ticks. Needed only after years of uptime."""
+        shift = int(self.avail[: self.n].min()) if self.n else 0
+        self.avail[: self.n] -= shift
+        self.refresh_all()
+        return shift
 
 
 class TeamTable:
@@ -145,10 +167,10 @@ class TeamTable:
         self.members[team].discard(rep)
         self.dirty = True
 
-    def with_eligible_member(self, rank_load: np.ndarray) -> np.ndarray:
+    def with_eligible_member(self, rank_key: np.ndarray) -> np.ndarray:
         """Per team: does it have at least one eligible member right now?"""
         self.ensure_bound()
-        eligible = np.concatenate(([0], np.cumsum(rank_load[self.flat] != INELIGIBLE)))
+        eligible = np.concatenate(([0], np.cumsum(rank_key[self.flat] != INELIGIBLE)))
         return (eligible[self.indptr[1:]] - eligible[self.indptr[:-1]]) > 0
 
     def member_array(self, team: int) -> np.ndarray:

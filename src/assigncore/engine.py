@@ -34,6 +34,7 @@ from .columns import (
     FLAG_REMOVED,
     FLAG_WRAP_UP,
     INELIGIBLE,
+    MAX_AVAIL_TICKS,
     NO_CAP,
     RepTable,
     SessionTable,
@@ -212,6 +213,7 @@ class Engine:
         self.kernel = kernel or Kernel()
         self._rng = rng or secrets.SystemRandom()
         self._now = float(clock())
+        self._epoch = self._now  # available_since is counted from here, in microseconds
         self._busy = False
         self._scratch: list[Event] = []
         self._events: list[Event] = self._scratch
@@ -354,7 +356,7 @@ class Engine:
         available_since when it becomes eligible or its load changes; tell the console
         when the reasons it is ineligible change; ask for a pass when it is eligible."""
         table, o = self.reps_table, rep.ordinal
-        was_eligible = table.rank_load[o] != INELIGIBLE
+        was_eligible = table.rank_key[o] != INELIGIBLE
         flags = ((0 if rep.connected else FLAG_OFFLINE) | (FLAG_LOCKED if rep.locked else 0)
                  | (FLAG_IDLE if rep.idle else 0) | (0 if rep.auto_assign else FLAG_OPTED_OUT)
                  | (FLAG_WRAP_UP if rep.wrap_up_timer is not None else 0)
@@ -363,15 +365,24 @@ class Engine:
         table.load[o] = rep.load
         table.cap[o] = rep.permissions.max_concurrent_sessions or NO_CAP
         table.refresh(o)
-        eligible = table.rank_load[o] != INELIGIBLE
+        eligible = table.rank_key[o] != INELIGIBLE
         if load_changed or (eligible and not was_eligible):
-            table.avail[o] = self._now
+            table.set_available(o, self._available_ticks())
         if eligible:
             self._pass_needed = True
         reasons = self._reasons(rep)
         if reasons != self._reported.get(rep.id):
             self._reported[rep.id] = reasons
             self._emit(EligibilityChanged(self._now, rep.id, not reasons, reasons))
+
+    def _available_ticks(self) -> int:
+        """available_since as integer microseconds since the engine's epoch: exact ties
+        stay ties, and load and availability fold into one int64 rank key."""
+        ticks = round((self._now - self._epoch) * 1e6)
+        if ticks > MAX_AVAIL_TICKS:  # after ~8.9 years: move the epoch, keep the order
+            self._epoch += self.reps_table.rebase() / 1e6
+            ticks = round((self._now - self._epoch) * 1e6)
+        return min(ticks, MAX_AVAIL_TICKS)
 
     def _sync_slot(self, s: Session) -> None:
         """Expose a session to the kernel iff it waits, without an offer, in a team
@@ -394,10 +405,10 @@ class Engine:
         """Rule 1-5: one kernel pass over every waiting session of every queue."""
         self._pass_needed = False
         rt = self.reps_table
-        if not (rt.rank_load[: rt.n] != INELIGIBLE).any():
+        if not (rt.rank_key[: rt.n] != INELIGIBLE).any():
             return  # nobody can take anything
         # Only sessions whose team has an eligible member can be offered in this pass.
-        order = self.sessions_table.pass_order(self.teams_table.with_eligible_member(rt.rank_load))
+        order = self.sessions_table.pass_order(self.teams_table.with_eligible_member(rt.rank_key))
         if len(order) == 0:
             return
         st = self.sessions_table
@@ -1531,7 +1542,7 @@ class Engine:
             "counters": dict(self._counters),
             "timers": plain(self._timers.pending()),
             "rep_columns": [col[: rt.n].tolist() for col in
-                            (rt.load, rt.cap, rt.flags, rt.avail, rt.rank_load)]
+                            (rt.load, rt.cap, rt.flags, rt.avail, rt.rank_key)]
             + [rt.skills[: rt.n].tolist()],
             "session_columns": [st.team[: st.n].tolist(), st.decl_cnt[: st.n].tolist(),
                                 sorted(st.free)],

@@ -31,7 +31,17 @@ else:
     IMPLEMENTATION = "cython"
 
 
-def _as(arr, dtype, name: str) -> np.ndarray:
+_I32, _I64, _U8 = np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.uint8)
+_NO_REPS = np.zeros(0, dtype=_I32)
+_NO_LEVELS = np.zeros(0, dtype=_U8)
+_NO_REPS.flags.writeable = _NO_LEVELS.flags.writeable = False
+
+
+def _as(arr, dtype: np.dtype, name: str) -> np.ndarray:
+    # Fast path for the common case (builtin dtypes are singletons, so `is` is exact).
+    if type(arr) is np.ndarray and arr.dtype is dtype and arr.ndim == 1 \
+            and arr.flags.c_contiguous:
+        return arr
     out = np.ascontiguousarray(arr, dtype=dtype)
     if out.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {out.shape}")
@@ -53,13 +63,13 @@ class Kernel:
         self.bind_teams = self.impl.bind_teams
         self.bind_sessions = self.impl.bind_sessions
 
-    def best_candidate(self, candidates, algorithm: int, req_skill=(), req_level=(),
-                       declined=()) -> int:
+    def best_candidate(self, candidates, algorithm: int, req_skill=_NO_REPS,
+                       req_level=_NO_LEVELS, declined=_NO_REPS) -> int:
         """The best eligible, undeclined rep among `candidates` (rep ordinals), or -1."""
         return int(self.impl.best_candidate(
-            _as(candidates, np.int32, "candidates"), int(algorithm),
-            _as(req_skill, np.int32, "req_skill"), _as(req_level, np.uint8, "req_level"),
-            _as(declined, np.int32, "declined"),
+            _as(candidates, _I32, "candidates"), int(algorithm),
+            _as(req_skill, _I32, "req_skill"), _as(req_level, _U8, "req_level"),
+            _as(declined, _I32, "declined"),
         ))
 
     def assign_batch(self, order: np.ndarray, decl_pool: np.ndarray,
@@ -68,6 +78,6 @@ class Kernel:
         (slots, rep ordinals). The reps' pending-offer flags are already set."""
         out_slot = np.empty(max_offers, dtype=np.int32)
         out_rep = np.empty(max_offers, dtype=np.int32)
-        made = self.impl.assign_batch(_as(order, np.int64, "order"),
-                                      _as(decl_pool, np.int32, "decl_pool"), out_slot, out_rep)
+        made = self.impl.assign_batch(_as(order, _I64, "order"),
+                                      _as(decl_pool, _I32, "decl_pool"), out_slot, out_rep)
         return out_slot[:made], out_rep[:made]

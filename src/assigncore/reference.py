@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 FLAG_PENDING_OFFER = 32
-INELIGIBLE = 0x7FFFFFFF
+INELIGIBLE = 0x7FFFFFFFFFFFFFFF
 
 # (skill row, required skill ordinals, required minimum levels) -> major score; smaller
 # ranks first. None means every candidate scores 0 (pure least-busy).
@@ -51,10 +51,10 @@ class RankKernel:
         self.n_teams = 0
         self.n_slots = 0
 
-    def bind_reps(self, rank_load, flags, avail, skills, marks, n_reps: int) -> None:
-        if min(len(rank_load), len(flags), len(avail), len(skills), len(marks)) < n_reps:
+    def bind_reps(self, rank_key, flags, skills, marks, n_reps: int) -> None:
+        if min(len(rank_key), len(flags), len(skills), len(marks)) < n_reps:
             raise ValueError("rep columns are shorter than n_reps")
-        self.rank_load, self.flags, self.avail = rank_load, flags, avail
+        self.rank_key, self.flags = rank_key, flags
         self.skills, self.n_reps = skills, n_reps
 
     def bind_teams(self, indptr, members, alg, n_teams: int) -> None:
@@ -79,26 +79,25 @@ class RankKernel:
         self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
 
     def _rank(self, cand, algorithm, req_skill, req_level, declined: set[int],
-              rank_load, avail) -> tuple[int, int]:
+              rank_key) -> tuple[int, int]:
         policy = POLICIES[algorithm]
         best = -1
-        best_key: tuple[int, int, float, int] | None = None
+        best_key: tuple[int, int, int] | None = None
         eligible = 0
         for r in cand:
-            if rank_load[r] == INELIGIBLE:
+            if rank_key[r] == INELIGIBLE:
                 continue
             eligible += 1
             if r in declined:
                 continue
             major = 0 if policy is None else policy(self.skills[r], req_skill, req_level)
-            key = (major, rank_load[r], avail[r], r)
+            key = (major, rank_key[r], r)  # rank_key: load, then available_since
             if best_key is None or key < best_key:
                 best, best_key = r, key
         return best, eligible
 
-    def _columns(self):
-        n = self.n_reps
-        return self.rank_load[:n].tolist(), self.avail[:n].tolist()
+    def _columns(self) -> list[int]:
+        return self.rank_key[: self.n_reps].tolist()
 
     def best_candidate(self, candidates, algorithm: int, req_skill, req_level, declined) -> int:
         if not 0 <= algorithm < ALGORITHM_COUNT:
@@ -118,7 +117,7 @@ class RankKernel:
         ):
             raise IndexError("rep ordinal out of range")
         best, _ = self._rank(cand, algorithm, list(req_skill), list(req_level), decl,
-                             *self._columns())
+                             self._columns())
         return best
 
     def assign_batch(self, order, decl_pool, out_slot, out_rep) -> int:
@@ -137,11 +136,11 @@ class RankKernel:
                 raise IndexError(f"declined list of slot {s} is outside the pool")
         if any(not 0 <= r < self.n_reps for r in pool):
             raise IndexError("declined rep ordinal out of range")
-        rank_load, avail = self._columns()
+        rank_key = self._columns()
         indptr = self.team_indptr[: self.n_teams + 1].tolist()
         members = self.team_members.tolist()
         algs = self.team_alg[: self.n_teams].tolist()
-        remaining = sum(1 for load in rank_load if load != INELIGIBLE)
+        remaining = sum(1 for key in rank_key if key != INELIGIBLE)
         team_done = [False] * self.n_teams
         made = 0
         for s in (int(x) for x in order):
@@ -155,14 +154,14 @@ class RankKernel:
             best, eligible = self._rank(
                 members[indptr[t] : indptr[t + 1]], algs[t],
                 self.s_req_skill[s, :nreq].tolist(), self.s_req_level[s, :nreq].tolist(),
-                set(pool[off : off + cnt]) if cnt else set(), rank_load, avail,
+                set(pool[off : off + cnt]) if cnt else set(), rank_key,
             )
             if eligible == 0:
                 team_done[t] = True
             if best < 0:
                 continue
-            rank_load[best] = INELIGIBLE
-            self.rank_load[best] = INELIGIBLE
+            rank_key[best] = INELIGIBLE
+            self.rank_key[best] = INELIGIBLE
             self.flags[best] |= FLAG_PENDING_OFFER
             remaining -= 1
             out_slot[made] = s

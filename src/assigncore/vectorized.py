@@ -14,12 +14,10 @@ def best_candidate_numpy(reps: RepTable, candidates, declined=()) -> int:
     cand = np.asarray(candidates, dtype=np.int32)
     if cand.size == 0:
         return -1
-    load = reps.rank_load[cand]
+    key = reps.rank_key[cand]  # load, then available_since, folded into one int64
     if len(declined):
-        load = np.where(np.isin(cand, np.asarray(declined, dtype=np.int32)), INELIGIBLE, load)
-    lowest = load.min()
-    if lowest == INELIGIBLE:
+        key = np.where(np.isin(cand, np.asarray(declined, dtype=np.int32)), INELIGIBLE, key)
+    best = key.min()
+    if best == INELIGIBLE:
         return -1
-    tied = cand[load == lowest]
-    avail = reps.avail[tied]
-    return int(tied[avail == avail.min()].min())
+    return int(cand[key == best].min())
