@@ -68,15 +68,18 @@ class BatchDesk:
         self.pool = np.zeros(0, dtype=np.int32)
         self._flags = self.reps.flags.copy()
         self._rank_key = self.reps.rank_key.copy()
+        self._n_eligible = self.reps.n_eligible
 
     def reset(self) -> None:
         """Undo the pending offers a pass made."""
         self.reps.flags[:] = self._flags
         self.reps.rank_key[:] = self._rank_key
+        self.reps.n_eligible = self._n_eligible
 
     def full_pass(self) -> int:
         """What the engine's pass does with the columns: pick the sessions whose team has
         an eligible member, order them by rule 4, rank them all in one kernel call."""
         order = self.sessions.pass_order(self.teams.with_eligible_member(self.reps.rank_key))
-        slots, _ = self.kernel.assign_batch(order, self.pool, min(len(order), self.reps.n))
+        slots, _ = self.kernel.assign_batch(order, self.pool, min(len(order), self.reps.n_eligible))
+        self.reps.offers_made(len(slots))
         return len(slots)

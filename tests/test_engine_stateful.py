@@ -276,6 +276,7 @@ class EngineMachine(RuleBasedStateMachine):
         ok = (t.flags[: t.n] == 0) & (t.load[: t.n] < t.cap[: t.n])
         key = (t.load[: t.n].astype(np.int64) << LOAD_SHIFT) | t.avail[: t.n]
         assert (t.rank_key[: t.n] == np.where(ok, key, INELIGIBLE)).all()
+        assert t.n_eligible == int(ok.sum())
 
     @invariant()
     def work_conserving(self):

@@ -56,6 +56,7 @@ class RepTable:
         self.skills = np.zeros((capacity, skill_capacity), dtype=np.uint8)
         self.marks = np.zeros(capacity, dtype=np.uint8)
         self.n_skills = 0
+        self.n_eligible = 0  # reps whose rank_key is not INELIGIBLE, kept by refresh()
         self._bind()
 
     def _bind(self) -> None:
@@ -90,11 +91,18 @@ class RepTable:
         return bool(self.flags[rep] == 0 and self.load[rep] < self.cap[rep])
 
     def refresh(self, rep: int) -> None:
+        was = self.rank_key[rep] != INELIGIBLE
         if self.eligible(rep):
             load = min(int(self.load[rep]), MAX_RANKED_LOAD)
             self.rank_key[rep] = (load << LOAD_SHIFT) | int(self.avail[rep])
+            self.n_eligible += not was
         else:
             self.rank_key[rep] = INELIGIBLE
+            self.n_eligible -= was
+
+    def offers_made(self, count: int) -> None:
+        """The kernel's pass set INELIGIBLE on `count` reps (their new pending offers)."""
+        self.n_eligible -= count
 
     def set_flag(self, rep: int, flag: int, on: bool) -> None:
         current = int(self.flags[rep])
@@ -123,6 +131,7 @@ class RepTable:
         ok = (self.flags[:n] == 0) & (self.load[:n] < self.cap[:n])
         load = np.minimum(self.load[:n], MAX_RANKED_LOAD).astype(np.int64)
         self.rank_key[:n] = np.where(ok, (load << LOAD_SHIFT) | self.avail[:n], INELIGIBLE)
+        self.n_eligible = int(ok.sum())
 
     def rebase(self) -> int:
         """Shift the epoch forward to the earliest available_since, keeping the order;
@@ -248,8 +257,10 @@ class SessionTable:
         self._bind()
 
     def _bind(self) -> None:
+        # Bound against the capacity, so only a reallocation needs a new binding; slots
+        # past n hold team -1 and are never offered.
         self.kernel.bind_sessions(self.team, self.nreq, self.req_skill, self.req_level,
-                                  self.decl_off, self.decl_cnt, self.n)
+                                  self.decl_off, self.decl_cnt, len(self.team))
 
     def alloc(self, priority: int, seq: int, req_skill: list[int], req_level: list[int]) -> int:
         """A slot for a new session. `seq` must grow with every call (creation order)."""
@@ -269,9 +280,9 @@ class SessionTable:
                 for name in ("priority", "nreq", "req_skill", "req_level", "decl_off",
                              "decl_cnt"):
                     setattr(self, name, _grow(getattr(self, name), size))
+                self._bind()
             slot = self.n
             self.n += 1
-            self._bind()
         self.last_seq = seq
         self.team[slot] = -1
         self.priority[slot] = priority

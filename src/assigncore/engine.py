@@ -405,7 +405,7 @@ class Engine:
         """Rule 1-5: one kernel pass over every waiting session of every queue."""
         self._pass_needed = False
         rt = self.reps_table
-        if not (rt.rank_key[: rt.n] != INELIGIBLE).any():
+        if rt.n_eligible == 0:
             return  # nobody can take anything
         # Only sessions whose team has an eligible member can be offered in this pass.
         order = self.sessions_table.pass_order(self.teams_table.with_eligible_member(rt.rank_key))
@@ -421,7 +421,8 @@ class Engine:
             st.decl_cnt[slot] = len(ords)
             pool.extend(ords)
         slots, reps = self.kernel.assign_batch(order, np.asarray(pool, dtype=np.int32),
-                                               min(len(order), self.reps_table.n))
+                                               min(len(order), rt.n_eligible))
+        rt.offers_made(len(slots))
         for slot, rep_ord in zip(slots.tolist(), reps.tolist(), strict=True):
             session = self._session_by_slot[slot]
             rep = self._rep_by_ord[rep_ord]

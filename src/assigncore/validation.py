@@ -24,6 +24,7 @@ MAX_MISSED_OFFERS = 1000
 MAX_SESSION_KEY_LEN = 32
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def ident(field: str, value: Any) -> str:
@@ -43,7 +44,7 @@ def text(field: str, value: Any, max_len: int = MAX_NAME_LEN, required: bool = F
         raise InvalidArgument(field, "required")
     if len(value) > max_len:
         raise InvalidArgument(field, f"at most {max_len} characters")
-    if any(ord(c) < 32 and c not in "\t\n" for c in value):
+    if _CONTROL.search(value):
         raise InvalidArgument(field, "control characters are not allowed")
     return value
 
