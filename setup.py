@@ -26,7 +26,8 @@ extensions = [
         "assigncore._kernel",
         ["src/assigncore/_kernel.pyx"],
         include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("ASSIGNCORE_BOUNDS_CHECKED", "1" if DEBUG else "0")],
         extra_compile_args=["-O0", "-g"] if DEBUG else ["-O3"],
     )
 ]

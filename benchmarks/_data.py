@@ -77,9 +77,10 @@ class BatchDesk:
         self.reps.n_eligible = self._n_eligible
 
     def full_pass(self) -> int:
-        """What the engine's pass does with the columns: pick the sessions whose team has
-        an eligible member, order them by rule 4, rank them all in one kernel call."""
-        order = self.sessions.pass_order(self.teams.with_eligible_member(self.reps.rank_key))
-        slots, _ = self.kernel.assign_batch(order, self.pool, min(len(order), self.reps.n_eligible))
+        """What the engine's pass does with the columns: hand the arrival log (rule-4
+        order) to one kernel call."""
+        log_slot, log_seq = self.sessions.arrival_log()
+        slots, _ = self.kernel.assign_batch(log_slot, log_seq, self.pool,
+                                            min(len(log_slot), self.reps.n_eligible))
         self.reps.offers_made(len(slots))
         return len(slots)

@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 
 from assigncore import reference
 from assigncore.columns import (
+    FLAG_IDLE,
     FLAG_LOCKED,
     FLAG_OFFLINE,
+    FLAG_OPTED_OUT,
     FLAG_PENDING_OFFER,
+    FLAG_WRAP_UP,
     INELIGIBLE,
     LOAD_SHIFT,
     MAX_AVAIL_TICKS,
@@ -48,12 +51,18 @@ def build(world: dict, implementation: str):
     teams.ensure_bound()
     sessions = SessionTable(kernel, capacity=4)
     pool: list[int] = []
+    by_slot = {}
     for i, s in enumerate(world["sessions"]):
         slot = sessions.alloc(s["priority"], i, [k for k, _ in s["req"]],
                               [lv for _, lv in s["req"]])
+        if s.get("gone"):  # ended: its slot is reused, its log entry goes stale
+            sessions.release(slot)
+            continue
         sessions.team[slot] = s["team"]
         sessions.decl_off[slot], sessions.decl_cnt[slot] = len(pool), len(s["declined"])
         pool.extend(s["declined"])
+        by_slot[slot] = s
+    world["by_slot"] = by_slot
     return kernel, reps, sessions, np.asarray(pool, dtype=np.int32)
 
 
@@ -63,7 +72,8 @@ def worlds(draw, max_reps: int = 40):
     n = draw(st.integers(1, max_reps))
     ints = lambda lo, hi: st.lists(st.integers(lo, hi), min_size=n, max_size=n)  # noqa: E731
     caps = draw(st.lists(st.sampled_from([1, 2, 3, NO_CAP]), min_size=n, max_size=n))
-    flag_choices = [0, 0, 0, FLAG_OFFLINE, FLAG_LOCKED, FLAG_PENDING_OFFER]
+    flag_choices = [0, 0, 0, FLAG_OFFLINE, FLAG_LOCKED, FLAG_IDLE, FLAG_OPTED_OUT,
+                    FLAG_WRAP_UP, FLAG_PENDING_OFFER, FLAG_LOCKED | FLAG_IDLE]
     world = {
         "n_reps": n,
         "load": draw(ints(0, 3)),
@@ -90,6 +100,7 @@ def sessions_for(draw, n_reps: int, n_teams: int):
         "priority": draw(st.integers(0, 2)),
         "req": [(k, draw(st.sampled_from([1, 3, 5, 8, 10]))) for k in skills],
         "declined": sorted(draw(st.sets(st.integers(0, n_reps - 1), max_size=n_reps))),
+        "gone": draw(st.booleans()),
     }
 
 
@@ -111,6 +122,7 @@ def large_world(seed: int, n: int) -> dict:
             "req": [(int(k), int(rng.integers(1, 11)))
                     for k in rng.choice(N_SKILLS, int(rng.integers(0, 4)), replace=False)],
             "declined": sorted(set(rng.integers(0, n, int(rng.integers(0, 30))).tolist())),
+            "gone": bool(rng.random() < 0.2),
         } for _ in range(int(rng.integers(0, 200)))],
     }
 
@@ -142,13 +154,15 @@ def check_batch(world: dict) -> None:
     results = []
     for impl in ("cython", "reference"):
         kernel, reps, sessions, pool = build(world, impl)
-        order = sessions.pass_order()
-        slots, chosen = kernel.assign_batch(order, pool, max(1, len(order)))
+        log_slot, log_seq = sessions.arrival_log()
+        waiting = sessions.pass_order().tolist()
+        slots, chosen = kernel.assign_batch(log_slot, log_seq, pool, max(1, len(log_slot)))
         results.append((slots.tolist(), chosen.tolist(), reps.flags[: reps.n].tolist(),
                         reps.rank_key[: reps.n].tolist()))
-        # every offer went to an eligible, undeclined member of the session's team
+        # offers follow rule-4 order, each to an eligible, undeclined member of the team
+        assert slots.tolist() == [s for s in waiting if s in set(slots.tolist())]
         for slot, r in zip(slots.tolist(), chosen.tolist(), strict=True):
-            s = world["sessions"][slot]
+            s = world["by_slot"][slot]
             assert r in world["members"][s["team"]]
             assert r not in s["declined"]
             assert world["flags"][r] == 0 and world["load"][r] < world["cap"][r]
@@ -239,3 +253,26 @@ def test_policy_tables_agree():
     from assigncore import _kernel
 
     assert _kernel.ALGORITHM_COUNT == reference.ALGORITHM_COUNT == len(Algorithm)
+
+
+def test_a_missing_compiled_kernel_fails_loudly():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['assigncore._kernel'] = None\n"
+            "try:\n import assigncore.kernel\nexcept ImportError as e: print(e)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ASSIGNCORE_PURE_PYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "compiled kernel" in out.stdout and "ASSIGNCORE_PURE_PYTHON=1" in out.stdout
+
+
+def test_normal_install_runs_the_compiled_kernel():
+    import os
+
+    from assigncore import kernel
+
+    if os.environ.get("ASSIGNCORE_PURE_PYTHON") == "1":
+        assert kernel.IMPLEMENTATION == "reference"
+    else:
+        assert kernel.IMPLEMENTATION == "cython"
+        assert Kernel().impl.__class__.__module__ == "assigncore._kernel"

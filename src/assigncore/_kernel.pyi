@@ -2,6 +2,7 @@ import numpy as np
 import numpy.typing as npt
 
 ALGORITHM_COUNT: int
+BOUNDS_CHECKED: bool
 
 class RankKernel:
     def __init__(self) -> None: ...
@@ -23,6 +24,7 @@ class RankKernel:
     def bind_sessions(
         self,
         team: npt.NDArray[np.int32],
+        seq: npt.NDArray[np.int64],
         nreq: npt.NDArray[np.uint8],
         req_skill: npt.NDArray[np.int32],
         req_level: npt.NDArray[np.uint8],
@@ -40,7 +42,8 @@ class RankKernel:
     ) -> int: ...
     def assign_batch(
         self,
-        order: npt.NDArray[np.int64],
+        log_slot: npt.NDArray[np.int64],
+        log_seq: npt.NDArray[np.int64],
         decl_pool: npt.NDArray[np.int32],
         out_slot: npt.NDArray[np.int32],
         out_rep: npt.NDArray[np.int32],

@@ -20,11 +20,18 @@ DEF FLAG_PENDING_OFFER = 32
 cdef extern from *:
     """
     #define AC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #define AC_PREFETCH(p) __builtin_prefetch((const void*)(p), 0, 0)
     #define AC_INELIGIBLE INT64_MAX
     """
     bint AC_UNLIKELY(bint) noexcept nogil
+    void AC_PREFETCH(const void*) noexcept nogil
     # rank_key of a rep that is not eligible (must match columns.INELIGIBLE).
     const int64_t INELIGIBLE "AC_INELIGIBLE"
+    # Set by setup.py: 1 in a debug build (ASSIGNCORE_DEBUG_BUILD=1).
+    const int ASSIGNCORE_BOUNDS_CHECKED
+
+# True when this module was compiled with bounds checking (a debug build).
+BOUNDS_CHECKED = bool(ASSIGNCORE_BOUNDS_CHECKED)
 
 # --- policies -------------------------------------------------------------------------
 # One definition per routing algorithm. Adding a fifth = one function here, one entry in
@@ -46,6 +53,7 @@ cdef int64_t _best_skills(const level_t* skill_row, const int32_t* req_skill,
     return -((<int64_t>kept << 20) + total)
 
 
+DEF PREFETCH_AHEAD = 16
 DEF N_ALGORITHMS = 4
 DEF ALG_NONE = 0
 cdef policy_fn POLICIES[N_ALGORITHMS]
@@ -78,6 +86,7 @@ cdef class RankKernel:
     cdef Py_ssize_t n_teams
     # session columns
     cdef int32_t[::1] s_team
+    cdef int64_t[::1] s_seq
     cdef uint8_t[::1] s_nreq
     cdef int32_t[:, ::1] s_req_skill
     cdef uint8_t[:, ::1] s_req_level
@@ -115,15 +124,16 @@ cdef class RankKernel:
         self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
         self.n_teams = n_teams
 
-    def bind_sessions(self, int32_t[::1] team, uint8_t[::1] nreq,
+    def bind_sessions(self, int32_t[::1] team, int64_t[::1] seq, uint8_t[::1] nreq,
                       int32_t[:, ::1] req_skill, uint8_t[:, ::1] req_level,
                       int32_t[::1] decl_off, int32_t[::1] decl_cnt, Py_ssize_t n_slots):
-        if not (team.shape[0] >= n_slots and nreq.shape[0] >= n_slots
+        if not (team.shape[0] >= n_slots and seq.shape[0] >= n_slots
+                and nreq.shape[0] >= n_slots
                 and req_skill.shape[0] >= n_slots and req_level.shape[0] >= n_slots
                 and req_skill.shape[1] == req_level.shape[1]
                 and decl_off.shape[0] >= n_slots and decl_cnt.shape[0] >= n_slots):
             raise ValueError("session columns are shorter than n_slots")
-        self.s_team, self.s_nreq = team, nreq
+        self.s_team, self.s_seq, self.s_nreq = team, seq, nreq
         self.s_req_skill, self.s_req_level = req_skill, req_level
         self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
 
@@ -153,6 +163,9 @@ cdef class RankKernel:
                 if AC_UNLIKELY(<uint32_t>r >= n_reps):
                     n_eligible[0] = -1
                     return -1
+                if i + PREFETCH_AHEAD < n:
+                    # Members are spread over the table: fetch a later one's key now.
+                    AC_PREFETCH(rank_key + <uint32_t>cand[i + PREFETCH_AHEAD])  # never faults
                 k = rank_key[r]
                 ok += k != INELIGIBLE
                 if AC_UNLIKELY(k <= best_key):
@@ -216,14 +229,18 @@ cdef class RankKernel:
             raise IndexError("candidate rep ordinal out of range")
         return best
 
-    def assign_batch(self, const int64_t[::1] order, const int32_t[::1] decl_pool,
-                     int32_t[::1] out_slot, int32_t[::1] out_rep):
-        """One assignment pass. `order` lists session slots in rule-4 order (priority,
-        then created time). Each session whose team queue auto-assigns is offered to its
-        best eligible, undeclined team member; that rep gets FLAG_PENDING_OFFER at once,
-        so later sessions see it as taken. Writes the offers to out_slot/out_rep and
-        returns how many were made."""
-        cdef Py_ssize_t n = order.shape[0], k, made = 0, ok, start, end, nd
+    def assign_batch(self, const int64_t[::1] log_slot, const int64_t[::1] log_seq,
+                     const int32_t[::1] decl_pool, int32_t[::1] out_slot,
+                     int32_t[::1] out_rep):
+        """One assignment pass over the arrival log: (slot, seq) entries in rule-4 order
+        (priority, then arrival). An entry counts if its slot still holds that session
+        (same seq) and the session waits without an offer in a team queue. Each such
+        session whose team auto-assigns is offered to its best eligible, undeclined
+        member; that rep's rank_key becomes INELIGIBLE and FLAG_PENDING_OFFER is set at
+        once, so later sessions see it taken. Teams found with no eligible member are
+        skipped for the rest of the pass; the pass stops when no rep is left. Writes the
+        offers to out_slot/out_rep and returns how many were made."""
+        cdef Py_ssize_t n = log_slot.shape[0], k, made = 0, ok, start, end, nd
         cdef Py_ssize_t n_reps = self.n_reps, n_teams = self.n_teams
         cdef Py_ssize_t n_slots = self.n_slots, cap_out = out_slot.shape[0]
         cdef Py_ssize_t remaining = 0, r, pool_n = decl_pool.shape[0]
@@ -231,15 +248,17 @@ cdef class RankKernel:
         cdef int32_t t
         cdef int nreq
         cdef ord_t best
-        if out_rep.shape[0] < cap_out:
-            raise ValueError("out_rep is shorter than out_slot")
+        if out_rep.shape[0] < cap_out or log_seq.shape[0] != n:
+            raise ValueError("log_seq or out_rep has the wrong length")
         if n == 0 or n_reps == 0 or n_teams == 0:
             return 0
         cdef uint8_t[::1] team_done = np.zeros(n_teams, dtype=np.uint8)
         for k in range(n):
-            s = order[k]
+            s = log_slot[k]
             if s < 0 or s >= n_slots:
                 raise IndexError(f"session slot {s} out of range")
+            if self.s_seq[s] != log_seq[k] or self.s_team[s] < 0:
+                continue
             if self.s_team[s] >= n_teams:
                 raise IndexError(f"team ordinal {self.s_team[s]} out of range")
             if self.s_decl_cnt[s] and (self.s_decl_off[s] < 0
@@ -254,9 +273,10 @@ cdef class RankKernel:
             for k in range(n):
                 if remaining == 0 or made == cap_out:
                     break
-                s = order[k]
+                s = log_slot[k]
                 t = self.s_team[s]
-                if t < 0 or team_done[t] or self.team_alg[t] == ALG_NONE:
+                if t < 0 or self.s_seq[s] != log_seq[k] or team_done[t] \
+                        or self.team_alg[t] == ALG_NONE:
                     continue
                 start = self.team_indptr[t]
                 end = self.team_indptr[t + 1]

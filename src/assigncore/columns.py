@@ -176,12 +176,6 @@ class TeamTable:
         self.members[team].discard(rep)
         self.dirty = True
 
-    def with_eligible_member(self, rank_key: np.ndarray) -> np.ndarray:
-        """Per team: does it have at least one eligible member right now?"""
-        self.ensure_bound()
-        eligible = np.concatenate(([0], np.cumsum(rank_key[self.flat] != INELIGIBLE)))
-        return (eligible[self.indptr[1:]] - eligible[self.indptr[:-1]]) > 0
-
     def member_array(self, team: int) -> np.ndarray:
         self.ensure_bound()
         return self.flat[self.indptr[team] : self.indptr[team + 1]]
@@ -259,8 +253,8 @@ class SessionTable:
     def _bind(self) -> None:
         # Bound against the capacity, so only a reallocation needs a new binding; slots
         # past n hold team -1 and are never offered.
-        self.kernel.bind_sessions(self.team, self.nreq, self.req_skill, self.req_level,
-                                  self.decl_off, self.decl_cnt, len(self.team))
+        self.kernel.bind_sessions(self.team, self.seq, self.nreq, self.req_skill,
+                                  self.req_level, self.decl_off, self.decl_cnt, len(self.team))
 
     def alloc(self, priority: int, seq: int, req_skill: list[int], req_level: list[int]) -> int:
         """A slot for a new session. `seq` must grow with every call (creation order)."""
@@ -304,16 +298,23 @@ class SessionTable:
         self.levels[int(self.priority[slot])].alive -= 1
         self.free.append(slot)
 
+    def arrival_log(self) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, seqs) of every live session, higher priority first, then in arrival
+        order: rule-4 order. Entries whose slot no longer holds that seq are stale; the
+        kernel skips them, and those not waiting for an offer (team -1)."""
+        parts = [self.levels[p].live(self.seq) for p in sorted(self.levels, reverse=True)]
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty
+        return (np.concatenate([slots for slots, _ in parts]),
+                np.concatenate([seqs for _, seqs in parts]))
+
     def pass_order(self, team_open: np.ndarray | None = None) -> np.ndarray:
-        """Slots waiting for an offer, in rule-4 order: higher priority first, then
-        earlier arrival. With `team_open` (bool per team ordinal), only sessions of
-        those teams."""
-        parts = []
-        lookup = None if team_open is None else np.append(team_open, False)  # -1 -> False
-        for priority in sorted(self.levels, reverse=True):
-            slots, seqs = self.levels[priority].live(self.seq)
-            team = self.team[slots]
-            keep = (team >= 0) if lookup is None else lookup[team]
-            keep &= self.seq[slots] == seqs
-            parts.append(slots[keep])
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        """The slots a pass considers, in its order (for tests and tools): waiting for an
+        offer and, with `team_open` (bool per team ordinal), only those teams'."""
+        slots, seqs = self.arrival_log()
+        team = self.team[slots]
+        keep = (team >= 0) & (self.seq[slots] == seqs)
+        if team_open is not None:
+            keep &= np.append(team_open, False)[team]
+        return slots[keep]

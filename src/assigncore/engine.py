@@ -407,9 +407,9 @@ class Engine:
         rt = self.reps_table
         if rt.n_eligible == 0:
             return  # nobody can take anything
-        # Only sessions whose team has an eligible member can be offered in this pass.
-        order = self.sessions_table.pass_order(self.teams_table.with_eligible_member(rt.rank_key))
-        if len(order) == 0:
+        self.teams_table.ensure_bound()
+        log_slot, log_seq = self.sessions_table.arrival_log()
+        if len(log_slot) == 0:
             return
         st = self.sessions_table
         pool: list[int] = []
@@ -420,8 +420,9 @@ class Engine:
             st.decl_off[slot] = len(pool)
             st.decl_cnt[slot] = len(ords)
             pool.extend(ords)
-        slots, reps = self.kernel.assign_batch(order, np.asarray(pool, dtype=np.int32),
-                                               min(len(order), rt.n_eligible))
+        slots, reps = self.kernel.assign_batch(log_slot, log_seq,
+                                               np.asarray(pool, dtype=np.int32),
+                                               min(len(log_slot), rt.n_eligible))
         rt.offers_made(len(slots))
         for slot, rep_ord in zip(slots.tolist(), reps.tolist(), strict=True):
             session = self._session_by_slot[slot]

@@ -72,12 +72,13 @@ class Kernel:
             _as(declined, _I32, "declined"),
         ))
 
-    def assign_batch(self, order: np.ndarray, decl_pool: np.ndarray,
+    def assign_batch(self, log_slot: np.ndarray, log_seq: np.ndarray, decl_pool: np.ndarray,
                      max_offers: int) -> tuple[np.ndarray, np.ndarray]:
-        """One pass over `order` (session slots, rule-4 order); returns the offers made as
-        (slots, rep ordinals). The reps' pending-offer flags are already set."""
+        """One pass over the arrival log (SessionTable.arrival_log: slots and seqs in
+        rule-4 order); returns the offers made as (slots, rep ordinals). The reps' rank
+        keys and pending-offer flags are already updated."""
         out_slot = np.empty(max_offers, dtype=np.int32)
         out_rep = np.empty(max_offers, dtype=np.int32)
-        made = self.impl.assign_batch(_as(order, _I64, "order"),
+        made = self.impl.assign_batch(_as(log_slot, _I64, "log_slot"), _as(log_seq, _I64, "log_seq"),
                                       _as(decl_pool, _I32, "decl_pool"), out_slot, out_rep)
         return out_slot[:made], out_rep[:made]

@@ -70,11 +70,12 @@ class RankKernel:
         self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
         self.n_teams = n_teams
 
-    def bind_sessions(self, team, nreq, req_skill, req_level, decl_off, decl_cnt, n_slots):
-        if min(len(team), len(nreq), len(req_skill), len(req_level), len(decl_off),
+    def bind_sessions(self, team, seq, nreq, req_skill, req_level, decl_off, decl_cnt,
+                      n_slots):
+        if min(len(team), len(seq), len(nreq), len(req_skill), len(req_level), len(decl_off),
                len(decl_cnt)) < n_slots or req_skill.shape[1] != req_level.shape[1]:
             raise ValueError("session columns are shorter than n_slots")
-        self.s_team, self.s_nreq = team, nreq
+        self.s_team, self.s_seq, self.s_nreq = team, seq, nreq
         self.s_req_skill, self.s_req_level = req_skill, req_level
         self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
 
@@ -120,20 +121,24 @@ class RankKernel:
                              self._columns())
         return best
 
-    def assign_batch(self, order, decl_pool, out_slot, out_rep) -> int:
-        if len(out_rep) < len(out_slot):
-            raise ValueError("out_rep is shorter than out_slot")
-        if len(order) == 0 or self.n_reps == 0 or self.n_teams == 0:
+    def assign_batch(self, log_slot, log_seq, decl_pool, out_slot, out_rep) -> int:
+        if len(out_rep) < len(out_slot) or len(log_seq) != len(log_slot):
+            raise ValueError("log_seq or out_rep has the wrong length")
+        if len(log_slot) == 0 or self.n_reps == 0 or self.n_teams == 0:
             return 0
         pool = [int(d) for d in decl_pool]
-        for s in order:
+        entries = []
+        for s, seq in zip(log_slot.tolist(), log_seq.tolist(), strict=True):
             if not 0 <= s < self.n_slots:
                 raise IndexError(f"session slot {s} out of range")
+            if self.s_seq[s] != seq or self.s_team[s] < 0:
+                continue  # an ended session's entry, or not waiting for an offer
             if self.s_team[s] >= self.n_teams:
                 raise IndexError(f"team ordinal {self.s_team[s]} out of range")
             cnt = self.s_decl_cnt[s]
             if cnt and (self.s_decl_off[s] < 0 or self.s_decl_off[s] + cnt > len(pool)):
                 raise IndexError(f"declined list of slot {s} is outside the pool")
+            entries.append(s)
         if any(not 0 <= r < self.n_reps for r in pool):
             raise IndexError("declined rep ordinal out of range")
         rank_key = self._columns()
@@ -143,11 +148,11 @@ class RankKernel:
         remaining = sum(1 for key in rank_key if key != INELIGIBLE)
         team_done = [False] * self.n_teams
         made = 0
-        for s in (int(x) for x in order):
+        for s in entries:
             if remaining == 0 or made == len(out_slot):
                 break
             t = int(self.s_team[s])
-            if t < 0 or team_done[t] or algs[t] == ALG_NONE:
+            if team_done[t] or algs[t] == ALG_NONE:
                 continue
             off, cnt = int(self.s_decl_off[s]), int(self.s_decl_cnt[s])
             nreq = int(self.s_nreq[s])
