@@ -40,8 +40,15 @@ class BatchDesk:
     """5,000 team queues, 20,000 reps each in 1-4 teams, 50,000 waiting sessions and
     2,000 eligible reps (by default), on one kernel implementation."""
 
-    def __init__(self, implementation: str, n_teams: int = 5000, n_reps: int = 20000,
-                 n_sessions: int = 50000, n_eligible: int = 2000, seed: int = 3) -> None:
+    def __init__(
+        self,
+        implementation: str,
+        n_teams: int = 5000,
+        n_reps: int = 20000,
+        n_sessions: int = 50000,
+        n_eligible: int = 2000,
+        seed: int = 3,
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.kernel = Kernel(implementation)
         self.reps = rep_table(self.kernel, n_reps, 0.0, seed)
@@ -50,8 +57,11 @@ class BatchDesk:
         self.reps.cap[:n_reps] = NO_CAP
         self.reps.refresh_all()
         self.teams = TeamTable(self.kernel)
-        algorithms = [Algorithm.LEAST_BUSY, Algorithm.SKILLS_MATCH_LEAST_BUSY,
-                      Algorithm.BEST_SKILLS]
+        algorithms = [
+            Algorithm.LEAST_BUSY,
+            Algorithm.SKILLS_MATCH_LEAST_BUSY,
+            Algorithm.BEST_SKILLS,
+        ]
         for t in range(n_teams):
             self.teams.add(int(algorithms[t % 3]))
         for r in range(n_reps):
@@ -62,8 +72,9 @@ class BatchDesk:
         for i in range(n_sessions):
             k = int(rng.integers(0, 4))
             skills = rng.choice(N_SKILLS, k, replace=False).tolist()
-            slot = self.sessions.alloc(int(rng.integers(0, 3)), i, skills,
-                                       rng.integers(1, 8, k).tolist())
+            slot = self.sessions.alloc(
+                int(rng.integers(0, 3)), i, skills, rng.integers(1, 8, k).tolist()
+            )
             self.sessions.team[slot] = int(rng.integers(0, n_teams))
         self.pool = np.zeros(0, dtype=np.int32)
         self._flags = self.reps.flags.copy()
@@ -80,7 +91,8 @@ class BatchDesk:
         """What the engine's pass does with the columns: hand the arrival log (rule-4
         order) to one kernel call."""
         log_slot, log_seq = self.sessions.arrival_log()
-        slots, _ = self.kernel.assign_batch(log_slot, log_seq, self.pool,
-                                            min(len(log_slot), self.reps.n_eligible))
+        slots, _ = self.kernel.assign_batch(
+            log_slot, log_seq, self.pool, min(len(log_slot), self.reps.n_eligible)
+        )
         self.reps.offers_made(len(slots))
         return len(slots)

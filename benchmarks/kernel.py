@@ -56,17 +56,31 @@ def bench_rank_one(quick: bool) -> dict:
     for size in (1_000, 10_000, 100_000):
         cand = candidates(n_reps, size)
         c, r = impls["cython"], impls["reference"]
-        assert c.best_candidate(cand, Algorithm.LEAST_BUSY) == r.best_candidate(
-            cand, Algorithm.LEAST_BUSY) == best_candidate_numpy(tables["cython"], cand)
-        cy = median_seconds(lambda: c.best_candidate(cand, Algorithm.LEAST_BUSY),  # noqa: B023
-                            repeats=5 if quick else 9, budget=0.05 if quick else 0.2)
-        npy = median_seconds(lambda: best_candidate_numpy(tables["cython"], cand),  # noqa: B023
-                             repeats=5 if quick else 9, budget=0.05 if quick else 0.2)
-        ref = median_seconds(lambda: r.best_candidate(cand, Algorithm.LEAST_BUSY),  # noqa: B023
-                             repeats=3, budget=0.05 if quick else 0.3)
+        assert (
+            c.best_candidate(cand, Algorithm.LEAST_BUSY)
+            == r.best_candidate(cand, Algorithm.LEAST_BUSY)
+            == best_candidate_numpy(tables["cython"], cand)
+        )
+        cy = median_seconds(
+            lambda: c.best_candidate(cand, Algorithm.LEAST_BUSY),  # noqa: B023
+            repeats=5 if quick else 9,
+            budget=0.05 if quick else 0.2,
+        )
+        npy = median_seconds(
+            lambda: best_candidate_numpy(tables["cython"], cand),  # noqa: B023
+            repeats=5 if quick else 9,
+            budget=0.05 if quick else 0.2,
+        )
+        ref = median_seconds(
+            lambda: r.best_candidate(cand, Algorithm.LEAST_BUSY),  # noqa: B023
+            repeats=3,
+            budget=0.05 if quick else 0.3,
+        )
         skills = median_seconds(
             lambda: c.best_candidate(cand, Algorithm.BEST_SKILLS, [3, 7, 11], [4, 4, 2]),  # noqa: B023
-            repeats=5, budget=0.05)
+            repeats=5,
+            budget=0.05,
+        )
         out[f"{size // 1000}k"] = {
             "candidates": size,
             "cython_ns_per_candidate": round(cy / size * 1e9, 3),
@@ -91,7 +105,9 @@ def bench_batch(quick: bool) -> dict:
     cy_s = median_seconds(cy.full_pass, repeats=7 if quick else 15, budget=0, setup=cy.reset)
     ref_s = median_seconds(ref.full_pass, repeats=1 if quick else 3, budget=0, setup=ref.reset)
     return {
-        "teams": 5000, "reps": 20000, "waiting_sessions": 50000,
+        "teams": 5000,
+        "reps": 20000,
+        "waiting_sessions": 50000,
         "eligible_reps": int((cy._rank_key[: cy.reps.n] != INELIGIBLE).sum()),
         "cython_ms": round(cy_s * 1e3, 3),
         "reference_ms": round(ref_s * 1e3, 1),
@@ -127,9 +143,14 @@ print(rss, build)
     if res.returncode:
         sys.exit(f"RSS benchmark failed:\n{res.stderr}")
     rss, build = map(float, res.stdout.split())
-    return {"reps": sizes[0], "queues": sizes[1], "waiting_sessions": sizes[2],
-            "rss_mb": round(rss, 1), "build_s": round(build, 1),
-            "intake_us_per_session": round(build / sizes[2] * 1e6, 1)}
+    return {
+        "reps": sizes[0],
+        "queues": sizes[1],
+        "waiting_sessions": sizes[2],
+        "rss_mb": round(rss, 1),
+        "build_s": round(build, 1),
+        "intake_us_per_session": round(build / sizes[2] * 1e6, 1),
+    }
 
 
 def main() -> None:

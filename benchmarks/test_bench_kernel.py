@@ -41,8 +41,9 @@ def test_rank_one_best_skills(benchmark, tables, implementation):
     cand = candidates(N_REPS, 10_000)
     kernel, _ = tables[implementation]
     best = benchmark(kernel.best_candidate, cand, Algorithm.BEST_SKILLS, [3, 7, 11], [4, 4, 2])
-    assert best == tables["reference"][0].best_candidate(cand, Algorithm.BEST_SKILLS,
-                                                         [3, 7, 11], [4, 4, 2])
+    assert best == tables["reference"][0].best_candidate(
+        cand, Algorithm.BEST_SKILLS, [3, 7, 11], [4, 4, 2]
+    )
 
 
 @pytest.fixture(scope="module")

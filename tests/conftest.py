@@ -11,10 +11,12 @@ from assigncore.events import Event
 from assigncore.kernel import Kernel
 from assigncore.model import Algorithm, Customer, QueueSettings
 
-settings.register_profile("ci", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("dev", max_examples=25, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 T0 = 1_000_000.0
@@ -37,12 +39,14 @@ class Desk:
     def __init__(self, config: EngineConfig | None = None, kernel: Kernel | None = None) -> None:
         self.clock = ManualClock()
         self.events: list[Event] = []
-        self.engine = Engine(self.clock, config, listener=self.events.append, kernel=kernel,
-                             rng=random.Random(7))
+        self.engine = Engine(
+            self.clock, config, listener=self.events.append, kernel=kernel, rng=random.Random(7)
+        )
 
     def team(self, team_id: str, algorithm: Algorithm = Algorithm.LEAST_BUSY, **kw) -> None:
-        self.engine.create_team(team_id, team_id.title(),
-                                settings=QueueSettings(algorithm=algorithm, **kw))
+        self.engine.create_team(
+            team_id, team_id.title(), settings=QueueSettings(algorithm=algorithm, **kw)
+        )
 
     def rep(self, rep_id: str, teams=(), connect: bool = True, **kw) -> None:
         self.engine.create_rep(rep_id, rep_id.title(), teams=list(teams), **kw)
@@ -54,8 +58,11 @@ class Desk:
         return self.engine.advance().events
 
     def of(self, kind: type, **match) -> list:
-        return [e for e in self.events if isinstance(e, kind)
-                and all(getattr(e, k) == val for k, val in match.items())]
+        return [
+            e
+            for e in self.events
+            if isinstance(e, kind) and all(getattr(e, k) == val for k, val in match.items())
+        ]
 
     def pending_offer(self, session_id: str):
         s = self.engine.session(session_id)

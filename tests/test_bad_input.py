@@ -93,32 +93,69 @@ CASES = [
     ("create_rep", ("bad id!", "Zed"), InvalidArgument),
     ("create_rep", ("zed", "   "), InvalidArgument),
     ("create_rep", ("zed", "Zed"), InvalidArgument, {"teams": ["support", "support"]}),
-    ("create_rep", ("zed", "Zed"), InvalidArgument,
-     {"permissions": Permissions(max_concurrent_sessions=-1)}),
-    ("create_rep", ("zed", "Zed"), InvalidArgument,
-     {"permissions": Permissions(idle_timeout=math.nan)}),
-    ("create_team", ("t2", "T2"), InvalidArgument,
-     {"settings": QueueSettings(offer_timeout=0)}),
-    ("create_team", ("t2", "T2"), InvalidArgument,
-     {"settings": QueueSettings(algorithm=7)}),
-    ("create_team", ("t2", "T2"), InvalidArgument,
-     {"settings": QueueSettings(waiting_rule=WaitingRule(60, RuleAction.TRANSFER))}),
-    ("create_team", ("t2", "T2"), InvalidArgument,
-     {"settings": QueueSettings(waiting_rule=WaitingRule(60, RuleAction.TRANSFER,
-                                                         personal_queue("ann")))}),
-    ("create_team", ("t2", "T2"), InvalidArgument,
-     {"settings": QueueSettings(waiting_rule=WaitingRule(60, RuleAction.TRANSFER,
-                                                         team_queue("t2")))}),
-    ("create_team", ("t2", "T2"), InvalidArgument,
-     {"settings": QueueSettings(waiting_rule=WaitingRule(-1, RuleAction.ALERT))}),
+    (
+        "create_rep",
+        ("zed", "Zed"),
+        InvalidArgument,
+        {"permissions": Permissions(max_concurrent_sessions=-1)},
+    ),
+    (
+        "create_rep",
+        ("zed", "Zed"),
+        InvalidArgument,
+        {"permissions": Permissions(idle_timeout=math.nan)},
+    ),
+    ("create_team", ("t2", "T2"), InvalidArgument, {"settings": QueueSettings(offer_timeout=0)}),
+    ("create_team", ("t2", "T2"), InvalidArgument, {"settings": QueueSettings(algorithm=7)}),
+    (
+        "create_team",
+        ("t2", "T2"),
+        InvalidArgument,
+        {"settings": QueueSettings(waiting_rule=WaitingRule(60, RuleAction.TRANSFER))},
+    ),
+    (
+        "create_team",
+        ("t2", "T2"),
+        InvalidArgument,
+        {
+            "settings": QueueSettings(
+                waiting_rule=WaitingRule(60, RuleAction.TRANSFER, personal_queue("ann"))
+            )
+        },
+    ),
+    (
+        "create_team",
+        ("t2", "T2"),
+        InvalidArgument,
+        {
+            "settings": QueueSettings(
+                waiting_rule=WaitingRule(60, RuleAction.TRANSFER, team_queue("t2"))
+            )
+        },
+    ),
+    (
+        "create_team",
+        ("t2", "T2"),
+        InvalidArgument,
+        {"settings": QueueSettings(waiting_rule=WaitingRule(-1, RuleAction.ALERT))},
+    ),
     ("create_issue_type", (IssueType("i2", "I2", "support", priority=1000),), InvalidArgument),
-    ("create_issue_type", (IssueType("i2", "I2", "support",
-                                     tuple((f"s{i}", 1) for i in range(9))),), InvalidArgument),
-    ("create_issue_type", (IssueType("i2", "I2", "support", (("a", 1), ("a", 2))),),
-     InvalidArgument),
+    (
+        "create_issue_type",
+        (IssueType("i2", "I2", "support", tuple((f"s{i}", 1) for i in range(9))),),
+        InvalidArgument,
+    ),
+    (
+        "create_issue_type",
+        (IssueType("i2", "I2", "support", (("a", 1), ("a", 2))),),
+        InvalidArgument,
+    ),
     ("create_support_button", (SupportButton("b", "B", Target()),), InvalidArgument),
-    ("create_support_button", (SupportButton("b", "B", Target("ann", "support")),),
-     InvalidArgument),
+    (
+        "create_support_button",
+        (SupportButton("b", "B", Target("ann", "support")),),
+        InvalidArgument,
+    ),
     ("create_help_link", (HelpLink("l", "L", Target(team_id="ghosts")),), NotFound),
     ("start_undesignated", (Customer(HUGE),), InvalidArgument),
     ("start_undesignated", (Customer(""),), InvalidArgument),
@@ -133,8 +170,7 @@ CASES = [
     ("transfer_session", ("ann", "$SESSION", "team/manual"), InvalidArgument),
     ("transfer_session", ("ann", "$SESSION", QueueRef("TEAM", "manual")), InvalidArgument),
     ("generate_session_key", ("ann",), InvalidArgument, {"ttl": 10**12}),
-    ("create_rep", ("zed", "Zed"), InvalidArgument,
-     {"skills": {f"s{i}": 1 for i in range(1000)}}),
+    ("create_rep", ("zed", "Zed"), InvalidArgument, {"skills": {f"s{i}": 1 for i in range(1000)}}),
     ("create_rep", ("zed", "Zed"), InvalidArgument, {"teams": [f"t{i}" for i in range(10_000)]}),
     ("create_rep", ("z" * 65, "Zed"), InvalidArgument),
     ("chat_messages", ("ann", "support"), InvalidArgument, {"limit": 10**9}),
@@ -142,8 +178,9 @@ CASES = [
 
 
 def _fill(args, d):
-    return tuple(d.session_id if a == "$SESSION" else d.offer_id if a == "$OFFER" else a
-                 for a in args)
+    return tuple(
+        d.session_id if a == "$SESSION" else d.offer_id if a == "$OFFER" else a for a in args
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[2].__name__ if c[2] else 'ok'}")

@@ -10,9 +10,17 @@ from assigncore.columns import SessionTable
 from assigncore.kernel import Kernel
 
 
-@given(st.lists(st.tuples(st.sampled_from(["alloc", "alloc", "release", "wait", "unwait"]),
-                          st.integers(0, 3), st.integers(0, 400)), max_size=400),
-       st.lists(st.booleans(), min_size=3, max_size=3))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["alloc", "alloc", "release", "wait", "unwait"]),
+            st.integers(0, 3),
+            st.integers(0, 400),
+        ),
+        max_size=400,
+    ),
+    st.lists(st.booleans(), min_size=3, max_size=3),
+)
 def test_pass_order_is_priority_then_arrival(ops, team_open):
     table = SessionTable(Kernel(), capacity=2)
     alive: dict[int, tuple[int, int]] = {}  # slot -> (priority, seq)

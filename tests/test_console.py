@@ -31,8 +31,13 @@ def test_rep_queues_list_personal_favourites_teams_general_with_counts(desk):
     desk.engine.start_undesignated(customer())
     desk.engine.set_favourite("ann", "zulu", True)
     queues = desk.engine.rep_queues("ann")
-    assert [str(q.queue) for q in queues] == ["personal/ann", "team/zulu", "team/alpha",
-                                              "team/mike", "general"]
+    assert [str(q.queue) for q in queues] == [
+        "personal/ann",
+        "team/zulu",
+        "team/alpha",
+        "team/mike",
+        "general",
+    ]
     assert [q.sessions for q in queues] == [0, 0, 0, 2, 1]
     assert [q.favourite for q in queues] == [False, True, False, False, False]
 
@@ -95,8 +100,9 @@ def test_directory_changes_take_effect_on_the_next_pass(desk):
     desk.engine.update_rep("ann", skills={"win": 9})
     second = start_team_session(desk, "support", skills=[("win", 5)], name="second")
     assert offered_to(desk, second) == "ann"
-    desk.engine.update_team("support", settings=desk.engine.team("support").settings.__class__(
-        algorithm=Algorithm.NONE))
+    desk.engine.update_team(
+        "support", settings=desk.engine.team("support").settings.__class__(algorithm=Algorithm.NONE)
+    )
     third = start_team_session(desk, "support", name="third")
     assert offered_to(desk, third) is None
 

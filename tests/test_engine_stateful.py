@@ -44,26 +44,59 @@ class EngineMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = ManualClock()
         self.events: list = []
-        self.engine = Engine(self.clock, EngineConfig(reconnect_grace=20, max_rule_moves=3),
-                             listener=self.events.append, rng=random.Random(3))
+        self.engine = Engine(
+            self.clock,
+            EngineConfig(reconnect_grace=20, max_rule_moves=3),
+            listener=self.events.append,
+            rng=random.Random(3),
+        )
         e = self.engine
         e.create_team("manual", "Manual", settings=QueueSettings(algorithm=Algorithm.NONE))
-        e.create_team("least", "Least", settings=QueueSettings(
-            Algorithm.LEAST_BUSY, offer_timeout=15, max_missed_offers=3,
-            waiting_rule=WaitingRule(50, RuleAction.TRANSFER, team_queue("manual"))))
-        e.create_team("skills", "Skills", settings=QueueSettings(
-            Algorithm.SKILLS_MATCH_LEAST_BUSY, offer_timeout=10, wrap_up=5,
-            waiting_rule=WaitingRule(40, RuleAction.ALERT)))
-        e.create_team("best", "Best", settings=QueueSettings(
-            Algorithm.BEST_SKILLS, offer_timeout=20,
-            waiting_rule=WaitingRule(30, RuleAction.TRANSFER, team_queue("least"))))
+        e.create_team(
+            "least",
+            "Least",
+            settings=QueueSettings(
+                Algorithm.LEAST_BUSY,
+                offer_timeout=15,
+                max_missed_offers=3,
+                waiting_rule=WaitingRule(50, RuleAction.TRANSFER, team_queue("manual")),
+            ),
+        )
+        e.create_team(
+            "skills",
+            "Skills",
+            settings=QueueSettings(
+                Algorithm.SKILLS_MATCH_LEAST_BUSY,
+                offer_timeout=10,
+                wrap_up=5,
+                waiting_rule=WaitingRule(40, RuleAction.ALERT),
+            ),
+        )
+        e.create_team(
+            "best",
+            "Best",
+            settings=QueueSettings(
+                Algorithm.BEST_SKILLS,
+                offer_timeout=20,
+                waiting_rule=WaitingRule(30, RuleAction.TRANSFER, team_queue("least")),
+            ),
+        )
         for i, rep_id in enumerate(REPS):
-            e.create_rep(rep_id, rep_id.upper(), skills={SKILLS[i % 3]: 3 + i, SKILLS[(i + 1) % 3]: 9 - i},
-                         teams=[TEAMS[i % 4], TEAMS[(i + 1) % 4]],
-                         permissions=Permissions(
-                             max_concurrent_sessions=i % 3, idle_timeout=60.0 * (i % 2),
-                             may_get_next=i != 4, may_opt_out=i % 2 == 0, may_transfer=i != 3,
-                             may_use_general_queue=i < 2, shown_on_public_site=True))
+            e.create_rep(
+                rep_id,
+                rep_id.upper(),
+                skills={SKILLS[i % 3]: 3 + i, SKILLS[(i + 1) % 3]: 9 - i},
+                teams=[TEAMS[i % 4], TEAMS[(i + 1) % 4]],
+                permissions=Permissions(
+                    max_concurrent_sessions=i % 3,
+                    idle_timeout=60.0 * (i % 2),
+                    may_get_next=i != 4,
+                    may_opt_out=i % 2 == 0,
+                    may_transfer=i != 3,
+                    may_use_general_queue=i < 2,
+                    shown_on_public_site=True,
+                ),
+            )
         e.create_issue_type(IssueType("it-win", "Windows", "skills", (("win", 5), ("net", 3)), 2))
         e.create_issue_type(IssueType("it-best", "Best", "best", (("mac", 4),), 1))
         e.create_issue_type(IssueType("it-least", "Least", "least", (), 0))
@@ -85,14 +118,19 @@ class EngineMachine(RuleBasedStateMachine):
             return None
 
     def sessions(self, *states):
-        return sorted((s for s in self.engine.sessions() if not states or s.state in states),
-                      key=lambda s: s.seq)
+        return sorted(
+            (s for s in self.engine.sessions() if not states or s.state in states),
+            key=lambda s: s.seq,
+        )
 
     # ------------------------------------------------------------- rules
 
-    @rule(origin=st.sampled_from(["it-win", "it-best", "it-least", "button", "general",
-                                  "rep", "key"]),
-          rep=st.sampled_from(REPS))
+    @rule(
+        origin=st.sampled_from(
+            ["it-win", "it-best", "it-least", "button", "general", "rep", "key"]
+        ),
+        rep=st.sampled_from(REPS),
+    )
     def start(self, origin, rep):
         c = Customer("Customer")
         e = self.engine
@@ -153,9 +191,13 @@ class EngineMachine(RuleBasedStateMachine):
     def get_next(self, rep):
         self.run(self.engine.get_next, rep)
 
-    @rule(rep=st.sampled_from(REPS), pick=st.integers(0, 50),
-          to=st.sampled_from([team_queue(t) for t in TEAMS] + [personal_queue(r) for r in REPS]
-                             + [GENERAL_QUEUE]))
+    @rule(
+        rep=st.sampled_from(REPS),
+        pick=st.integers(0, 50),
+        to=st.sampled_from(
+            [team_queue(t) for t in TEAMS] + [personal_queue(r) for r in REPS] + [GENERAL_QUEUE]
+        ),
+    )
     def transfer(self, rep, pick, to):
         live = self.sessions(SessionState.WAITING, SessionState.OFFERED, SessionState.ACTIVE)
         if live:
@@ -170,8 +212,10 @@ class EngineMachine(RuleBasedStateMachine):
         rep = s.owner if owner or not s.participants else s.participants[0]
         self.run(self.engine.leave_session if leave else self.engine.end_session, rep, s.id)
 
-    @rule(pick=st.integers(0, 50), to=st.sampled_from(
-        [team_queue(t) for t in TEAMS] + [personal_queue(r) for r in REPS]))
+    @rule(
+        pick=st.integers(0, 50),
+        to=st.sampled_from([team_queue(t) for t in TEAMS] + [personal_queue(r) for r in REPS]),
+    )
     def invite(self, pick, to):
         active = self.sessions(SessionState.ACTIVE)
         if active:
@@ -197,20 +241,33 @@ class EngineMachine(RuleBasedStateMachine):
         else:
             self.run(self.engine.add_team_member, team, rep)
 
-    @rule(rep=st.sampled_from(REPS), levels=st.dictionaries(st.sampled_from(SKILLS),
-                                                            st.integers(1, 10), max_size=3))
+    @rule(
+        rep=st.sampled_from(REPS),
+        levels=st.dictionaries(st.sampled_from(SKILLS), st.integers(1, 10), max_size=3),
+    )
     def reskill(self, rep, levels):
         self.run(self.engine.update_rep, rep, skills=levels)
 
-    @rule(garbage=st.sampled_from([
-        ("answer_offer", ("r0", "off-999999", True)), ("accept_session", ("nobody", "ses-1")),
-        ("transfer_session", ("r0", "ses-1", "team/least")), ("end_session", ("r0", "")),
-        ("create_rep", ("r0", "Dup")), ("update_rep", ("r1",), {"skills": {"win": 11}}),
-        ("start_from_issue", ("it-none", Customer("x"))), ("post_chat", ("r0", "least", "")),
-        ("start_undesignated", (Customer("x" * 10_000),)), ("set_locked", ("r0", "yes")),
-        ("invite", ("r0", "ses-1", GENERAL_QUEUE)), ("update_settings", ("r1",), {"auto_assign": False}),
-        ("create_team", ("least", "Again")), ("generate_session_key", ("r0",), {"ttl": -5}),
-    ]))
+    @rule(
+        garbage=st.sampled_from(
+            [
+                ("answer_offer", ("r0", "off-999999", True)),
+                ("accept_session", ("nobody", "ses-1")),
+                ("transfer_session", ("r0", "ses-1", "team/least")),
+                ("end_session", ("r0", "")),
+                ("create_rep", ("r0", "Dup")),
+                ("update_rep", ("r1",), {"skills": {"win": 11}}),
+                ("start_from_issue", ("it-none", Customer("x"))),
+                ("post_chat", ("r0", "least", "")),
+                ("start_undesignated", (Customer("x" * 10_000),)),
+                ("set_locked", ("r0", "yes")),
+                ("invite", ("r0", "ses-1", GENERAL_QUEUE)),
+                ("update_settings", ("r1",), {"auto_assign": False}),
+                ("create_team", ("least", "Again")),
+                ("generate_session_key", ("r0",), {"ttl": -5}),
+            ]
+        )
+    )
     def bad_command(self, garbage):
         name, args, *kw = garbage
         self.run(getattr(self.engine, name), *args, **(kw[0] if kw else {}))
@@ -248,7 +305,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @invariant()
     def never_reoffered_a_declined_session_without_a_manual_transfer(self):
-        for ev in self.events[self.seen_events:]:
+        for ev in self.events[self.seen_events :]:
             if isinstance(ev, SessionQueued) and ev.origin is Origin.TRANSFER:
                 self.declined.pop(ev.session_id, None)
             elif isinstance(ev, OfferDeclined):
@@ -289,7 +346,8 @@ class EngineMachine(RuleBasedStateMachine):
                 continue
             for rep_id in team.members:
                 assert not (e.eligible(rep_id) and rep_id not in s.declined_by), (
-                    f"{rep_id} idles while {s.id} waits in {s.queue}")
+                    f"{rep_id} idles while {s.id} waits in {s.queue}"
+                )
 
     @invariant()
     def no_due_timer_left_behind(self):
@@ -297,6 +355,5 @@ class EngineMachine(RuleBasedStateMachine):
         assert deadline is None or deadline > self.clock.t
 
 
-EngineMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40,
-                                           deadline=None)
+EngineMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
 TestEngineStateful = EngineMachine.TestCase

@@ -53,8 +53,9 @@ def build(world: dict, implementation: str):
     pool: list[int] = []
     by_slot = {}
     for i, s in enumerate(world["sessions"]):
-        slot = sessions.alloc(s["priority"], i, [k for k, _ in s["req"]],
-                              [lv for _, lv in s["req"]])
+        slot = sessions.alloc(
+            s["priority"], i, [k for k, _ in s["req"]], [lv for _, lv in s["req"]]
+        )
         if s.get("gone"):  # ended: its slot is reused, its log entry goes stale
             sessions.release(slot)
             continue
@@ -72,21 +73,38 @@ def worlds(draw, max_reps: int = 40):
     n = draw(st.integers(1, max_reps))
     ints = lambda lo, hi: st.lists(st.integers(lo, hi), min_size=n, max_size=n)  # noqa: E731
     caps = draw(st.lists(st.sampled_from([1, 2, 3, NO_CAP]), min_size=n, max_size=n))
-    flag_choices = [0, 0, 0, FLAG_OFFLINE, FLAG_LOCKED, FLAG_IDLE, FLAG_OPTED_OUT,
-                    FLAG_WRAP_UP, FLAG_PENDING_OFFER, FLAG_LOCKED | FLAG_IDLE]
+    flag_choices = [
+        0,
+        0,
+        0,
+        FLAG_OFFLINE,
+        FLAG_LOCKED,
+        FLAG_IDLE,
+        FLAG_OPTED_OUT,
+        FLAG_WRAP_UP,
+        FLAG_PENDING_OFFER,
+        FLAG_LOCKED | FLAG_IDLE,
+    ]
     world = {
         "n_reps": n,
         "load": draw(ints(0, 3)),
         "cap": caps,
         "flags": draw(st.lists(st.sampled_from(flag_choices), min_size=n, max_size=n)),
         "avail": draw(ints(0, 3)),
-        "skills": draw(st.lists(st.lists(st.sampled_from([0, 0, 3, 5, 7, 10]),
-                                         min_size=N_SKILLS, max_size=N_SKILLS),
-                                min_size=n, max_size=n)),
+        "skills": draw(
+            st.lists(
+                st.lists(
+                    st.sampled_from([0, 0, 3, 5, 7, 10]), min_size=N_SKILLS, max_size=N_SKILLS
+                ),
+                min_size=n,
+                max_size=n,
+            )
+        ),
     }
     n_teams = draw(st.integers(1, 4))
-    world["team_alg"] = draw(st.lists(st.sampled_from(list(Algorithm)), min_size=n_teams,
-                                      max_size=n_teams))
+    world["team_alg"] = draw(
+        st.lists(st.sampled_from(list(Algorithm)), min_size=n_teams, max_size=n_teams)
+    )
     world["members"] = [draw(st.sets(st.integers(0, n - 1), max_size=n)) for _ in range(n_teams)]
     world["sessions"] = [draw(sessions_for(n, n_teams)) for _ in range(draw(st.integers(0, 12)))]
     return world
@@ -115,15 +133,23 @@ def large_world(seed: int, n: int) -> dict:
         "avail": rng.integers(0, 50, n).tolist(),
         "skills": rng.choice([0, 0, 2, 5, 9], (n, N_SKILLS)).tolist(),
         "team_alg": rng.choice(list(Algorithm), n_teams).tolist(),
-        "members": [set(rng.choice(n, int(rng.integers(0, n + 1)), replace=False).tolist())
-                    for _ in range(n_teams)],
-        "sessions": [{
-            "team": int(rng.integers(-1, n_teams)), "priority": int(rng.integers(0, 3)),
-            "req": [(int(k), int(rng.integers(1, 11)))
-                    for k in rng.choice(N_SKILLS, int(rng.integers(0, 4)), replace=False)],
-            "declined": sorted(set(rng.integers(0, n, int(rng.integers(0, 30))).tolist())),
-            "gone": bool(rng.random() < 0.2),
-        } for _ in range(int(rng.integers(0, 200)))],
+        "members": [
+            set(rng.choice(n, int(rng.integers(0, n + 1)), replace=False).tolist())
+            for _ in range(n_teams)
+        ],
+        "sessions": [
+            {
+                "team": int(rng.integers(-1, n_teams)),
+                "priority": int(rng.integers(0, 3)),
+                "req": [
+                    (int(k), int(rng.integers(1, 11)))
+                    for k in rng.choice(N_SKILLS, int(rng.integers(0, 4)), replace=False)
+                ],
+                "declined": sorted(set(rng.integers(0, n, int(rng.integers(0, 30))).tolist())),
+                "gone": bool(rng.random() < 0.2),
+            }
+            for _ in range(int(rng.integers(0, 200)))
+        ],
     }
 
 
@@ -157,8 +183,14 @@ def check_batch(world: dict) -> None:
         log_slot, log_seq = sessions.arrival_log()
         waiting = sessions.pass_order().tolist()
         slots, chosen = kernel.assign_batch(log_slot, log_seq, pool, max(1, len(log_slot)))
-        results.append((slots.tolist(), chosen.tolist(), reps.flags[: reps.n].tolist(),
-                        reps.rank_key[: reps.n].tolist()))
+        results.append(
+            (
+                slots.tolist(),
+                chosen.tolist(),
+                reps.flags[: reps.n].tolist(),
+                reps.rank_key[: reps.n].tolist(),
+            )
+        )
         # offers follow rule-4 order, each to an eligible, undeclined member of the team
         assert slots.tolist() == [s for s in waiting if s in set(slots.tolist())]
         for slot, r in zip(slots.tolist(), chosen.tolist(), strict=True):
@@ -259,8 +291,10 @@ def test_a_missing_compiled_kernel_fails_loudly():
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['assigncore._kernel'] = None\n"
-            "try:\n import assigncore.kernel\nexcept ImportError as e: print(e)")
+    code = (
+        "import sys; sys.modules['assigncore._kernel'] = None\n"
+        "try:\n import assigncore.kernel\nexcept ImportError as e: print(e)"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "ASSIGNCORE_PURE_PYTHON"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert "compiled kernel" in out.stdout and "ASSIGNCORE_PURE_PYTHON=1" in out.stdout

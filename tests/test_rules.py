@@ -49,6 +49,7 @@ def offered_to(d: Desk, session) -> str | None:
 
 # ---------------------------------------------------------------- rule 1: offer
 
+
 def test_rule_01_offer_goes_to_an_eligible_member_with_deadline_and_audible_flag(desk):
     desk.team("support", offer_timeout=45)
     desk.rep("ann", ["support"], audible_alerts=False)
@@ -81,6 +82,7 @@ def test_rule_01_algorithm_none_never_offers(desk):
 
 
 # ---------------------------------------------------------------- rule 2: best candidate
+
 
 def test_rule_02_least_busy_prefers_lowest_load(desk):
     desk.team("support")
@@ -153,6 +155,7 @@ def test_rule_02_best_skills_highest_proficiency_sum_over_kept_skills(desk):
 
 # ---------------------------------------------------------------- rule 3: answer
 
+
 def test_rule_03_accept_makes_session_active_with_owner(desk):
     desk.team("support")
     desk.rep("ann", ["support"])
@@ -211,6 +214,7 @@ def test_rule_03_stale_offer_answer_is_refused_and_changes_nothing(desk):
 
 # ---------------------------------------------------------------- rule 4: order
 
+
 def test_rule_04_higher_priority_first_then_earliest_created(desk):
     desk.team("support")
     desk.rep("ann", ["support"], connect=False)
@@ -244,12 +248,16 @@ def test_rule_04_whole_wait_counts_across_moves(desk):
 
 # ---------------------------------------------------------------- rule 5: re-run triggers
 
-@pytest.mark.parametrize("trigger", ["connect", "unlock", "activity", "opt_in", "end", "leave",
-                                     "wrap_up", "reject", "timeout"])
+
+@pytest.mark.parametrize(
+    "trigger",
+    ["connect", "unlock", "activity", "opt_in", "end", "leave", "wrap_up", "reject", "timeout"],
+)
 def test_rule_05_assignment_reruns_when_a_rep_may_become_eligible(trigger):
     d = Desk()
-    d.team("support", Algorithm.LEAST_BUSY, offer_timeout=10,
-           wrap_up=30 if trigger == "wrap_up" else 0)
+    d.team(
+        "support", Algorithm.LEAST_BUSY, offer_timeout=10, wrap_up=30 if trigger == "wrap_up" else 0
+    )
     d.team("side", Algorithm.NONE)
     perms = Permissions(max_concurrent_sessions=1, idle_timeout=60, may_opt_out=True)
     d.rep("ann", ["support"], permissions=perms, connect=trigger != "connect")
@@ -314,6 +322,7 @@ def test_rule_05_one_pass_considers_every_queue(desk):
 
 # ---------------------------------------------------------------- rule 6: manual accept
 
+
 def test_rule_06_first_accept_wins_and_rescinds_the_pending_offer(desk):
     desk.team("support")
     desk.rep("ann", ["support"])
@@ -348,6 +357,7 @@ def test_rule_06_only_visible_queues(desk):
 
 # ---------------------------------------------------------------- rule 7: get next
 
+
 def test_rule_07_get_next_takes_best_across_team_queues_and_general(desk):
     desk.team("a", Algorithm.NONE)
     desk.team("b", Algorithm.NONE)
@@ -377,9 +387,9 @@ def test_rule_07_get_next_needs_permission_and_skips_general_without_it(desk):
 
 # ---------------------------------------------------------------- rule 8: waiting rules
 
+
 def test_rule_08_alert_fires_once_per_queue_entry(desk):
-    desk.team("support", Algorithm.NONE,
-              waiting_rule=WaitingRule(60, RuleAction.ALERT))
+    desk.team("support", Algorithm.NONE, waiting_rule=WaitingRule(60, RuleAction.ALERT))
     desk.team("other", Algorithm.NONE, waiting_rule=WaitingRule(60, RuleAction.ALERT))
     desk.rep("ann", ["support", "other"])
     s = start_team_session(desk, "support")
@@ -396,8 +406,11 @@ def test_rule_08_alert_fires_once_per_queue_entry(desk):
 
 def test_rule_08_transfer_rule_moves_to_overflow_keeping_declined_by(desk):
     desk.team("overflow", offer_timeout=30)
-    desk.team("front", offer_timeout=30, waiting_rule=WaitingRule(
-        100, RuleAction.TRANSFER, team_queue("overflow")))
+    desk.team(
+        "front",
+        offer_timeout=30,
+        waiting_rule=WaitingRule(100, RuleAction.TRANSFER, team_queue("overflow")),
+    )
     desk.rep("ann", ["front", "overflow"])
     desk.rep("bob", ["overflow"], connect=False)
     s = start_team_session(desk, "front")
@@ -418,8 +431,13 @@ def test_rule_08_ping_pong_stops_after_max_rule_moves_and_alerts(desk):
     d = Desk(EngineConfig(max_rule_moves=3))
     d.team("a", Algorithm.NONE)
     d.team("b", Algorithm.NONE, waiting_rule=WaitingRule(10, RuleAction.TRANSFER, team_queue("a")))
-    d.engine.update_team("a", settings=d.engine.team("a").settings.__class__(
-        algorithm=Algorithm.NONE, waiting_rule=WaitingRule(10, RuleAction.TRANSFER, team_queue("b"))))
+    d.engine.update_team(
+        "a",
+        settings=d.engine.team("a").settings.__class__(
+            algorithm=Algorithm.NONE,
+            waiting_rule=WaitingRule(10, RuleAction.TRANSFER, team_queue("b")),
+        ),
+    )
     s = start_team_session(d, "a")
     d.later(1000)
     live = d.engine.session(s.id)
@@ -431,6 +449,7 @@ def test_rule_08_ping_pong_stops_after_max_rule_moves_and_alerts(desk):
 
 # ---------------------------------------------------------------- rule 9: transfer
 
+
 def test_rule_09_owner_transfers_to_embassy_and_stops_owning(desk):
     desk.team("support")
     desk.engine.create_team("partner", "Partner", TeamKind.EMBASSY)
@@ -441,7 +460,11 @@ def test_rule_09_owner_transfers_to_embassy_and_stops_owning(desk):
     desk.engine.transfer_session("ann", s.id, team_queue("partner"))
     live = desk.engine.session(s.id)
     assert (live.state, live.owner, live.queue, live.origin) == (
-        SessionState.WAITING, None, team_queue("partner"), Origin.TRANSFER)
+        SessionState.WAITING,
+        None,
+        team_queue("partner"),
+        Origin.TRANSFER,
+    )
     assert desk.engine.rep("ann").load == 0
     assert [t.id for t in desk.engine.search_teams(kind=TeamKind.EMBASSY)] == ["partner"]
 
@@ -459,6 +482,7 @@ def test_rule_09_transfer_to_a_rep_and_permission(desk):
 
 
 # ---------------------------------------------------------------- rule 10: shared sessions
+
 
 def test_rule_10_invitations_participants_and_ownership_passing(desk):
     desk.team("support")
@@ -485,6 +509,7 @@ def test_rule_10_invitations_participants_and_ownership_passing(desk):
 
 
 # ---------------------------------------------------------------- rule 11: connection lost
+
 
 def test_rule_11_drop_rescinds_offer_and_reroutes(desk):
     desk.team("support")
@@ -548,6 +573,7 @@ def test_rule_11_reconnect_within_grace_keeps_sessions(desk):
 
 # ---------------------------------------------------------------- rule 12: presence
 
+
 def test_rule_12_each_cause_makes_the_rep_ineligible_and_says_why(desk):
     desk.team("support")
     perms = Permissions(max_concurrent_sessions=1, idle_timeout=120, may_opt_out=True)
@@ -594,6 +620,7 @@ def test_max_missed_offers_switches_auto_assign_off(desk):
 
 
 # ---------------------------------------------------------------- origins
+
 
 def test_origin_session_key_lands_in_the_generating_reps_queue_and_is_single_use(desk):
     desk.rep("ann")
@@ -656,7 +683,11 @@ def test_origin_issue_form_uses_team_skills_and_priority(desk):
     desk.engine.create_issue_type(IssueType("vpn", "VPN", "support", (("net", 4),), 7))
     s = desk.engine.start_from_issue("vpn", customer()).value
     assert (s.queue, s.origin, s.priority, s.required_skills) == (
-        team_queue("support"), Origin.ISSUE_FORM, 7, (("net", 4),))
+        team_queue("support"),
+        Origin.ISSUE_FORM,
+        7,
+        (("net", 4),),
+    )
 
 
 def test_origin_help_links_are_browser_sharing(desk):
@@ -668,8 +699,11 @@ def test_origin_help_links_are_browser_sharing(desk):
     desk.engine.create_help_link(HelpLink("l2", "Ann", Target(rep_id="ann")))
     a = desk.engine.start_from_help_link("l1", customer()).value
     b = desk.engine.start_from_help_link("l2", customer()).value
-    assert (a.queue, a.channel, a.origin) == (team_queue("web"), Channel.BROWSER_SHARING,
-                                              Origin.HELP_LINK)
+    assert (a.queue, a.channel, a.origin) == (
+        team_queue("web"),
+        Channel.BROWSER_SHARING,
+        Origin.HELP_LINK,
+    )
     assert (b.queue, b.channel) == (personal_queue("ann"), Channel.BROWSER_SHARING)
 
 

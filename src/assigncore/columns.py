@@ -253,8 +253,16 @@ class SessionTable:
     def _bind(self) -> None:
         # Bound against the capacity, so only a reallocation needs a new binding; slots
         # past n hold team -1 and are never offered.
-        self.kernel.bind_sessions(self.team, self.seq, self.nreq, self.req_skill,
-                                  self.req_level, self.decl_off, self.decl_cnt, len(self.team))
+        self.kernel.bind_sessions(
+            self.team,
+            self.seq,
+            self.nreq,
+            self.req_skill,
+            self.req_level,
+            self.decl_off,
+            self.decl_cnt,
+            len(self.team),
+        )
 
     def alloc(self, priority: int, seq: int, req_skill: list[int], req_level: list[int]) -> int:
         """A slot for a new session. `seq` must grow with every call (creation order)."""
@@ -271,8 +279,7 @@ class SessionTable:
                     col = np.full(size, fill, dtype=getattr(self, name).dtype)
                     col[: self.n] = getattr(self, name)[: self.n]
                     setattr(self, name, col)
-                for name in ("priority", "nreq", "req_skill", "req_level", "decl_off",
-                             "decl_cnt"):
+                for name in ("priority", "nreq", "req_skill", "req_level", "decl_off", "decl_cnt"):
                     setattr(self, name, _grow(getattr(self, name), size))
                 self._bind()
             slot = self.n
@@ -306,8 +313,10 @@ class SessionTable:
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
-        return (np.concatenate([slots for slots, _ in parts]),
-                np.concatenate([seqs for _, seqs in parts]))
+        return (
+            np.concatenate([slots for slots, _ in parts]),
+            np.concatenate([seqs for _, seqs in parts]),
+        )
 
     def pass_order(self, team_open: np.ndarray | None = None) -> np.ndarray:
         """The slots a pass considers, in its order (for tests and tools): waiting for an

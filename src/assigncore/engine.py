@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -71,7 +71,6 @@ from .events import (
     SessionQueued,
 )
 from .kernel import Kernel
-from .timers import Timers
 from .model import (
     GENERAL_QUEUE,
     Algorithm,
@@ -104,6 +103,7 @@ from .model import (
     personal_queue,
     team_queue,
 )
+from .timers import Timers
 
 KEY_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read out over the phone
 
@@ -186,7 +186,7 @@ def command(method: Callable[..., Any]) -> Callable[..., Outcome]:
             # but are not this command's.
             self._catch_up(self._clock())
             self._scratch.clear()
-            self._events = events = []
+            self._events = events = cast(list[Event], [])
             value = method(self, *args, **kwargs)
             if self._pass_needed:
                 self._assign()
@@ -228,8 +228,9 @@ class Engine:
         self._buttons: dict[str, SupportButton] = {}
         self._links: dict[str, HelpLink] = {}
         self._keys: dict[str, SessionKey] = {}
-        self._key_guard = _KeyGuard(self.config.key_failures_allowed,
-                                    self.config.key_failure_window)
+        self._key_guard = _KeyGuard(
+            self.config.key_failures_allowed, self.config.key_failure_window
+        )
         # routing state
         self._sessions: dict[str, Session] = {}
         self._session_by_slot: list[Session | None] = []
@@ -283,7 +284,7 @@ class Engine:
         if self._busy:
             raise RuntimeError("engine commands must not be re-entered (single writer)")
         self._busy = True
-        self._events = events = []
+        self._events = events = cast(list[Event], [])
         try:
             self._catch_up(until)
             if self._pass_needed:
@@ -342,8 +343,11 @@ class Engine:
         if rep.idle:
             reasons.add(IneligibleReason.IDLE)
         if not rep.auto_assign:
-            reasons.add(IneligibleReason.MISSED_OFFERS if rep.opted_out_by_missed_offers
-                        else IneligibleReason.OPTED_OUT)
+            reasons.add(
+                IneligibleReason.MISSED_OFFERS
+                if rep.opted_out_by_missed_offers
+                else IneligibleReason.OPTED_OUT
+            )
         if rep.wrap_up_timer is not None:
             reasons.add(IneligibleReason.WRAP_UP)
         cap = rep.permissions.max_concurrent_sessions
@@ -357,10 +361,14 @@ class Engine:
         when the reasons it is ineligible change; ask for a pass when it is eligible."""
         table, o = self.reps_table, rep.ordinal
         was_eligible = table.rank_key[o] != INELIGIBLE
-        flags = ((0 if rep.connected else FLAG_OFFLINE) | (FLAG_LOCKED if rep.locked else 0)
-                 | (FLAG_IDLE if rep.idle else 0) | (0 if rep.auto_assign else FLAG_OPTED_OUT)
-                 | (FLAG_WRAP_UP if rep.wrap_up_timer is not None else 0)
-                 | (FLAG_PENDING_OFFER if rep.offer is not None else 0))
+        flags = (
+            (0 if rep.connected else FLAG_OFFLINE)
+            | (FLAG_LOCKED if rep.locked else 0)
+            | (FLAG_IDLE if rep.idle else 0)
+            | (0 if rep.auto_assign else FLAG_OPTED_OUT)
+            | (FLAG_WRAP_UP if rep.wrap_up_timer is not None else 0)
+            | (FLAG_PENDING_OFFER if rep.offer is not None else 0)
+        )
         table.flags[o] = flags
         table.load[o] = rep.load
         table.cap[o] = rep.permissions.max_concurrent_sessions or NO_CAP
@@ -389,7 +397,11 @@ class Engine:
         queue; keep its declined count current."""
         table = self.sessions_table
         team_ord = -1
-        if s.state is SessionState.WAITING and s.queue is not None and s.queue.kind is QueueKind.TEAM:
+        if (
+            s.state is SessionState.WAITING
+            and s.queue is not None
+            and s.queue.kind is QueueKind.TEAM
+        ):
             team_ord = self._teams[s.queue.owner].ordinal
             self._pass_needed = True
         table.team[s.slot] = team_ord
@@ -420,9 +432,9 @@ class Engine:
             st.decl_off[slot] = len(pool)
             st.decl_cnt[slot] = len(ords)
             pool.extend(ords)
-        slots, reps = self.kernel.assign_batch(log_slot, log_seq,
-                                               np.asarray(pool, dtype=np.int32),
-                                               min(len(log_slot), rt.n_eligible))
+        slots, reps = self.kernel.assign_batch(
+            log_slot, log_seq, np.asarray(pool, dtype=np.int32), min(len(log_slot), rt.n_eligible)
+        )
         rt.offers_made(len(slots))
         for slot, rep_ord in zip(slots.tolist(), reps.tolist(), strict=True):
             session = self._session_by_slot[slot]
@@ -433,15 +445,21 @@ class Engine:
     def _make_offer(self, s: Session, rep: Rep) -> None:
         assert s.queue is not None
         team = self._teams[s.queue.owner]
-        offer = Offer(self._next_id("offer"), s.id, rep.id,
-                      self._now + team.settings.offer_timeout, rep.audible_alerts)
+        offer = Offer(
+            self._next_id("offer"),
+            s.id,
+            rep.id,
+            self._now + team.settings.offer_timeout,
+            rep.audible_alerts,
+        )
         offer.timer = self._timers.schedule(offer.deadline, "offer_deadline", offer.id)
         self._offers[offer.id] = offer
         s.state, s.offer, rep.offer = SessionState.OFFERED, offer.id, offer.id
         self._sync_slot(s)
         self._sync_rep(rep)
-        self._emit(OfferMade(self._now, offer.id, s.id, rep.id, s.queue, offer.deadline,
-                             offer.audible))
+        self._emit(
+            OfferMade(self._now, offer.id, s.id, rep.id, s.queue, offer.deadline, offer.audible)
+        )
 
     def _close_offer(self, offer: Offer) -> tuple[Session, Rep]:
         self._timers.cancel(offer.timer)
@@ -486,8 +504,9 @@ class Engine:
         if queue.kind is QueueKind.TEAM:
             rule = self._teams[queue.owner].settings.waiting_rule
             if rule is not None:
-                s.rule_timer = self._timers.schedule(self._now + rule.overdue_after,
-                                                     "waiting_rule", (s.id, s.entry_seq))
+                s.rule_timer = self._timers.schedule(
+                    self._now + rule.overdue_after, "waiting_rule", (s.id, s.entry_seq)
+                )
         self._sync_slot(s)
         self._emit(SessionQueued(self._now, s.id, queue, origin))
 
@@ -548,15 +567,21 @@ class Engine:
         if s.queue is not None:
             self._dequeue(s)
         owner, origin_queue = s.owner, s.accepted_from
-        if owner is not None and reason is EndReason.COMPLETED and origin_queue is not None \
-                and origin_queue.kind is QueueKind.TEAM and origin_queue.owner in self._teams:
+        if (
+            owner is not None
+            and reason is EndReason.COMPLETED
+            and origin_queue is not None
+            and origin_queue.kind is QueueKind.TEAM
+            and origin_queue.owner in self._teams
+        ):
             # Wrap-up starts before the load drops, so the rep never flickers eligible.
             wrap_up = self._teams[origin_queue.owner].settings.wrap_up
             rep = self._reps[owner]
             if wrap_up > 0:
                 self._timers.cancel(rep.wrap_up_timer)
-                rep.wrap_up_timer = self._timers.schedule(self._now + wrap_up, "wrap_up_end",
-                                                          rep.id)
+                rep.wrap_up_timer = self._timers.schedule(
+                    self._now + wrap_up, "wrap_up_end", rep.id
+                )
         self._unassign(s)
         s.state, s.end_reason = SessionState.ENDED, reason
         self._sync_slot(s)
@@ -585,8 +610,11 @@ class Engine:
         if rule.action is RuleAction.ALERT or exhausted or rule.overflow is None:
             if not s.overdue_alerted:
                 s.overdue_alerted = True
-                self._emit(SessionOverdue(self._now, s.id, s.queue,
-                                          rule.action is RuleAction.TRANSFER and exhausted))
+                self._emit(
+                    SessionOverdue(
+                        self._now, s.id, s.queue, rule.action is RuleAction.TRANSFER and exhausted
+                    )
+                )
             return
         self._rescind(s, RescindReason.SESSION_MOVED)
         self._dequeue(s)
@@ -629,7 +657,8 @@ class Engine:
         rep.idle_timer = None
         if rep.connected and rep.permissions.idle_timeout > 0:
             rep.idle_timer = self._timers.schedule(
-                rep.last_activity + rep.permissions.idle_timeout, "idle", rep.id)
+                rep.last_activity + rep.permissions.idle_timeout, "idle", rep.id
+            )
 
     def _fall_back(self, rep: Rep) -> None:
         """Rule 11: a rep who is gone hands on what they owned, and leaves the rest."""
@@ -691,26 +720,35 @@ class Engine:
             v.seconds("settings.waiting_rule.overdue_after", rule.overdue_after, 1.0)
             if rule.action is RuleAction.TRANSFER:
                 if rule.overflow is None:
-                    raise InvalidArgument("settings.waiting_rule.overflow",
-                                          "required for a TRANSFER rule")
+                    raise InvalidArgument(
+                        "settings.waiting_rule.overflow", "required for a TRANSFER rule"
+                    )
                 if rule.overflow == team_queue(team_id):
-                    raise InvalidArgument("settings.waiting_rule.overflow",
-                                          "must be another queue")
+                    raise InvalidArgument("settings.waiting_rule.overflow", "must be another queue")
                 target = self._queue_ref("settings.waiting_rule.overflow", rule.overflow)
                 if target.kind is QueueKind.PERSONAL:
-                    raise InvalidArgument("settings.waiting_rule.overflow",
-                                          "must be a team queue or the general queue")
+                    raise InvalidArgument(
+                        "settings.waiting_rule.overflow",
+                        "must be a team queue or the general queue",
+                    )
                 if target.kind is QueueKind.GENERAL and not self.config.general_queue_enabled:
-                    raise InvalidArgument("settings.waiting_rule.overflow",
-                                          "the general queue is disabled")
+                    raise InvalidArgument(
+                        "settings.waiting_rule.overflow", "the general queue is disabled"
+                    )
             elif rule.overflow is not None:
-                raise InvalidArgument("settings.waiting_rule.overflow",
-                                      "only a TRANSFER rule has an overflow queue")
+                raise InvalidArgument(
+                    "settings.waiting_rule.overflow", "only a TRANSFER rule has an overflow queue"
+                )
         return settings
 
     @command
-    def create_team(self, team_id: str, name: str, kind: TeamKind = TeamKind.STANDARD,
-                    settings: QueueSettings | None = None) -> Team:
+    def create_team(
+        self,
+        team_id: str,
+        name: str,
+        kind: TeamKind = TeamKind.STANDARD,
+        settings: QueueSettings | None = None,
+    ) -> Team:
         v.ident("team_id", team_id)
         v.text("name", name, required=True)
         if not isinstance(kind, TeamKind):
@@ -726,8 +764,13 @@ class Engine:
         return team
 
     @command
-    def update_team(self, team_id: str, name: str | None = None, kind: TeamKind | None = None,
-                    settings: QueueSettings | None = None) -> Team:
+    def update_team(
+        self,
+        team_id: str,
+        name: str | None = None,
+        kind: TeamKind | None = None,
+        settings: QueueSettings | None = None,
+    ) -> Team:
         team = self._team(team_id)
         if name is not None:
             v.text("name", name, required=True)
@@ -757,8 +800,10 @@ class Engine:
             s.rule_timer = None
             if rule is not None:
                 s.rule_timer = self._timers.schedule(
-                    max(self._now, s.queued_time + rule.overdue_after), "waiting_rule",
-                    (s.id, s.entry_seq))
+                    max(self._now, s.queued_time + rule.overdue_after),
+                    "waiting_rule",
+                    (s.id, s.entry_seq),
+                )
 
     @command
     def delete_team(self, team_id: str) -> None:
@@ -768,9 +813,14 @@ class Engine:
             raise FailedPrecondition(f"team {team_id!r} still has items in its queue")
         users = [f"issue type {i.id!r}" for i in self._issue_types.values() if i.team_id == team_id]
         users += [f"button {b.id!r}" for b in self._buttons.values() if b.target.team_id == team_id]
-        users += [f"help link {x.id!r}" for x in self._links.values() if x.target.team_id == team_id]
-        users += [f"team {t.id!r}" for t in self._teams.values() if t.settings.waiting_rule
-                  and t.settings.waiting_rule.overflow == queue]
+        users += [
+            f"help link {x.id!r}" for x in self._links.values() if x.target.team_id == team_id
+        ]
+        users += [
+            f"team {t.id!r}"
+            for t in self._teams.values()
+            if t.settings.waiting_rule and t.settings.waiting_rule.overflow == queue
+        ]
         if users:
             raise FailedPrecondition(f"team {team_id!r} is still used by " + ", ".join(users))
         for rep_id in sorted(team.members):
@@ -784,18 +834,34 @@ class Engine:
     def _check_permissions(self, p: Any) -> Permissions:
         if not isinstance(p, Permissions):
             raise InvalidArgument("permissions", "must be a permission profile")
-        v.integer("permissions.max_concurrent_sessions", p.max_concurrent_sessions, 0,
-                  v.MAX_CONCURRENT_SESSIONS)
+        v.integer(
+            "permissions.max_concurrent_sessions",
+            p.max_concurrent_sessions,
+            0,
+            v.MAX_CONCURRENT_SESSIONS,
+        )
         v.seconds("permissions.idle_timeout", p.idle_timeout, 0.0)
-        for name in ("may_get_next", "may_opt_out", "may_transfer", "may_use_general_queue",
-                     "shown_on_public_site"):
+        for name in (
+            "may_get_next",
+            "may_opt_out",
+            "may_transfer",
+            "may_use_general_queue",
+            "shown_on_public_site",
+        ):
             v.flag(f"permissions.{name}", getattr(p, name))
         return p
 
     @command
-    def create_rep(self, rep_id: str, name: str, skills: Mapping[str, int] | None = None,
-                   permissions: Permissions | None = None, teams: Iterable[str] = (),
-                   auto_assign: bool = True, audible_alerts: bool = True) -> Rep:
+    def create_rep(
+        self,
+        rep_id: str,
+        name: str,
+        skills: Mapping[str, int] | None = None,
+        permissions: Permissions | None = None,
+        teams: Iterable[str] = (),
+        auto_assign: bool = True,
+        audible_alerts: bool = True,
+    ) -> Rep:
         v.ident("rep_id", rep_id)
         v.text("name", name, required=True)
         skill_map = v.skill_levels("skills", skills or {})
@@ -809,8 +875,9 @@ class Engine:
             raise PermissionDenied("auto_assign can only be off for reps who may opt out")
         if rep_id in self._reps:
             raise AlreadyExists("rep", rep_id)
-        rep = Rep(rep_id, name, self.reps_table.add(), skill_map, perms, auto_assign,
-                  audible_alerts)
+        rep = Rep(
+            rep_id, name, self.reps_table.add(), skill_map, perms, auto_assign, audible_alerts
+        )
         self._reps[rep_id] = rep
         self._rep_by_ord.append(rep)
         self._queues[personal_queue(rep_id)] = {}
@@ -840,10 +907,14 @@ class Engine:
         self.teams_table.remove_member(team.ordinal, rep.ordinal)
 
     @command
-    def update_rep(self, rep_id: str, name: str | None = None,
-                   skills: Mapping[str, int] | None = None,
-                   permissions: Permissions | None = None,
-                   teams: Iterable[str] | None = None) -> Rep:
+    def update_rep(
+        self,
+        rep_id: str,
+        name: str | None = None,
+        skills: Mapping[str, int] | None = None,
+        permissions: Permissions | None = None,
+        teams: Iterable[str] | None = None,
+    ) -> Rep:
         """Replace the given fields; takes effect on the next assignment pass."""
         rep = self._rep(rep_id)
         if name is not None:
@@ -943,8 +1014,8 @@ class Engine:
         return self._put_issue_type(it, "updated")
 
     def _put_issue_type(self, it: IssueType, change: str) -> IssueType:
-        it = IssueType(it.id, it.name, it.team_id, tuple(tuple(x) for x in it.required_skills),
-                       it.priority)  # type: ignore[arg-type]
+        skills = tuple((str(name), int(level)) for name, level in it.required_skills)
+        it = IssueType(it.id, it.name, it.team_id, skills, it.priority)
         for skill, _ in it.required_skills:
             self._skill_ordinal(skill)
         self._issue_types[it.id] = it
@@ -1024,9 +1095,14 @@ class Engine:
         v.text("customer.details", customer.details, max_len=v.MAX_TEXT_LEN)
         return customer
 
-    def _new_session(self, queue: QueueRef, origin: Origin, customer: Customer,
-                     channel: Channel = Channel.FULL_CLIENT,
-                     issue_type: IssueType | None = None) -> Session:
+    def _new_session(
+        self,
+        queue: QueueRef,
+        origin: Origin,
+        customer: Customer,
+        channel: Channel = Channel.FULL_CLIENT,
+        issue_type: IssueType | None = None,
+    ) -> Session:
         self._counters["session"] += 1
         seq = self._counters["session"]
         required = issue_type.required_skills if issue_type else ()
@@ -1034,11 +1110,24 @@ class Engine:
         # seq grows with creation time (the clock never goes back), so the table can
         # keep rule-4 order by seq alone.
         slot = self.sessions_table.alloc(
-            priority, seq, [self._skills[name] for name, _ in required],
-            [level for _, level in required])
-        s = Session(f"ses-{seq}", seq, slot, customer, channel, origin,
-                    issue_type.id if issue_type else "", required, priority, self._now,
-                    self._now)
+            priority,
+            seq,
+            [self._skills[name] for name, _ in required],
+            [level for _, level in required],
+        )
+        s = Session(
+            f"ses-{seq}",
+            seq,
+            slot,
+            customer,
+            channel,
+            origin,
+            issue_type.id if issue_type else "",
+            required,
+            priority,
+            self._now,
+            self._now,
+        )
         self._sessions[s.id] = s
         if slot == len(self._session_by_slot):
             self._session_by_slot.append(s)
@@ -1055,7 +1144,9 @@ class Engine:
         self._check_customer(customer)
         self._key_guard.check(source, self._now)
         if not isinstance(key, str) or len(key) > v.MAX_SESSION_KEY_LEN:
-            raise InvalidArgument("key", f"must be a string of at most {v.MAX_SESSION_KEY_LEN} characters")
+            raise InvalidArgument(
+                "key", f"must be a string of at most {v.MAX_SESSION_KEY_LEN} characters"
+            )
         normalized = key.replace("-", "").replace(" ", "").upper()
         sk = self._keys.get(normalized)
         if sk is None or sk.expires_at <= self._now:
@@ -1088,8 +1179,7 @@ class Engine:
         if it is None:
             raise NotFound("issue type", issue_type_id)
         self._check_customer(customer)
-        return self._new_session(team_queue(it.team_id), Origin.ISSUE_FORM, customer,
-                                 issue_type=it)
+        return self._new_session(team_queue(it.team_id), Origin.ISSUE_FORM, customer, issue_type=it)
 
     @command
     def start_from_help_link(self, link_id: str, customer: Customer) -> Session:
@@ -1097,8 +1187,9 @@ class Engine:
         if link is None:
             raise NotFound("help link", link_id)
         self._check_customer(customer)
-        return self._new_session(link.target.queue, Origin.HELP_LINK, customer,
-                                 channel=Channel.BROWSER_SHARING)
+        return self._new_session(
+            link.target.queue, Origin.HELP_LINK, customer, channel=Channel.BROWSER_SHARING
+        )
 
     @command
     def start_undesignated(self, customer: Customer) -> Session:
@@ -1158,15 +1249,17 @@ class Engine:
         rep.idle_timer = None
         if rep.offer is not None:
             s = self._sessions[self._offers[rep.offer].session_id]
-            self._rescind(s, RescindReason.SIGNED_OUT if signed_out
-                          else RescindReason.CONNECTION_LOST)
+            self._rescind(
+                s, RescindReason.SIGNED_OUT if signed_out else RescindReason.CONNECTION_LOST
+            )
         self._emit_presence(rep)
         self._sync_rep(rep)
         if signed_out:
             self._fall_back(rep)
         elif rep.load:
-            rep.grace_timer = self._timers.schedule(self._now + self.config.reconnect_grace,
-                                                    "reconnect_grace", rep.id)
+            rep.grace_timer = self._timers.schedule(
+                self._now + self.config.reconnect_grace, "reconnect_grace", rep.id
+            )
 
     @command
     def set_locked(self, rep_id: str, locked: bool) -> None:
@@ -1197,8 +1290,9 @@ class Engine:
             self._sync_rep(rep)
 
     @command
-    def update_settings(self, rep_id: str, auto_assign: bool | None = None,
-                        audible_alerts: bool | None = None) -> Rep:
+    def update_settings(
+        self, rep_id: str, auto_assign: bool | None = None, audible_alerts: bool | None = None
+    ) -> Rep:
         rep = self._rep(rep_id)
         if auto_assign is not None:
             v.flag("auto_assign", auto_assign)
@@ -1266,8 +1360,11 @@ class Engine:
         for q in queues:
             for item_id in self._queues[q]:
                 s = self._sessions.get(item_id)
-                if s is not None and (best is None or (-s.priority, s.created_time, s.seq)
-                                      < (-best.priority, best.created_time, best.seq)):
+                if s is not None and (
+                    best is None
+                    or (-s.priority, s.created_time, s.seq)
+                    < (-best.priority, best.created_time, best.seq)
+                ):
                     best = s
         if best is not None:
             self._activate(best, rep, via_offer=False)
@@ -1342,8 +1439,9 @@ class Engine:
         if target.kind is QueueKind.GENERAL:
             raise InvalidArgument("target", "must be a team or a rep")
         self._owned_active(rep, s)
-        if target.kind is QueueKind.PERSONAL and (target.owner == rep.id
-                                                  or target.owner in s.participants):
+        if target.kind is QueueKind.PERSONAL and (
+            target.owner == rep.id or target.owner in s.participants
+        ):
             raise FailedPrecondition(f"rep {target.owner!r} is already in the session")
         if any(self._invitations[i].queue == target for i in s.invitations):
             raise AlreadyExists("invitation", f"{session_id} -> {target}")
@@ -1457,9 +1555,14 @@ class Engine:
             inv = self._invitations.get(item_id)
             s = self._sessions[inv.session_id if inv else item_id]
             items.append(QueueItem(item_id, s, inv))
-        items.sort(key=lambda i: (-i.session.priority,
-                                  i.invitation.created_time if i.invitation else i.session.created_time,
-                                  i.session.seq, i.id))
+        items.sort(
+            key=lambda i: (
+                -i.session.priority,
+                i.invitation.created_time if i.invitation else i.session.created_time,
+                i.session.seq,
+                i.id,
+            )
+        )
         return items
 
     def rep_queues(self, rep_id: str) -> list[QueueSummary]:
@@ -1470,20 +1573,28 @@ class Engine:
         def summary(q: QueueRef, name: str, team: Team | None = None) -> QueueSummary:
             items = self._queues[q]
             invitations = sum(1 for i in items if i in self._invitations)
-            return QueueSummary(q, name, len(items) - invitations, invitations,
-                                team is not None and team.id in rep.favourites,
-                                team is not None and team.chat_seq > rep.chat_read.get(team.id, 0))
+            return QueueSummary(
+                q,
+                name,
+                len(items) - invitations,
+                invitations,
+                team is not None and team.id in rep.favourites,
+                team is not None and team.chat_seq > rep.chat_read.get(team.id, 0),
+            )
 
-        teams = sorted((self._teams[t] for t in rep.teams),
-                       key=lambda t: (t.id not in rep.favourites, t.name.lower(), t.id))
+        teams = sorted(
+            (self._teams[t] for t in rep.teams),
+            key=lambda t: (t.id not in rep.favourites, t.name.lower(), t.id),
+        )
         out = [summary(personal_queue(rep.id), rep.name)]
         out += [summary(team_queue(t.id), t.name, t) for t in teams]
         if self.can_see(rep, GENERAL_QUEUE):
             out.append(summary(GENERAL_QUEUE, "General"))
         return out
 
-    def chat_messages(self, rep_id: str, team_id: str, after_seq: int = 0,
-                      limit: int = 100) -> list[ChatMessage]:
+    def chat_messages(
+        self, rep_id: str, team_id: str, after_seq: int = 0, limit: int = 100
+    ) -> list[ChatMessage]:
         rep = self._rep(rep_id)
         team = self._member(rep, team_id)
         v.integer("after_seq", after_seq, 0, 2**62)
@@ -1492,8 +1603,11 @@ class Engine:
 
     def search_teams(self, query: str = "", kind: TeamKind | None = None) -> list[Team]:
         q = v.text("query", query).lower()
-        return [t for t in self.teams() if (kind is None or t.kind is kind)
-                and (q in t.name.lower() or q in t.id.lower())]
+        return [
+            t
+            for t in self.teams()
+            if (kind is None or t.kind is kind) and (q in t.name.lower() or q in t.id.lower())
+        ]
 
     def search_reps(self, query: str = "") -> list[Rep]:
         q = v.text("query", query).lower()
@@ -1519,7 +1633,12 @@ class Engine:
                 return {str(plain(k)): plain(val) for k, val in x.items()}
             if isinstance(x, set | frozenset):
                 return sorted(plain(i) for i in x)
-            if isinstance(x, list) and len(x) == 5 and isinstance(x[4], bool) and isinstance(x[2], str):
+            if (
+                isinstance(x, list)
+                and len(x) == 5
+                and isinstance(x[4], bool)
+                and isinstance(x[2], str)
+            ):
                 return ("timer", x[0], x[2], plain(x[3]), x[4])  # a timer entry
             if isinstance(x, list | tuple):
                 return [plain(i) for i in x]
@@ -1543,13 +1662,19 @@ class Engine:
             "reported": plain(self._reported),
             "counters": dict(self._counters),
             "timers": plain(self._timers.pending()),
-            "rep_columns": [col[: rt.n].tolist() for col in
-                            (rt.load, rt.cap, rt.flags, rt.avail, rt.rank_key)]
+            "rep_columns": [
+                col[: rt.n].tolist() for col in (rt.load, rt.cap, rt.flags, rt.avail, rt.rank_key)
+            ]
             + [rt.skills[: rt.n].tolist()],
-            "session_columns": [st.team[: st.n].tolist(), st.decl_cnt[: st.n].tolist(),
-                                sorted(st.free)],
-            "team_columns": [self.teams_table.alg[: self.teams_table.n].tolist(),
-                             [sorted(m) for m in self.teams_table.members]],
+            "session_columns": [
+                st.team[: st.n].tolist(),
+                st.decl_cnt[: st.n].tolist(),
+                sorted(st.free),
+            ],
+            "team_columns": [
+                self.teams_table.alg[: self.teams_table.n].tolist(),
+                [sorted(m) for m in self.teams_table.members],
+            ],
         }
 
 

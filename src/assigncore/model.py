@@ -90,7 +90,11 @@ class QueueRef:
     owner: str = ""  # rep id for PERSONAL, team id for TEAM, "" for GENERAL
 
     def __str__(self) -> str:
-        return "general" if self.kind is QueueKind.GENERAL else f"{self.kind.value.lower()}/{self.owner}"
+        return (
+            "general"
+            if self.kind is QueueKind.GENERAL
+            else f"{self.kind.value.lower()}/{self.owner}"
+        )
 
 
 GENERAL_QUEUE = QueueRef(QueueKind.GENERAL)

@@ -70,17 +70,28 @@ class RankKernel:
         self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
         self.n_teams = n_teams
 
-    def bind_sessions(self, team, seq, nreq, req_skill, req_level, decl_off, decl_cnt,
-                      n_slots):
-        if min(len(team), len(seq), len(nreq), len(req_skill), len(req_level), len(decl_off),
-               len(decl_cnt)) < n_slots or req_skill.shape[1] != req_level.shape[1]:
+    def bind_sessions(self, team, seq, nreq, req_skill, req_level, decl_off, decl_cnt, n_slots):
+        if (
+            min(
+                len(team),
+                len(seq),
+                len(nreq),
+                len(req_skill),
+                len(req_level),
+                len(decl_off),
+                len(decl_cnt),
+            )
+            < n_slots
+            or req_skill.shape[1] != req_level.shape[1]
+        ):
             raise ValueError("session columns are shorter than n_slots")
         self.s_team, self.s_seq, self.s_nreq = team, seq, nreq
         self.s_req_skill, self.s_req_level = req_skill, req_level
         self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
 
-    def _rank(self, cand, algorithm, req_skill, req_level, declined: set[int],
-              rank_key) -> tuple[int, int]:
+    def _rank(
+        self, cand, algorithm, req_skill, req_level, declined: set[int], rank_key
+    ) -> tuple[int, int]:
         policy = POLICIES[algorithm]
         best = -1
         best_key: tuple[int, int, int] | None = None
@@ -117,8 +128,9 @@ class RankKernel:
             not 0 <= r < self.n_reps for r in decl
         ):
             raise IndexError("rep ordinal out of range")
-        best, _ = self._rank(cand, algorithm, list(req_skill), list(req_level), decl,
-                             self._columns())
+        best, _ = self._rank(
+            cand, algorithm, list(req_skill), list(req_level), decl, self._columns()
+        )
         return best
 
     def assign_batch(self, log_slot, log_seq, decl_pool, out_slot, out_rep) -> int:
@@ -157,9 +169,12 @@ class RankKernel:
             off, cnt = int(self.s_decl_off[s]), int(self.s_decl_cnt[s])
             nreq = int(self.s_nreq[s])
             best, eligible = self._rank(
-                members[indptr[t] : indptr[t + 1]], algs[t],
-                self.s_req_skill[s, :nreq].tolist(), self.s_req_level[s, :nreq].tolist(),
-                set(pool[off : off + cnt]) if cnt else set(), rank_key,
+                members[indptr[t] : indptr[t + 1]],
+                algs[t],
+                self.s_req_skill[s, :nreq].tolist(),
+                self.s_req_level[s, :nreq].tolist(),
+                set(pool[off : off + cnt]) if cnt else set(),
+                rank_key,
             )
             if eligible == 0:
                 team_done[t] = True

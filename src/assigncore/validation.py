@@ -33,7 +33,9 @@ def ident(field: str, value: Any) -> str:
     if len(value) > MAX_ID_LEN:
         raise InvalidArgument(field, f"at most {MAX_ID_LEN} characters")
     if not _ID.match(value):
-        raise InvalidArgument(field, "letters, digits and . _ : @ - only, starting with a letter or digit")
+        raise InvalidArgument(
+            field, "letters, digits and . _ : @ - only, starting with a letter or digit"
+        )
     return value
 
 
@@ -91,8 +93,12 @@ def required_skills(field: str, value: Any) -> tuple[tuple[str, int], ...]:
     for i, item in enumerate(value):
         if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
             raise InvalidArgument(f"{field}[{i}]", "must be (skill, minimum level)")
-        out.append((ident(f"{field}[{i}].skill", item[0]),
-                    integer(f"{field}[{i}].min_level", item[1], 1, MAX_SKILL_LEVEL)))
+        out.append(
+            (
+                ident(f"{field}[{i}].skill", item[0]),
+                integer(f"{field}[{i}].min_level", item[1], 1, MAX_SKILL_LEVEL),
+            )
+        )
     if len({name for name, _ in out}) != len(out):
         raise InvalidArgument(field, "a skill is listed twice")
     return tuple(out)
