@@ -1523,6 +1523,51 @@ class Engine:
             raise NotFound("offer", offer_id)
         return o
 
+    def find_rep(self, rep_id: str) -> Rep | None:
+        return self._reps.get(rep_id)
+
+    def find_offer(self, offer_id: str) -> Offer | None:
+        return self._offers.get(offer_id)
+
+    def session_key_expiry(self, key: str) -> float:
+        sk = self._keys.get(key)
+        if sk is None:
+            raise NotFound("session key", "", "session key is not valid")
+        return sk.expires_at
+
+    def find_session(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def invitation(self, invitation_id: str) -> Invitation:
+        inv = self._invitations.get(v.ident("invitation_id", invitation_id))
+        if inv is None:
+            raise NotFound("invitation", invitation_id)
+        return inv
+
+    def invitations(self) -> list[Invitation]:
+        return list(self._invitations.values())
+
+    def offers(self) -> list[Offer]:
+        return list(self._offers.values())
+
+    def queue_audience(self, queue: QueueRef) -> list[str]:
+        """The reps who can see a queue (whose consoles list it)."""
+        if queue.kind is QueueKind.PERSONAL:
+            return [queue.owner] if queue.owner in self._reps else []
+        if queue.kind is QueueKind.TEAM:
+            team = self._teams.get(queue.owner)
+            return sorted(team.members) if team else []
+        return [r.id for r in self.reps() if self.can_see(r, queue)]
+
+    def can_see_session(self, rep_id: str, session: Session) -> bool:
+        """A rep sees a session in one of its queues, one it is in, or one it is invited to."""
+        rep = self._rep(rep_id)
+        if session.owner == rep.id or rep.id in session.participants:
+            return True
+        if session.queue is not None and self.can_see(rep, session.queue):
+            return True
+        return any(self.can_see(rep, self._invitations[i].queue) for i in session.invitations)
+
     def reps(self) -> list[Rep]:
         return sorted(self._reps.values(), key=lambda r: r.id)
 

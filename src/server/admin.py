@@ -1,0 +1,333 @@
+"""AdminService: directory CRUD with update masks, and access tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from assigncore.errors import InvalidArgument, NotFound
+from assigncore.model import HelpLink, SupportButton
+
+from . import convert
+from .auth import Principal, PrincipalKind
+from .errors import rpc
+from .gen.assigncore.v1 import admin_service_pb2 as apb
+from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from .runtime import Runtime
+
+
+def mask(request: Any, allowed: set[str]) -> set[str]:
+    paths = set(request.update_mask.paths) if request.HasField("update_mask") else set()
+    unknown = paths - allowed
+    if unknown:
+        raise InvalidArgument(
+            "update_mask", f"cannot update {sorted(unknown)}; updatable: {sorted(allowed)}"
+        )
+    return paths or allowed
+
+
+def required(field: str, present: bool) -> None:
+    if not present:
+        raise InvalidArgument(field, "required")
+
+
+class AdminServicer(agrpc.AdminServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.engine = runtime.engine
+
+    # ------------------------------------------------------------- reps
+
+    @rpc
+    async def CreateRep(self, request: apb.CreateRepRequest, context: Any) -> Any:
+        required("rep", request.HasField("rep"))
+        r = request.rep
+        rep = self.rt.command(
+            self.engine.create_rep,
+            r.id,
+            r.display_name,
+            dict(r.skills),
+            convert.permissions_in(r.permissions),
+            list(r.team_ids),
+        ).value
+        return apb.CreateRepResponse(rep=convert.rep_out(rep))
+
+    @rpc
+    async def GetRep(self, request: apb.GetRepRequest, context: Any) -> Any:
+        return apb.GetRepResponse(rep=convert.rep_out(self.engine.rep(request.rep_id)))
+
+    @rpc
+    async def ListReps(self, request: apb.ListRepsRequest, context: Any) -> Any:
+        chunk, token = convert.page("", self.engine.reps(), request.page_size, request.page_token)
+        return apb.ListRepsResponse(reps=[convert.rep_out(r) for r in chunk], next_page_token=token)
+
+    @rpc
+    async def UpdateRep(self, request: apb.UpdateRepRequest, context: Any) -> Any:
+        required("rep", request.HasField("rep"))
+        r = request.rep
+        paths = mask(request, {"display_name", "skills", "permissions", "team_ids"})
+        rep = self.rt.command(
+            self.engine.update_rep,
+            r.id,
+            name=r.display_name if "display_name" in paths else None,
+            skills=dict(r.skills) if "skills" in paths else None,
+            permissions=convert.permissions_in(r.permissions) if "permissions" in paths else None,
+            teams=list(r.team_ids) if "team_ids" in paths else None,
+        ).value
+        return apb.UpdateRepResponse(rep=convert.rep_out(rep))
+
+    @rpc
+    async def DeleteRep(self, request: apb.DeleteRepRequest, context: Any) -> Any:
+        self.rt.command(self.engine.delete_rep, request.rep_id)
+        self.rt.tokens.revoke_rep(request.rep_id)
+        return apb.DeleteRepResponse()
+
+    # ------------------------------------------------------------- teams
+
+    @rpc
+    async def CreateTeam(self, request: apb.CreateTeamRequest, context: Any) -> Any:
+        required("team", request.HasField("team"))
+        t = request.team
+        team = self.rt.command(
+            self.engine.create_team,
+            t.id,
+            t.display_name,
+            convert.team_kind_in(t.kind),
+            convert.settings_in(t.queue_settings),
+        ).value
+        return apb.CreateTeamResponse(team=convert.team_out(team))
+
+    @rpc
+    async def GetTeam(self, request: apb.GetTeamRequest, context: Any) -> Any:
+        return apb.GetTeamResponse(team=convert.team_out(self.engine.team(request.team_id)))
+
+    @rpc
+    async def ListTeams(self, request: apb.ListTeamsRequest, context: Any) -> Any:
+        chunk, token = convert.page("", self.engine.teams(), request.page_size, request.page_token)
+        return apb.ListTeamsResponse(
+            teams=[convert.team_out(t) for t in chunk], next_page_token=token
+        )
+
+    @rpc
+    async def UpdateTeam(self, request: apb.UpdateTeamRequest, context: Any) -> Any:
+        required("team", request.HasField("team"))
+        t = request.team
+        paths = mask(request, {"display_name", "kind", "queue_settings"})
+        team = self.rt.command(
+            self.engine.update_team,
+            t.id,
+            name=t.display_name if "display_name" in paths else None,
+            kind=convert.team_kind_in(t.kind) if "kind" in paths else None,
+            settings=convert.settings_in(t.queue_settings) if "queue_settings" in paths else None,
+        ).value
+        return apb.UpdateTeamResponse(team=convert.team_out(team))
+
+    @rpc
+    async def DeleteTeam(self, request: apb.DeleteTeamRequest, context: Any) -> Any:
+        self.rt.command(self.engine.delete_team, request.team_id)
+        return apb.DeleteTeamResponse()
+
+    # ------------------------------------------------------------- issue types
+
+    def _issue_type(self, issue_type_id: str) -> Any:
+        for it in self.engine.issue_types():
+            if it.id == issue_type_id:
+                return it
+        raise NotFound("issue type", issue_type_id)
+
+    @rpc
+    async def CreateIssueType(self, request: apb.CreateIssueTypeRequest, context: Any) -> Any:
+        required("issue_type", request.HasField("issue_type"))
+        it = self.rt.command(
+            self.engine.create_issue_type, convert.issue_type_in(request.issue_type)
+        ).value
+        return apb.CreateIssueTypeResponse(issue_type=convert.issue_type_out(it))
+
+    @rpc
+    async def GetIssueType(self, request: apb.GetIssueTypeRequest, context: Any) -> Any:
+        return apb.GetIssueTypeResponse(
+            issue_type=convert.issue_type_out(self._issue_type(request.issue_type_id))
+        )
+
+    @rpc
+    async def ListIssueTypes(self, request: apb.ListIssueTypesRequest, context: Any) -> Any:
+        chunk, token = convert.page(
+            "", self.engine.issue_types(), request.page_size, request.page_token
+        )
+        return apb.ListIssueTypesResponse(
+            issue_types=[convert.issue_type_out(i) for i in chunk], next_page_token=token
+        )
+
+    @rpc
+    async def UpdateIssueType(self, request: apb.UpdateIssueTypeRequest, context: Any) -> Any:
+        required("issue_type", request.HasField("issue_type"))
+        paths = mask(request, {"display_name", "team_id", "required_skills", "priority"})
+        current: Any = convert.issue_type_out(self._issue_type(request.issue_type.id))
+        for path in paths:
+            current.ClearField(path)
+        current.MergeFrom(_only(request.issue_type, paths | {"id"}))
+        it = self.rt.command(self.engine.update_issue_type, convert.issue_type_in(current)).value
+        return apb.UpdateIssueTypeResponse(issue_type=convert.issue_type_out(it))
+
+    @rpc
+    async def DeleteIssueType(self, request: apb.DeleteIssueTypeRequest, context: Any) -> Any:
+        self.rt.command(self.engine.delete_issue_type, request.issue_type_id)
+        return apb.DeleteIssueTypeResponse()
+
+    # ------------------------------------------------------------- buttons and links
+
+    def _entry(self, kind: str, entry_id: str) -> Any:
+        entries = (
+            self.engine.support_buttons() if kind == "support_button" else self.engine.help_links()
+        )
+        for entry in entries:
+            if entry.id == entry_id:
+                return entry
+        raise NotFound(kind.replace("_", " "), entry_id)
+
+    def _entry_in(self, kind: str, msg: Any) -> Any:
+        cls = SupportButton if kind == "support_button" else HelpLink
+        return cls(msg.id, msg.display_name, convert.target_in(f"{kind}.target", msg.target))
+
+    def _entry_out(self, kind: str, entry: Any) -> Any:
+        cls = apb.SupportButton if kind == "support_button" else apb.HelpLink
+        return cls(id=entry.id, display_name=entry.name, target=convert.target_out(entry.target))
+
+    def _update_entry(self, kind: str, request: Any, command: Any) -> Any:
+        msg = getattr(request, kind)
+        paths = mask(request, {"display_name", "target"})
+        current = self._entry_out(kind, self._entry(kind, msg.id))
+        for path in paths:
+            current.ClearField(path)
+        current.MergeFrom(_only(msg, paths | {"id"}))
+        return self._entry_out(kind, self.rt.command(command, self._entry_in(kind, current)).value)
+
+    @rpc
+    async def CreateSupportButton(self, request: Any, context: Any) -> Any:
+        required("support_button", request.HasField("support_button"))
+        b = self.rt.command(
+            self.engine.create_support_button,
+            self._entry_in("support_button", request.support_button),
+        ).value
+        return apb.CreateSupportButtonResponse(support_button=self._entry_out("support_button", b))
+
+    @rpc
+    async def GetSupportButton(self, request: Any, context: Any) -> Any:
+        return apb.GetSupportButtonResponse(
+            support_button=self._entry_out(
+                "support_button", self._entry("support_button", request.support_button_id)
+            )
+        )
+
+    @rpc
+    async def ListSupportButtons(self, request: Any, context: Any) -> Any:
+        chunk, token = convert.page(
+            "", self.engine.support_buttons(), request.page_size, request.page_token
+        )
+        return apb.ListSupportButtonsResponse(
+            support_buttons=[self._entry_out("support_button", b) for b in chunk],
+            next_page_token=token,
+        )
+
+    @rpc
+    async def UpdateSupportButton(self, request: Any, context: Any) -> Any:
+        required("support_button", request.HasField("support_button"))
+        return apb.UpdateSupportButtonResponse(
+            support_button=self._update_entry(
+                "support_button", request, self.engine.update_support_button
+            )
+        )
+
+    @rpc
+    async def DeleteSupportButton(self, request: Any, context: Any) -> Any:
+        self.rt.command(self.engine.delete_support_button, request.support_button_id)
+        return apb.DeleteSupportButtonResponse()
+
+    @rpc
+    async def CreateHelpLink(self, request: Any, context: Any) -> Any:
+        required("help_link", request.HasField("help_link"))
+        x = self.rt.command(
+            self.engine.create_help_link, self._entry_in("help_link", request.help_link)
+        ).value
+        return apb.CreateHelpLinkResponse(help_link=self._entry_out("help_link", x))
+
+    @rpc
+    async def GetHelpLink(self, request: Any, context: Any) -> Any:
+        return apb.GetHelpLinkResponse(
+            help_link=self._entry_out("help_link", self._entry("help_link", request.help_link_id))
+        )
+
+    @rpc
+    async def ListHelpLinks(self, request: Any, context: Any) -> Any:
+        chunk, token = convert.page(
+            "", self.engine.help_links(), request.page_size, request.page_token
+        )
+        return apb.ListHelpLinksResponse(
+            help_links=[self._entry_out("help_link", x) for x in chunk], next_page_token=token
+        )
+
+    @rpc
+    async def UpdateHelpLink(self, request: Any, context: Any) -> Any:
+        required("help_link", request.HasField("help_link"))
+        return apb.UpdateHelpLinkResponse(
+            help_link=self._update_entry("help_link", request, self.engine.update_help_link)
+        )
+
+    @rpc
+    async def DeleteHelpLink(self, request: Any, context: Any) -> Any:
+        self.rt.command(self.engine.delete_help_link, request.help_link_id)
+        return apb.DeleteHelpLinkResponse()
+
+    # ------------------------------------------------------------- tokens
+
+    def _token_out(self, record: Any) -> apb.AccessToken:
+        return apb.AccessToken(
+            token_id=record.token_id,
+            rep_id=record.principal.rep_id,
+            kind=apb.PrincipalKind.Value("PRINCIPAL_KIND_" + record.principal.kind.value),
+            description=record.description,
+            create_time=convert.timestamp(record.created),
+        )
+
+    @rpc
+    async def IssueAccessToken(self, request: apb.IssueAccessTokenRequest, context: Any) -> Any:
+        kind = convert.enum_in(
+            "kind", apb.PrincipalKind, "PRINCIPAL_KIND_", PrincipalKind, request.kind
+        )
+        if len(request.description) > 200:
+            raise InvalidArgument("description", "at most 200 characters")
+        rep_id = ""
+        if kind is PrincipalKind.REP:
+            rep_id = self.engine.rep(request.rep_id).id
+        elif request.rep_id:
+            raise InvalidArgument("rep_id", "only for REP tokens")
+        record, secret = self.rt.tokens.issue(Principal(kind, rep_id), request.description)
+        return apb.IssueAccessTokenResponse(access_token=self._token_out(record), secret=secret)
+
+    @rpc
+    async def RevokeAccessToken(self, request: apb.RevokeAccessTokenRequest, context: Any) -> Any:
+        if not self.rt.tokens.revoke(request.token_id):
+            raise NotFound("access token", request.token_id)
+        return apb.RevokeAccessTokenResponse()
+
+    @rpc
+    async def ListAccessTokens(self, request: apb.ListAccessTokensRequest, context: Any) -> Any:
+        chunk, token = convert.page(
+            "", self.rt.tokens.records(), request.page_size, request.page_token
+        )
+        return apb.ListAccessTokensResponse(
+            access_tokens=[self._token_out(r) for r in chunk], next_page_token=token
+        )
+
+
+def _only(msg: Any, paths: set[str]) -> Any:
+    """A copy of `msg` with only the given top-level fields."""
+    out = type(msg)()
+    for field, value in msg.ListFields():
+        if field.name in paths:
+            if field.message_type is not None and not field.is_repeated:
+                getattr(out, field.name).CopyFrom(value)
+            elif field.is_repeated:
+                getattr(out, field.name).extend(value)
+            else:
+                setattr(out, field.name, value)
+    return out

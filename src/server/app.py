@@ -1,0 +1,105 @@
+"""The server factory: `await create_server(settings) -> (server, port)`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .admin import AdminServicer
+from .auth import AuthInterceptor
+from .config import Settings
+from .console import ConsoleServicer
+from .gen.assigncore.v1 import admin_service_pb2, console_service_pb2, intake_service_pb2
+from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+from .intake import IntakeServicer
+from .runtime import Runtime
+
+log = logging.getLogger("assigncore.server")
+
+SERVICES = [
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (console_service_pb2, "RepConsoleService"),
+        (intake_service_pb2, "IntakeService"),
+        (admin_service_pb2, "AdminService"),
+    )
+]
+
+
+class Server:
+    """A running assigncore server: the gRPC server plus the runtime behind it."""
+
+    def __init__(
+        self,
+        grpc_server: grpc.aio.Server,
+        runtime: Runtime,
+        health_servicer: health.aio.HealthServicer,
+    ) -> None:
+        self.grpc = grpc_server
+        self.runtime = runtime
+        self.health = health_servicer
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        self.runtime.start()
+        for name in ["", *SERVICES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health says NOT_SERVING, console streams are told the server is
+        draining and end, then RPCs in flight get `grace` seconds to finish."""
+        grace = self.runtime.settings.shutdown_grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self.runtime.hub.drain()
+        await asyncio.sleep(0)  # let the streams send their last event
+        await self.grpc.stop(grace)
+        await self.runtime.stop()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc.wait_for_termination()
+
+
+async def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[Server, int]:
+    """Build (not start) a server listening on `settings.listen` (port 0 picks a free
+    port, returned). Call `await server.start()`."""
+    runtime = runtime or Runtime(settings)
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", settings.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", settings.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", settings.min_client_ping_interval_ms),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
+        ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_ms),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(runtime.tokens)],
+        options=options,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(runtime), server)
+    igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(runtime), server)
+    agrpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            *SERVICES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    return Server(server, runtime, health_servicer), port

@@ -1,0 +1,122 @@
+"""Server settings and the desk described by one TOML file.
+
+    [server]                      # all optional
+    listen = "127.0.0.1:50051"
+    admin_token = "..."           # else $ASSIGNCORE_ADMIN_TOKEN, else one is generated
+    max_message_bytes = 1048576
+    max_concurrent_rpcs = 20000   # console streams count too
+    event_buffer = 1000           # events held per rep for resume_after
+    shutdown_grace = 5.0          # seconds
+    reconnect_grace = 30.0        # rule 11
+    max_rule_moves = 10           # rule 8
+    general_queue = true
+
+    [[teams]]
+    id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
+    algorithm = "SKILLS_MATCH_LEAST_BUSY"  offer_timeout = 30  wrap_up = 0
+    max_missed_offers = 3
+    waiting_rule = { overdue_after = 120, action = "TRANSFER", overflow = "team:helpdesk" }
+
+    [[reps]]
+    id = "ann"  name = "Ann"  teams = ["printers"]  skills = { printers = 7 }
+    permissions = { max_concurrent_sessions = 3, idle_timeout = 600, may_opt_out = true }
+
+    [[issue_types]]   id, name, team, priority, required_skills = [["printers", 5]]
+    [[support_buttons]] / [[help_links]]   id, name, and rep = "..." or team = "..."
+    [[tokens]]        kind = "rep" | "intake" | "admin", rep = "ann", secret = "..."
+
+Every value is checked by the engine's own validation when the desk is loaded; a bad
+file fails at start with the offending entry named.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from assigncore.engine import EngineConfig
+
+
+@dataclass
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    admin_token: str | None = None
+    max_message_bytes: int = 1024 * 1024
+    max_concurrent_rpcs: int = 20000
+    event_buffer: int = 1000
+    shutdown_grace: float = 5.0
+    idempotency_ttl: float = 24 * 3600.0
+    # Keepalive suited to mobile consoles: the server pings an idle connection every
+    # 60 s and drops it if no answer comes within 20 s; clients may ping every 30 s.
+    keepalive_time_ms: int = 60_000
+    keepalive_timeout_ms: int = 20_000
+    min_client_ping_interval_ms: int = 30_000
+    # Connections are recycled hourly (load balancing); streams get 5 minutes to finish,
+    # after which consoles reconnect with resume_after and miss nothing.
+    max_connection_age_ms: int = 3_600_000
+    max_connection_age_grace_ms: int = 300_000
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    desk: dict[str, Any] = field(default_factory=dict)
+    # Where time comes from. A manual clock (tests) sets manual_clock: timers then fire
+    # only when the runtime is told the time moved.
+    clock: Callable[[], float] = time.time
+    manual_clock: bool = False
+
+
+SERVER_KEYS = {
+    "listen",
+    "admin_token",
+    "max_message_bytes",
+    "max_concurrent_rpcs",
+    "event_buffer",
+    "shutdown_grace",
+}
+ENGINE_KEYS = {
+    "reconnect_grace": "reconnect_grace",
+    "max_rule_moves": "max_rule_moves",
+    "general_queue": "general_queue_enabled",
+    "session_key_ttl": "session_key_ttl",
+}
+DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse(text: str, source: str = "config") -> Settings:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    unknown = set(data) - DESK_KEYS - {"server"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown sections {sorted(unknown)}")
+    server = data.get("server", {})
+    unknown = set(server) - SERVER_KEYS - set(ENGINE_KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown [server] keys {sorted(unknown)}")
+    settings = Settings(**{k: server[k] for k in SERVER_KEYS if k in server})
+    engine_args = {ENGINE_KEYS[k]: server[k] for k in ENGINE_KEYS if k in server}
+    defaults = {f.name: getattr(settings.engine, f.name) for f in fields(EngineConfig)}
+    settings.engine = EngineConfig(**{**defaults, **engine_args})
+    settings.desk = {k: data.get(k, []) for k in DESK_KEYS}
+    return settings
+
+
+def load(path: str | os.PathLike[str] | None) -> Settings:
+    """The settings from `path`, or the embedded defaults (a small demo desk)."""
+    if path is None:
+        text = resources.files("server").joinpath("default_desk.toml").read_text()
+        return parse(text, "embedded defaults")
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse(text, str(path))

@@ -1,0 +1,338 @@
+"""RepConsoleService: thin translation between console messages and engine commands."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from assigncore.errors import DomainError, InvalidArgument, PermissionDenied
+from assigncore.model import TeamKind
+
+from . import convert
+from .auth import current_principal
+from .errors import abort, rpc
+from .gen.assigncore.v1 import console_service_pb2 as cpb
+from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from .hub import DRAIN
+from .runtime import Runtime
+
+
+def me() -> str:
+    return current_principal.get().rep_id
+
+
+class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.engine = runtime.engine
+        self.streams: dict[str, asyncio.Task[Any]] = {}
+
+    # ------------------------------------------------------------- the feed
+
+    async def Subscribe(
+        self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        rep_id = me()
+        if self.rt.hub.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        try:
+            self.engine.rep(rep_id)
+        except DomainError as exc:
+            await abort(context, exc)
+        previous = self.streams.get(rep_id)
+        if previous is not None:
+            previous.cancel()  # a new console replaces the old one
+        task = asyncio.current_task()
+        assert task is not None
+        self.streams[rep_id] = task
+        feed = self.rt.hub.feed(rep_id)
+        # What the console missed is taken now; everything published from here on goes
+        # to the queue with higher sequence numbers, so the two never overlap.
+        missed = feed.since(request.resume_after) if request.resume_after else []
+        attached_at = feed.seq
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        feed.queue = queue
+        try:
+            if not self.engine.rep(rep_id).connected:
+                self.rt.command(self.engine.connect, rep_id)
+            now = convert.timestamp(self.rt.clock())
+            yield cpb.SubscribeResponse(
+                sequence=attached_at,
+                time=now,
+                welcome=cpb.Welcome(
+                    rep_id=rep_id, resumed=bool(request.resume_after) and missed is not None
+                ),
+            )
+            if missed is None:
+                oldest = feed.buffer[0].sequence if feed.buffer else attached_at
+                yield cpb.SubscribeResponse(
+                    sequence=attached_at,
+                    time=now,
+                    resync_required=cpb.ResyncRequired(oldest_held=oldest),
+                )
+            else:
+                for msg in missed:
+                    yield msg
+            while True:
+                msg = await queue.get()
+                if msg is DRAIN:
+                    yield cpb.SubscribeResponse(
+                        sequence=feed.seq,
+                        time=convert.timestamp(self.rt.clock()),
+                        server_draining=cpb.ServerDraining(),
+                    )
+                    return
+                yield msg
+        finally:
+            if self.streams.get(rep_id) is task:
+                del self.streams[rep_id]
+                feed.queue = None
+                rep = self.engine.find_rep(rep_id)
+                if not self.rt.hub.draining and rep is not None and rep.connected:
+                    self.rt.command(self.engine.disconnect, rep_id)
+
+    @rpc
+    async def SignOut(self, request: cpb.SignOutRequest, context: Any) -> cpb.SignOutResponse:
+        self.rt.command(self.engine.disconnect, me(), signed_out=True)
+        task = self.streams.pop(me(), None)
+        if task is not None:
+            self.rt.hub.feed(me()).queue = None
+            task.cancel()
+        return cpb.SignOutResponse()
+
+    # ------------------------------------------------------------- queues and sessions
+
+    @rpc
+    async def ListMyQueues(self, request: Any, context: Any) -> cpb.ListMyQueuesResponse:
+        return cpb.ListMyQueuesResponse(
+            queues=[
+                cpb.QueueSummary(
+                    queue=convert.queue_out(q.queue),
+                    display_name=q.name,
+                    waiting_sessions=q.sessions,
+                    invitations=q.invitations,
+                    favorite=q.favourite,
+                    unread_chat=q.unread_chat,
+                )
+                for q in self.engine.rep_queues(me())
+            ]
+        )
+
+    @rpc
+    async def ListQueueItems(
+        self, request: cpb.ListQueueItemsRequest, context: Any
+    ) -> cpb.ListQueueItemsResponse:
+        if not request.HasField("queue"):
+            raise InvalidArgument("queue", "required")
+        queue = convert.queue_in("queue", request.queue)
+        items = self.engine.queue_items(queue)
+        if not self.engine.can_see(self.engine.rep(me()), queue):
+            raise PermissionDenied(f"you cannot see queue {queue}")
+        chunk, token = convert.page("", items, request.page_size, request.page_token)
+        return cpb.ListQueueItemsResponse(
+            items=[convert.item_out(i) for i in chunk], next_page_token=token
+        )
+
+    def _visible_session(self, session_id: str) -> Any:
+        s = self.engine.session(session_id)
+        if not self.engine.can_see_session(me(), s):
+            raise PermissionDenied(f"you cannot see session {session_id!r}")
+        return s
+
+    @rpc
+    async def GetSession(
+        self, request: cpb.GetSessionRequest, context: Any
+    ) -> cpb.GetSessionResponse:
+        return cpb.GetSessionResponse(
+            session=convert.session_out(self._visible_session(request.session_id))
+        )
+
+    @rpc
+    async def AcceptSession(
+        self, request: cpb.AcceptSessionRequest, context: Any
+    ) -> cpb.AcceptSessionResponse:
+        self.rt.command(self.engine.accept_session, me(), request.session_id)
+        return cpb.AcceptSessionResponse(
+            session=convert.session_out(self.engine.session(request.session_id))
+        )
+
+    @rpc
+    async def AnswerOffer(
+        self, request: cpb.AnswerOfferRequest, context: Any
+    ) -> cpb.AnswerOfferResponse:
+        offer = self.engine.find_offer(request.offer_id)
+        self.rt.command(self.engine.answer_offer, me(), request.offer_id, request.accept)
+        assert offer is not None  # answer_offer raised otherwise
+        return cpb.AnswerOfferResponse(
+            session=convert.session_out(self.engine.session(offer.session_id))
+        )
+
+    @rpc
+    async def GetNextSession(self, request: Any, context: Any) -> cpb.GetNextSessionResponse:
+        taken = self.rt.command(self.engine.get_next, me()).value
+        if taken is None:
+            return cpb.GetNextSessionResponse()
+        return cpb.GetNextSessionResponse(session=convert.session_out(taken))
+
+    @rpc
+    async def TransferSession(
+        self, request: cpb.TransferSessionRequest, context: Any
+    ) -> cpb.TransferSessionResponse:
+        target = convert.target_queue("target", request.target)
+        self.rt.command(self.engine.transfer_session, me(), request.session_id, target)
+        return cpb.TransferSessionResponse(
+            session=convert.session_out(self.engine.session(request.session_id))
+        )
+
+    @rpc
+    async def EndSession(
+        self, request: cpb.EndSessionRequest, context: Any
+    ) -> cpb.EndSessionResponse:
+        self.rt.command(self.engine.end_session, me(), request.session_id)
+        return cpb.EndSessionResponse()
+
+    @rpc
+    async def LeaveSession(
+        self, request: cpb.LeaveSessionRequest, context: Any
+    ) -> cpb.LeaveSessionResponse:
+        self.rt.command(self.engine.leave_session, me(), request.session_id)
+        return cpb.LeaveSessionResponse()
+
+    @rpc
+    async def InviteToSession(
+        self, request: cpb.InviteToSessionRequest, context: Any
+    ) -> cpb.InviteToSessionResponse:
+        target = convert.target_queue("target", request.target)
+        inv = self.rt.command(self.engine.invite, me(), request.session_id, target).value
+        return cpb.InviteToSessionResponse(invitation=convert.invitation_out(inv))
+
+    @rpc
+    async def AcceptInvitation(
+        self, request: cpb.AcceptInvitationRequest, context: Any
+    ) -> cpb.AcceptInvitationResponse:
+        session_id = self.engine.invitation(request.invitation_id).session_id
+        self.rt.command(self.engine.accept_invitation, me(), request.invitation_id)
+        return cpb.AcceptInvitationResponse(
+            session=convert.session_out(self.engine.session(session_id))
+        )
+
+    @rpc
+    async def GenerateSessionKey(
+        self, request: cpb.GenerateSessionKeyRequest, context: Any
+    ) -> cpb.GenerateSessionKeyResponse:
+        ttl = convert.seconds_of("ttl", request.ttl) if request.HasField("ttl") else None
+        key = self.rt.command(self.engine.generate_session_key, me(), ttl).value
+        expires = self.engine.session_key_expiry(key)
+        return cpb.GenerateSessionKeyResponse(
+            session_key=key, expire_time=convert.timestamp(expires)
+        )
+
+    # ------------------------------------------------------------- presence, settings
+
+    @rpc
+    async def ReportPresence(
+        self, request: cpb.ReportPresenceRequest, context: Any
+    ) -> cpb.ReportPresenceResponse:
+        action = request.action
+        if action == cpb.PRESENCE_ACTION_LOCK:
+            self.rt.command(self.engine.set_locked, me(), True)
+        elif action == cpb.PRESENCE_ACTION_UNLOCK:
+            self.rt.command(self.engine.set_locked, me(), False)
+        elif action == cpb.PRESENCE_ACTION_ACTIVITY:
+            self.rt.command(self.engine.report_activity, me())
+        else:
+            raise InvalidArgument("action", "LOCK, UNLOCK or ACTIVITY")
+        return cpb.ReportPresenceResponse()
+
+    @rpc
+    async def UpdateMySettings(
+        self, request: cpb.UpdateMySettingsRequest, context: Any
+    ) -> cpb.UpdateMySettingsResponse:
+        rep = self.rt.command(
+            self.engine.update_settings,
+            me(),
+            auto_assign=request.auto_assign if request.HasField("auto_assign") else None,
+            audible_alerts=(request.audible_alerts if request.HasField("audible_alerts") else None),
+        ).value
+        return cpb.UpdateMySettingsResponse(
+            settings=cpb.SettingsChanged(
+                auto_assign=rep.auto_assign, audible_alerts=rep.audible_alerts
+            )
+        )
+
+    @rpc
+    async def SetFavoriteTeam(
+        self, request: cpb.SetFavoriteTeamRequest, context: Any
+    ) -> cpb.SetFavoriteTeamResponse:
+        self.rt.command(self.engine.set_favourite, me(), request.team_id, request.favorite)
+        return cpb.SetFavoriteTeamResponse()
+
+    # ------------------------------------------------------------- chat, search
+
+    @rpc
+    async def SendTeamChatMessage(
+        self, request: cpb.SendTeamChatMessageRequest, context: Any
+    ) -> cpb.SendTeamChatMessageResponse:
+        msg = self.rt.command(self.engine.post_chat, me(), request.team_id, request.text).value
+        return cpb.SendTeamChatMessageResponse(
+            message=cpb.ChatMessage(
+                team_id=request.team_id,
+                sequence=msg.seq,
+                rep_id=msg.rep_id,
+                text=msg.text,
+                time=convert.timestamp(msg.time),
+            )
+        )
+
+    @rpc
+    async def ListTeamChatMessages(
+        self, request: cpb.ListTeamChatMessagesRequest, context: Any
+    ) -> cpb.ListTeamChatMessagesResponse:
+        messages = self.engine.chat_messages(me(), request.team_id, 0, 1000)
+        chunk, token = convert.page("", messages, request.page_size, request.page_token, 100)
+        return cpb.ListTeamChatMessagesResponse(
+            messages=[
+                cpb.ChatMessage(
+                    team_id=request.team_id,
+                    sequence=m.seq,
+                    rep_id=m.rep_id,
+                    text=m.text,
+                    time=convert.timestamp(m.time),
+                )
+                for m in chunk
+            ],
+            next_page_token=token,
+        )
+
+    @rpc
+    async def MarkTeamChatRead(
+        self, request: cpb.MarkTeamChatReadRequest, context: Any
+    ) -> cpb.MarkTeamChatReadResponse:
+        self.rt.command(self.engine.mark_chat_read, me(), request.team_id)
+        return cpb.MarkTeamChatReadResponse()
+
+    @rpc
+    async def SearchTransferTargets(
+        self, request: cpb.SearchTransferTargetsRequest, context: Any
+    ) -> cpb.SearchTransferTargetsResponse:
+        teams = self.engine.search_teams(request.query)
+        reps = [r for r in self.engine.search_reps(request.query) if r.id != me()]
+        standard = [t for t in teams if t.kind is TeamKind.STANDARD]
+        embassies = [t for t in teams if t.kind is TeamKind.EMBASSY]
+        longest = max(len(standard), len(embassies), len(reps))
+        window, token = convert.page(
+            "", list(range(longest)), request.page_size, request.page_token
+        )
+        lo, hi = (window[0], window[-1] + 1) if window else (0, 0)
+
+        def targets(items: list[Any]) -> list[cpb.TransferTarget]:
+            return [cpb.TransferTarget(id=x.id, display_name=x.name) for x in items[lo:hi]]
+
+        return cpb.SearchTransferTargetsResponse(
+            teams=targets(standard),
+            embassies=targets(embassies),
+            reps=targets(reps),
+            next_page_token=token,
+        )

@@ -1,0 +1,324 @@
+"""Messages <-> domain objects. Reading a request checks what the wire can get wrong
+(unknown enum numbers, missing messages, malformed page tokens); the engine checks the
+rest. Enums map by name, so proto numbering and engine numbering stay independent."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from assigncore import model
+from assigncore.errors import InvalidArgument
+from assigncore.model import QueueKind, QueueRef
+from server.gen.assigncore.v1 import admin_service_pb2 as admin_pb
+from server.gen.assigncore.v1 import common_pb2 as pb
+
+MAX_PAGE_SIZE = 500
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    whole = math.floor(seconds)
+    ts.seconds, ts.nanos = int(whole), int(round((seconds - whole) * 1e9)) % 1_000_000_000
+    return ts
+
+
+def seconds_of(field: str, d: duration_pb2.Duration, default: float | None = None) -> float:
+    if d.seconds == 0 and d.nanos == 0 and default is not None:
+        return default
+    if d.seconds < 0 or d.nanos < 0 or d.nanos >= 1_000_000_000:
+        raise InvalidArgument(field, "must be a non-negative duration")
+    return d.seconds + d.nanos / 1e9
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+def enum_in(
+    field: str, wrapper: Any, prefix: str, model_cls: Any, value: int, default: Any = None
+) -> Any:
+    """A proto enum number as the model enum; unknown numbers and UNSPECIFIED (unless a
+    default is given) are INVALID_ARGUMENT."""
+    try:
+        name = wrapper.Name(value)
+    except ValueError:
+        raise InvalidArgument(field, f"unknown value {value}") from None
+    if name == prefix + "UNSPECIFIED":
+        if default is not None:
+            return default
+        raise InvalidArgument(field, "required")
+    try:
+        return model_cls[name[len(prefix) :]]
+    except KeyError:
+        raise InvalidArgument(field, f"unsupported value {name}") from None
+
+
+def enum_out(wrapper: Any, prefix: str, value: Any) -> Any:
+    return int(wrapper.Value(prefix + value.name)) if value is not None else 0
+
+
+# ----------------------------------------------------------------- queues, sessions
+
+
+def queue_in(field: str, q: pb.QueueRef) -> QueueRef:
+    kind = enum_in(f"{field}.kind", pb.QueueKind, "QUEUE_KIND_", QueueKind, q.kind)
+    if kind is QueueKind.GENERAL:
+        return model.GENERAL_QUEUE
+    if not q.owner_id:
+        raise InvalidArgument(f"{field}.owner_id", "required")
+    return QueueRef(kind, q.owner_id)
+
+
+def queue_out(q: QueueRef | None) -> pb.QueueRef | None:
+    if q is None:
+        return None
+    return pb.QueueRef(kind=enum_out(pb.QueueKind, "QUEUE_KIND_", q.kind), owner_id=q.owner)
+
+
+def target_queue(field: str, t: pb.Target) -> QueueRef:
+    which = t.WhichOneof("target")
+    if which == "team_id":
+        return model.team_queue(t.team_id)
+    if which == "rep_id":
+        return model.personal_queue(t.rep_id)
+    raise InvalidArgument(field, "name a team_id or a rep_id")
+
+
+def target_in(field: str, t: pb.Target) -> model.Target:
+    which = t.WhichOneof("target")
+    if which is None:
+        raise InvalidArgument(field, "name a team_id or a rep_id")
+    return model.Target(rep_id=t.rep_id, team_id=t.team_id)
+
+
+def target_out(t: model.Target) -> pb.Target:
+    return pb.Target(rep_id=t.rep_id) if t.rep_id else pb.Target(team_id=t.team_id)
+
+
+def customer_in(c: pb.Customer, present: bool) -> model.Customer:
+    if not present:
+        raise InvalidArgument("customer", "required")
+    return model.Customer(c.name, c.company, c.details)
+
+
+def session_out(s: model.Session) -> pb.Session:
+    return pb.Session(
+        id=s.id,
+        customer=pb.Customer(
+            name=s.customer.name, company=s.customer.company, details=s.customer.details
+        ),
+        channel=enum_out(pb.Channel, "CHANNEL_", s.channel),
+        origin=enum_out(pb.Origin, "ORIGIN_", s.origin),
+        issue_type_id=s.issue_type_id,
+        required_skills=[pb.RequiredSkill(skill=k, min_level=lv) for k, lv in s.required_skills],
+        priority=s.priority,
+        create_time=timestamp(s.created_time),
+        queued_time=timestamp(s.queued_time),
+        state=enum_out(pb.SessionState, "SESSION_STATE_", s.state),
+        end_reason=enum_out(pb.EndReason, "END_REASON_", s.end_reason),
+        queue=queue_out(s.queue),
+        owner_rep_id=s.owner or "",
+        participant_rep_ids=list(s.participants),
+        declined_by_rep_ids=sorted(s.declined_by),
+        history=[
+            pb.Move(
+                queue=_queue_of_str(m.queue),
+                time=timestamp(m.time),
+                cause=enum_out(pb.Origin, "ORIGIN_", m.cause),
+            )
+            for m in s.history
+        ],
+    )
+
+
+def _queue_of_str(text: str) -> pb.QueueRef:
+    if text == "general":
+        return pb.QueueRef(kind=pb.QUEUE_KIND_GENERAL)
+    kind, _, owner = text.partition("/")
+    return pb.QueueRef(
+        kind=pb.QUEUE_KIND_PERSONAL if kind == "personal" else pb.QUEUE_KIND_TEAM, owner_id=owner
+    )
+
+
+def invitation_out(inv: model.Invitation) -> pb.Invitation:
+    return pb.Invitation(
+        id=inv.id,
+        session_id=inv.session_id,
+        inviter_rep_id=inv.inviter,
+        queue=queue_out(inv.queue),
+        create_time=timestamp(inv.created_time),
+    )
+
+
+def item_out(item: Any) -> pb.QueueItem:
+    if item.invitation is not None:
+        return pb.QueueItem(invitation=invitation_out(item.invitation))
+    return pb.QueueItem(session=session_out(item.session))
+
+
+# ----------------------------------------------------------------- pagination
+
+
+def page(
+    field_prefix: str, items: list[Any], page_size: int, page_token: str, default: int = 50
+) -> tuple[list[Any], str]:
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"{field_prefix}page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+    size = page_size or default
+    start = 0
+    if page_token:
+        try:
+            kind, _, number = base64.urlsafe_b64decode(page_token.encode()).decode().partition(":")
+            start = int(number)
+            if kind != "o" or start < 0:
+                raise ValueError
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidArgument(
+                f"{field_prefix}page_token", "not a token this server issued"
+            ) from None
+    chunk = items[start : start + size]
+    more = start + size < len(items)
+    token = base64.urlsafe_b64encode(f"o:{start + size}".encode()).decode() if more else ""
+    return chunk, token
+
+
+# ----------------------------------------------------------------- directory (admin)
+
+
+def permissions_in(p: admin_pb.PermissionProfile) -> model.Permissions:
+    return model.Permissions(
+        max_concurrent_sessions=p.max_concurrent_sessions,
+        idle_timeout=seconds_of("rep.permissions.idle_timeout", p.idle_timeout),
+        may_get_next=p.may_get_next,
+        may_opt_out=p.may_opt_out,
+        may_transfer=p.may_transfer,
+        may_use_general_queue=p.may_use_general_queue,
+        shown_on_public_site=p.shown_on_public_site,
+    )
+
+
+def permissions_out(p: model.Permissions) -> admin_pb.PermissionProfile:
+    return admin_pb.PermissionProfile(
+        max_concurrent_sessions=p.max_concurrent_sessions,
+        idle_timeout=duration(p.idle_timeout),
+        may_get_next=p.may_get_next,
+        may_opt_out=p.may_opt_out,
+        may_transfer=p.may_transfer,
+        may_use_general_queue=p.may_use_general_queue,
+        shown_on_public_site=p.shown_on_public_site,
+    )
+
+
+def rep_out(r: model.Rep) -> admin_pb.Rep:
+    return admin_pb.Rep(
+        id=r.id,
+        display_name=r.name,
+        skills=dict(r.skills),
+        permissions=permissions_out(r.permissions),
+        team_ids=sorted(r.teams),
+        auto_assign=r.auto_assign,
+        connected=r.connected,
+        load=r.load,
+    )
+
+
+def settings_in(s: admin_pb.QueueSettings) -> model.QueueSettings:
+    rule = None
+    if s.HasField("waiting_rule"):
+        w = s.waiting_rule
+        action = enum_in(
+            "team.queue_settings.waiting_rule.action",
+            admin_pb.RuleAction,
+            "RULE_ACTION_",
+            model.RuleAction,
+            w.action,
+        )
+        overflow = (
+            queue_in("team.queue_settings.waiting_rule.overflow_queue", w.overflow_queue)
+            if w.HasField("overflow_queue")
+            else None
+        )
+        rule = model.WaitingRule(
+            seconds_of("team.queue_settings.waiting_rule.overdue_after", w.overdue_after),
+            action,
+            overflow,
+        )
+    return model.QueueSettings(
+        algorithm=enum_in(
+            "team.queue_settings.algorithm",
+            admin_pb.Algorithm,
+            "ALGORITHM_",
+            model.Algorithm,
+            s.algorithm,
+        ),
+        offer_timeout=seconds_of("team.queue_settings.offer_timeout", s.offer_timeout, 30.0),
+        waiting_rule=rule,
+        wrap_up=seconds_of("team.queue_settings.wrap_up", s.wrap_up),
+        max_missed_offers=s.max_missed_offers,
+    )
+
+
+def settings_out(s: model.QueueSettings) -> admin_pb.QueueSettings:
+    out = admin_pb.QueueSettings(
+        algorithm=enum_out(admin_pb.Algorithm, "ALGORITHM_", s.algorithm),
+        offer_timeout=duration(s.offer_timeout),
+        wrap_up=duration(s.wrap_up),
+        max_missed_offers=s.max_missed_offers,
+    )
+    if s.waiting_rule is not None:
+        w = s.waiting_rule
+        out.waiting_rule.CopyFrom(
+            admin_pb.WaitingRule(
+                overdue_after=duration(w.overdue_after),
+                action=enum_out(admin_pb.RuleAction, "RULE_ACTION_", w.action),
+                overflow_queue=queue_out(w.overflow),
+            )
+        )
+    return out
+
+
+def team_out(t: model.Team) -> admin_pb.Team:
+    return admin_pb.Team(
+        id=t.id,
+        display_name=t.name,
+        kind=enum_out(admin_pb.TeamKind, "TEAM_KIND_", t.kind),
+        queue_settings=settings_out(t.settings),
+        member_rep_ids=sorted(t.members),
+    )
+
+
+def team_kind_in(value: int) -> model.TeamKind:
+    return enum_in(
+        "team.kind",
+        admin_pb.TeamKind,
+        "TEAM_KIND_",
+        model.TeamKind,
+        value,
+        default=model.TeamKind.STANDARD,
+    )
+
+
+def issue_type_in(it: admin_pb.IssueType) -> model.IssueType:
+    return model.IssueType(
+        it.id,
+        it.display_name,
+        it.team_id,
+        tuple((r.skill, r.min_level) for r in it.required_skills),
+        it.priority,
+    )
+
+
+def issue_type_out(it: model.IssueType) -> admin_pb.IssueType:
+    return admin_pb.IssueType(
+        id=it.id,
+        display_name=it.name,
+        team_id=it.team_id,
+        priority=it.priority,
+        required_skills=[pb.RequiredSkill(skill=k, min_level=lv) for k, lv in it.required_skills],
+    )

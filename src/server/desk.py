@@ -1,0 +1,155 @@
+"""Loads a desk described in TOML into the engine, through the engine's own commands,
+so a config file is validated exactly like an admin's API calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from assigncore.engine import Engine
+from assigncore.errors import DomainError
+from assigncore.model import (
+    GENERAL_QUEUE,
+    Algorithm,
+    HelpLink,
+    IssueType,
+    Permissions,
+    QueueRef,
+    QueueSettings,
+    RuleAction,
+    SupportButton,
+    Target,
+    TeamKind,
+    WaitingRule,
+    team_queue,
+)
+
+from .auth import Principal, PrincipalKind, TokenStore
+from .config import ConfigError
+
+
+def _enum(cls: Any, value: Any, where: str) -> Any:
+    try:
+        return cls[str(value).upper()]
+    except KeyError:
+        raise ConfigError(f"{where}: unknown value {value!r}") from None
+
+
+def _queue(value: str, where: str) -> QueueRef:
+    if value == "general":
+        return GENERAL_QUEUE
+    kind, _, owner = value.partition(":")
+    if kind != "team" or not owner:
+        raise ConfigError(f"{where}: a queue is 'general' or 'team:<id>', not {value!r}")
+    return team_queue(owner)
+
+
+def _target(entry: dict[str, Any], where: str) -> Target:
+    return Target(rep_id=entry.get("rep", ""), team_id=entry.get("team", ""))
+
+
+def queue_settings(entry: dict[str, Any], where: str) -> QueueSettings:
+    rule = None
+    if "waiting_rule" in entry:
+        r = entry["waiting_rule"]
+        rule = WaitingRule(
+            r.get("overdue_after", 0),
+            _enum(RuleAction, r.get("action"), where),
+            _queue(r["overflow"], where) if "overflow" in r else None,
+        )
+    return QueueSettings(
+        algorithm=_enum(Algorithm, entry.get("algorithm", "LEAST_BUSY"), where),
+        offer_timeout=entry.get("offer_timeout", 30.0),
+        waiting_rule=rule,
+        wrap_up=entry.get("wrap_up", 0.0),
+        max_missed_offers=entry.get("max_missed_offers", 0),
+    )
+
+
+def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
+    """Create everything the desk lists. Teams first without waiting rules (they may
+    point at each other), then rules, reps, issue types, buttons, links, tokens."""
+
+    def apply(where: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except DomainError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+        except (TypeError, KeyError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    teams = desk.get("teams", [])
+    for i, t in enumerate(teams):
+        where = f"teams[{i}] ({t.get('id', '?')})"
+        settings = queue_settings(t, where)
+        no_rule = QueueSettings(
+            settings.algorithm,
+            settings.offer_timeout,
+            None,
+            settings.wrap_up,
+            settings.max_missed_offers,
+        )
+        apply(
+            where,
+            engine.create_team,
+            t.get("id"),
+            t.get("name", t.get("id")),
+            _enum(TeamKind, t.get("kind", "STANDARD"), where),
+            no_rule,
+        )
+    for i, t in enumerate(teams):
+        if "waiting_rule" in t:
+            where = f"teams[{i}] ({t.get('id')})"
+            apply(where, engine.update_team, t["id"], settings=queue_settings(t, where))
+    for i, r in enumerate(desk.get("reps", [])):
+        where = f"reps[{i}] ({r.get('id', '?')})"
+        perms = r.get("permissions", {})
+        unknown = set(perms) - set(Permissions.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{where}: unknown permissions {sorted(unknown)}")
+        apply(
+            where,
+            engine.create_rep,
+            r.get("id"),
+            r.get("name", r.get("id")),
+            skills=r.get("skills", {}),
+            permissions=Permissions(**perms),
+            teams=r.get("teams", []),
+        )
+    for i, it in enumerate(desk.get("issue_types", [])):
+        where = f"issue_types[{i}] ({it.get('id', '?')})"
+        skills = tuple(tuple(x) for x in it.get("required_skills", []))
+        apply(
+            where,
+            engine.create_issue_type,
+            IssueType(
+                it.get("id"),
+                it.get("name", it.get("id")),
+                it.get("team"),
+                skills,
+                it.get("priority", 0),
+            ),
+        )
+    for i, b in enumerate(desk.get("support_buttons", [])):
+        where = f"support_buttons[{i}] ({b.get('id', '?')})"
+        apply(
+            where,
+            engine.create_support_button,
+            SupportButton(b.get("id"), b.get("name", b.get("id")), _target(b, where)),
+        )
+    for i, x in enumerate(desk.get("help_links", [])):
+        where = f"help_links[{i}] ({x.get('id', '?')})"
+        apply(
+            where,
+            engine.create_help_link,
+            HelpLink(x.get("id"), x.get("name", x.get("id")), _target(x, where)),
+        )
+    for i, tok in enumerate(desk.get("tokens", [])):
+        where = f"tokens[{i}]"
+        kind = _enum(PrincipalKind, tok.get("kind"), where)
+        rep_id = tok.get("rep", "")
+        if kind is PrincipalKind.REP:
+            apply(where, engine.rep, rep_id)
+        secret = tok.get("secret")
+        if not isinstance(secret, str) or len(secret) < 16:
+            raise ConfigError(f"{where}: secret must be a string of at least 16 characters")
+        tokens.add(secret, Principal(kind, rep_id), tok.get("description", "from config"))

@@ -1,0 +1,80 @@
+"""The one table from domain errors to gRPC status codes, and the decorator every
+handler goes through: a DomainError becomes its status (INVALID_ARGUMENT with
+google.rpc.BadRequest field violations); anything unexpected becomes INTERNAL with a
+generic message — never UNKNOWN, never a stack trace on the wire."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from assigncore.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+
+log = logging.getLogger("assigncore.server")
+
+STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def status_for(exc: DomainError) -> grpc.Status:
+    code = STATUS_OF.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message)
+    if isinstance(exc, InvalidArgument):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in exc.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad)
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
+    await context.abort_with_status(status_for(exc))
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort() raises a private exception type; let it through untouched.
+    return type(exc).__name__ == "AbortError"
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """For unary handlers."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except DomainError as exc:
+            await abort(context, exc)
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            log.exception("internal error in %s", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    return handler

@@ -1,0 +1,226 @@
+"""Fan-out of engine events to rep console streams.
+
+Every rep has a feed: a sequence number that grows by one per event, and a buffer of
+the last N events so a console that reconnects with `resume_after` gets what it missed.
+A feed exists whether or not a console is attached; attaching gives it a queue that the
+stream handler drains."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from assigncore import events as ev
+from assigncore.engine import Engine, QueueItem
+from assigncore.model import QueueKind, QueueRef
+from server import convert
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+
+DRAIN = object()  # sentinel put on queues when the server shuts down
+
+
+class Feed:
+    __slots__ = ("seq", "buffer", "queue")
+
+    def __init__(self, size: int) -> None:
+        self.seq = 0
+        self.buffer: deque[cpb.SubscribeResponse] = deque(maxlen=size)
+        self.queue: asyncio.Queue[Any] | None = None
+
+    def since(self, resume_after: int) -> list[cpb.SubscribeResponse] | None:
+        """Events after `resume_after`, or None if some of them are no longer held (or
+        `resume_after` is ahead of this feed: the console talks of another server life)."""
+        if resume_after == self.seq:
+            return []
+        if resume_after > self.seq:
+            return None
+        oldest = self.buffer[0].sequence if self.buffer else self.seq + 1
+        if resume_after + 1 < oldest:
+            return None
+        return [m for m in self.buffer if m.sequence > resume_after]
+
+
+class Hub:
+    def __init__(self, engine: Engine, buffer_size: int) -> None:
+        self.engine = engine
+        self.buffer_size = buffer_size
+        self.feeds: dict[str, Feed] = {}
+        self.draining = False
+
+    def feed(self, rep_id: str) -> Feed:
+        f = self.feeds.get(rep_id)
+        if f is None:
+            f = self.feeds[rep_id] = Feed(self.buffer_size)
+        return f
+
+    def send(self, rep_ids: Iterable[str], time: float, **event: Any) -> None:
+        stamp = convert.timestamp(time)
+        for rep_id in rep_ids:
+            f = self.feed(rep_id)
+            f.seq += 1
+            msg = cpb.SubscribeResponse(sequence=f.seq, time=stamp, **event)
+            f.buffer.append(msg)
+            if f.queue is not None:
+                f.queue.put_nowait(msg)
+
+    def drain(self) -> None:
+        self.draining = True
+        for f in self.feeds.values():
+            if f.queue is not None:
+                f.queue.put_nowait(DRAIN)
+
+    # ------------------------------------------------------------- audiences
+
+    def audience(self, queue: QueueRef) -> list[str]:
+        return self.engine.queue_audience(queue)
+
+    # ------------------------------------------------------------- engine listener
+
+    def on_event(self, e: ev.Event) -> None:
+        handler = getattr(self, "_on_" + type(e).__name__, None)
+        if handler is not None:
+            handler(e)
+
+    def _on_SessionQueued(self, e: ev.SessionQueued) -> None:
+        session = self.engine.find_session(e.session_id)
+        if session is None or session.queue != e.queue:
+            return
+        item = convert.item_out(QueueItem(session.id, session))
+        self.send(
+            self.audience(e.queue),
+            e.time,
+            queue_item_added=cpb.QueueItemAdded(queue=convert.queue_out(e.queue), item=item),
+        )
+
+    def _on_SessionDequeued(self, e: ev.SessionDequeued) -> None:
+        self.send(
+            self.audience(e.queue),
+            e.time,
+            queue_item_removed=cpb.QueueItemRemoved(
+                queue=convert.queue_out(e.queue), item_id=e.session_id
+            ),
+        )
+
+    def _changed(self, session_id: str, time: float) -> None:
+        s = self.engine.find_session(session_id)
+        if s is None or s.queue is None:
+            return
+        item = convert.item_out(QueueItem(s.id, s))
+        self.send(
+            self.audience(s.queue),
+            time,
+            queue_item_changed=cpb.QueueItemChanged(queue=convert.queue_out(s.queue), item=item),
+        )
+
+    def _on_OfferMade(self, e: ev.OfferMade) -> None:
+        s = self.engine.session(e.session_id)
+        self.send(
+            [e.rep_id],
+            e.time,
+            offer_made=cpb.OfferMade(
+                offer_id=e.offer_id,
+                session=convert.session_out(s),
+                deadline_time=convert.timestamp(e.deadline),
+                audible=e.audible,
+            ),
+        )
+        self._changed(e.session_id, e.time)
+
+    def _on_OfferRescinded(self, e: ev.OfferRescinded) -> None:
+        self.send(
+            [e.rep_id],
+            e.time,
+            offer_rescinded=cpb.OfferRescinded(
+                offer_id=e.offer_id,
+                session_id=e.session_id,
+                reason=convert.enum_out(cpb.RescindReason, "RESCIND_REASON_", e.reason),
+            ),
+        )
+        self._changed(e.session_id, e.time)
+
+    def _on_OfferDeclined(self, e: ev.OfferDeclined) -> None:
+        self._changed(e.session_id, e.time)
+
+    def _on_SessionOverdue(self, e: ev.SessionOverdue) -> None:
+        self.send(
+            self.audience(e.queue),
+            e.time,
+            session_overdue=cpb.SessionOverdue(
+                session_id=e.session_id,
+                queue=convert.queue_out(e.queue),
+                rule_moves_exhausted=e.rule_moves_exhausted,
+            ),
+        )
+
+    def _on_InvitationCreated(self, e: ev.InvitationCreated) -> None:
+        inv = self.engine.invitation(e.invitation_id)
+        audience = self.audience(e.queue)
+        self.send(
+            audience,
+            e.time,
+            invitation_received=cpb.InvitationReceived(invitation=convert.invitation_out(inv)),
+        )
+        self.send(
+            audience,
+            e.time,
+            queue_item_added=cpb.QueueItemAdded(
+                queue=convert.queue_out(e.queue),
+                item=pb.QueueItem(invitation=convert.invitation_out(inv)),
+            ),
+        )
+
+    def _on_InvitationRemoved(self, e: ev.InvitationRemoved) -> None:
+        self.send(
+            self.audience(e.queue),
+            e.time,
+            queue_item_removed=cpb.QueueItemRemoved(
+                queue=convert.queue_out(e.queue), item_id=e.invitation_id
+            ),
+        )
+
+    def _on_ChatMessagePosted(self, e: ev.ChatMessagePosted) -> None:
+        audience = self.audience(QueueRef(QueueKind.TEAM, e.team_id))
+        if audience:
+            self.send(
+                audience,
+                e.time,
+                chat_message=cpb.ChatMessage(
+                    team_id=e.team_id,
+                    sequence=e.seq,
+                    rep_id=e.rep_id,
+                    text=e.text,
+                    time=convert.timestamp(e.time),
+                ),
+            )
+
+    def _on_EligibilityChanged(self, e: ev.EligibilityChanged) -> None:
+        reasons = sorted(
+            convert.enum_out(cpb.IneligibleReason, "INELIGIBLE_REASON_", r) for r in e.reasons
+        )
+        self.send(
+            [e.rep_id],
+            e.time,
+            eligibility_changed=cpb.EligibilityChanged(eligible=e.eligible, reasons=reasons),
+        )
+
+    def _on_OwnershipChanged(self, e: ev.OwnershipChanged) -> None:
+        s = self.engine.session(e.session_id)
+        self.send(
+            [e.to_rep],
+            e.time,
+            session_handed_over=cpb.SessionHandedOver(
+                session=convert.session_out(s), from_rep_id=e.from_rep, by_fallback=e.by_fallback
+            ),
+        )
+
+    def _on_RepSettingsChanged(self, e: ev.RepSettingsChanged) -> None:
+        self.send(
+            [e.rep_id],
+            e.time,
+            settings_changed=cpb.SettingsChanged(
+                auto_assign=e.auto_assign, audible_alerts=e.audible_alerts
+            ),
+        )

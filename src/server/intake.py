@@ -1,0 +1,87 @@
+"""IntakeService: the customer-facing portal's calls, idempotent by request_id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from assigncore.errors import InvalidArgument
+from assigncore.model import Session
+
+from . import convert
+from .errors import rpc
+from .gen.assigncore.v1 import intake_service_pb2 as ipb
+from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+from .runtime import Runtime
+
+
+class IntakeServicer(igrpc.IntakeServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.engine = runtime.engine
+
+    def _position(self, s: Session) -> int:
+        if s.queue is None:
+            return 0
+        waiting = [i.id for i in self.engine.queue_items(s.queue) if i.invitation is None]
+        return waiting.index(s.id) + 1 if s.id in waiting else 0
+
+    @rpc
+    async def StartSession(
+        self, request: ipb.StartSessionRequest, context: Any
+    ) -> ipb.StartSessionResponse:
+        done = self.rt.idempotency.lookup(request.request_id, request)
+        if done is not None:
+            return done
+        customer = convert.customer_in(request.customer, request.HasField("customer"))
+        via = request.WhichOneof("via")
+        e = self.engine
+        if via == "session_key":
+            # Failed keys are counted per calling portal connection.
+            outcome = self.rt.command(
+                e.start_with_key, request.session_key, customer, source=context.peer() or ""
+            )
+        elif via == "public_rep_id":
+            outcome = self.rt.command(e.start_with_rep, request.public_rep_id, customer)
+        elif via == "support_button_id":
+            outcome = self.rt.command(e.start_from_button, request.support_button_id, customer)
+        elif via == "issue_type_id":
+            outcome = self.rt.command(e.start_from_issue, request.issue_type_id, customer)
+        elif via == "help_link_id":
+            outcome = self.rt.command(e.start_from_help_link, request.help_link_id, customer)
+        elif via == "undesignated":
+            outcome = self.rt.command(e.start_undesignated, customer)
+        else:
+            raise InvalidArgument("via", "name how the session starts")
+        session = outcome.value
+        response = ipb.StartSessionResponse(
+            session=convert.session_out(session), position=self._position(session)
+        )
+        self.rt.idempotency.store(request.request_id, request, response)
+        return response
+
+    @rpc
+    async def CancelSession(
+        self, request: ipb.CancelSessionRequest, context: Any
+    ) -> ipb.CancelSessionResponse:
+        done = self.rt.idempotency.lookup(request.request_id, request)
+        if done is not None:
+            return done
+        self.rt.command(self.engine.cancel_session, request.session_id)
+        response = ipb.CancelSessionResponse(
+            session=convert.session_out(self.engine.session(request.session_id))
+        )
+        self.rt.idempotency.store(request.request_id, request, response)
+        return response
+
+    @rpc
+    async def GetSessionStatus(
+        self, request: ipb.GetSessionStatusRequest, context: Any
+    ) -> ipb.GetSessionStatusResponse:
+        s = self.engine.session(request.session_id)
+        out = convert.session_out(s)
+        return ipb.GetSessionStatusResponse(
+            state=out.state,
+            queue=convert.queue_out(s.queue),
+            position=self._position(s),
+            end_reason=out.end_reason,
+        )
