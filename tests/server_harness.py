@@ -1,0 +1,233 @@
+"""A real server on a loopback port (port 0), a manual clock, and console helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from server import config
+from server.app import create_server
+from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+from .conftest import ManualClock
+
+DESK = """
+[server]
+listen = "127.0.0.1:0"
+reconnect_grace = 30
+max_rule_moves = 3
+
+[[teams]]
+id = "support"
+name = "Support"
+algorithm = "LEAST_BUSY"
+offer_timeout = 30
+
+[[teams]]
+id = "skills"
+name = "Skills"
+algorithm = "SKILLS_MATCH_LEAST_BUSY"
+
+[[teams]]
+id = "manual"
+name = "Manual"
+algorithm = "NONE"
+waiting_rule = { overdue_after = 60, action = "ALERT" }
+
+[[teams]]
+id = "front"
+name = "Front"
+algorithm = "NONE"
+waiting_rule = { overdue_after = 100, action = "TRANSFER", overflow = "team:support" }
+
+[[teams]]
+id = "partner"
+name = "Partner"
+kind = "EMBASSY"
+algorithm = "NONE"
+
+[[reps]]
+id = "ann"
+name = "Ann"
+teams = ["support", "skills", "front"]
+skills = { windows = 3 }
+permissions = { may_opt_out = true, shown_on_public_site = true }
+
+[[reps]]
+id = "bob"
+name = "Bob"
+teams = ["support", "skills", "manual"]
+skills = { windows = 8 }
+
+[[reps]]
+id = "cat"
+name = "Cat"
+teams = ["manual"]
+permissions = { may_get_next = false, may_transfer = false }
+
+[[reps]]
+id = "gil"
+name = "Gil"
+teams = ["partner"]
+permissions = { may_use_general_queue = true }
+
+[[issue_types]]
+id = "general-help"
+name = "General help"
+team = "support"
+
+[[issue_types]]
+id = "win"
+name = "Windows"
+team = "skills"
+required_skills = [["windows", 5]]
+priority = 2
+
+[[issue_types]]
+id = "manual-help"
+name = "Manual"
+team = "manual"
+
+[[issue_types]]
+id = "front-help"
+name = "Front"
+team = "front"
+
+[[support_buttons]]
+id = "btn-ann"
+rep = "ann"
+
+[[support_buttons]]
+id = "btn-support"
+team = "support"
+
+[[help_links]]
+id = "link-support"
+team = "support"
+
+[[tokens]]
+kind = "admin"
+secret = "test-admin-token-0123456789"
+
+[[tokens]]
+kind = "intake"
+secret = "test-intake-token-0123456789"
+""" + "".join(f"""
+[[tokens]]
+kind = "rep"
+rep = "{r}"
+secret = "test-{r}-token-0123456789"
+""" for r in ("ann", "bob", "cat", "gil"))
+
+ADMIN = "test-admin-token-0123456789"
+INTAKE = "test-intake-token-0123456789"
+
+
+def rep_token(rep: str) -> str:
+    return f"test-{rep}-token-0123456789"
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Console:
+    """A rep's console: an open Subscribe stream collecting events."""
+
+    def __init__(self, live: Live, rep: str, resume_after: int = 0) -> None:
+        self.live, self.rep = live, rep
+        self.stub = cgrpc.RepConsoleServiceStub(live.channel)
+        self.events: asyncio.Queue[cpb.SubscribeResponse] = asyncio.Queue()
+        self.seen: list[cpb.SubscribeResponse] = []
+        self.call = self.stub.Subscribe(cpb.SubscribeRequest(resume_after=resume_after),
+                                        metadata=auth(rep_token(rep)))
+        self.task = asyncio.get_running_loop().create_task(self._pump())
+        self.ended: grpc.StatusCode | None = None
+
+    async def _pump(self) -> None:
+        try:
+            async for msg in self.call:
+                self.seen.append(msg)
+                await self.events.put(msg)
+        except grpc.aio.AioRpcError as exc:
+            self.ended = exc.code()
+        except asyncio.CancelledError:
+            pass
+
+    async def next(self, kind: str, timeout: float = 5.0, **match: Any) -> Any:
+        """The next event of this kind (others are skipped); its payload."""
+        async def find() -> Any:
+            while True:
+                msg = await self.events.get()
+                if msg.WhichOneof("event") == kind:
+                    payload = getattr(msg, kind)
+                    if all(getattr(payload, k) == val for k, val in match.items()):
+                        return payload
+        return await asyncio.wait_for(find(), timeout)
+
+    async def welcome(self) -> cpb.Welcome:
+        return await self.next("welcome")
+
+    def rpc(self, method: str, request: Any) -> Any:
+        return getattr(self.stub, method)(request, metadata=auth(rep_token(self.rep)))
+
+    async def drop(self) -> None:
+        """The connection goes away without signing out."""
+        self.call.cancel()
+        await asyncio.sleep(0.05)
+
+
+class Live:
+    def __init__(self, server: Any, port: int, clock: ManualClock) -> None:
+        self.server, self.port, self.clock = server, port, clock
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.intake = igrpc.IntakeServiceStub(self.channel)
+        self.admin = agrpc.AdminServiceStub(self.channel)
+        self.consoles: list[Console] = []
+        self._request = 0
+
+    async def console(self, rep: str, resume_after: int = 0) -> Console:
+        c = Console(self, rep, resume_after)
+        self.consoles.append(c)
+        await c.welcome()
+        await asyncio.sleep(0.01)
+        return c
+
+    async def advance(self, seconds: float) -> None:
+        self.clock.tick(seconds)
+        self.server.runtime.tick()
+        await asyncio.sleep(0.05)
+
+    async def start(self, token: str = INTAKE, **via: Any) -> pb.Session:
+        self._request += 1
+        customer = via.pop("customer", pb.Customer(name="Carol", company="ACME"))
+        if not via:
+            via = {"undesignated": ipb.Undesignated()}
+        response = await self.intake.StartSession(
+            ipb.StartSessionRequest(request_id=f"req-{self._request}", customer=customer, **via),
+            metadata=auth(token))
+        await asyncio.sleep(0.02)
+        return response.session
+
+    async def close(self) -> None:
+        for c in self.consoles:
+            c.task.cancel()
+        await self.channel.close()
+        await self.server.stop(0.2)
+
+
+async def live_server(desk: str = DESK) -> Live:
+    settings = config.parse(desk, "test desk")
+    clock = ManualClock()
+    settings.clock, settings.manual_clock = clock, True
+    settings.shutdown_grace = 0.2
+    server, port = await create_server(settings)
+    await server.start()
+    return Live(server, port, clock)

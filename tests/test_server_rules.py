@@ -1,0 +1,197 @@
+"""Routing rules and intake origins driven through the services over a real channel,
+exactly as consoles and a portal would."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+
+from .server_harness import INTAKE, auth, live_server
+
+
+@pytest.fixture
+async def live():
+    server = await live_server()
+    yield server
+    await server.close()
+
+
+def team(team_id: str) -> pb.QueueRef:
+    return pb.QueueRef(kind=pb.QUEUE_KIND_TEAM, owner_id=team_id)
+
+
+def personal(rep_id: str) -> pb.QueueRef:
+    return pb.QueueRef(kind=pb.QUEUE_KIND_PERSONAL, owner_id=rep_id)
+
+
+async def test_origins_land_where_the_design_says(live):
+    ann = await live.console("ann")
+    key = (await ann.rpc("GenerateSessionKey", cpb.GenerateSessionKeyRequest())).session_key
+    cases = [
+        ({"session_key": key}, personal("ann"), pb.ORIGIN_SESSION_KEY, pb.CHANNEL_FULL_CLIENT),
+        ({"public_rep_id": "ann"}, personal("ann"), pb.ORIGIN_PUBLIC_SITE, pb.CHANNEL_FULL_CLIENT),
+        ({"support_button_id": "btn-ann"}, personal("ann"), pb.ORIGIN_SUPPORT_BUTTON,
+         pb.CHANNEL_FULL_CLIENT),
+        ({"support_button_id": "btn-support"}, team("support"), pb.ORIGIN_SUPPORT_BUTTON,
+         pb.CHANNEL_FULL_CLIENT),
+        ({"issue_type_id": "manual-help"}, team("manual"), pb.ORIGIN_ISSUE_FORM,
+         pb.CHANNEL_FULL_CLIENT),
+        ({"help_link_id": "link-support"}, team("support"), pb.ORIGIN_HELP_LINK,
+         pb.CHANNEL_BROWSER_SHARING),
+        ({"undesignated": ipb.Undesignated()}, pb.QueueRef(kind=pb.QUEUE_KIND_GENERAL),
+         pb.ORIGIN_UNDESIGNATED, pb.CHANNEL_FULL_CLIENT),
+    ]
+    for via, queue, origin, channel in cases:
+        s = await live.start(**via)
+        assert (s.queue, s.origin, s.channel) == (queue, origin, channel), via
+
+
+async def test_offer_reject_timeout_and_stays_queued(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    s = await live.start(issue_type_id="general-help")
+    offer = await ann.next("offer_made")  # tie on load and availability: lower ordinal
+    assert offer.session.id == s.id and offer.audible
+    assert offer.deadline_time.seconds == int(live.clock.t + 30)
+    await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=False))
+    offer_b = await bob.next("offer_made")
+    await live.advance(30)  # bob lets it time out
+    status = await live.intake.GetSessionStatus(
+        ipb.GetSessionStatusRequest(session_id=s.id), metadata=auth(INTAKE))
+    assert status.state == pb.SESSION_STATE_WAITING and status.position == 1
+    got = await ann.rpc("GetSession", cpb.GetSessionRequest(session_id=s.id))
+    assert sorted(got.session.declined_by_rep_ids) == ["ann", "bob"]
+    with pytest.raises(Exception) as stale:
+        await bob.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer_b.offer_id,
+                                                            accept=True))
+    assert stale.value.code().name == "FAILED_PRECONDITION"
+
+
+async def test_accept_skills_match_and_end(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    s = await live.start(issue_type_id="win")  # windows >= 5: only bob qualifies
+    offer = await bob.next("offer_made")
+    r = await bob.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
+    assert r.session.state == pb.SESSION_STATE_ACTIVE and r.session.owner_rep_id == "bob"
+    await bob.rpc("EndSession", cpb.EndSessionRequest(session_id=s.id))
+    assert ann.seen and not any(m.WhichOneof("event") == "offer_made" for m in ann.seen)
+
+
+async def test_manual_accept_rescinds_and_get_next_and_permissions(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    cat = await live.console("cat")
+    s = await live.start(issue_type_id="general-help")
+    offer = await ann.next("offer_made")
+    await bob.rpc("AcceptSession", cpb.AcceptSessionRequest(session_id=s.id))
+    rescinded = await ann.next("offer_rescinded")
+    assert rescinded.offer_id == offer.offer_id
+    assert rescinded.reason == cpb.RESCIND_REASON_ACCEPTED_BY_OTHER
+    waiting = await live.start(issue_type_id="manual-help")
+    with pytest.raises(Exception) as denied:
+        await cat.rpc("GetNextSession", cpb.GetNextSessionRequest())
+    assert denied.value.code().name == "PERMISSION_DENIED"
+    taken = await bob.rpc("GetNextSession", cpb.GetNextSessionRequest())
+    assert taken.session.id == waiting.id
+    empty = await bob.rpc("GetNextSession", cpb.GetNextSessionRequest())
+    assert not empty.HasField("session")
+
+
+async def test_waiting_rules_alert_and_transfer(live):
+    bob = await live.console("bob")
+    ann = await live.console("ann")
+    await ann.rpc("UpdateMySettings", cpb.UpdateMySettingsRequest(auto_assign=False))
+    alert_me = await live.start(issue_type_id="manual-help")
+    moved = await live.start(issue_type_id="front-help")
+    await live.advance(60)
+    overdue = await bob.next("session_overdue")
+    assert overdue.session_id == alert_me.id and overdue.queue == team("manual")
+    await live.advance(40)
+    offer = await bob.next("offer_made")  # moved to support, offered there
+    assert offer.session.id == moved.id and offer.session.origin == pb.ORIGIN_WAITING_RULE
+
+
+async def test_transfer_invite_share_and_leave(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    gil = await live.console("gil")
+    s = await live.start(issue_type_id="general-help")
+    offer = await ann.next("offer_made")
+    await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
+    inv = await ann.rpc("InviteToSession", cpb.InviteToSessionRequest(
+        session_id=s.id, target=pb.Target(rep_id="bob")))
+    received = await bob.next("invitation_received")
+    assert received.invitation.id == inv.invitation.id
+    await bob.rpc("AcceptInvitation", cpb.AcceptInvitationRequest(invitation_id=inv.invitation.id))
+    await ann.rpc("LeaveSession", cpb.LeaveSessionRequest(session_id=s.id))
+    handed = await bob.next("session_handed_over")
+    assert handed.session.owner_rep_id == "bob" and not handed.by_fallback
+    await bob.rpc("TransferSession", cpb.TransferSessionRequest(
+        session_id=s.id, target=pb.Target(team_id="partner")))
+    added = await gil.next("queue_item_added")
+    assert added.item.session.id == s.id and added.queue == team("partner")
+    targets = await gil.rpc("SearchTransferTargets", cpb.SearchTransferTargetsRequest(query=""))
+    assert [t.id for t in targets.embassies] == ["partner"]
+
+
+async def test_presence_lock_and_eligibility_reasons(live):
+    ann = await live.console("ann")
+    await ann.rpc("ReportPresence", cpb.ReportPresenceRequest(action=cpb.PRESENCE_ACTION_LOCK))
+    changed = await ann.next("eligibility_changed", eligible=False)
+    assert list(changed.reasons) == [cpb.INELIGIBLE_REASON_LOCKED]
+    s = await live.start(issue_type_id="general-help")
+    await ann.rpc("ReportPresence", cpb.ReportPresenceRequest(action=cpb.PRESENCE_ACTION_UNLOCK))
+    offer = await ann.next("offer_made")  # unlocking is a re-run trigger
+    assert offer.session.id == s.id
+
+
+async def test_queues_chat_and_favourites(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    await ann.rpc("SetFavoriteTeam", cpb.SetFavoriteTeamRequest(team_id="skills", favorite=True))
+    await bob.rpc("SendTeamChatMessage", cpb.SendTeamChatMessageRequest(
+        team_id="support", text="anyone free?"))
+    chat = await ann.next("chat_message")
+    assert chat.text == "anyone free?" and chat.rep_id == "bob"
+    queues = (await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())).queues
+    assert [q.queue.owner_id for q in queues] == ["ann", "skills", "front", "support"]
+    assert {q.queue.owner_id: q.unread_chat for q in queues}["support"] is True
+    assert queues[1].favorite
+    await ann.rpc("MarkTeamChatRead", cpb.MarkTeamChatReadRequest(team_id="support"))
+    queues = (await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())).queues
+    assert not any(q.unread_chat for q in queues)
+    for i in range(3):
+        await live.start(issue_type_id="manual-help", customer=pb.Customer(name=f"c{i}"))
+    first = await bob.rpc("ListQueueItems", cpb.ListQueueItemsRequest(queue=team("manual"),
+                                                                      page_size=2))
+    rest = await bob.rpc("ListQueueItems", cpb.ListQueueItemsRequest(
+        queue=team("manual"), page_size=2, page_token=first.next_page_token))
+    names = [i.session.customer.name for i in [*first.items, *rest.items]]
+    assert names == ["c0", "c1", "c2"] and rest.next_page_token == ""
+
+
+async def test_lost_connection_hands_sessions_on_after_grace(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    s = await live.start(issue_type_id="general-help")
+    offer = await ann.next("offer_made")
+    await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
+    second = await live.start(issue_type_id="general-help")
+    await bob.next("offer_made")  # bob holds the second one's offer
+    bob_offer = (await bob.rpc("GetSession", cpb.GetSessionRequest(session_id=second.id)))
+    assert bob_offer.session.state == pb.SESSION_STATE_OFFERED
+    await bob.drop()  # bob's offer is withdrawn at once and re-routed to ann
+    rerouted = await ann.next("offer_made")
+    assert rerouted.session.id == second.id
+    await ann.drop()
+    await live.advance(29)
+    engine = live.server.runtime.engine
+    assert engine.session(s.id).owner == "ann"
+    await live.advance(1)
+    back = engine.session(s.id)
+    assert back.owner is None and str(back.queue) == "team/support"
+    assert back.origin.value == "CONNECTION_LOST"
