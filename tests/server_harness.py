@@ -119,12 +119,15 @@ secret = "test-admin-token-0123456789"
 [[tokens]]
 kind = "intake"
 secret = "test-intake-token-0123456789"
-""" + "".join(f"""
+""" + "".join(
+    f"""
 [[tokens]]
 kind = "rep"
 rep = "{r}"
 secret = "test-{r}-token-0123456789"
-""" for r in ("ann", "bob", "cat", "gil"))
+"""
+    for r in ("ann", "bob", "cat", "gil")
+)
 
 ADMIN = "test-admin-token-0123456789"
 INTAKE = "test-intake-token-0123456789"
@@ -146,8 +149,9 @@ class Console:
         self.stub = cgrpc.RepConsoleServiceStub(live.channel)
         self.events: asyncio.Queue[cpb.SubscribeResponse] = asyncio.Queue()
         self.seen: list[cpb.SubscribeResponse] = []
-        self.call = self.stub.Subscribe(cpb.SubscribeRequest(resume_after=resume_after),
-                                        metadata=auth(rep_token(rep)))
+        self.call = self.stub.Subscribe(
+            cpb.SubscribeRequest(resume_after=resume_after), metadata=auth(rep_token(rep))
+        )
         self.task = asyncio.get_running_loop().create_task(self._pump())
         self.ended: grpc.StatusCode | None = None
 
@@ -163,6 +167,7 @@ class Console:
 
     async def next(self, kind: str, timeout: float = 5.0, **match: Any) -> Any:
         """The next event of this kind (others are skipped); its payload."""
+
         async def find() -> Any:
             while True:
                 msg = await self.events.get()
@@ -170,6 +175,7 @@ class Console:
                     payload = getattr(msg, kind)
                     if all(getattr(payload, k) == val for k, val in match.items()):
                         return payload
+
         return await asyncio.wait_for(find(), timeout)
 
     async def welcome(self) -> cpb.Welcome:
@@ -212,7 +218,8 @@ class Live:
             via = {"undesignated": ipb.Undesignated()}
         response = await self.intake.StartSession(
             ipb.StartSessionRequest(request_id=f"req-{self._request}", customer=customer, **via),
-            metadata=auth(token))
+            metadata=auth(token),
+        )
         await asyncio.sleep(0.02)
         return response.session
 

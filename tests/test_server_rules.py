@@ -33,16 +33,36 @@ async def test_origins_land_where_the_design_says(live):
     cases = [
         ({"session_key": key}, personal("ann"), pb.ORIGIN_SESSION_KEY, pb.CHANNEL_FULL_CLIENT),
         ({"public_rep_id": "ann"}, personal("ann"), pb.ORIGIN_PUBLIC_SITE, pb.CHANNEL_FULL_CLIENT),
-        ({"support_button_id": "btn-ann"}, personal("ann"), pb.ORIGIN_SUPPORT_BUTTON,
-         pb.CHANNEL_FULL_CLIENT),
-        ({"support_button_id": "btn-support"}, team("support"), pb.ORIGIN_SUPPORT_BUTTON,
-         pb.CHANNEL_FULL_CLIENT),
-        ({"issue_type_id": "manual-help"}, team("manual"), pb.ORIGIN_ISSUE_FORM,
-         pb.CHANNEL_FULL_CLIENT),
-        ({"help_link_id": "link-support"}, team("support"), pb.ORIGIN_HELP_LINK,
-         pb.CHANNEL_BROWSER_SHARING),
-        ({"undesignated": ipb.Undesignated()}, pb.QueueRef(kind=pb.QUEUE_KIND_GENERAL),
-         pb.ORIGIN_UNDESIGNATED, pb.CHANNEL_FULL_CLIENT),
+        (
+            {"support_button_id": "btn-ann"},
+            personal("ann"),
+            pb.ORIGIN_SUPPORT_BUTTON,
+            pb.CHANNEL_FULL_CLIENT,
+        ),
+        (
+            {"support_button_id": "btn-support"},
+            team("support"),
+            pb.ORIGIN_SUPPORT_BUTTON,
+            pb.CHANNEL_FULL_CLIENT,
+        ),
+        (
+            {"issue_type_id": "manual-help"},
+            team("manual"),
+            pb.ORIGIN_ISSUE_FORM,
+            pb.CHANNEL_FULL_CLIENT,
+        ),
+        (
+            {"help_link_id": "link-support"},
+            team("support"),
+            pb.ORIGIN_HELP_LINK,
+            pb.CHANNEL_BROWSER_SHARING,
+        ),
+        (
+            {"undesignated": ipb.Undesignated()},
+            pb.QueueRef(kind=pb.QUEUE_KIND_GENERAL),
+            pb.ORIGIN_UNDESIGNATED,
+            pb.CHANNEL_FULL_CLIENT,
+        ),
     ]
     for via, queue, origin, channel in cases:
         s = await live.start(**via)
@@ -60,13 +80,13 @@ async def test_offer_reject_timeout_and_stays_queued(live):
     offer_b = await bob.next("offer_made")
     await live.advance(30)  # bob lets it time out
     status = await live.intake.GetSessionStatus(
-        ipb.GetSessionStatusRequest(session_id=s.id), metadata=auth(INTAKE))
+        ipb.GetSessionStatusRequest(session_id=s.id), metadata=auth(INTAKE)
+    )
     assert status.state == pb.SESSION_STATE_WAITING and status.position == 1
     got = await ann.rpc("GetSession", cpb.GetSessionRequest(session_id=s.id))
     assert sorted(got.session.declined_by_rep_ids) == ["ann", "bob"]
     with pytest.raises(Exception) as stale:
-        await bob.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer_b.offer_id,
-                                                            accept=True))
+        await bob.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer_b.offer_id, accept=True))
     assert stale.value.code().name == "FAILED_PRECONDITION"
 
 
@@ -122,16 +142,20 @@ async def test_transfer_invite_share_and_leave(live):
     s = await live.start(issue_type_id="general-help")
     offer = await ann.next("offer_made")
     await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
-    inv = await ann.rpc("InviteToSession", cpb.InviteToSessionRequest(
-        session_id=s.id, target=pb.Target(rep_id="bob")))
+    inv = await ann.rpc(
+        "InviteToSession",
+        cpb.InviteToSessionRequest(session_id=s.id, target=pb.Target(rep_id="bob")),
+    )
     received = await bob.next("invitation_received")
     assert received.invitation.id == inv.invitation.id
     await bob.rpc("AcceptInvitation", cpb.AcceptInvitationRequest(invitation_id=inv.invitation.id))
     await ann.rpc("LeaveSession", cpb.LeaveSessionRequest(session_id=s.id))
     handed = await bob.next("session_handed_over")
     assert handed.session.owner_rep_id == "bob" and not handed.by_fallback
-    await bob.rpc("TransferSession", cpb.TransferSessionRequest(
-        session_id=s.id, target=pb.Target(team_id="partner")))
+    await bob.rpc(
+        "TransferSession",
+        cpb.TransferSessionRequest(session_id=s.id, target=pb.Target(team_id="partner")),
+    )
     added = await gil.next("queue_item_added")
     assert added.item.session.id == s.id and added.queue == team("partner")
     targets = await gil.rpc("SearchTransferTargets", cpb.SearchTransferTargetsRequest(query=""))
@@ -153,8 +177,10 @@ async def test_queues_chat_and_favourites(live):
     ann = await live.console("ann")
     bob = await live.console("bob")
     await ann.rpc("SetFavoriteTeam", cpb.SetFavoriteTeamRequest(team_id="skills", favorite=True))
-    await bob.rpc("SendTeamChatMessage", cpb.SendTeamChatMessageRequest(
-        team_id="support", text="anyone free?"))
+    await bob.rpc(
+        "SendTeamChatMessage",
+        cpb.SendTeamChatMessageRequest(team_id="support", text="anyone free?"),
+    )
     chat = await ann.next("chat_message")
     assert chat.text == "anyone free?" and chat.rep_id == "bob"
     queues = (await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())).queues
@@ -166,10 +192,15 @@ async def test_queues_chat_and_favourites(live):
     assert not any(q.unread_chat for q in queues)
     for i in range(3):
         await live.start(issue_type_id="manual-help", customer=pb.Customer(name=f"c{i}"))
-    first = await bob.rpc("ListQueueItems", cpb.ListQueueItemsRequest(queue=team("manual"),
-                                                                      page_size=2))
-    rest = await bob.rpc("ListQueueItems", cpb.ListQueueItemsRequest(
-        queue=team("manual"), page_size=2, page_token=first.next_page_token))
+    first = await bob.rpc(
+        "ListQueueItems", cpb.ListQueueItemsRequest(queue=team("manual"), page_size=2)
+    )
+    rest = await bob.rpc(
+        "ListQueueItems",
+        cpb.ListQueueItemsRequest(
+            queue=team("manual"), page_size=2, page_token=first.next_page_token
+        ),
+    )
     names = [i.session.customer.name for i in [*first.items, *rest.items]]
     assert names == ["c0", "c1", "c2"] and rest.next_page_token == ""
 
@@ -182,7 +213,7 @@ async def test_lost_connection_hands_sessions_on_after_grace(live):
     await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
     second = await live.start(issue_type_id="general-help")
     await bob.next("offer_made")  # bob holds the second one's offer
-    bob_offer = (await bob.rpc("GetSession", cpb.GetSessionRequest(session_id=second.id)))
+    bob_offer = await bob.rpc("GetSession", cpb.GetSessionRequest(session_id=second.id))
     assert bob_offer.session.state == pb.SESSION_STATE_OFFERED
     await bob.drop()  # bob's offer is withdrawn at once and re-routed to ann
     rerouted = await ann.next("offer_made")

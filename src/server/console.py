@@ -19,6 +19,10 @@ from .hub import DRAIN
 from .runtime import Runtime
 
 
+REPLACED = object()  # stream sentinels: a newer stream took over; the rep signed out
+SIGNED_OUT = object()
+
+
 def me() -> str:
     return current_principal.get().rep_id
 
@@ -27,7 +31,8 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.engine = runtime.engine
-        self.streams: dict[str, asyncio.Task[Any]] = {}
+        # the queue of each rep's current stream; a newer stream or a sign-out ends it
+        self.streams: dict[str, asyncio.Queue[Any]] = {}
 
     # ------------------------------------------------------------- the feed
 
@@ -43,10 +48,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
             await abort(context, exc)
         previous = self.streams.get(rep_id)
         if previous is not None:
-            previous.cancel()  # a new console replaces the old one
-        task = asyncio.current_task()
-        assert task is not None
-        self.streams[rep_id] = task
+            previous.put_nowait(REPLACED)  # a new console replaces the old one
         feed = self.rt.hub.feed(rep_id)
         # What the console missed is taken now; everything published from here on goes
         # to the queue with higher sequence numbers, so the two never overlap.
@@ -54,6 +56,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         attached_at = feed.seq
         queue: asyncio.Queue[Any] = asyncio.Queue()
         feed.queue = queue
+        self.streams[rep_id] = queue
         try:
             if not self.engine.rep(rep_id).connected:
                 self.rt.command(self.engine.connect, rep_id)
@@ -77,6 +80,12 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     yield msg
             while True:
                 msg = await queue.get()
+                if msg is SIGNED_OUT:
+                    return
+                if msg is REPLACED:
+                    await context.abort(
+                        grpc.StatusCode.ABORTED, "replaced by a newer console stream for this rep"
+                    )
                 if msg is DRAIN:
                     yield cpb.SubscribeResponse(
                         sequence=feed.seq,
@@ -86,7 +95,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     return
                 yield msg
         finally:
-            if self.streams.get(rep_id) is task:
+            if self.streams.get(rep_id) is queue:
                 del self.streams[rep_id]
                 feed.queue = None
                 rep = self.engine.find_rep(rep_id)
@@ -96,10 +105,10 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     @rpc
     async def SignOut(self, request: cpb.SignOutRequest, context: Any) -> cpb.SignOutResponse:
         self.rt.command(self.engine.disconnect, me(), signed_out=True)
-        task = self.streams.pop(me(), None)
-        if task is not None:
+        queue = self.streams.pop(me(), None)
+        if queue is not None:
             self.rt.hub.feed(me()).queue = None
-            task.cancel()
+            queue.put_nowait(SIGNED_OUT)
         return cpb.SignOutResponse()
 
     # ------------------------------------------------------------- queues and sessions

@@ -1,0 +1,360 @@
+"""Console streams (order, resume, fallback, drain), security and bad input over a real
+channel."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from server.gen.assigncore.v1 import admin_service_pb2 as apb
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+
+from .server_harness import ADMIN, INTAKE, auth, live_server, rep_token
+
+
+@pytest.fixture
+async def live():
+    server = await live_server()
+    yield server
+    await server.close()
+
+
+async def code_of(awaitable) -> grpc.StatusCode:
+    try:
+        await awaitable
+    except grpc.aio.AioRpcError as exc:
+        assert "Traceback" not in (exc.details() or "")
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+# ----------------------------------------------------------------- streams
+
+
+async def test_events_arrive_in_order_with_increasing_sequence(live):
+    ann = await live.console("ann")
+    for i in range(5):
+        await live.start(issue_type_id="manual-help", customer=pb.Customer(name=f"c{i}"))
+    await ann.rpc(
+        "SendTeamChatMessage", cpb.SendTeamChatMessageRequest(team_id="support", text="hi")
+    )
+    await ann.next("chat_message")
+    seqs = [m.sequence for m in ann.seen if m.WhichOneof("event") != "welcome"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_resume_after_replays_what_was_missed(live):
+    bob = await live.console("bob")
+    await live.start(issue_type_id="manual-help", customer=pb.Customer(name="before"))
+    added = await bob.next("queue_item_added")
+    last = max(m.sequence for m in bob.seen)
+    await bob.drop()
+    for name in ("missed-1", "missed-2"):
+        await live.start(issue_type_id="manual-help", customer=pb.Customer(name=name))
+    again = await live.console("bob", resume_after=last)
+    assert again.seen[0].welcome.resumed
+    names = []
+    for _ in range(2):
+        names.append((await again.next("queue_item_added")).item.session.customer.name)
+    assert names == ["missed-1", "missed-2"]
+    seqs = [m.sequence for m in again.seen if m.WhichOneof("event") != "welcome"]
+    assert seqs[0] == last + 1 and seqs == sorted(seqs)
+    assert added.item.session.customer.name == "before"
+
+
+async def test_resume_too_far_back_asks_for_resync():
+    desk = __import__("tests.server_harness", fromlist=["DESK"]).DESK.replace(
+        "max_rule_moves = 3", "max_rule_moves = 3\nevent_buffer = 3"
+    )
+    live = await live_server(desk)
+    try:
+        bob = await live.console("bob")
+        await bob.drop()
+        for i in range(6):
+            await live.start(issue_type_id="manual-help", customer=pb.Customer(name=f"c{i}"))
+        again = await live.console("bob", resume_after=1)
+        resync = await again.next("resync_required")
+        assert resync.oldest_held > 2 and not again.seen[0].welcome.resumed
+    finally:
+        await live.close()
+
+
+async def test_a_replaced_stream_ends_and_the_new_one_keeps_the_rep_connected(live):
+    first = await live.console("ann")
+    second = await live.console("ann")
+    await asyncio.sleep(0.1)
+    assert first.task.done()
+    assert live.server.runtime.engine.rep("ann").connected
+    s = await live.start(issue_type_id="general-help")
+    assert (await second.next("offer_made")).session.id == s.id
+
+
+async def test_shutdown_drains_streams():
+    live = await live_server()
+    ann = await live.console("ann")
+    health = health_pb2_grpc.HealthStub(live.channel)
+    ok = await health.Check(health_pb2.HealthCheckRequest())
+    assert ok.status == health_pb2.HealthCheckResponse.SERVING
+    stop = asyncio.create_task(live.server.stop(1.0))
+    draining = await ann.next("server_draining")
+    assert draining is not None
+    await stop
+    await asyncio.wait_for(ann.task, 2)
+    await live.channel.close()
+
+
+# ----------------------------------------------------------------- security
+
+
+async def test_tokens_are_required_and_checked(live):
+    console = cgrpc.RepConsoleServiceStub(live.channel)
+    request = cpb.ListMyQueuesRequest()
+    assert await code_of(console.ListMyQueues(request)) == grpc.StatusCode.UNAUTHENTICATED
+    assert (
+        await code_of(console.ListMyQueues(request, metadata=auth("nope")))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert (
+        await code_of(console.ListMyQueues(request, metadata=auth(INTAKE)))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code_of(live.admin.ListReps(apb.ListRepsRequest(), metadata=auth(INTAKE)))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code_of(live.admin.ListReps(apb.ListRepsRequest(), metadata=auth(rep_token("ann"))))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    issued = await live.admin.IssueAccessToken(
+        apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_REP, rep_id="ann"), metadata=auth(ADMIN)
+    )
+    assert (
+        await code_of(console.ListMyQueues(request, metadata=auth(issued.secret)))
+        == grpc.StatusCode.OK
+    )
+    await live.admin.RevokeAccessToken(
+        apb.RevokeAccessTokenRequest(token_id=issued.access_token.token_id), metadata=auth(ADMIN)
+    )
+    assert (
+        await code_of(console.ListMyQueues(request, metadata=auth(issued.secret)))
+        == grpc.StatusCode.UNAUTHENTICATED
+    )
+    listed = await live.admin.ListAccessTokens(
+        apb.ListAccessTokensRequest(page_size=500), metadata=auth(ADMIN)
+    )
+    assert all(not t.description.startswith("test-") for t in listed.access_tokens)
+    assert issued.secret not in str(listed)
+
+
+async def test_reps_only_act_on_what_is_theirs(live):
+    ann = await live.console("ann")
+    cat = await live.console("cat")
+    s = await live.start(issue_type_id="general-help")
+    offer = await ann.next("offer_made")
+    engine = live.server.runtime.engine
+    before = engine.snapshot()
+    assert (
+        await code_of(
+            cat.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code_of(
+            cat.rpc(
+                "ListQueueItems",
+                cpb.ListQueueItemsRequest(
+                    queue=pb.QueueRef(kind=pb.QUEUE_KIND_TEAM, owner_id="support")
+                ),
+            )
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code_of(cat.rpc("GetSession", cpb.GetSessionRequest(session_id=s.id)))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    manual = await live.start(issue_type_id="manual-help")
+    before = engine.snapshot()
+    assert (
+        await code_of(
+            cat.rpc(
+                "TransferSession",
+                cpb.TransferSessionRequest(
+                    session_id=manual.id, target=pb.Target(team_id="support")
+                ),
+            )
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert (
+        await code_of(cat.rpc("GetNextSession", cpb.GetNextSessionRequest()))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert engine.snapshot() == before
+
+
+# ----------------------------------------------------------------- bad input
+
+
+async def test_bad_input_gets_clear_statuses_and_changes_nothing(live):
+    ann = await live.console("ann")
+    engine = live.server.runtime.engine
+    await live.advance(0)
+    before = engine.snapshot()
+    huge = "x" * 5000
+    bad = [
+        live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id="r1", customer=pb.Customer(name=huge), undesignated=ipb.Undesignated()
+            ),
+            metadata=auth(INTAKE),
+        ),
+        live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id="r2", customer=pb.Customer(name=""), undesignated=ipb.Undesignated()
+            ),
+            metadata=auth(INTAKE),
+        ),
+        live.intake.StartSession(
+            ipb.StartSessionRequest(request_id="r3", customer=pb.Customer(name="x")),
+            metadata=auth(INTAKE),
+        ),
+        live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id="", customer=pb.Customer(name="x"), undesignated=ipb.Undesignated()
+            ),
+            metadata=auth(INTAKE),
+        ),
+        ann.rpc("ReportPresence", cpb.ReportPresenceRequest(action=99)),
+        ann.rpc("ListQueueItems", cpb.ListQueueItemsRequest(queue=pb.QueueRef(kind=77))),
+        ann.rpc(
+            "ListQueueItems",
+            cpb.ListQueueItemsRequest(
+                queue=pb.QueueRef(kind=pb.QUEUE_KIND_PERSONAL, owner_id="ann"), page_size=10_000
+            ),
+        ),
+        ann.rpc(
+            "ListQueueItems",
+            cpb.ListQueueItemsRequest(
+                queue=pb.QueueRef(kind=pb.QUEUE_KIND_PERSONAL, owner_id="ann"),
+                page_token="garbage!",
+            ),
+        ),
+        ann.rpc("TransferSession", cpb.TransferSessionRequest(session_id="ses-1")),
+        ann.rpc(
+            "SendTeamChatMessage", cpb.SendTeamChatMessageRequest(team_id="support", text=huge)
+        ),
+        live.admin.CreateRep(
+            apb.CreateRepRequest(
+                rep=apb.Rep(id="zed", display_name="Zed", skills={f"s{i}": 1 for i in range(500)})
+            ),
+            metadata=auth(ADMIN),
+        ),
+        live.admin.CreateRep(
+            apb.CreateRepRequest(
+                rep=apb.Rep(id="zed", display_name="Zed", team_ids=["support"] * 300)
+            ),
+            metadata=auth(ADMIN),
+        ),
+        live.admin.CreateTeam(
+            apb.CreateTeamRequest(
+                team=apb.Team(
+                    id="t", display_name="T", queue_settings=apb.QueueSettings(algorithm=42)
+                )
+            )
+        ),
+        live.admin.UpdateRep(
+            apb.UpdateRepRequest(rep=apb.Rep(id="ann"), update_mask={"paths": ["load"]}),
+            metadata=auth(ADMIN),
+        ),
+    ]
+    codes = [await code_of(call) for call in bad]
+    assert codes[:12] == [grpc.StatusCode.INVALID_ARGUMENT] * 12, codes
+    assert codes[12] == grpc.StatusCode.UNAUTHENTICATED  # no token: refused first
+    assert codes[13] == grpc.StatusCode.INVALID_ARGUMENT
+    unknown = [
+        ann.rpc("GetSession", cpb.GetSessionRequest(session_id="ses-404")),
+        ann.rpc("AcceptInvitation", cpb.AcceptInvitationRequest(invitation_id="inv-9")),
+        live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id="r9", customer=pb.Customer(name="x"), issue_type_id="nope"
+            ),
+            metadata=auth(INTAKE),
+        ),
+        live.admin.GetTeam(apb.GetTeamRequest(team_id="nope"), metadata=auth(ADMIN)),
+    ]
+    assert [await code_of(c) for c in unknown] == [grpc.StatusCode.NOT_FOUND] * 4
+    assert engine.snapshot() == before
+
+
+async def test_invalid_argument_carries_field_violations(live):
+    try:
+        await live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id="r1", customer=pb.Customer(name=""), undesignated=ipb.Undesignated()
+            ),
+            metadata=auth(INTAKE),
+        )
+    except grpc.aio.AioRpcError as exc:
+        status = rpc_status.from_call(exc)
+        from google.rpc import error_details_pb2
+
+        bad = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad)
+        assert bad.field_violations[0].field == "customer.name"
+    else:
+        raise AssertionError("accepted an empty customer name")
+
+
+async def test_request_id_makes_start_idempotent(live):
+    request = ipb.StartSessionRequest(
+        request_id="same", customer=pb.Customer(name="x"), undesignated=ipb.Undesignated()
+    )
+    first = await live.intake.StartSession(request, metadata=auth(INTAKE))
+    again = await live.intake.StartSession(request, metadata=auth(INTAKE))
+    assert first.session.id == again.session.id
+    assert len(live.server.runtime.engine.sessions()) == 1
+    other = ipb.StartSessionRequest(
+        request_id="same", customer=pb.Customer(name="y"), undesignated=ipb.Undesignated()
+    )
+    assert (
+        await code_of(live.intake.StartSession(other, metadata=auth(INTAKE)))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert len(live.server.runtime.engine.sessions()) == 1
+
+
+async def test_oversized_message_and_garbage_bytes_leave_the_server_serving(live):
+    ann = await live.console("ann")
+    too_big = "x" * (2 * 1024 * 1024)
+    assert (
+        await code_of(
+            ann.rpc(
+                "SendTeamChatMessage",
+                cpb.SendTeamChatMessageRequest(team_id="support", text=too_big),
+            )
+        )
+        == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    for payload in (b"\x00" * 64, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 8):
+        with socket.create_connection(("127.0.0.1", live.port), timeout=2) as raw:
+            raw.sendall(payload)
+            raw.settimeout(2)
+            try:
+                raw.recv(1024)
+            except OSError:
+                pass
+    queues = await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())
+    assert queues.queues[0].queue.owner_id == "ann"
+    s = await live.start(issue_type_id="general-help")
+    assert (await ann.next("offer_made")).session.id == s.id
