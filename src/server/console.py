@@ -18,7 +18,6 @@ from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from .hub import DRAIN
 from .runtime import Runtime
 
-
 REPLACED = object()  # stream sentinels: a newer stream took over; the rep signed out
 SIGNED_OUT = object()
 
