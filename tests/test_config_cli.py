@@ -1,0 +1,91 @@
+"""The shipped desks load; bad files fail clearly; `assigncore serve` starts, answers
+health checks and drains on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server import config
+from server.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_defaults_and_example_desk_load():
+    rt = Runtime(config.load(None))
+    assert {t.id for t in rt.engine.teams()} >= {"support", "partners"}
+    example = Runtime(config.load(ROOT / "examples" / "demo-desk.toml"))
+    kinds = {t.kind.value for t in example.engine.teams()}
+    assert len(example.engine.reps()) >= 24 and kinds == {"STANDARD", "EMBASSY"}
+    rules = [t.settings.waiting_rule for t in example.engine.teams() if t.settings.waiting_rule]
+    assert any(r.action.value == "TRANSFER" for r in rules)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[teams]]\nid = 'a'\nalgorithm = 'FASTEST'\n", "unknown value 'FASTEST'"),
+        (
+            "[[reps]]\nid = 'r'\nskills = { x = 11 }\n",
+            "reps[0] (r): skills['x']: must be between 1 and 10",
+        ),
+        ("[[reps]]\nid = 'r'\nteams = ['ghost']\n", "team 'ghost' not found"),
+        ("[server]\nlisten = 1\nbogus = 2\n", "unknown [server] keys ['bogus']"),
+        ("[[tokens]]\nkind = 'admin'\nsecret = 'short'\n", "at least 16 characters"),
+        ("not toml at all [", "config"),
+    ],
+)
+def test_bad_config_fails_with_the_entry_named(text, message):
+    with pytest.raises(config.ConfigError) as exc:
+        Runtime(config.parse(text))
+    assert message in str(exc.value)
+
+
+def test_cli_serves_and_drains_on_sigterm(tmp_path):
+    desk = tmp_path / "desk.toml"
+    desk.write_text("[server]\nshutdown_grace = 1\n[[teams]]\nid = 't'\n")
+    env = {**os.environ, "ASSIGNCORE_ADMIN_TOKEN": "cli-admin-token-0123456789"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--config",
+            str(desk),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        port = None
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        assert port, "the server never said where it listens"
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
