@@ -1,0 +1,239 @@
+"""End-to-end benchmark of the gRPC server, measured in one run:
+
+- the empty-RPC floor: health Check round trips (p50/p99);
+- enqueue-to-offer latency: from sending StartSession through the intake service until
+  the offer event arrives on the chosen rep's console stream (p50/p99);
+- sustained full lifecycles per second: start -> offer -> accept -> end, with many
+  lifecycles in flight.
+
+The server runs as a separate process (`python -m server.cli serve`) with 1,000 team
+queues and 1,000 reps whose consoles are connected and streaming throughout.
+
+    python benchmarks/e2e.py --json            # full run
+    python benchmarks/e2e.py --json --quick    # under 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+INTAKE = "bench-intake-token-0123456789"
+CHANNELS = 10  # console streams are spread over this many connections
+
+
+def rep_token(i: int) -> str:
+    return f"bench-rep-{i}-token-0123456789"
+
+
+def desk(n: int) -> str:
+    parts = ["[server]\nmax_concurrent_rpcs = 50000\nshutdown_grace = 1\n"]
+    for i in range(n):
+        parts.append(
+            f'[[teams]]\nid = "t{i}"\nalgorithm = "LEAST_BUSY"\noffer_timeout = 60\n'
+            f'[[reps]]\nid = "r{i}"\nteams = ["t{i}"]\n'
+            f'[[issue_types]]\nid = "i{i}"\nteam = "t{i}"\n'
+            f'[[tokens]]\nkind = "rep"\nrep = "r{i}"\nsecret = "{rep_token(i)}"\n'
+        )
+    parts.append(f'[[tokens]]\nkind = "intake"\nsecret = "{INTAKE}"\n')
+    return "\n".join(parts)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+class Consoles:
+    """n connected reps; per rep a queue of the offers its stream delivers."""
+
+    def __init__(self, channels: list[grpc.aio.Channel], n: int) -> None:
+        self.offers: list[asyncio.Queue[cpb.OfferMade]] = [asyncio.Queue() for _ in range(n)]
+        self.stubs = [cgrpc.RepConsoleServiceStub(channels[i % len(channels)]) for i in range(n)]
+        self.ready = [asyncio.Event() for _ in range(n)]
+        self.tasks = [asyncio.create_task(self._pump(i)) for i in range(n)]
+
+    async def _pump(self, i: int) -> None:
+        call = self.stubs[i].Subscribe(cpb.SubscribeRequest(), metadata=auth(rep_token(i)))
+        try:
+            async for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "welcome":
+                    self.ready[i].set()
+                elif kind == "offer_made":
+                    self.offers[i].put_nowait(event.offer_made)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+
+    async def answer(self, i: int, offer: cpb.OfferMade) -> None:
+        md = auth(rep_token(i))
+        await self.stubs[i].AnswerOffer(
+            cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True), metadata=md
+        )
+        await self.stubs[i].EndSession(
+            cpb.EndSessionRequest(session_id=offer.session.id), metadata=md
+        )
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def run(port: int, n: int, quick: bool) -> dict:
+    target = f"127.0.0.1:{port}"
+    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+    intake = igrpc.IntakeServiceStub(channels[0])
+    health = health_pb2_grpc.HealthStub(channels[0])
+    consoles = Consoles(channels, n)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in consoles.ready)), 60)
+    await asyncio.sleep(0.5)
+    request_seq = 0
+
+    async def start(i: int) -> None:
+        nonlocal request_seq
+        request_seq += 1
+        await intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id=f"b{request_seq}",
+                customer=pb.Customer(name="bench"),
+                issue_type_id=f"i{i}",
+            ),
+            metadata=auth(INTAKE),
+        )
+
+    # warm-up
+    for _ in range(200):
+        await health.Check(health_pb2.HealthCheckRequest())
+    for i in range(20):
+        await start(i)
+        await consoles.answer(i, await consoles.offers[i].get())
+
+    samples = 500 if quick else 3000
+    floor = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        await health.Check(health_pb2.HealthCheckRequest())
+        floor.append(time.perf_counter() - t0)
+
+    offer_lat = []
+    for k in range(samples // 2):
+        i = (k * 7919) % n
+        t0 = time.perf_counter()
+        send = asyncio.create_task(start(i))
+        offer = await consoles.offers[i].get()
+        offer_lat.append(time.perf_counter() - t0)
+        await send
+        await consoles.answer(i, offer)
+
+    # sustained lifecycles: each worker owns a disjoint set of reps
+    duration = 8.0 if quick else 20.0
+    workers = 64
+    done = 0
+    stop_at = time.perf_counter() + duration
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        mine = list(range(w, n, workers))
+        k = 0
+        while time.perf_counter() < stop_at:
+            i = mine[k % len(mine)]
+            k += 1
+            await start(i)
+            await consoles.answer(i, await consoles.offers[i].get())
+            done += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    elapsed = time.perf_counter() - t0
+
+    for task in consoles.tasks:
+        task.cancel()
+    for ch in channels:
+        await ch.close()
+    p50 = statistics.median
+    return {
+        "reps_streaming": n,
+        "team_queues": n,
+        "floor_p50_us": round(p50(floor) * 1e6, 1),
+        "floor_p99_us": round(percentile(floor, 99) * 1e6, 1),
+        "offer_p50_us": round(p50(offer_lat) * 1e6, 1),
+        "offer_p99_us": round(percentile(offer_lat, 99) * 1e6, 1),
+        "offer_to_floor_p50_ratio": round(p50(offer_lat) / p50(floor), 2),
+        "lifecycles_per_s": round(done / elapsed, 1),
+        "lifecycles_in_flight": workers,
+        "samples": {"floor": len(floor), "offer": len(offer_lat), "lifecycles": done},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, under 60 s")
+    parser.add_argument("--reps", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench-desk.toml"
+        config.write_text(desk(args.reps))
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--config",
+                str(config),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ASSIGNCORE_ADMIN_TOKEN": "bench-admin-token-0123456789"},
+        )
+        try:
+            port = None
+            deadline = time.monotonic() + 120
+            while port is None and time.monotonic() < deadline:
+                line = server.stderr.readline()
+                if not line and server.poll() is not None:
+                    sys.exit("the server exited before listening")
+                found = re.search(r"listening on [\d.]+:(\d+)", line)
+                port = int(found.group(1)) if found else None
+            if port is None:
+                sys.exit("the server did not start in time")
+            t0 = time.perf_counter()
+            result = asyncio.run(run(port, args.reps, args.quick))
+            result["elapsed_s"] = round(time.perf_counter() - t0, 1)
+            result["quick"] = args.quick
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
