@@ -5,6 +5,7 @@ rest. Enums map by name, so proto numbering and engine numbering stay independen
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from typing import Any
 
@@ -59,8 +60,13 @@ def enum_in(
         raise InvalidArgument(field, f"unsupported value {name}") from None
 
 
+@functools.cache
+def _enum_number(wrapper: Any, name: str) -> int:
+    return int(wrapper.Value(name))
+
+
 def enum_out(wrapper: Any, prefix: str, value: Any) -> Any:
-    return int(wrapper.Value(prefix + value.name)) if value is not None else 0
+    return _enum_number(wrapper, prefix + value.name) if value is not None else 0
 
 
 # ----------------------------------------------------------------- queues, sessions

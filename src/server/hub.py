@@ -104,30 +104,38 @@ class Hub:
             ),
         )
 
-    def _changed(self, session_id: str, time: float) -> None:
+    def _changed(
+        self, session_id: str, time: float, skip: str = "", session_msg: pb.Session | None = None
+    ) -> None:
         s = self.engine.find_session(session_id)
         if s is None or s.queue is None:
             return
-        item = convert.item_out(QueueItem(s.id, s))
-        self.send(
-            self.audience(s.queue),
-            time,
-            queue_item_changed=cpb.QueueItemChanged(queue=convert.queue_out(s.queue), item=item),
-        )
+        audience = [r for r in self.audience(s.queue) if r != skip]
+        if audience:
+            item = pb.QueueItem(session=session_msg or convert.session_out(s))
+            self.send(
+                audience,
+                time,
+                queue_item_changed=cpb.QueueItemChanged(
+                    queue=convert.queue_out(s.queue), item=item
+                ),
+            )
 
     def _on_OfferMade(self, e: ev.OfferMade) -> None:
-        s = self.engine.session(e.session_id)
+        session = convert.session_out(self.engine.session(e.session_id))
         self.send(
             [e.rep_id],
             e.time,
             offer_made=cpb.OfferMade(
                 offer_id=e.offer_id,
-                session=convert.session_out(s),
+                session=session,
                 deadline_time=convert.timestamp(e.deadline),
                 audible=e.audible,
             ),
         )
-        self._changed(e.session_id, e.time)
+        # The offered rep learns it from offer_made; the rest of the queue's audience
+        # sees the item change state.
+        self._changed(e.session_id, e.time, skip=e.rep_id, session_msg=session)
 
     def _on_OfferRescinded(self, e: ev.OfferRescinded) -> None:
         self.send(

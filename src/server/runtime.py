@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 from collections import OrderedDict
@@ -78,6 +79,7 @@ class Runtime:
         if admin:
             self.tokens.add(admin, Principal(PrincipalKind.ADMIN), "first admin token")
         self._wake = asyncio.Event()
+        self._sleeping_until = math.inf  # the deadline the timer task sleeps until
         self._task: asyncio.Task[None] | None = None
 
     def _on_event(self, event: Any) -> None:
@@ -89,7 +91,9 @@ class Runtime:
         """Run an engine command and let the timer task re-plan (it may have scheduled
         an earlier deadline)."""
         outcome: Outcome = fn(*args, **kwargs)
-        self._wake.set()
+        deadline = self.engine.next_deadline()
+        if deadline is not None and deadline < self._sleeping_until:
+            self._wake.set()  # the timer task sleeps past a new, earlier deadline
         return outcome
 
     def start(self) -> None:
@@ -104,6 +108,7 @@ class Runtime:
     async def _run_timers(self) -> None:
         while True:
             deadline = self.engine.next_deadline()
+            self._sleeping_until = math.inf if deadline is None else deadline
             timeout = None
             if deadline is not None and not self.settings.manual_clock:
                 timeout = max(0.0, deadline - self.clock())
