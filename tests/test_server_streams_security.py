@@ -357,3 +357,62 @@ async def test_oversized_message_and_garbage_bytes_leave_the_server_serving(live
     assert queues.queues[0].queue.owner_id == "ann"
     s = await live.start(issue_type_id="general-help")
     assert (await ann.next("offer_made")).session.id == s.id
+
+
+async def test_an_unanswered_offer_moves_on_by_itself_on_the_real_clock():
+    """No manual clock: the runtime's timer task fires the offer deadline on the loop."""
+    import time as _time
+
+    from server import config
+    from server.app import create_server
+
+    from .server_harness import DESK, Live
+
+    desk = DESK.replace("offer_timeout = 30", "offer_timeout = 1", 1)
+    settings = config.parse(desk, "test desk")
+    settings.shutdown_grace = 0.2
+    server, port = await create_server(settings)
+    await server.start()
+    live = Live(server, port, clock=None)  # type: ignore[arg-type]
+    try:
+        ann = await live.console("ann")
+        bob = await live.console("bob")
+        s = await live.start(issue_type_id="general-help")
+        first = await ann.next("offer_made")
+        started = _time.monotonic()
+        second = await bob.next("offer_made", timeout=5)
+        waited = _time.monotonic() - started
+        assert first.session.id == second.session.id == s.id
+        assert 0.5 < waited < 4
+    finally:
+        await live.close()
+
+
+def test_reflection_lists_the_services():
+    import asyncio as _asyncio
+
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    async def start():
+        live = await live_server()
+        return live
+
+    loop = _asyncio.new_event_loop()
+    live = loop.run_until_complete(start())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{live.port}") as channel:
+            names = loop.run_in_executor(
+                None, lambda: set(ProtoReflectionDescriptorDatabase(channel).get_services())
+            )
+            services = loop.run_until_complete(names)
+        assert {
+            "assigncore.v1.RepConsoleService",
+            "assigncore.v1.IntakeService",
+            "assigncore.v1.AdminService",
+            "grpc.health.v1.Health",
+        } <= services
+    finally:
+        loop.run_until_complete(live.close())
+        loop.close()
