@@ -285,13 +285,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     ) -> cpb.SendTeamChatMessageResponse:
         msg = self.rt.command(self.engine.post_chat, me(), request.team_id, request.text).value
         return cpb.SendTeamChatMessageResponse(
-            message=cpb.ChatMessage(
-                team_id=request.team_id,
-                sequence=msg.seq,
-                rep_id=msg.rep_id,
-                text=msg.text,
-                time=convert.timestamp(msg.time),
-            )
+            message=convert.chat_out(request.team_id, msg.seq, msg.rep_id, msg.text, msg.time)
         )
 
     @rpc
@@ -302,14 +296,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         chunk, token = convert.page("", messages, request.page_size, request.page_token, 100)
         return cpb.ListTeamChatMessagesResponse(
             messages=[
-                cpb.ChatMessage(
-                    team_id=request.team_id,
-                    sequence=m.seq,
-                    rep_id=m.rep_id,
-                    text=m.text,
-                    time=convert.timestamp(m.time),
-                )
-                for m in chunk
+                convert.chat_out(request.team_id, m.seq, m.rep_id, m.text, m.time) for m in chunk
             ],
             next_page_token=token,
         )

@@ -16,6 +16,7 @@ from assigncore.errors import InvalidArgument
 from assigncore.model import QueueKind, QueueRef
 from server.gen.assigncore.v1 import admin_service_pb2 as admin_pb
 from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
 
 MAX_PAGE_SIZE = 500
 
@@ -327,4 +328,10 @@ def issue_type_out(it: model.IssueType) -> admin_pb.IssueType:
         team_id=it.team_id,
         priority=it.priority,
         required_skills=[pb.RequiredSkill(skill=k, min_level=lv) for k, lv in it.required_skills],
+    )
+
+
+def chat_out(team_id: str, seq: int, rep_id: str, text: str, time: float) -> cpb.ChatMessage:
+    return cpb.ChatMessage(
+        team_id=team_id, sequence=seq, rep_id=rep_id, text=text, time=timestamp(time)
     )

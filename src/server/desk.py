@@ -129,20 +129,14 @@ def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
                 it.get("priority", 0),
             ),
         )
-    for i, b in enumerate(desk.get("support_buttons", [])):
-        where = f"support_buttons[{i}] ({b.get('id', '?')})"
-        apply(
-            where,
-            engine.create_support_button,
-            SupportButton(b.get("id"), b.get("name", b.get("id")), _target(b, where)),
-        )
-    for i, x in enumerate(desk.get("help_links", [])):
-        where = f"help_links[{i}] ({x.get('id', '?')})"
-        apply(
-            where,
-            engine.create_help_link,
-            HelpLink(x.get("id"), x.get("name", x.get("id")), _target(x, where)),
-        )
+    entries = (
+        ("support_buttons", SupportButton, engine.create_support_button),
+        ("help_links", HelpLink, engine.create_help_link),
+    )
+    for section, cls, create in entries:
+        for i, x in enumerate(desk.get(section, [])):
+            where = f"{section}[{i}] ({x.get('id', '?')})"
+            apply(where, create, cls(x.get("id"), x.get("name", x.get("id")), _target(x, where)))
     for i, tok in enumerate(desk.get("tokens", [])):
         where = f"tokens[{i}]"
         kind = _enum(PrincipalKind, tok.get("kind"), where)

@@ -195,13 +195,7 @@ class Hub:
             self.send(
                 audience,
                 e.time,
-                chat_message=cpb.ChatMessage(
-                    team_id=e.team_id,
-                    sequence=e.seq,
-                    rep_id=e.rep_id,
-                    text=e.text,
-                    time=convert.timestamp(e.time),
-                ),
+                chat_message=convert.chat_out(e.team_id, e.seq, e.rep_id, e.text, e.time),
             )
 
     def _on_EligibilityChanged(self, e: ev.EligibilityChanged) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from assigncore.errors import InvalidArgument
@@ -25,21 +26,27 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
         waiting = [i.id for i in self.engine.queue_items(s.queue) if i.invitation is None]
         return waiting.index(s.id) + 1 if s.id in waiting else 0
 
+    def _once(self, request: Any, produce: Callable[[], Any]) -> Any:
+        """Run a mutating call once per request_id; a retry gets the first result."""
+        done = self.rt.idempotency.lookup(request.request_id, request)
+        if done is None:
+            done = produce()
+            self.rt.idempotency.store(request.request_id, request, done)
+        return done
+
     @rpc
     async def StartSession(
         self, request: ipb.StartSessionRequest, context: Any
     ) -> ipb.StartSessionResponse:
-        done = self.rt.idempotency.lookup(request.request_id, request)
-        if done is not None:
-            return done
+        return self._once(request, lambda: self._start(request, context.peer() or ""))
+
+    def _start(self, request: ipb.StartSessionRequest, peer: str) -> ipb.StartSessionResponse:
         customer = convert.customer_in(request.customer, request.HasField("customer"))
         via = request.WhichOneof("via")
         e = self.engine
         if via == "session_key":
             # Failed keys are counted per calling portal connection.
-            outcome = self.rt.command(
-                e.start_with_key, request.session_key, customer, source=context.peer() or ""
-            )
+            outcome = self.rt.command(e.start_with_key, request.session_key, customer, source=peer)
         elif via == "public_rep_id":
             outcome = self.rt.command(e.start_with_rep, request.public_rep_id, customer)
         elif via == "support_button_id":
@@ -53,25 +60,21 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
         else:
             raise InvalidArgument("via", "name how the session starts")
         session = outcome.value
-        response = ipb.StartSessionResponse(
+        return ipb.StartSessionResponse(
             session=convert.session_out(session), position=self._position(session)
         )
-        self.rt.idempotency.store(request.request_id, request, response)
-        return response
 
     @rpc
     async def CancelSession(
         self, request: ipb.CancelSessionRequest, context: Any
     ) -> ipb.CancelSessionResponse:
-        done = self.rt.idempotency.lookup(request.request_id, request)
-        if done is not None:
-            return done
-        self.rt.command(self.engine.cancel_session, request.session_id)
-        response = ipb.CancelSessionResponse(
-            session=convert.session_out(self.engine.session(request.session_id))
-        )
-        self.rt.idempotency.store(request.request_id, request, response)
-        return response
+        def cancel() -> ipb.CancelSessionResponse:
+            self.rt.command(self.engine.cancel_session, request.session_id)
+            return ipb.CancelSessionResponse(
+                session=convert.session_out(self.engine.session(request.session_id))
+            )
+
+        return self._once(request, cancel)
 
     @rpc
     async def GetSessionStatus(
