@@ -416,3 +416,23 @@ def test_reflection_lists_the_services():
     finally:
         loop.run_until_complete(live.close())
         loop.close()
+
+
+async def test_session_key_guessing_is_limited_per_host_across_connections(live):
+    for attempt in range(12):
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{live.port}")  # a new connection
+        from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+        code = await code_of(
+            igrpc.IntakeServiceStub(channel).StartSession(
+                ipb.StartSessionRequest(
+                    request_id=f"guess-{attempt}",
+                    customer=pb.Customer(name="x"),
+                    session_key="AAAAAAAA",
+                ),
+                metadata=auth(INTAKE),
+            )
+        )
+        await channel.close()
+        expected = grpc.StatusCode.NOT_FOUND if attempt < 10 else grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert code == expected, attempt

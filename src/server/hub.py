@@ -2,8 +2,8 @@
 
 Every rep has a feed: a sequence number that grows by one per event, and a buffer of
 the last N events so a console that reconnects with `resume_after` gets what it missed.
-A feed exists whether or not a console is attached; attaching gives it a queue that the
-stream handler drains."""
+A feed is created when the rep first subscribes and outlives the stream (that is what
+lets a reconnecting console resume); attaching gives it a queue the stream handler drains."""
 
 from __future__ import annotations
 
@@ -57,9 +57,13 @@ class Hub:
         return f
 
     def send(self, rep_ids: Iterable[str], time: float, **event: Any) -> None:
+        """Append an event to each rep's feed. Reps that never opened a console have no
+        feed and get nothing: their first Subscribe starts fresh anyway."""
         stamp = convert.timestamp(time)
         for rep_id in rep_ids:
-            f = self.feed(rep_id)
+            f = self.feeds.get(rep_id)
+            if f is None:
+                continue
             f.seq += 1
             msg = cpb.SubscribeResponse(sequence=f.seq, time=stamp, **event)
             f.buffer.append(msg)

@@ -15,6 +15,12 @@ from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from .runtime import Runtime
 
 
+def peer_host(peer: str | None) -> str:
+    """'ipv4:10.0.0.7:51234' -> 'ipv4:10.0.0.7': failed session keys are counted per host,
+    so reconnecting does not reset the count."""
+    return (peer or "").rpartition(":")[0] or (peer or "")
+
+
 class IntakeServicer(igrpc.IntakeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -38,7 +44,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
     async def StartSession(
         self, request: ipb.StartSessionRequest, context: Any
     ) -> ipb.StartSessionResponse:
-        return self._once(request, lambda: self._start(request, context.peer() or ""))
+        return self._once(request, lambda: self._start(request, peer_host(context.peer())))
 
     def _start(self, request: ipb.StartSessionRequest, peer: str) -> ipb.StartSessionResponse:
         customer = convert.customer_in(request.customer, request.HasField("customer"))
