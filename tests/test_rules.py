@@ -616,7 +616,10 @@ def test_max_missed_offers_switches_auto_assign_off(desk):
     assert desk.of(RepSettingsChanged, rep_id="ann")[-1].auto_assign is False
     assert desk.of(EligibilityChanged, rep_id="ann")[-1].reasons == {IneligibleReason.MISSED_OFFERS}
     desk.engine.update_settings("ann", auto_assign=True)  # opting back in is always allowed
-    assert desk.engine.eligible("ann") is False or offered_to(desk, a) is None
+    assert desk.engine.eligible("ann")  # a and b stay declined by her: nothing to offer
+    assert offered_to(desk, a) is None and offered_to(desk, b) is None
+    c = start_team_session(desk, "support", name="c")
+    assert offered_to(desk, c) == "ann"
 
 
 # ---------------------------------------------------------------- origins
