@@ -21,6 +21,11 @@ from server.runtime import Runtime
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_server_section_reaches_the_engine():
+    settings = config.parse("[server]\nended_retention = 60\nreconnect_grace = 5\n")
+    assert settings.engine.ended_retention == 60 and settings.engine.reconnect_grace == 5
+
+
 def test_embedded_defaults_and_example_desk_load():
     rt = Runtime(config.load(None))
     assert {t.id for t in rt.engine.teams()} >= {"support", "partners"}

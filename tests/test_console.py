@@ -148,3 +148,22 @@ def test_general_queue_disabled_refuses_undesignated_and_ends_orphans():
     assert d.engine.session(s.id).end_reason is EndReason.NO_FALLBACK
     assert GENERAL_QUEUE not in [q.queue for q in d.engine.rep_queues("ann")]
     assert personal_queue("ann") in [q.queue for q in d.engine.rep_queues("ann")]
+
+
+def test_ended_sessions_are_forgotten_after_the_retention_period(desk):
+    from assigncore.errors import NotFound
+
+    desk.team("support", Algorithm.NONE)
+    desk.rep("ann", ["support"])
+    s = start_team_session(desk, "support")
+    desk.engine.accept_session("ann", s.id)
+    desk.engine.end_session("ann", s.id)
+    desk.later(3599)
+    assert desk.engine.session(s.id).state.value == "ENDED"
+    desk.later(1)
+    try:
+        desk.engine.session(s.id)
+        raise AssertionError("still there")
+    except NotFound:
+        pass
+    assert desk.engine.sessions() == []

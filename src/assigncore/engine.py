@@ -118,6 +118,7 @@ class EngineConfig:
     key_failure_window: float = 60.0
     general_queue_enabled: bool = True
     chat_history: int = 500
+    ended_retention: float = 3600.0  # an ended session is forgotten this long after
 
 
 @dataclass(slots=True)
@@ -587,6 +588,7 @@ class Engine:
         self._sync_slot(s)
         self.sessions_table.release(s.slot)
         self._session_by_slot[s.slot] = None
+        self._timers.schedule(self._now + self.config.ended_retention, "forget_session", s.id)
         self._emit(SessionEnded(self._now, s.id, reason))
 
     # ------------------------------------------------------------------ timers
@@ -648,6 +650,13 @@ class Engine:
         if rep is not None and not rep.connected:
             rep.grace_timer = None
             self._fall_back(rep)
+
+    def _on_forget_session(self, session_id: str) -> None:
+        """Ended sessions are kept for status queries for a while, then dropped, so a
+        long-running desk does not grow without bound."""
+        s = self._sessions.get(session_id)
+        if s is not None and s.state is SessionState.ENDED:
+            del self._sessions[session_id]
 
     def _on_key_expiry(self, key: str) -> None:
         self._keys.pop(key, None)

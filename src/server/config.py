@@ -10,6 +10,7 @@
     reconnect_grace = 30.0        # rule 11
     max_rule_moves = 10           # rule 8
     general_queue = true
+    ended_retention = 3600        # seconds an ended session stays queryable
 
     [[teams]]
     id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
@@ -82,6 +83,7 @@ ENGINE_KEYS = {
     "max_rule_moves": "max_rule_moves",
     "general_queue": "general_queue_enabled",
     "session_key_ttl": "session_key_ttl",
+    "ended_retention": "ended_retention",
 }
 DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
 
