@@ -61,7 +61,7 @@ async def test_resume_after_replays_what_was_missed(live):
     for name in ("missed-1", "missed-2"):
         await live.start(issue_type_id="manual-help", customer=pb.Customer(name=name))
     again = await live.console("bob", resume_after=last)
-    assert again.seen[0].welcome.resumed
+    assert again.seen[0].welcome.resumed and again.seen[0].sequence == last
     names = []
     for _ in range(2):
         names.append((await again.next("queue_item_added")).item.session.customer.name)

@@ -60,12 +60,12 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
             if not self.engine.rep(rep_id).connected:
                 self.rt.command(self.engine.connect, rep_id)
             now = convert.timestamp(self.rt.clock())
+            resumed = bool(request.resume_after) and missed is not None
             yield cpb.SubscribeResponse(
-                sequence=attached_at,
+                # where the events that follow continue from
+                sequence=request.resume_after if resumed else attached_at,
                 time=now,
-                welcome=cpb.Welcome(
-                    rep_id=rep_id, resumed=bool(request.resume_after) and missed is not None
-                ),
+                welcome=cpb.Welcome(rep_id=rep_id, resumed=resumed),
             )
             if missed is None:
                 oldest = feed.buffer[0].sequence if feed.buffer else attached_at

@@ -187,8 +187,9 @@ class SubscribeResponse(_message.Message):
 
     @_builtins.property
     def welcome(self) -> Global___Welcome:
-        """The stream is open; the rep is connected. Always the first event of a stream
-        (not counted in `sequence`, which it carries as the current value).
+        """The stream is open; the rep is connected. Always the first event of a stream.
+        Its `sequence` is where the events that follow continue from: `resume_after` when
+        the missed events are replayed, else the feed's current value (nothing replayed).
         """
 
     @_builtins.property
