@@ -224,7 +224,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(rep=st.sampled_from(REPS), pick=st.integers(0, 50))
     def accept_invitation(self, rep, pick):
-        invitations = sorted(self.engine._invitations)
+        invitations = sorted(i.id for i in self.engine.invitations())
         if invitations:
             self.run(self.engine.accept_invitation, rep, invitations[pick % len(invitations)])
 
@@ -293,7 +293,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @invariant()
     def at_most_one_pending_offer_per_session_and_rep(self):
-        offers = list(self.engine._offers.values())
+        offers = self.engine.offers()
         assert len({o.session_id for o in offers}) == len(offers)
         assert len({o.rep_id for o in offers}) == len(offers)
         for o in offers:

@@ -176,10 +176,6 @@ class TeamTable:
         self.members[team].discard(rep)
         self.dirty = True
 
-    def member_array(self, team: int) -> np.ndarray:
-        self.ensure_bound()
-        return self.flat[self.indptr[team] : self.indptr[team + 1]]
-
     def ensure_bound(self) -> None:
         if not self.dirty:
             return

@@ -1598,9 +1598,6 @@ class Engine:
     def eligible(self, rep_id: str) -> bool:
         return self.reps_table.eligible(self._rep(rep_id).ordinal)
 
-    def ineligible_reasons(self, rep_id: str) -> frozenset[IneligibleReason]:
-        return self._reasons(self._rep(rep_id))
-
     def queue_items(self, queue: QueueRef) -> list[QueueItem]:
         """A queue's sessions and invitations in rule-4 order."""
         queue = self._queue_ref("queue", queue)
@@ -1666,9 +1663,6 @@ class Engine:
     def search_reps(self, query: str = "") -> list[Rep]:
         q = v.text("query", query).lower()
         return [r for r in self.reps() if q in r.name.lower() or q in r.id.lower()]
-
-    def pending_timers(self) -> list[tuple[float, str, Any]]:
-        return self._timers.pending()
 
     # ================================================================== snapshot
 
