@@ -167,3 +167,24 @@ def test_ended_sessions_are_forgotten_after_the_retention_period(desk):
     except NotFound:
         pass
     assert desk.engine.sessions() == []
+
+
+def test_queue_position_follows_the_listed_rule_4_order(desk):
+    desk.team("web", Algorithm.NONE)
+    desk.team("other", Algorithm.NONE)
+    desk.rep("ann", ["web", "other"])
+    old = start_team_session(desk, "other", name="old")  # created first, moved in last
+    desk.clock.tick(1)
+    low = start_team_session(desk, "web", name="low")
+    desk.clock.tick(1)
+    vip = start_team_session(desk, "web", priority=5, name="vip")
+    active = start_team_session(desk, "web", name="active")
+    desk.engine.accept_session("ann", active.id)
+    desk.engine.invite("ann", active.id, team_queue("web"))  # an invitation in the queue
+    desk.engine.transfer_session("ann", old.id, team_queue("web"))
+    listed = [
+        i.session.id for i in desk.engine.queue_items(team_queue("web")) if i.invitation is None
+    ]
+    assert listed == [vip.id, old.id, low.id]
+    assert [desk.engine.queue_position(s) for s in listed] == [1, 2, 3]
+    assert desk.engine.queue_position(active.id) == 0

@@ -226,3 +226,18 @@ async def test_lost_connection_hands_sessions_on_after_grace(live):
     back = engine.session(s.id)
     assert back.owner is None and str(back.queue) == "team/support"
     assert back.origin.value == "CONNECTION_LOST"
+
+
+async def test_general_queue_events_reach_only_subscribed_reps_who_may_see_it(live):
+    ann = await live.console("ann")  # no general-queue permission
+    gil = await live.console("gil")  # may use the general queue
+    s = await live.start(undesignated=ipb.Undesignated())
+    added = await gil.next("queue_item_added")
+    assert added.item.session.id == s.id
+    assert added.queue == pb.QueueRef(kind=pb.QUEUE_KIND_GENERAL)
+    await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())
+    assert not any(m.WhichOneof("event") == "queue_item_added" for m in ann.seen)
+    status = await live.intake.GetSessionStatus(
+        ipb.GetSessionStatusRequest(session_id=s.id), metadata=auth(INTAKE)
+    )
+    assert status.position == 1

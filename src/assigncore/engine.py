@@ -1616,6 +1616,20 @@ class Engine:
         )
         return items
 
+    def queue_position(self, session_id: str) -> int:
+        """1-based place of a waiting session among its queue's sessions in rule-4
+        order (0 if not waiting): one pass over the queue, no sort."""
+        s = self._session(session_id)
+        if s.queue is None:
+            return 0
+        key = (-s.priority, s.created_time, s.seq)
+        ahead = 0
+        for item_id in self._queues[s.queue]:
+            other = self._sessions.get(item_id)
+            if other is not None and (-other.priority, other.created_time, other.seq) < key:
+                ahead += 1
+        return ahead + 1
+
     def rep_queues(self, rep_id: str) -> list[QueueSummary]:
         """The queues a rep's console lists: personal, favourite teams, other teams (by
         name), then the general queue if permitted."""

@@ -79,7 +79,12 @@ class Hub:
     # ------------------------------------------------------------- audiences
 
     def audience(self, queue: QueueRef) -> list[str]:
-        return self.engine.queue_audience(queue)
+        """The subscribed reps who can see a queue: only they get events. For the general
+        queue this walks the feeds, not every rep of the desk."""
+        if queue.kind is QueueKind.GENERAL:
+            reps = (self.engine.find_rep(r) for r in self.feeds)
+            return [r.id for r in reps if r is not None and self.engine.can_see(r, queue)]
+        return [r for r in self.engine.queue_audience(queue) if r in self.feeds]
 
     # ------------------------------------------------------------- engine listener
 
@@ -90,11 +95,12 @@ class Hub:
 
     def _on_SessionQueued(self, e: ev.SessionQueued) -> None:
         session = self.engine.find_session(e.session_id)
-        if session is None or session.queue != e.queue:
-            return
+        audience = self.audience(e.queue)
+        if session is None or session.queue != e.queue or not audience:
+            return  # build nothing for nobody
         item = convert.item_out(QueueItem(session.id, session))
         self.send(
-            self.audience(e.queue),
+            audience,
             e.time,
             queue_item_added=cpb.QueueItemAdded(queue=convert.queue_out(e.queue), item=item),
         )
@@ -126,6 +132,8 @@ class Hub:
             )
 
     def _on_OfferMade(self, e: ev.OfferMade) -> None:
+        if e.rep_id not in self.feeds:  # only a connected rep is offered anything
+            return
         session = convert.session_out(self.engine.session(e.session_id))
         self.send(
             [e.rep_id],
@@ -168,8 +176,10 @@ class Hub:
         )
 
     def _on_InvitationCreated(self, e: ev.InvitationCreated) -> None:
-        inv = self.engine.invitation(e.invitation_id)
         audience = self.audience(e.queue)
+        if not audience:
+            return
+        inv = self.engine.invitation(e.invitation_id)
         self.send(
             audience,
             e.time,

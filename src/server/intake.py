@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from assigncore.errors import InvalidArgument
-from assigncore.model import Session
 
 from . import convert
 from .errors import rpc
@@ -25,12 +24,6 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.engine = runtime.engine
-
-    def _position(self, s: Session) -> int:
-        if s.queue is None:
-            return 0
-        waiting = [i.id for i in self.engine.queue_items(s.queue) if i.invitation is None]
-        return waiting.index(s.id) + 1 if s.id in waiting else 0
 
     def _once(self, request: Any, produce: Callable[[], Any]) -> Any:
         """Run a mutating call once per request_id; a retry gets the first result."""
@@ -67,7 +60,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
             raise InvalidArgument("via", "name how the session starts")
         session = outcome.value
         return ipb.StartSessionResponse(
-            session=convert.session_out(session), position=self._position(session)
+            session=convert.session_out(session), position=self.engine.queue_position(session.id)
         )
 
     @rpc
@@ -91,6 +84,6 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
         return ipb.GetSessionStatusResponse(
             state=out.state,
             queue=convert.queue_out(s.queue),
-            position=self._position(s),
+            position=self.engine.queue_position(s.id),
             end_reason=out.end_reason,
         )
