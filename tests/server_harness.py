@@ -230,11 +230,15 @@ class Live:
         await self.server.stop(0.2)
 
 
-async def live_server(desk: str = DESK) -> Live:
+async def live_server(desk: str = DESK, **overrides: Any) -> Live:
+    """A server on a loopback port with a manual clock; `overrides` set [server] values."""
     settings = config.parse(desk, "test desk")
     clock = ManualClock()
     settings.clock, settings.manual_clock = clock, True
     settings.shutdown_grace = 0.2
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    config.check(settings)
     server, port = await create_server(settings)
     await server.start()
     return Live(server, port, clock)

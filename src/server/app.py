@@ -7,10 +7,10 @@ import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from . import reflection_v1
 from .admin import AdminServicer
-from .auth import AuthInterceptor
+from .auth import AuthInterceptor, Limits
 from .config import Settings
 from .console import ConsoleServicer
 from .gen.assigncore.v1 import admin_service_pb2, console_service_pb2, intake_service_pb2
@@ -80,24 +80,27 @@ async def create_server(settings: Settings, runtime: Runtime | None = None) -> t
         ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
         ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_ms),
         ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
-    server = grpc.aio.server(
-        interceptors=[AuthInterceptor(runtime.tokens)],
-        options=options,
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    # No grpc-level maximum_concurrent_rpcs: it cannot spare health checks. The
+    # interceptor keeps budgets per class of call instead (see auth.py).
+    interceptor = AuthInterceptor(
+        runtime.tokens,
+        Limits(
+            message_timeout=settings.message_timeout,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_open_streams=settings.max_open_streams,
+        ),
     )
+    runtime.gate = interceptor.gate
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
     cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(runtime), server)
     igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(runtime), server)
     agrpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [
-            *SERVICES,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
+    reflection_v1.enable(
+        [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
     port = server.add_insecure_port(settings.listen)
     if port == 0:

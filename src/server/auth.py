@@ -1,19 +1,40 @@
-"""Access tokens and the interceptor that turns `authorization: Bearer <token>` into a
-principal. Tokens are random and stored only as SHA-256 hashes."""
+"""Access tokens, and the interceptor that guards every call before its body is read.
+
+Tokens are random and stored only as SHA-256 hashes; a token id is random too and never
+reused. The interceptor runs on the request headers alone (grpc.aio resolves the handler
+before it reads a message), so that:
+
+- a missing, unknown or revoked token is refused at once, with nothing read;
+- every handler becomes request-streaming, so the request message is read by our code,
+  under a deadline (`message_timeout`): a client that sends headers and half a message
+  cannot hold a call open;
+- the message is decoded by our code: bytes that are not a valid protobuf get
+  INVALID_ARGUMENT ("malformed request"), never UNKNOWN with a traceback;
+- in-flight calls are counted by class: authenticated calls share `max_concurrent_rpcs`,
+  long-lived unauthenticated streams (health Watch, reflection) a small budget of their
+  own, each rep at most a few console streams; a health Check is never refused.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import grpc
+
+HEALTH_SERVICE = "grpc.health.v1.Health"
+REFLECTION_SERVICES = (
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
 
 
 class PrincipalKind(Enum):
@@ -26,6 +47,7 @@ class PrincipalKind(Enum):
 class Principal:
     kind: PrincipalKind
     rep_id: str = ""
+    token_id: str = ""  # the token it came from: streams opened with it end when revoked
 
 
 @dataclass(slots=True)
@@ -41,18 +63,24 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+def new_token_id() -> str:
+    return "tok_" + secrets.token_hex(12)  # 96 random bits
+
+
 class TokenStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._by_digest: dict[bytes, TokenRecord] = {}
-        self._by_id: dict[str, TokenRecord] = {}
+        self._by_id: dict[str, TokenRecord] = {}  # in order of issue
         self._clock = clock
-        self._next = 0
+        # Called with the revoked record, so open streams opened with it can be ended.
+        self.on_revoke: Callable[[TokenRecord], None] | None = None
 
     def add(self, secret: str, principal: Principal, description: str = "") -> TokenRecord:
-        self._next += 1
-        record = TokenRecord(
-            f"tok-{self._next}", _digest(secret), principal, description, self._clock()
-        )
+        token_id = new_token_id()
+        while token_id in self._by_id:  # pragma: no cover - 96 random bits
+            token_id = new_token_id()
+        principal = Principal(principal.kind, principal.rep_id, token_id)
+        record = TokenRecord(token_id, _digest(secret), principal, description, self._clock())
         self._by_digest[record.digest] = record
         self._by_id[record.token_id] = record
         return record
@@ -66,6 +94,8 @@ class TokenStore:
         if record is None:
             return False
         del self._by_digest[record.digest]
+        if self.on_revoke is not None:
+            self.on_revoke(record)
         return True
 
     def revoke_rep(self, rep_id: str) -> None:
@@ -73,13 +103,14 @@ class TokenStore:
             self.revoke(record.token_id)
 
     def records(self) -> list[TokenRecord]:
-        return sorted(self._by_id.values(), key=lambda r: int(r.token_id.split("-")[1]))
+        return list(self._by_id.values())
 
     def principal(self, secret: str) -> Principal | None:
-        record = self._by_digest.get(_digest(secret))
+        digest = _digest(secret)
+        record = self._by_digest.get(digest)
         # The dict lookup is on a hash of the secret, so its timing reveals nothing
         # useful; compare_digest keeps the final check constant-time all the same.
-        if record is None or not hmac.compare_digest(record.digest, _digest(secret)):
+        if record is None or not hmac.compare_digest(record.digest, digest):
             return None
         return record.principal
 
@@ -93,68 +124,253 @@ SERVICE_ACCESS = {
     "assigncore.v1.IntakeService": {PrincipalKind.INTAKE, PrincipalKind.ADMIN},
     "assigncore.v1.AdminService": {PrincipalKind.ADMIN},
 }
+CONSOLE_SUBSCRIBE = "/assigncore.v1.RepConsoleService/Subscribe"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    message_timeout: float = 10.0  # seconds a request message may take to arrive
+    max_concurrent_rpcs: int = 20000  # authenticated calls in flight, streams included
+    max_open_streams: int = 100  # health Watch and reflection streams (no token)
+    streams_per_rep: int = 4  # console streams one rep may hold open at once
+
+
+class Gate:
+    """In-flight call counts by class; health Check is never counted or refused."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.authenticated = 0
+        self.open_streams = 0
+        self.rep_streams: dict[str, int] = {}
+
+    def in_flight(self) -> int:
+        return self.authenticated + self.open_streams
+
+
+_NO_DETAILS = ""
+
+
+async def _refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> Any:
+    """Ends the call with `code` (context.abort raises; this never returns)."""
+    await context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+async def _read(
+    requests: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+    deserialize: Callable[[bytes], Any] | None,
+    timeout: float,
+    end: Any,
+) -> Any:
+    """The next request message, read under a deadline and decoded here, so that a
+    half-sent or malformed body gets a clear status; `end` when the stream closes."""
+    try:
+        raw = await asyncio.wait_for(anext(requests), timeout)
+    except TimeoutError:
+        return await _refuse(
+            context,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"the request message did not arrive within {timeout:g} s",
+        )
+    except StopAsyncIteration:
+        return end
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except Exception:  # DecodeError and friends: the bytes are not this message
+        return await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
+
+
+_END = object()
+
+
+async def _first_message(
+    requests: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+    deserialize: Callable[[bytes], Any] | None,
+    timeout: float,
+) -> Any:
+    """The one message of a unary-request call."""
+    message = await _read(requests, context, deserialize, timeout, _END)
+    if message is _END:
+        return await _refuse(
+            context, grpc.StatusCode.INVALID_ARGUMENT, "malformed request: no message"
+        )
+    return message
+
+
+async def _timed_messages(
+    requests: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+    deserialize: Callable[[bytes], Any] | None,
+    timeout: float,
+) -> AsyncIterator[Any]:
+    """A request stream whose every message must arrive within `timeout` of the last."""
+    while True:
+        message = await _read(requests, context, deserialize, timeout, _END)
+        if message is _END:
+            return
+        yield message
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the bearer token before any handler of a protected service runs, and makes
-    the principal available to it through `current_principal`."""
+    """Checks the bearer token on the headers before anything else happens, bounds how
+    long a request message may take, decodes it, counts the call against its budget,
+    and makes the principal available to the handler through `current_principal`."""
 
-    def __init__(self, tokens: TokenStore) -> None:
+    def __init__(self, tokens: TokenStore, limits: Limits | None = None) -> None:
         self.tokens = tokens
+        self.gate = Gate(limits or Limits())
 
     async def intercept_service(
         self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails
     ) -> Any:
         handler = await continuation(details)
-        service = details.method.rsplit("/", 2)[-2] if details.method.count("/") >= 2 else ""
+        if handler is None:
+            return None  # grpc answers UNIMPLEMENTED
+        method = details.method
+        service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else ""
         allowed = SERVICE_ACCESS.get(service)
-        if handler is None or allowed is None:
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        header = metadata.get("authorization", "")
+        if allowed is None:
+            return self._open(handler, counted=handler.response_streaming)
         principal = None
-        if isinstance(header, str) and header[:7].lower() == "bearer ":
-            principal = self.tokens.principal(header[7:].strip())
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                if isinstance(value, str) and value[:7].lower() == "bearer ":
+                    principal = self.tokens.principal(value[7:].strip())
+                break
+        if principal is None:
+            return _refusal(
+                handler, grpc.StatusCode.UNAUTHENTICATED, "missing, unknown or revoked access token"
+            )
+        if principal.kind not in allowed:
+            return _refusal(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a {principal.kind.value.lower()} token may not call {service}",
+            )
+        return self._guarded(handler, principal, method == CONSOLE_SUBSCRIBE)
 
-        async def refuse(context: grpc.aio.ServicerContext) -> None:
-            if principal is None:
-                await context.abort(
-                    grpc.StatusCode.UNAUTHENTICATED, "missing, unknown or revoked access token"
-                )
+    # ------------------------------------------------------------- budgets
+
+    def _admit(self, principal: Principal | None, console: bool, counted: bool) -> str:
+        """'' if admitted (and counted), else why not."""
+        gate, limits = self.gate, self.gate.limits
+        if principal is None:
+            if not counted:
+                return _NO_DETAILS
+            if gate.open_streams >= limits.max_open_streams:
+                return "too many open streams without a token; try again later"
+            gate.open_streams += 1
+            return _NO_DETAILS
+        if gate.authenticated >= limits.max_concurrent_rpcs:
+            return "the server is at its limit of concurrent calls; try again later"
+        if console:
+            held = gate.rep_streams.get(principal.rep_id, 0)
+            if held >= limits.streams_per_rep:
+                return f"at most {limits.streams_per_rep} console streams per rep"
+            gate.rep_streams[principal.rep_id] = held + 1
+        gate.authenticated += 1
+        return _NO_DETAILS
+
+    def _release(self, principal: Principal | None, console: bool, counted: bool) -> None:
+        gate = self.gate
+        if principal is None:
+            gate.open_streams -= counted
+            return
+        gate.authenticated -= 1
+        if console:
+            left = gate.rep_streams[principal.rep_id] - 1
+            if left:
+                gate.rep_streams[principal.rep_id] = left
             else:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"a {principal.kind.value.lower()} token may not call {service}",
-                )
+                del gate.rep_streams[principal.rep_id]
 
-        ok = principal is not None and principal.kind in allowed
-        return _wrap(handler, principal if ok else None, refuse)
+    # ------------------------------------------------------------- handlers
+
+    def _open(self, handler: grpc.RpcMethodHandler, counted: bool) -> grpc.RpcMethodHandler:
+        """Health and reflection: no token; long-lived streams share a small budget."""
+        return self._wrap(handler, None, console=False, counted=counted)
+
+    def _guarded(
+        self, handler: grpc.RpcMethodHandler, principal: Principal, console: bool
+    ) -> grpc.RpcMethodHandler:
+        return self._wrap(handler, principal, console=console, counted=True)
+
+    def _wrap(
+        self,
+        handler: grpc.RpcMethodHandler,
+        principal: Principal | None,
+        console: bool,
+        counted: bool,
+    ) -> grpc.RpcMethodHandler:
+        timeout = self.gate.limits.message_timeout
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        admit, release = self._admit, self._release
+
+        async def enter(context: grpc.aio.ServicerContext) -> None:
+            refused = admit(principal, console, counted)
+            if refused:
+                await _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
+            if principal is not None:
+                current_principal.set(principal)
+
+        if handler.unary_unary or handler.stream_unary:
+            unary_in = handler.unary_unary is not None
+            inner_unary = handler.unary_unary or handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
+                await enter(context)
+                try:
+                    if unary_in:
+                        request = await _first_message(requests, context, deserialize, timeout)
+                    else:
+                        request = _timed_messages(requests, context, deserialize, timeout)
+                    return await inner_unary(request, context)
+                finally:
+                    release(principal, console, counted)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, request_deserializer=None, response_serializer=serialize
+            )
+
+        unary_in = handler.unary_stream is not None
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
+            await enter(context)
+            try:
+                if unary_in:
+                    request = await _first_message(requests, context, deserialize, timeout)
+                else:
+                    request = _timed_messages(requests, context, deserialize, timeout)
+                async for response in inner_stream(request, context):
+                    yield response
+            finally:
+                release(principal, console, counted)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, request_deserializer=None, response_serializer=serialize
+        )
 
 
-def _wrap(
-    handler: grpc.RpcMethodHandler,
-    principal: Principal | None,
-    refuse: Callable[[grpc.aio.ServicerContext], Any],
+def _refusal(
+    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
-    if handler.unary_unary:
-        inner = handler.unary_unary
+    """A handler that ends the call with `code` without reading its message."""
+    if handler.response_streaming:
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if principal is None:
-                await refuse(context)
-            current_principal.set(principal)  # type: ignore[arg-type]
-            return await inner(request, context)
+        async def refuse_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+            await _refuse(context, code, message)
+            yield  # pragma: no cover - abort raised
 
-        return handler._replace(unary_unary=unary_unary)
-    if handler.unary_stream:
-        inner_stream = handler.unary_stream
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if principal is None:
-                await refuse(context)
-            current_principal.set(principal)  # type: ignore[arg-type]
-            async for response in inner_stream(request, context):
-                yield response
+    async def refuse(requests: Any, context: Any) -> Any:
+        await _refuse(context, code, message)
 
-        return handler._replace(unary_stream=unary_stream)
-    return handler  # no client-streaming RPCs in this API
+    return grpc.stream_unary_rpc_method_handler(refuse)

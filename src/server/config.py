@@ -4,8 +4,12 @@
     listen = "127.0.0.1:50051"
     admin_token = "..."           # else $ASSIGNCORE_ADMIN_TOKEN, else one is generated
     max_message_bytes = 1048576
-    max_concurrent_rpcs = 20000   # console streams count too
+    max_concurrent_rpcs = 20000   # authenticated calls in flight, console streams too
+    max_streams_per_connection = 100
+    message_timeout = 10.0        # seconds a request message may take to arrive
+    max_open_streams = 100        # health Watch and reflection streams (no token)
     event_buffer = 1000           # events held per rep for resume_after
+    outbox_limit = 500            # events queued for a console that is not reading
     shutdown_grace = 5.0          # seconds
     reconnect_grace = 30.0        # rule 11
     max_rule_moves = 10           # rule 8
@@ -50,7 +54,14 @@ class Settings:
     admin_token: str | None = None
     max_message_bytes: int = 1024 * 1024
     max_concurrent_rpcs: int = 20000
+    max_streams_per_connection: int = 100
+    message_timeout: float = 10.0
+    max_open_streams: int = 100
     event_buffer: int = 1000
+    # Events waiting to be written to one console stream. A console that stops reading
+    # fills it; its stream then ends (RESOURCE_EXHAUSTED, resume from the feed buffer),
+    # so it must not exceed event_buffer.
+    outbox_limit: int = 500
     shutdown_grace: float = 5.0
     idempotency_ttl: float = 24 * 3600.0
     # Keepalive suited to mobile consoles: the server pings an idle connection every
@@ -75,7 +86,11 @@ SERVER_KEYS = {
     "admin_token",
     "max_message_bytes",
     "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "message_timeout",
+    "max_open_streams",
     "event_buffer",
+    "outbox_limit",
     "shutdown_grace",
 }
 ENGINE_KEYS = {
@@ -105,11 +120,39 @@ def parse(text: str, source: str = "config") -> Settings:
     if unknown:
         raise ConfigError(f"{source}: unknown [server] keys {sorted(unknown)}")
     settings = Settings(**{k: server[k] for k in SERVER_KEYS if k in server})
+    if "outbox_limit" not in server and isinstance(settings.event_buffer, int):
+        settings.outbox_limit = min(settings.outbox_limit, settings.event_buffer)
+    check(settings, source)
     engine_args = {ENGINE_KEYS[k]: server[k] for k in ENGINE_KEYS if k in server}
     defaults = {f.name: getattr(settings.engine, f.name) for f in fields(EngineConfig)}
     settings.engine = EngineConfig(**{**defaults, **engine_args})
     settings.desk = {k: data.get(k, []) for k in DESK_KEYS}
     return settings
+
+
+_POSITIVE_INTS = (
+    "max_message_bytes",
+    "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "max_open_streams",
+    "event_buffer",
+    "outbox_limit",
+)
+
+
+def check(settings: Settings, source: str = "config") -> None:
+    """Server limits must be positive numbers, and a console's outbox must fit in its
+    resume buffer (what overflows the outbox is resumed from the buffer)."""
+    for name in _POSITIVE_INTS:
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{source}: [server] {name} must be a positive integer")
+    for name in ("message_timeout", "shutdown_grace"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{source}: [server] {name} must be a positive number")
+    if settings.outbox_limit > settings.event_buffer:
+        raise ConfigError(f"{source}: [server] outbox_limit must not exceed event_buffer")
 
 
 def load(path: str | os.PathLike[str] | None) -> Settings:

@@ -16,7 +16,7 @@ from typing import Any
 from assigncore.engine import Engine, Outcome
 from assigncore.errors import InvalidArgument
 
-from .auth import Principal, PrincipalKind, TokenStore
+from .auth import Gate, Principal, PrincipalKind, TokenStore
 from .config import Settings
 from .desk import load_desk
 from .hub import Hub
@@ -69,6 +69,7 @@ class Runtime:
         self.engine = Engine(self.clock, settings.engine, listener=self._on_event)
         self.hub = Hub(self.engine, settings.event_buffer)
         self.tokens = TokenStore(self.clock)
+        self.gate: Gate | None = None  # the interceptor's call budgets, once serving
         self.idempotency = Idempotency(settings.idempotency_ttl, self.clock)
         load_desk(self.engine, self.tokens, settings.desk)
         admin = settings.admin_token or os.environ.get("ASSIGNCORE_ADMIN_TOKEN")
