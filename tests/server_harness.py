@@ -144,13 +144,16 @@ def auth(token: str) -> tuple[tuple[str, str], ...]:
 class Console:
     """A rep's console: an open Subscribe stream collecting events."""
 
-    def __init__(self, live: Live, rep: str, resume_after: int = 0) -> None:
+    def __init__(
+        self, live: Live, rep: str, resume_after: int = 0, token: str | None = None
+    ) -> None:
         self.live, self.rep = live, rep
+        self.token = token or rep_token(rep)
         self.stub = cgrpc.RepConsoleServiceStub(live.channel)
         self.events: asyncio.Queue[cpb.SubscribeResponse] = asyncio.Queue()
         self.seen: list[cpb.SubscribeResponse] = []
         self.call = self.stub.Subscribe(
-            cpb.SubscribeRequest(resume_after=resume_after), metadata=auth(rep_token(rep))
+            cpb.SubscribeRequest(resume_after=resume_after), metadata=auth(self.token)
         )
         self.task = asyncio.get_running_loop().create_task(self._pump())
         self.ended: grpc.StatusCode | None = None
@@ -182,7 +185,7 @@ class Console:
         return await self.next("welcome")
 
     def rpc(self, method: str, request: Any) -> Any:
-        return getattr(self.stub, method)(request, metadata=auth(rep_token(self.rep)))
+        return getattr(self.stub, method)(request, metadata=auth(self.token))
 
     async def drop(self) -> None:
         """The connection goes away without signing out."""
@@ -199,8 +202,8 @@ class Live:
         self.consoles: list[Console] = []
         self._request = 0
 
-    async def console(self, rep: str, resume_after: int = 0) -> Console:
-        c = Console(self, rep, resume_after)
+    async def console(self, rep: str, resume_after: int = 0, token: str | None = None) -> Console:
+        c = Console(self, rep, resume_after, token)
         self.consoles.append(c)
         await c.welcome()
         await asyncio.sleep(0.01)

@@ -977,14 +977,14 @@ class Engine:
     @command
     def delete_rep(self, rep_id: str) -> None:
         rep = self._rep(rep_id)
-        if rep.connected or rep.grace_timer is not None:
-            raise FailedPrecondition(f"rep {rep_id!r} is signed in")
-        if rep.load or self._queues[personal_queue(rep_id)]:
+        if rep.load or rep.grace_timer is not None or self._queues[personal_queue(rep_id)]:
             raise FailedPrecondition(f"rep {rep_id!r} still has sessions or queue items")
         users = [f"button {b.id!r}" for b in self._buttons.values() if b.target.rep_id == rep_id]
         users += [f"help link {x.id!r}" for x in self._links.values() if x.target.rep_id == rep_id]
         if users:
             raise FailedPrecondition(f"rep {rep_id!r} is still used by " + ", ".join(users))
+        if rep.connected:  # signed off first: nothing is left for it to own
+            self._go_offline(rep, RescindReason.SIGNED_OUT)
         for team_id in sorted(rep.teams):
             self._leave_team(self._teams[team_id], rep)
         for key in [k for k, sk in self._keys.items() if sk.rep_id == rep_id]:
@@ -1253,22 +1253,27 @@ class Engine:
         v.flag("signed_out", signed_out)
         if not rep.connected:
             raise FailedPrecondition(f"rep {rep_id!r} is not connected")
-        rep.connected = False
-        self._timers.cancel(rep.idle_timer)
-        rep.idle_timer = None
-        if rep.offer is not None:
-            s = self._sessions[self._offers[rep.offer].session_id]
-            self._rescind(
-                s, RescindReason.SIGNED_OUT if signed_out else RescindReason.CONNECTION_LOST
-            )
-        self._emit_presence(rep)
-        self._sync_rep(rep)
+        self._go_offline(
+            rep, RescindReason.SIGNED_OUT if signed_out else RescindReason.CONNECTION_LOST
+        )
         if signed_out:
             self._fall_back(rep)
         elif rep.load:
             rep.grace_timer = self._timers.schedule(
                 self._now + self.config.reconnect_grace, "reconnect_grace", rep.id
             )
+
+    def _go_offline(self, rep: Rep, reason: RescindReason) -> None:
+        rep.connected = False
+        self._timers.cancel(rep.idle_timer)
+        rep.idle_timer = None
+        self._rescind_offer_of(rep, reason)
+        self._emit_presence(rep)
+        self._sync_rep(rep)
+
+    def _rescind_offer_of(self, rep: Rep, reason: RescindReason) -> None:
+        if rep.offer is not None:
+            self._rescind(self._sessions[self._offers[rep.offer].session_id], reason)
 
     @command
     def set_locked(self, rep_id: str, locked: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -15,11 +14,8 @@ from .auth import current_principal
 from .errors import abort, rpc
 from .gen.assigncore.v1 import console_service_pb2 as cpb
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from .hub import DRAIN
+from .hub import StreamEnd, stream_end_status
 from .runtime import Runtime
-
-REPLACED = object()  # stream sentinels: a newer stream took over; the rep signed out
-SIGNED_OUT = object()
 
 
 def me() -> str:
@@ -30,32 +26,26 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.engine = runtime.engine
-        # the queue of each rep's current stream; a newer stream or a sign-out ends it
-        self.streams: dict[str, asyncio.Queue[Any]] = {}
 
     # ------------------------------------------------------------- the feed
 
     async def Subscribe(
         self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> Any:
-        rep_id = me()
-        if self.rt.hub.draining:
+        principal = current_principal.get()
+        rep_id, hub = principal.rep_id, self.rt.hub
+        if hub.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         try:
             self.engine.rep(rep_id)
         except DomainError as exc:
             await abort(context, exc)
-        previous = self.streams.get(rep_id)
-        if previous is not None:
-            previous.put_nowait(REPLACED)  # a new console replaces the old one
-        feed = self.rt.hub.feed(rep_id)
+        feed = hub.feed(rep_id)
         # What the console missed is taken now; everything published from here on goes
-        # to the queue with higher sequence numbers, so the two never overlap.
+        # to the stream's outbox with higher sequence numbers, so the two never overlap.
         missed = feed.since(request.resume_after) if request.resume_after else []
         attached_at = feed.seq
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        feed.queue = queue
-        self.streams[rep_id] = queue
+        stream = hub.attach(rep_id, principal.token_id)
         try:
             if not self.engine.rep(rep_id).connected:
                 self.rt.command(self.engine.connect, rep_id)
@@ -78,36 +68,30 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                 for msg in missed:
                     yield msg
             while True:
-                msg = await queue.get()
-                if msg is SIGNED_OUT:
+                item = await stream.next()
+                if isinstance(item, cpb.SubscribeResponse):
+                    yield item
+                elif item is StreamEnd.SIGNED_OUT:
                     return
-                if msg is REPLACED:
-                    await context.abort(
-                        grpc.StatusCode.ABORTED, "replaced by a newer console stream for this rep"
-                    )
-                if msg is DRAIN:
+                elif item is StreamEnd.DRAINING:
                     yield cpb.SubscribeResponse(
                         sequence=feed.seq,
                         time=convert.timestamp(self.rt.clock()),
                         server_draining=cpb.ServerDraining(),
                     )
                     return
-                yield msg
+                else:
+                    await context.abort_with_status(stream_end_status(item, feed))
         finally:
-            if self.streams.get(rep_id) is queue:
-                del self.streams[rep_id]
-                feed.queue = None
-                rep = self.engine.find_rep(rep_id)
-                if not self.rt.hub.draining and rep is not None and rep.connected:
-                    self.rt.command(self.engine.disconnect, rep_id)
+            if hub.detach(stream):
+                self.rt.lost(rep_id)
 
     @rpc
     async def SignOut(self, request: cpb.SignOutRequest, context: Any) -> cpb.SignOutResponse:
         self.rt.command(self.engine.disconnect, me(), signed_out=True)
-        queue = self.streams.pop(me(), None)
-        if queue is not None:
-            self.rt.hub.feed(me()).queue = None
-            queue.put_nowait(SIGNED_OUT)
+        stream = self.rt.hub.stream_of(me())
+        if stream is not None:
+            self.rt.hub.end(stream, StreamEnd.SIGNED_OUT, lost=False)
         return cpb.SignOutResponse()
 
     # ------------------------------------------------------------- queues and sessions

@@ -53,6 +53,25 @@ def status_for(exc: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
+    return rpc_status.to_status(
+        status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    )
+
+
+def info_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]
+) -> grpc.Status:
+    """A status with google.rpc.ErrorInfo: a machine-readable reason for clients."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain="assigncore.v1", metadata=metadata)
+    )
+    status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
     await context.abort_with_status(status_for(exc))
 

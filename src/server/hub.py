@@ -3,32 +3,99 @@
 Every rep has a feed: a sequence number that grows by one per event, and a buffer of
 the last N events so a console that reconnects with `resume_after` gets what it missed.
 A feed is created when the rep first subscribes and outlives the stream (that is what
-lets a reconnecting console resume); attaching gives it a queue the stream handler drains."""
+lets a reconnecting console resume).
+
+A console stream attached to a feed has an outbox: the events not yet written to it.
+The outbox is bounded. A console that stops reading (its HTTP/2 window stays shut, so
+the handler cannot write) fills it; the stream is then detached at once, the rep goes
+through the connection-lost path, and the stream ends with RESOURCE_EXHAUSTED as soon as
+its handler can run, telling the console to resume from the feed buffer (which holds
+what the outbox did). Revoking the token a stream was opened with ends it the same way,
+with UNAUTHENTICATED."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from enum import Enum
 from typing import Any
+
+import grpc
 
 from assigncore import events as ev
 from assigncore.engine import Engine, QueueItem
 from assigncore.model import QueueKind, QueueRef
 from server import convert
+from server.errors import info_status, plain_status
 from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
 
-DRAIN = object()  # sentinel put on queues when the server shuts down
+
+class StreamEnd(Enum):
+    """Why a console stream was ended from outside its handler."""
+
+    REPLACED = "REPLACED"  # a newer stream for the same rep took over
+    SIGNED_OUT = "SIGNED_OUT"
+    DRAINING = "DRAINING"  # the server is shutting down
+    REVOKED = "REVOKED"  # its token was revoked, or the rep deleted
+    OVERFLOW = "OVERFLOW"  # the console stopped reading and its outbox filled
+
+
+class ConsoleStream:
+    """One open Subscribe stream: its outbox and, once ended, why."""
+
+    __slots__ = ("rep_id", "token_id", "outbox", "wake", "ended")
+
+    def __init__(self, rep_id: str, token_id: str) -> None:
+        self.rep_id, self.token_id = rep_id, token_id
+        self.outbox: deque[cpb.SubscribeResponse] = deque()
+        self.wake = asyncio.Event()
+        self.ended: StreamEnd | None = None
+
+    def end(self, why: StreamEnd) -> None:
+        if self.ended is None:
+            self.ended = why
+            self.outbox.clear()
+        self.wake.set()
+
+    async def next(self) -> cpb.SubscribeResponse | StreamEnd:
+        """The next event to write, or why the stream ends (which wins over events)."""
+        while True:
+            if self.ended is not None:
+                return self.ended
+            if self.outbox:
+                return self.outbox.popleft()
+            self.wake.clear()
+            await self.wake.wait()
+
+
+def stream_end_status(why: StreamEnd, feed: Feed) -> grpc.Status:
+    """The status a stream ended from outside ends with (not SIGNED_OUT or DRAINING)."""
+    oldest = feed.buffer[0].sequence if feed.buffer else feed.seq + 1
+    if why is StreamEnd.REPLACED:
+        return plain_status(
+            grpc.StatusCode.ABORTED, "replaced by a newer console stream for this rep"
+        )
+    if why is StreamEnd.REVOKED:
+        return plain_status(grpc.StatusCode.UNAUTHENTICATED, "the access token was revoked")
+    return info_status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "this console stopped reading and too many events were waiting for it; reconnect "
+        f"with resume_after = the last sequence you processed (events from {oldest} on "
+        "are held), or reload queues if that is older",
+        reason="CONSOLE_OUTBOX_OVERFLOW",
+        metadata={"oldest_held": str(oldest), "latest": str(feed.seq)},
+    )
 
 
 class Feed:
-    __slots__ = ("seq", "buffer", "queue")
+    __slots__ = ("seq", "buffer", "stream")
 
     def __init__(self, size: int) -> None:
         self.seq = 0
         self.buffer: deque[cpb.SubscribeResponse] = deque(maxlen=size)
-        self.queue: asyncio.Queue[Any] | None = None
+        self.stream: ConsoleStream | None = None
 
     def since(self, resume_after: int) -> list[cpb.SubscribeResponse] | None:
         """Events after `resume_after`, or None if some of them are no longer held (or
@@ -44,17 +111,57 @@ class Feed:
 
 
 class Hub:
-    def __init__(self, engine: Engine, buffer_size: int) -> None:
+    def __init__(self, engine: Engine, buffer_size: int, outbox_limit: int | None = None) -> None:
         self.engine = engine
         self.buffer_size = buffer_size
+        self.outbox_limit = outbox_limit or buffer_size
         self.feeds: dict[str, Feed] = {}
         self.draining = False
+        # Called (outside any engine command) when a rep's stream ended from outside its
+        # handler and the rep must go through the connection-lost path.
+        self.on_lost: Callable[[str], None] = lambda rep_id: None
 
     def feed(self, rep_id: str) -> Feed:
         f = self.feeds.get(rep_id)
         if f is None:
             f = self.feeds[rep_id] = Feed(self.buffer_size)
         return f
+
+    # ------------------------------------------------------------- streams
+
+    def attach(self, rep_id: str, token_id: str) -> ConsoleStream:
+        """A new stream becomes the rep's; the one it replaces ends (ABORTED)."""
+        f = self.feed(rep_id)
+        if f.stream is not None:
+            f.stream.end(StreamEnd.REPLACED)
+        stream = f.stream = ConsoleStream(rep_id, token_id)
+        return stream
+
+    def detach(self, stream: ConsoleStream) -> bool:
+        """Stops feeding `stream`; True if it was still the rep's current stream."""
+        f = self.feeds.get(stream.rep_id)
+        if f is None or f.stream is not stream:
+            return False
+        f.stream = None
+        return True
+
+    def end(self, stream: ConsoleStream, why: StreamEnd, lost: bool) -> None:
+        """Ends a stream from outside its handler; with `lost`, the rep goes through the
+        connection-lost path now, not when the handler gets to run (a console that does
+        not read may block it for long)."""
+        current = self.detach(stream)
+        stream.end(why)
+        if lost and current and not self.draining:
+            self.on_lost(stream.rep_id)
+
+    def end_token(self, token_id: str) -> None:
+        for f in list(self.feeds.values()):
+            if f.stream is not None and f.stream.token_id == token_id:
+                self.end(f.stream, StreamEnd.REVOKED, lost=True)
+
+    def stream_of(self, rep_id: str) -> ConsoleStream | None:
+        f = self.feeds.get(rep_id)
+        return None if f is None else f.stream
 
     def send(self, rep_ids: Iterable[str], time: float, **event: Any) -> None:
         """Append an event to each rep's feed. Reps that never opened a console have no
@@ -67,14 +174,26 @@ class Hub:
             f.seq += 1
             msg = cpb.SubscribeResponse(sequence=f.seq, time=stamp, **event)
             f.buffer.append(msg)
-            if f.queue is not None:
-                f.queue.put_nowait(msg)
+            stream = f.stream
+            if stream is not None:
+                if len(stream.outbox) >= self.outbox_limit:
+                    self._overflow(stream)
+                else:
+                    stream.outbox.append(msg)
+                    stream.wake.set()
+
+    def _overflow(self, stream: ConsoleStream) -> None:
+        # Called while an engine command runs (events come from its listener), so the
+        # disconnect it leads to runs right after it, on the loop.
+        self.end(stream, StreamEnd.OVERFLOW, lost=False)
+        if not self.draining:
+            asyncio.get_running_loop().call_soon(self.on_lost, stream.rep_id)
 
     def drain(self) -> None:
         self.draining = True
         for f in self.feeds.values():
-            if f.queue is not None:
-                f.queue.put_nowait(DRAIN)
+            if f.stream is not None:
+                f.stream.end(StreamEnd.DRAINING)
 
     # ------------------------------------------------------------- audiences
 

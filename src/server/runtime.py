@@ -67,8 +67,10 @@ class Runtime:
         self.clock = settings.clock
         self.hub: Hub
         self.engine = Engine(self.clock, settings.engine, listener=self._on_event)
-        self.hub = Hub(self.engine, settings.event_buffer)
+        self.hub = Hub(self.engine, settings.event_buffer, settings.outbox_limit)
+        self.hub.on_lost = self.lost
         self.tokens = TokenStore(self.clock)
+        self.tokens.on_revoke = lambda record: self.hub.end_token(record.token_id)
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving
         self.idempotency = Idempotency(settings.idempotency_ttl, self.clock)
         load_desk(self.engine, self.tokens, settings.desk)
@@ -85,6 +87,13 @@ class Runtime:
 
     def _on_event(self, event: Any) -> None:
         self.hub.on_event(event)
+
+    def lost(self, rep_id: str) -> None:
+        """A rep's console stream is gone without a sign-out: the connection-lost path
+        (rule 11), unless the server is draining (a restart is not the rep's fault)."""
+        rep = self.engine.find_rep(rep_id)
+        if rep is not None and rep.connected and not self.hub.draining:
+            self.command(self.engine.disconnect, rep_id)
 
     # ------------------------------------------------------------- timers
 
