@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from assigncore.engine import EngineConfig
 from assigncore.errors import FailedPrecondition, PermissionDenied
 from assigncore.events import (
     EligibilityChanged,
+    OfferDeclined,
     OfferMade,
     OfferRescinded,
     OwnershipChanged,
@@ -179,7 +181,7 @@ def test_rule_03_reject_and_timeout_move_on_and_never_repeat(desk):
     desk.engine.answer_offer("cat", desk.pending_offer(s.id).id, False)
     # everyone declined: it stays queued, no further offers
     assert desk.engine.session(s.id).state is SessionState.WAITING
-    assert desk.engine.session(s.id).declined_by == {"ann", "bob", "cat"}
+    assert list(desk.engine.session(s.id).declined_by) == ["ann", "bob", "cat"]  # in order
     desk.later(600)
     assert [o.rep_id for o in desk.of(OfferMade, session_id=s.id)] == ["ann", "bob", "cat"]
     # a new eligible rep who has not declined appears: offered at once
@@ -195,7 +197,7 @@ def test_rule_03_manual_transfer_clears_declined_by(desk):
     desk.engine.answer_offer("ann", desk.pending_offer(s.id).id, False)
     assert offered_to(desk, s) is None
     desk.engine.transfer_session("ann", s.id, team_queue("billing"))
-    assert desk.engine.session(s.id).declined_by == set()
+    assert not desk.engine.session(s.id).declined_by
     assert offered_to(desk, s) == "ann"
 
 
@@ -419,7 +421,7 @@ def test_rule_08_transfer_rule_moves_to_overflow_keeping_declined_by(desk):
     live = desk.engine.session(s.id)
     assert live.queue == team_queue("overflow")
     assert live.origin is Origin.WAITING_RULE
-    assert live.declined_by == {"ann"}
+    assert list(live.declined_by) == ["ann"]
     assert offered_to(desk, s) is None  # ann declined it before; kept
     desk.engine.connect("bob")
     assert offered_to(desk, s) == "bob"
@@ -519,7 +521,7 @@ def test_rule_11_drop_rescinds_offer_and_reroutes(desk):
     desk.engine.disconnect("ann")
     assert desk.of(OfferRescinded)[-1].reason is RescindReason.CONNECTION_LOST
     assert offered_to(desk, s) == "bob"
-    assert desk.engine.session(s.id).declined_by == set()
+    assert not desk.engine.session(s.id).declined_by
 
 
 def test_rule_11_fallback_order_participant_then_queue_then_general(desk):
@@ -598,6 +600,70 @@ def test_rule_12_each_cause_makes_the_rep_ineligible_and_says_why(desk):
     assert offered_to(desk, start_team_session(desk, "support")) is None
 
 
+@pytest.mark.parametrize("cause", ["lock", "idle"])
+def test_rule_12_lock_and_idle_withdraw_the_offer_at_once_and_it_is_no_decline(desk, cause):
+    desk.team("support", offer_timeout=300)
+    desk.rep("ann", ["support"], permissions=Permissions(idle_timeout=60))
+    desk.clock.tick(1)
+    desk.rep("bob", ["support"])
+    s = start_team_session(desk, "support")
+    first = desk.pending_offer(s.id)
+    assert first.rep_id == "ann"  # available longest
+    if cause == "lock":
+        desk.engine.set_locked("ann", True)
+    else:
+        desk.later(60)  # well before the offer's deadline
+    rescinded = desk.of(OfferRescinded, offer_id=first.id)
+    expected = RescindReason.LOCKED if cause == "lock" else RescindReason.IDLE
+    assert [e.reason for e in rescinded] == [expected]
+    assert offered_to(desk, s) == "bob"  # re-routed at once
+    assert not desk.engine.session(s.id).declined_by
+    assert desk.engine.rep("ann").missed_offers == 0
+    assert not desk.of(OfferDeclined)
+
+
+def test_rescind_reasons_name_transfer_and_cancel(desk):
+    desk.team("support")
+    desk.team("other", Algorithm.NONE)
+    desk.rep("ann", ["support"])
+    s = start_team_session(desk, "support")
+    first = desk.pending_offer(s.id)
+    desk.engine.transfer_session("ann", s.id, team_queue("support"))
+    second = desk.pending_offer(s.id)
+    desk.engine.cancel_session(s.id)
+    reasons = {e.offer_id: e.reason for e in desk.of(OfferRescinded)}
+    assert reasons == {
+        first.id: RescindReason.TRANSFERRED,
+        second.id: RescindReason.CANCELLED,
+    }
+
+
+def test_ids_are_random_unguessable_and_not_reused_by_a_new_engine():
+    """Two engines (as before and after a restart) with fresh randomness hand out
+    different ids; ids carry 100 random bits and no counter."""
+    import random
+    import re
+
+    from .conftest import Desk
+
+    seen: list[str] = []
+    for seed in (1, 2):
+        d = Desk()
+        d.engine._rng = random.Random(seed)
+        d.team("support")
+        d.rep("ann", ["support"])
+        d.rep("bob", ["support"])
+        for _ in range(20):
+            s = start_team_session(d, "support")
+            offer = d.pending_offer(s.id)
+            d.engine.answer_offer(offer.rep_id, offer.id, True)
+            inv = d.engine.invite(offer.rep_id, s.id, team_queue("support")).value
+            seen += [s.id, offer.id, inv.id]
+    assert len(set(seen)) == len(seen)
+    for ident in seen:
+        assert re.fullmatch(r"(ses|off|inv)_[0-9a-hjkmnp-tv-z]{20}", ident), ident
+
+
 def test_rule_12_opt_out_needs_permission(desk):
     desk.rep("ann")
     with pytest.raises(PermissionDenied):
@@ -643,20 +709,36 @@ def test_origin_session_key_lands_in_the_generating_reps_queue_and_is_single_use
     assert used.value.message == expired.value.message == unknown.value.message
 
 
-def test_origin_session_key_guessing_is_rate_limited(desk):
+def test_origin_session_key_guessing_is_limited_per_customer_not_per_portal(desk):
     from assigncore.errors import NotFound, ResourceExhausted
 
     desk.rep("ann")
     key = desk.engine.generate_session_key("ann").value
     for _ in range(10):
         with pytest.raises(NotFound):
-            desk.engine.start_with_key("AAAAAAAA", customer(), source="1.2.3.4")
-    with pytest.raises(ResourceExhausted):
-        desk.engine.start_with_key(key, customer(), source="1.2.3.4")
-    assert desk.engine.start_with_key(key, customer(), source="5.6.7.8").value is not None
+            desk.engine.start_with_key("AAAAAAAA", customer(), "portal-1", "1.2.3.4")
+    with pytest.raises(ResourceExhausted):  # this customer is refused, even a valid key
+        desk.engine.start_with_key(key, customer(), "portal-1", "1.2.3.4")
+    # Another customer of the same portal is not.
+    assert desk.engine.start_with_key(key, customer(), "portal-1", "5.6.7.8").value is not None
     desk.later(60)
     with pytest.raises(NotFound):
-        desk.engine.start_with_key("AAAAAAAA", customer(), source="1.2.3.4")
+        desk.engine.start_with_key("AAAAAAAA", customer(), "portal-1", "1.2.3.4")
+
+
+def test_origin_session_key_guessing_has_a_larger_budget_per_portal():
+    from assigncore.errors import NotFound, ResourceExhausted
+
+    desk = Desk(EngineConfig(key_failures_allowed=10, key_failures_per_portal=25))
+    desk.rep("ann")
+    key = desk.engine.generate_session_key("ann").value
+    for i in range(25):  # spread over addresses, each under its own limit
+        with pytest.raises(NotFound):
+            desk.engine.start_with_key("AAAAAAAA", customer(), "portal-1", f"10.0.0.{i}")
+    with pytest.raises(ResourceExhausted):
+        desk.engine.start_with_key(key, customer(), "portal-1", "10.9.9.9")
+    # Another portal has its own budget.
+    assert desk.engine.start_with_key(key, customer(), "portal-2", "10.9.9.9").value is not None
 
 
 def test_origin_public_site_only_for_shown_reps(desk):

@@ -78,13 +78,15 @@ async def test_offer_reject_timeout_and_stays_queued(live):
     assert offer.deadline_time.seconds == int(live.clock.t + 30)
     await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=False))
     offer_b = await bob.next("offer_made")
-    await live.advance(30)  # bob lets it time out
+    await live.advance(30)  # bob lets it time out, and is told so
+    expired = await bob.next("offer_rescinded", offer_id=offer_b.offer_id)
+    assert expired.reason == cpb.RESCIND_REASON_TIMED_OUT and expired.session_id == s.id
     status = await live.intake.GetSessionStatus(
         ipb.GetSessionStatusRequest(session_id=s.id), metadata=auth(INTAKE)
     )
     assert status.state == pb.SESSION_STATE_WAITING and status.position == 1
     got = await ann.rpc("GetSession", cpb.GetSessionRequest(session_id=s.id))
-    assert sorted(got.session.declined_by_rep_ids) == ["ann", "bob"]
+    assert list(got.session.declined_by_rep_ids) == ["ann", "bob"]  # in the order declined
     with pytest.raises(Exception) as stale:
         await bob.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer_b.offer_id, accept=True))
     assert stale.value.code().name == "FAILED_PRECONDITION"

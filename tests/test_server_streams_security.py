@@ -436,3 +436,73 @@ async def test_session_key_guessing_is_limited_per_host_across_connections(live)
         await channel.close()
         expected = grpc.StatusCode.NOT_FOUND if attempt < 10 else grpc.StatusCode.RESOURCE_EXHAUSTED
         assert code == expected, attempt
+
+
+async def test_one_customer_guessing_keys_does_not_lock_out_the_portals_other_customers(live):
+    ann = await live.console("ann")
+    key = (await ann.rpc("GenerateSessionKey", cpb.GenerateSessionKeyRequest())).session_key
+
+    async def redeem(key: str, address: str, attempt: str) -> grpc.StatusCode:
+        return await code_of(
+            live.intake.StartSession(
+                ipb.StartSessionRequest(
+                    request_id=f"key-{attempt}",
+                    customer=pb.Customer(name="x"),
+                    session_key=key,
+                    customer_address=address,
+                ),
+                metadata=auth(INTAKE),
+            )
+        )
+
+    codes = [await redeem("AAAAAAAA", "203.0.113.7", f"g{i}") for i in range(11)]
+    assert codes == [grpc.StatusCode.NOT_FOUND] * 10 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    # The same portal, another customer, a valid key: served.
+    assert await redeem(key, "198.51.100.20", "valid") == grpc.StatusCode.OK
+
+
+async def test_a_portal_sees_and_cancels_only_its_own_sessions(live):
+    other = await live.admin.IssueAccessToken(
+        apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_INTAKE), metadata=auth(ADMIN)
+    )
+    mine = await live.start(issue_type_id="manual-help")
+    theirs = await live.start(token=other.secret, issue_type_id="manual-help")
+    assert mine.id != theirs.id
+    for session_id in (theirs.id, "ses_00000000000000000000"):
+        status = await code_of(
+            live.intake.GetSessionStatus(
+                ipb.GetSessionStatusRequest(session_id=session_id), metadata=auth(INTAKE)
+            )
+        )
+        assert status == grpc.StatusCode.NOT_FOUND  # foreign and unknown look the same
+    cancel = await code_of(
+        live.intake.CancelSession(
+            ipb.CancelSessionRequest(request_id="c-1", session_id=theirs.id),
+            metadata=auth(INTAKE),
+        )
+    )
+    assert cancel == grpc.StatusCode.NOT_FOUND
+    assert live.server.runtime.engine.session(theirs.id).state.value == "WAITING"
+    # Its own session, and an admin for any.
+    own = await live.intake.GetSessionStatus(
+        ipb.GetSessionStatusRequest(session_id=mine.id), metadata=auth(INTAKE)
+    )
+    assert own.state == pb.SESSION_STATE_WAITING
+    admin = await live.intake.GetSessionStatus(
+        ipb.GetSessionStatusRequest(session_id=theirs.id), metadata=auth(ADMIN)
+    )
+    assert admin.state == pb.SESSION_STATE_WAITING
+    # The same request_id from two portals makes two sessions, not one.
+    a = await live.intake.StartSession(
+        ipb.StartSessionRequest(
+            request_id="shared-id", customer=pb.Customer(name="A"), undesignated=ipb.Undesignated()
+        ),
+        metadata=auth(INTAKE),
+    )
+    b = await live.intake.StartSession(
+        ipb.StartSessionRequest(
+            request_id="shared-id", customer=pb.Customer(name="A"), undesignated=ipb.Undesignated()
+        ),
+        metadata=auth(other.secret),
+    )
+    assert a.session.id != b.session.id

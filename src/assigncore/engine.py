@@ -106,6 +106,12 @@ from .model import (
 from .timers import Timers
 
 KEY_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read out over the phone
+# Ids that leave the engine (sessions, offers, invitations): a kind prefix and 100 random
+# bits in Crockford's base32, so they cannot be guessed and are never reused, across
+# restarts included. Order never comes from an id (sessions carry a seq for that).
+ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+ID_CHARS = 20  # x 5 bits
+ID_PREFIX = {"session": "ses", "offer": "off", "invitation": "inv"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,8 @@ class EngineConfig:
     max_rule_moves: int = 10
     session_key_ttl: float = 7200.0
     session_key_length: int = 8  # 32**8 ~ 1.1e12 keys
-    key_failures_allowed: int = 10  # failed redemptions per source per window
+    key_failures_allowed: int = 10  # failed redemptions per customer address per window
+    key_failures_per_portal: int = 1000  # failed redemptions per intake portal per window
     key_failure_window: float = 60.0
     general_queue_enabled: bool = True
     chat_history: int = 500
@@ -149,28 +156,38 @@ class QueueItem:
 
 
 class _KeyGuard:
-    """Failed session-key redemptions per source, to make guessing impractical.
+    """Failed session-key redemptions, counted per customer address (behind a portal)
+    and per portal, to make guessing impractical without letting one guesser lock out
+    everyone behind the same portal.
 
     Security accounting, not routing state: a refused redemption is recorded here (that
     is its purpose), and this is the one thing a refused command may change."""
 
-    def __init__(self, allowed: int, window: float) -> None:
-        self.allowed, self.window = allowed, window
-        self.failures: dict[str, deque[float]] = {}
+    def __init__(self, per_address: int, per_portal: int, window: float) -> None:
+        self.per_address, self.per_portal, self.window = per_address, per_portal, window
+        self.failures: dict[tuple[str, str], deque[float]] = {}
 
-    def check(self, source: str, now: float) -> None:
-        log = self.failures.get(source)
+    def _count(self, who: tuple[str, str], now: float) -> int:
+        log = self.failures.get(who)
         if log is None:
-            return
+            return 0
         while log and log[0] <= now - self.window:
             log.popleft()
         if not log:
-            del self.failures[source]
-        elif len(log) >= self.allowed:
+            del self.failures[who]
+        return len(log)
+
+    def check(self, portal: str, address: str, now: float) -> None:
+        if (
+            self._count((portal, address), now) >= self.per_address
+            or self._count((portal, ""), now) >= self.per_portal
+        ):
             raise ResourceExhausted("too many invalid session keys; try again later")
 
-    def fail(self, source: str, now: float) -> None:
-        self.failures.setdefault(source, deque()).append(now)
+    def fail(self, portal: str, address: str, now: float) -> None:
+        self.failures.setdefault((portal, address), deque()).append(now)
+        if address:
+            self.failures.setdefault((portal, ""), deque()).append(now)
 
 
 def command(method: Callable[..., Any]) -> Callable[..., Outcome]:
@@ -230,12 +247,17 @@ class Engine:
         self._links: dict[str, HelpLink] = {}
         self._keys: dict[str, SessionKey] = {}
         self._key_guard = _KeyGuard(
-            self.config.key_failures_allowed, self.config.key_failure_window
+            self.config.key_failures_allowed,
+            self.config.key_failures_per_portal,
+            self.config.key_failure_window,
         )
         # routing state
         self._sessions: dict[str, Session] = {}
         self._session_by_slot: list[Session | None] = []
         self._offers: dict[str, Offer] = {}
+        # Offers no longer pending, by closing time: answering one is FAILED_PRECONDITION
+        # (stale), not NOT_FOUND, for as long as ended sessions are kept.
+        self._closed_offers: dict[str, float] = {}
         self._invitations: dict[str, Invitation] = {}
         self._queues: dict[QueueRef, dict[str, None]] = {GENERAL_QUEUE: {}}
         self._declined_slots: set[int] = set()
@@ -256,7 +278,20 @@ class Engine:
 
     def _next_id(self, kind: str) -> str:
         self._counters[kind] += 1
-        return f"{kind[:3]}-{self._counters[kind]}"
+        while True:
+            bits = self._rng.getrandbits(5 * ID_CHARS)
+            ident = (
+                ID_PREFIX[kind]
+                + "_"
+                + "".join(ID_ALPHABET[(bits >> (5 * i)) & 31] for i in range(ID_CHARS))
+            )
+            if (
+                ident not in self._sessions
+                and ident not in self._offers
+                and ident not in self._closed_offers
+                and ident not in self._invitations
+            ):
+                return ident
 
     def _catch_up(self, now: float) -> None:
         now = float(now)
@@ -465,6 +500,14 @@ class Engine:
     def _close_offer(self, offer: Offer) -> tuple[Session, Rep]:
         self._timers.cancel(offer.timer)
         del self._offers[offer.id]
+        closed = self._closed_offers
+        closed[offer.id] = self._now
+        horizon = self._now - self.config.ended_retention
+        while closed:
+            oldest = next(iter(closed))
+            if closed[oldest] > horizon:
+                break
+            del closed[oldest]
         s, rep = self._sessions[offer.session_id], self._reps[offer.rep_id]
         s.offer = rep.offer = None
         if s.state is SessionState.OFFERED:
@@ -482,7 +525,7 @@ class Engine:
 
     def _decline(self, offer: Offer, timed_out: bool) -> None:
         s, rep = self._close_offer(offer)
-        s.declined_by.add(rep.id)
+        s.declined_by[rep.id] = None
         rep.missed_offers += 1
         assert s.queue is not None and s.queue.kind is QueueKind.TEAM
         limit = self._teams[s.queue.owner].settings.max_missed_offers
@@ -522,7 +565,7 @@ class Engine:
         return queue
 
     def _withdraw_invitations(self, s: Session) -> None:
-        for inv_id in sorted(s.invitations, key=lambda i: int(i.split("-")[1])):
+        for inv_id in s.invitations:
             inv = self._invitations.pop(inv_id)
             del self._queues[inv.queue][inv_id]
             self._emit(InvitationRemoved(self._now, inv_id, s.id, inv.queue, None))
@@ -564,7 +607,12 @@ class Engine:
 
     def _end(self, s: Session, reason: EndReason) -> None:
         if s.offer is not None:
-            self._rescind(s, RescindReason.SESSION_ENDED)
+            self._rescind(
+                s,
+                RescindReason.CANCELLED
+                if reason is EndReason.ABANDONED
+                else RescindReason.SESSION_ENDED,
+            )
         if s.queue is not None:
             self._dequeue(s)
         owner, origin_queue = s.owner, s.accepted_from
@@ -636,6 +684,7 @@ class Engine:
             rep.idle_timer = self._timers.schedule(due, "idle", rep.id)
             return
         rep.idle = True
+        self._rescind_offer_of(rep, RescindReason.IDLE)
         self._emit_presence(rep)
         self._sync_rep(rep)
 
@@ -1096,19 +1145,31 @@ class Engine:
 
     # ================================================================== intake
 
-    def _check_customer(self, customer: Any) -> Customer:
+    @staticmethod
+    def _check_customer(customer: Any, c: v.Checks) -> None:
         if not isinstance(customer, Customer):
-            raise InvalidArgument("customer", "required")
-        v.text("customer.name", customer.name, required=True)
-        v.text("customer.company", customer.company)
-        v.text("customer.details", customer.details, max_len=v.MAX_TEXT_LEN)
-        return customer
+            c.violations.append(("customer", "required"))
+            return
+        c(v.text, "customer.name", customer.name, required=True)
+        c(v.text, "customer.company", customer.company)
+        c(v.text, "customer.details", customer.details, max_len=v.MAX_TEXT_LEN)
+
+    def _intake_checks(self, customer: Any, portal: Any, *ids: tuple[str, Any]) -> None:
+        """Every field of an intake command, before anything is looked up."""
+        c = v.Checks()
+        for field_name, value in ids:
+            c(v.ident, field_name, value)
+        self._check_customer(customer, c)
+        if portal != "":
+            c(v.ident, "portal", portal)
+        c.done()
 
     def _new_session(
         self,
         queue: QueueRef,
         origin: Origin,
         customer: Customer,
+        portal: str,
         channel: Channel = Channel.FULL_CLIENT,
         issue_type: IssueType | None = None,
     ) -> Session:
@@ -1125,7 +1186,7 @@ class Engine:
             [level for _, level in required],
         )
         s = Session(
-            f"ses-{seq}",
+            self._next_id("session"),
             seq,
             slot,
             customer,
@@ -1136,6 +1197,7 @@ class Engine:
             priority,
             self._now,
             self._now,
+            portal=portal,
         )
         self._sessions[s.id] = s
         if slot == len(self._session_by_slot):
@@ -1146,67 +1208,80 @@ class Engine:
         return s
 
     @command
-    def start_with_key(self, key: str, customer: Customer, source: str = "") -> Session:
+    def start_with_key(
+        self, key: str, customer: Customer, portal: str = "", address: str = ""
+    ) -> Session:
         """A customer entered a session key a rep generated: the rep's personal queue.
-        Unknown, used and expired keys are refused alike."""
-        v.text("source", source)
-        self._check_customer(customer)
-        self._key_guard.check(source, self._now)
+        Unknown, used and expired keys are refused alike. Failures are counted per
+        customer `address` behind the `portal`, and per portal."""
+        c = v.Checks()
         if not isinstance(key, str) or len(key) > v.MAX_SESSION_KEY_LEN:
-            raise InvalidArgument(
-                "key", f"must be a string of at most {v.MAX_SESSION_KEY_LEN} characters"
+            c.violations.append(
+                ("key", f"must be a string of at most {v.MAX_SESSION_KEY_LEN} characters")
             )
+        self._check_customer(customer, c)
+        if portal != "":
+            c(v.ident, "portal", portal)
+        c(v.text, "address", address, max_len=v.MAX_ADDRESS_LEN)
+        c.done()
+        self._key_guard.check(portal, address, self._now)
         normalized = key.replace("-", "").replace(" ", "").upper()
         sk = self._keys.get(normalized)
         if sk is None or sk.expires_at <= self._now:
-            self._key_guard.fail(source, self._now)
+            self._key_guard.fail(portal, address, self._now)
             raise NotFound("session key", "", "session key is not valid")
         del self._keys[normalized]
         self._timers.cancel(sk.timer)
-        return self._new_session(personal_queue(sk.rep_id), Origin.SESSION_KEY, customer)
+        return self._new_session(personal_queue(sk.rep_id), Origin.SESSION_KEY, customer, portal)
 
     @command
-    def start_with_rep(self, rep_id: str, customer: Customer) -> Session:
+    def start_with_rep(self, rep_id: str, customer: Customer, portal: str = "") -> Session:
         """The customer picked a rep on the public site."""
+        self._intake_checks(customer, portal, ("rep_id", rep_id))
         rep = self._rep(rep_id)
-        self._check_customer(customer)
         if not rep.permissions.shown_on_public_site:
             raise NotFound("rep", rep_id)
-        return self._new_session(personal_queue(rep.id), Origin.PUBLIC_SITE, customer)
+        return self._new_session(personal_queue(rep.id), Origin.PUBLIC_SITE, customer, portal)
 
     @command
-    def start_from_button(self, button_id: str, customer: Customer) -> Session:
-        button = self._buttons.get(v.ident("button_id", button_id))
+    def start_from_button(self, button_id: str, customer: Customer, portal: str = "") -> Session:
+        self._intake_checks(customer, portal, ("button_id", button_id))
+        button = self._buttons.get(button_id)
         if button is None:
             raise NotFound("support button", button_id)
-        self._check_customer(customer)
-        return self._new_session(button.target.queue, Origin.SUPPORT_BUTTON, customer)
+        return self._new_session(button.target.queue, Origin.SUPPORT_BUTTON, customer, portal)
 
     @command
-    def start_from_issue(self, issue_type_id: str, customer: Customer) -> Session:
-        it = self._issue_types.get(v.ident("issue_type_id", issue_type_id))
+    def start_from_issue(self, issue_type_id: str, customer: Customer, portal: str = "") -> Session:
+        self._intake_checks(customer, portal, ("issue_type_id", issue_type_id))
+        it = self._issue_types.get(issue_type_id)
         if it is None:
             raise NotFound("issue type", issue_type_id)
-        self._check_customer(customer)
-        return self._new_session(team_queue(it.team_id), Origin.ISSUE_FORM, customer, issue_type=it)
-
-    @command
-    def start_from_help_link(self, link_id: str, customer: Customer) -> Session:
-        link = self._links.get(v.ident("link_id", link_id))
-        if link is None:
-            raise NotFound("help link", link_id)
-        self._check_customer(customer)
         return self._new_session(
-            link.target.queue, Origin.HELP_LINK, customer, channel=Channel.BROWSER_SHARING
+            team_queue(it.team_id), Origin.ISSUE_FORM, customer, portal, issue_type=it
         )
 
     @command
-    def start_undesignated(self, customer: Customer) -> Session:
+    def start_from_help_link(self, link_id: str, customer: Customer, portal: str = "") -> Session:
+        self._intake_checks(customer, portal, ("link_id", link_id))
+        link = self._links.get(link_id)
+        if link is None:
+            raise NotFound("help link", link_id)
+        return self._new_session(
+            link.target.queue,
+            Origin.HELP_LINK,
+            customer,
+            portal,
+            channel=Channel.BROWSER_SHARING,
+        )
+
+    @command
+    def start_undesignated(self, customer: Customer, portal: str = "") -> Session:
         """A request meant for no particular team or rep: the general queue."""
-        self._check_customer(customer)
+        self._intake_checks(customer, portal)
         if not self.config.general_queue_enabled:
             raise FailedPrecondition("the general queue is disabled on this desk")
-        return self._new_session(GENERAL_QUEUE, Origin.UNDESIGNATED, customer)
+        return self._new_session(GENERAL_QUEUE, Origin.UNDESIGNATED, customer, portal)
 
     @command
     def cancel_session(self, session_id: str) -> None:
@@ -1281,7 +1356,9 @@ class Engine:
         v.flag("locked", locked)
         if rep.locked != locked:
             rep.locked = locked
-            if not locked:
+            if locked:  # the rep cannot see the offer: withdraw it now (not a decline)
+                self._rescind_offer_of(rep, RescindReason.LOCKED)
+            else:
                 self._touch(rep)
             self._emit_presence(rep)
             self._sync_rep(rep)
@@ -1329,8 +1406,7 @@ class Engine:
         v.ident("offer_id", offer_id)
         offer = self._offers.get(offer_id)
         if offer is None:
-            kind, _, num = offer_id.partition("-")
-            if kind == "off" and num.isdigit() and 0 < int(num) <= self._counters["offer"]:
+            if offer_id in self._closed_offers:
                 raise FailedPrecondition(f"offer {offer_id!r} is no longer pending")
             raise NotFound("offer", offer_id)
         if offer.rep_id != rep.id:
@@ -1399,7 +1475,7 @@ class Engine:
         else:
             self._waiting_visible(rep, s)
         if s.queue is not None:
-            self._rescind(s, RescindReason.SESSION_MOVED)
+            self._rescind(s, RescindReason.TRANSFERRED)
             self._dequeue(s)
         else:
             self._unassign(s)
@@ -1462,7 +1538,7 @@ class Engine:
         inv = Invitation(self._next_id("invitation"), s.id, rep.id, target, self._now)
         self._invitations[inv.id] = inv
         self._queues[target][inv.id] = None
-        s.invitations.add(inv.id)
+        s.invitations[inv.id] = None
         self._emit(InvitationCreated(self._now, inv.id, s.id, rep.id, target))
         return inv
 
@@ -1479,7 +1555,7 @@ class Engine:
             raise FailedPrecondition(f"rep {rep_id!r} is already in the session")
         del self._invitations[inv.id]
         del self._queues[inv.queue][inv.id]
-        s.invitations.discard(inv.id)
+        del s.invitations[inv.id]
         s.participants.append(rep.id)
         rep.participating.add(s.id)
         self._emit(InvitationRemoved(self._now, inv.id, s.id, inv.queue, rep.id))

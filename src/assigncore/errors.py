@@ -30,11 +30,23 @@ class AlreadyExists(DomainError):
 
 
 class InvalidArgument(DomainError):
-    """Carries (field, description) violations, like google.rpc.BadRequest."""
+    """Carries (field, description) violations, like google.rpc.BadRequest: every one a
+    request has, when the checks were collected (see validation.Checks)."""
 
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"{field}: {description}")
         self.violations: list[tuple[str, str]] = [(field, description)]
+
+    @classmethod
+    def of(cls, violations: list[tuple[str, str]]) -> InvalidArgument:
+        exc = cls(*violations[0])
+        exc.violations = list(violations)
+        if len(violations) > 1:
+            exc.message = f"{len(violations)} invalid fields: " + "; ".join(
+                f"{field}: {description}" for field, description in violations[:5]
+            )
+            exc.args = (exc.message,)
+        return exc
 
 
 class FailedPrecondition(DomainError):

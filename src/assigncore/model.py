@@ -76,12 +76,20 @@ class IneligibleReason(Enum):
 
 
 class RescindReason(Enum):
+    """Why a pending offer was withdrawn. None of these counts as a decline, except
+    TIMED_OUT, which is announced to the rep as well as counted."""
+
     ACCEPTED_BY_OTHER = "ACCEPTED_BY_OTHER"
-    SESSION_ENDED = "SESSION_ENDED"
-    SESSION_MOVED = "SESSION_MOVED"
+    SESSION_ENDED = "SESSION_ENDED"  # ended for another reason than a customer's cancel
+    SESSION_MOVED = "SESSION_MOVED"  # moved by a waiting rule
     CONNECTION_LOST = "CONNECTION_LOST"
     SIGNED_OUT = "SIGNED_OUT"
     LEFT_TEAM = "LEFT_TEAM"
+    TIMED_OUT = "TIMED_OUT"
+    LOCKED = "LOCKED"
+    IDLE = "IDLE"
+    TRANSFERRED = "TRANSFERRED"  # moved by a manual transfer
+    CANCELLED = "CANCELLED"  # the customer cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,14 +269,15 @@ class Session:
     accepted_from: QueueRef | None = None
     owner: str | None = None
     participants: list[str] = field(default_factory=list)  # in order of joining
-    declined_by: set[str] = field(default_factory=set)
+    declined_by: dict[str, None] = field(default_factory=dict)  # in order of declining
     history: list[Move] = field(default_factory=list)
     offer: str | None = None
     entry_seq: int = 0  # bumped on every queue entry; scopes waiting-rule timers
     rule_moves: int = 0
     overdue_alerted: bool = False
-    invitations: set[str] = field(default_factory=set)
+    invitations: dict[str, None] = field(default_factory=dict)  # in order of creation
     rule_timer: list | None = None
+    portal: str = ""  # the intake portal that started it ("" if none): only it may see it
 
 
 @dataclass(slots=True)

@@ -22,9 +22,31 @@ MAX_CONCURRENT_SESSIONS = 1000
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_MISSED_OFFERS = 1000
 MAX_SESSION_KEY_LEN = 32
+MAX_ADDRESS_LEN = 100  # a customer's network address, as an intake portal reports it
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class Checks:
+    """Runs field checks and collects every violation, so a request learns all that is
+    wrong with it at once; `done()` raises them together. Checks run before lookups."""
+
+    __slots__ = ("violations",)
+
+    def __init__(self) -> None:
+        self.violations: list[tuple[str, str]] = []
+
+    def __call__(self, check: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return check(*args, **kwargs)
+        except InvalidArgument as exc:
+            self.violations.extend(exc.violations)
+            return None
+
+    def done(self) -> None:
+        if self.violations:
+            raise InvalidArgument.of(self.violations)
 
 
 def ident(field: str, value: Any) -> str:

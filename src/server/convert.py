@@ -132,7 +132,7 @@ def session_out(s: model.Session) -> pb.Session:
         queue=queue_out(s.queue),
         owner_rep_id=s.owner or "",
         participant_rep_ids=list(s.participants),
-        declined_by_rep_ids=sorted(s.declined_by),
+        declined_by_rep_ids=list(s.declined_by),
         history=[
             pb.Move(
                 queue=_queue_of_str(m.queue),

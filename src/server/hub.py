@@ -25,11 +25,13 @@ import grpc
 
 from assigncore import events as ev
 from assigncore.engine import Engine, QueueItem
-from assigncore.model import QueueKind, QueueRef
+from assigncore.model import QueueKind, QueueRef, RescindReason
 from server import convert
 from server.errors import info_status, plain_status
 from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
+
+TIMED_OUT = RescindReason.TIMED_OUT
 
 
 class StreamEnd(Enum):
@@ -281,6 +283,16 @@ class Hub:
         self._changed(e.session_id, e.time)
 
     def _on_OfferDeclined(self, e: ev.OfferDeclined) -> None:
+        if e.timed_out:  # the rep did not answer: tell it the offer is gone, and why
+            self.send(
+                [e.rep_id],
+                e.time,
+                offer_rescinded=cpb.OfferRescinded(
+                    offer_id=e.offer_id,
+                    session_id=e.session_id,
+                    reason=convert.enum_out(cpb.RescindReason, "RESCIND_REASON_", TIMED_OUT),
+                ),
+            )
         self._changed(e.session_id, e.time)
 
     def _on_SessionOverdue(self, e: ev.SessionOverdue) -> None:

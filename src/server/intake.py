@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from assigncore.errors import InvalidArgument
+from assigncore.errors import InvalidArgument, NotFound
 
 from . import convert
+from .auth import PrincipalKind, current_principal
 from .errors import rpc
 from .gen.assigncore.v1 import intake_service_pb2 as ipb
 from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
@@ -15,9 +16,15 @@ from .runtime import Runtime
 
 
 def peer_host(peer: str | None) -> str:
-    """'ipv4:10.0.0.7:51234' -> 'ipv4:10.0.0.7': failed session keys are counted per host,
-    so reconnecting does not reset the count."""
+    """'ipv4:10.0.0.7:51234' -> 'ipv4:10.0.0.7': a portal that passes no customer address
+    is counted per host, so reconnecting does not reset the count."""
     return (peer or "").rpartition(":")[0] or (peer or "")
+
+
+def portal() -> str:
+    """The portal a call comes from: its intake token; '' for an admin (sees all)."""
+    principal = current_principal.get()
+    return principal.token_id if principal.kind is PrincipalKind.INTAKE else ""
 
 
 class IntakeServicer(igrpc.IntakeServiceServicer):
@@ -26,12 +33,23 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
         self.engine = runtime.engine
 
     def _once(self, request: Any, produce: Callable[[], Any]) -> Any:
-        """Run a mutating call once per request_id; a retry gets the first result."""
-        done = self.rt.idempotency.lookup(request.request_id, request)
+        """Run a mutating call once per (portal, request_id); a retry gets the first
+        result. Two portals may choose the same request_id."""
+        key = (portal(), request.request_id)
+        done = self.rt.idempotency.lookup(key, request)
         if done is None:
             done = produce()
-            self.rt.idempotency.store(request.request_id, request, done)
+            self.rt.idempotency.store(key, request, done)
         return done
+
+    def _session(self, session_id: str) -> Any:
+        """A session this portal started (any session for an admin); NOT_FOUND for the
+        others, exactly as for an id that does not exist."""
+        s = self.engine.session(session_id)
+        mine = portal()
+        if mine and s.portal != mine:
+            raise NotFound("session", session_id)
+        return s
 
     @rpc
     async def StartSession(
@@ -42,20 +60,24 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
     def _start(self, request: ipb.StartSessionRequest, peer: str) -> ipb.StartSessionResponse:
         customer = convert.customer_in(request.customer, request.HasField("customer"))
         via = request.WhichOneof("via")
-        e = self.engine
+        e, mine = self.engine, portal()
         if via == "session_key":
-            # Failed keys are counted per calling portal connection.
-            outcome = self.rt.command(e.start_with_key, request.session_key, customer, source=peer)
+            address = request.customer_address or peer
+            outcome = self.rt.command(
+                e.start_with_key, request.session_key, customer, mine, address
+            )
         elif via == "public_rep_id":
-            outcome = self.rt.command(e.start_with_rep, request.public_rep_id, customer)
+            outcome = self.rt.command(e.start_with_rep, request.public_rep_id, customer, mine)
         elif via == "support_button_id":
-            outcome = self.rt.command(e.start_from_button, request.support_button_id, customer)
+            outcome = self.rt.command(
+                e.start_from_button, request.support_button_id, customer, mine
+            )
         elif via == "issue_type_id":
-            outcome = self.rt.command(e.start_from_issue, request.issue_type_id, customer)
+            outcome = self.rt.command(e.start_from_issue, request.issue_type_id, customer, mine)
         elif via == "help_link_id":
-            outcome = self.rt.command(e.start_from_help_link, request.help_link_id, customer)
+            outcome = self.rt.command(e.start_from_help_link, request.help_link_id, customer, mine)
         elif via == "undesignated":
-            outcome = self.rt.command(e.start_undesignated, customer)
+            outcome = self.rt.command(e.start_undesignated, customer, mine)
         else:
             raise InvalidArgument("via", "name how the session starts")
         session = outcome.value
@@ -68,6 +90,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
         self, request: ipb.CancelSessionRequest, context: Any
     ) -> ipb.CancelSessionResponse:
         def cancel() -> ipb.CancelSessionResponse:
+            self._session(request.session_id)
             self.rt.command(self.engine.cancel_session, request.session_id)
             return ipb.CancelSessionResponse(
                 session=convert.session_out(self.engine.session(request.session_id))
@@ -79,7 +102,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
     async def GetSessionStatus(
         self, request: ipb.GetSessionStatusRequest, context: Any
     ) -> ipb.GetSessionStatusResponse:
-        s = self.engine.session(request.session_id)
+        s = self._session(request.session_id)
         out = convert.session_out(s)
         return ipb.GetSessionStatusResponse(
             state=out.state,

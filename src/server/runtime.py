@@ -31,7 +31,7 @@ class Idempotency:
 
     def __init__(self, ttl: float, clock: Any) -> None:
         self.ttl, self.clock = ttl, clock
-        self.entries: OrderedDict[str, tuple[bytes, float, Any]] = OrderedDict()
+        self.entries: OrderedDict[tuple[str, str], tuple[bytes, float, Any]] = OrderedDict()
 
     def _expire(self) -> None:
         now = self.clock()
@@ -41,20 +41,21 @@ class Idempotency:
         ):
             self.entries.popitem(last=False)
 
-    def lookup(self, request_id: str, request: Any) -> Any:
-        """The stored result of an earlier call with this id, or None."""
+    def lookup(self, key: tuple[str, str], request: Any) -> Any:
+        """The stored result of an earlier call with this (portal, request_id), or None."""
+        request_id = key[1]
         if not request_id or len(request_id) > 64:
             raise InvalidArgument("request_id", "required, at most 64 characters")
         self._expire()
-        entry = self.entries.get(request_id)
+        entry = self.entries.get(key)
         if entry is None:
             return None
         if entry[0] != self._fingerprint(request):
             raise InvalidArgument("request_id", "already used for a different request")
         return entry[2]
 
-    def store(self, request_id: str, request: Any, result: Any) -> None:
-        self.entries[request_id] = (self._fingerprint(request), self.clock(), result)
+    def store(self, key: tuple[str, str], request: Any, result: Any) -> None:
+        self.entries[key] = (self._fingerprint(request), self.clock(), result)
 
     @staticmethod
     def _fingerprint(request: Any) -> bytes:

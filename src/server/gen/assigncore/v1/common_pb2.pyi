@@ -367,7 +367,9 @@ class Session(_message.Message):
 
     @_builtins.property
     def declined_by_rep_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Reps who rejected it or let an offer time out since its last manual transfer."""
+        """Reps who rejected it or let an offer time out since its last manual transfer, in
+        the order they did so (the first to decline first).
+        """
 
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Move]:

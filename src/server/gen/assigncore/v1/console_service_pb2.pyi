@@ -34,15 +34,25 @@ class _RescindReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rescind
     RESCIND_REASON_ACCEPTED_BY_OTHER: _RescindReason.ValueType  # 1
     """Another rep accepted the session."""
     RESCIND_REASON_SESSION_ENDED: _RescindReason.ValueType  # 2
-    """The session ended."""
+    """The session ended for another reason than the customer cancelling."""
     RESCIND_REASON_SESSION_MOVED: _RescindReason.ValueType  # 3
-    """The session moved to another queue."""
+    """A waiting rule moved the session to its overflow queue."""
     RESCIND_REASON_CONNECTION_LOST: _RescindReason.ValueType  # 4
     """This rep's connection dropped."""
     RESCIND_REASON_SIGNED_OUT: _RescindReason.ValueType  # 5
     """This rep signed out."""
     RESCIND_REASON_LEFT_TEAM: _RescindReason.ValueType  # 6
     """This rep left the session's team."""
+    RESCIND_REASON_TIMED_OUT: _RescindReason.ValueType  # 7
+    """The offer's deadline passed without an answer (counted as a rejection)."""
+    RESCIND_REASON_LOCKED: _RescindReason.ValueType  # 8
+    """This rep locked the device."""
+    RESCIND_REASON_IDLE: _RescindReason.ValueType  # 9
+    """This rep went idle."""
+    RESCIND_REASON_TRANSFERRED: _RescindReason.ValueType  # 10
+    """Someone transferred the session to another queue."""
+    RESCIND_REASON_CANCELLED: _RescindReason.ValueType  # 11
+    """The customer cancelled the session."""
 
 class RescindReason(_RescindReason, metaclass=_RescindReasonEnumTypeWrapper):
     """Why an offer was withdrawn."""
@@ -52,15 +62,25 @@ RESCIND_REASON_UNSPECIFIED: RescindReason.ValueType  # 0
 RESCIND_REASON_ACCEPTED_BY_OTHER: RescindReason.ValueType  # 1
 """Another rep accepted the session."""
 RESCIND_REASON_SESSION_ENDED: RescindReason.ValueType  # 2
-"""The session ended."""
+"""The session ended for another reason than the customer cancelling."""
 RESCIND_REASON_SESSION_MOVED: RescindReason.ValueType  # 3
-"""The session moved to another queue."""
+"""A waiting rule moved the session to its overflow queue."""
 RESCIND_REASON_CONNECTION_LOST: RescindReason.ValueType  # 4
 """This rep's connection dropped."""
 RESCIND_REASON_SIGNED_OUT: RescindReason.ValueType  # 5
 """This rep signed out."""
 RESCIND_REASON_LEFT_TEAM: RescindReason.ValueType  # 6
 """This rep left the session's team."""
+RESCIND_REASON_TIMED_OUT: RescindReason.ValueType  # 7
+"""The offer's deadline passed without an answer (counted as a rejection)."""
+RESCIND_REASON_LOCKED: RescindReason.ValueType  # 8
+"""This rep locked the device."""
+RESCIND_REASON_IDLE: RescindReason.ValueType  # 9
+"""This rep went idle."""
+RESCIND_REASON_TRANSFERRED: RescindReason.ValueType  # 10
+"""Someone transferred the session to another queue."""
+RESCIND_REASON_CANCELLED: RescindReason.ValueType  # 11
+"""The customer cancelled the session."""
 Global___RescindReason: _TypeAlias = RescindReason  # noqa: Y015
 
 class _IneligibleReason:

@@ -48,8 +48,18 @@ class RepConsoleServiceStub:
     once.
 
     Offers. When the server offers a session (`offer_made`), the console answers with
-    `AnswerOffer` before the offer's deadline; an unanswered offer counts as rejected. A
-    rep never gets the same session offered twice unless it is manually transferred.
+    `AnswerOffer` before the offer's deadline; an unanswered offer counts as rejected and
+    is announced with `offer_rescinded` (reason TIMED_OUT). Locking the device or going
+    idle withdraws a pending offer at once (LOCKED, IDLE) and the session goes to the next
+    rep; that is not a rejection. A rep never gets the same session offered twice unless
+    it is manually transferred.
+
+    Flow control. Events wait in a bounded outbox (500 by default) until the console reads
+    them. A console that stops reading fills it: its stream then ends with
+    RESOURCE_EXHAUSTED (google.rpc.ErrorInfo reason CONSOLE_OUTBOX_OVERFLOW, with the
+    oldest sequence still held) and the rep counts as disconnected; reconnect with
+    `resume_after` to get what was missed. Revoking the stream's token, or deleting the
+    rep, ends it with UNAUTHENTICATED.
 
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
@@ -175,8 +185,18 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     once.
 
     Offers. When the server offers a session (`offer_made`), the console answers with
-    `AnswerOffer` before the offer's deadline; an unanswered offer counts as rejected. A
-    rep never gets the same session offered twice unless it is manually transferred.
+    `AnswerOffer` before the offer's deadline; an unanswered offer counts as rejected and
+    is announced with `offer_rescinded` (reason TIMED_OUT). Locking the device or going
+    idle withdraws a pending offer at once (LOCKED, IDLE) and the session goes to the next
+    rep; that is not a rejection. A rep never gets the same session offered twice unless
+    it is manually transferred.
+
+    Flow control. Events wait in a bounded outbox (500 by default) until the console reads
+    them. A console that stops reading fills it: its stream then ends with
+    RESOURCE_EXHAUSTED (google.rpc.ErrorInfo reason CONSOLE_OUTBOX_OVERFLOW, with the
+    oldest sequence still held) and the rep counts as disconnected; reconnect with
+    `resume_after` to get what was missed. Revoking the stream's token, or deleting the
+    rep, ends it with UNAUTHENTICATED.
 
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
@@ -298,8 +318,18 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
     once.
 
     Offers. When the server offers a session (`offer_made`), the console answers with
-    `AnswerOffer` before the offer's deadline; an unanswered offer counts as rejected. A
-    rep never gets the same session offered twice unless it is manually transferred.
+    `AnswerOffer` before the offer's deadline; an unanswered offer counts as rejected and
+    is announced with `offer_rescinded` (reason TIMED_OUT). Locking the device or going
+    idle withdraws a pending offer at once (LOCKED, IDLE) and the session goes to the next
+    rep; that is not a rejection. A rep never gets the same session offered twice unless
+    it is manually transferred.
+
+    Flow control. Events wait in a bounded outbox (500 by default) until the console reads
+    them. A console that stops reading fills it: its stream then ends with
+    RESOURCE_EXHAUSTED (google.rpc.ErrorInfo reason CONSOLE_OUTBOX_OVERFLOW, with the
+    oldest sequence still held) and the rep counts as disconnected; reconnect with
+    `resume_after` to get what was missed. Revoking the stream's token, or deleting the
+    rep, ends it with UNAUTHENTICATED.
 
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for

@@ -49,6 +49,7 @@ class StartSessionRequest(_message.Message):
     ISSUE_TYPE_ID_FIELD_NUMBER: _builtins.int
     HELP_LINK_ID_FIELD_NUMBER: _builtins.int
     UNDESIGNATED_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ADDRESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, 1-64 characters."""
     session_key: _builtins.str
@@ -61,6 +62,11 @@ class StartSessionRequest(_message.Message):
     """The issue type of the submission form."""
     help_link_id: _builtins.str
     """A help link the customer followed (browser sharing)."""
+    customer_address: _builtins.str
+    """The end customer's network address as the portal sees it (IPv4 or IPv6, at most
+    100 characters); failed session keys are counted per address. Without it, the
+    portal's own address is used.
+    """
     @_builtins.property
     def customer(self) -> _common_pb2.Customer:
         """The customer."""
@@ -80,10 +86,11 @@ class StartSessionRequest(_message.Message):
         issue_type_id: _builtins.str = ...,
         help_link_id: _builtins.str = ...,
         undesignated: Global___Undesignated | None = ...,
+        customer_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "help_link_id", b"help_link_id", "issue_type_id", b"issue_type_id", "public_rep_id", b"public_rep_id", "session_key", b"session_key", "support_button_id", b"support_button_id", "undesignated", b"undesignated", "via", b"via"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "help_link_id", b"help_link_id", "issue_type_id", b"issue_type_id", "public_rep_id", b"public_rep_id", "request_id", b"request_id", "session_key", b"session_key", "support_button_id", b"support_button_id", "undesignated", b"undesignated", "via", b"via"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "customer_address", b"customer_address", "help_link_id", b"help_link_id", "issue_type_id", b"issue_type_id", "public_rep_id", b"public_rep_id", "request_id", b"request_id", "session_key", b"session_key", "support_button_id", b"support_button_id", "undesignated", b"undesignated", "via", b"via"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_via: _TypeAlias = _typing.Literal["session_key", "public_rep_id", "support_button_id", "issue_type_id", "help_link_id", "undesignated"]  # noqa: Y015
     _WhichOneofArgType_via: _TypeAlias = _typing.Literal["via", b"via"]  # noqa: Y015

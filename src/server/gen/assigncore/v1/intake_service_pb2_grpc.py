@@ -44,10 +44,20 @@ class IntakeServiceStub:
     (help links start browser-sharing sessions); an issue type to its team's queue, with
     its required skills and priority; anything else to the general queue.
 
-    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND
-    (unknown button, link, issue type or rep; an unknown, used or expired session key, all
-    alike), FAILED_PRECONDITION (the session already ended; the general queue is
-    disabled), RESOURCE_EXHAUSTED (too many invalid session keys from this portal).
+    Scope: a portal sees and cancels only the sessions it started (with the same intake
+    token); any other session id is NOT_FOUND to it, as if it did not exist. An admin
+    token sees every session.
+
+    Session keys: a portal fronts many customers, so it passes each customer's network
+    address in `customer_address`. Failed keys are counted per customer address (10 a
+    minute by default) and per portal (1000 a minute): one customer's guessing does not
+    refuse another customer's valid key.
+
+    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations, every one the
+    request has), NOT_FOUND (unknown button, link, issue type or rep; an unknown, used or
+    expired session key, all alike; a session this portal did not start),
+    FAILED_PRECONDITION (the session already ended; the general queue is disabled),
+    RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
     """
 
     def __init__(self, channel):
@@ -91,10 +101,20 @@ class IntakeServiceServicer:
     (help links start browser-sharing sessions); an issue type to its team's queue, with
     its required skills and priority; anything else to the general queue.
 
-    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND
-    (unknown button, link, issue type or rep; an unknown, used or expired session key, all
-    alike), FAILED_PRECONDITION (the session already ended; the general queue is
-    disabled), RESOURCE_EXHAUSTED (too many invalid session keys from this portal).
+    Scope: a portal sees and cancels only the sessions it started (with the same intake
+    token); any other session id is NOT_FOUND to it, as if it did not exist. An admin
+    token sees every session.
+
+    Session keys: a portal fronts many customers, so it passes each customer's network
+    address in `customer_address`. Failed keys are counted per customer address (10 a
+    minute by default) and per portal (1000 a minute): one customer's guessing does not
+    refuse another customer's valid key.
+
+    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations, every one the
+    request has), NOT_FOUND (unknown button, link, issue type or rep; an unknown, used or
+    expired session key, all alike; a session this portal did not start),
+    FAILED_PRECONDITION (the session already ended; the general queue is disabled),
+    RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
     """
 
     def StartSession(self, request, context):
@@ -107,7 +127,8 @@ class IntakeServiceServicer:
 
     def CancelSession(self, request, context):
         """The customer left: ends the session as abandoned.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already ended).
+        Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started),
+        FAILED_PRECONDITION (already ended).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,7 +136,7 @@ class IntakeServiceServicer:
 
     def GetSessionStatus(self, request, context):
         """A session's state and, while it waits, its position in its queue.
-        Errors: INVALID_ARGUMENT, NOT_FOUND.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,10 +186,20 @@ class IntakeService:
     (help links start browser-sharing sessions); an issue type to its team's queue, with
     its required skills and priority; anything else to the general queue.
 
-    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND
-    (unknown button, link, issue type or rep; an unknown, used or expired session key, all
-    alike), FAILED_PRECONDITION (the session already ended; the general queue is
-    disabled), RESOURCE_EXHAUSTED (too many invalid session keys from this portal).
+    Scope: a portal sees and cancels only the sessions it started (with the same intake
+    token); any other session id is NOT_FOUND to it, as if it did not exist. An admin
+    token sees every session.
+
+    Session keys: a portal fronts many customers, so it passes each customer's network
+    address in `customer_address`. Failed keys are counted per customer address (10 a
+    minute by default) and per portal (1000 a minute): one customer's guessing does not
+    refuse another customer's valid key.
+
+    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations, every one the
+    request has), NOT_FOUND (unknown button, link, issue type or rep; an unknown, used or
+    expired session key, all alike; a session this portal did not start),
+    FAILED_PRECONDITION (the session already ended; the general queue is disabled),
+    RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
     """
 
     @staticmethod

@@ -45,10 +45,20 @@ class IntakeServiceStub:
     (help links start browser-sharing sessions); an issue type to its team's queue, with
     its required skills and priority; anything else to the general queue.
 
-    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND
-    (unknown button, link, issue type or rep; an unknown, used or expired session key, all
-    alike), FAILED_PRECONDITION (the session already ended; the general queue is
-    disabled), RESOURCE_EXHAUSTED (too many invalid session keys from this portal).
+    Scope: a portal sees and cancels only the sessions it started (with the same intake
+    token); any other session id is NOT_FOUND to it, as if it did not exist. An admin
+    token sees every session.
+
+    Session keys: a portal fronts many customers, so it passes each customer's network
+    address in `customer_address`. Failed keys are counted per customer address (10 a
+    minute by default) and per portal (1000 a minute): one customer's guessing does not
+    refuse another customer's valid key.
+
+    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations, every one the
+    request has), NOT_FOUND (unknown button, link, issue type or rep; an unknown, used or
+    expired session key, all alike; a session this portal did not start),
+    FAILED_PRECONDITION (the session already ended; the general queue is disabled),
+    RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
     """
 
     @_typing.overload
@@ -61,11 +71,12 @@ class IntakeServiceStub:
     """
     CancelSession: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.CancelSessionRequest, _intake_service_pb2.CancelSessionResponse]
     """The customer left: ends the session as abandoned.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already ended).
+    Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started),
+    FAILED_PRECONDITION (already ended).
     """
     GetSessionStatus: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.GetSessionStatusRequest, _intake_service_pb2.GetSessionStatusResponse]
     """A session's state and, while it waits, its position in its queue.
-    Errors: INVALID_ARGUMENT, NOT_FOUND.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
     """
 
 @_typing.type_check_only
@@ -87,10 +98,20 @@ class IntakeServiceAsyncStub(IntakeServiceStub):
     (help links start browser-sharing sessions); an issue type to its team's queue, with
     its required skills and priority; anything else to the general queue.
 
-    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND
-    (unknown button, link, issue type or rep; an unknown, used or expired session key, all
-    alike), FAILED_PRECONDITION (the session already ended; the general queue is
-    disabled), RESOURCE_EXHAUSTED (too many invalid session keys from this portal).
+    Scope: a portal sees and cancels only the sessions it started (with the same intake
+    token); any other session id is NOT_FOUND to it, as if it did not exist. An admin
+    token sees every session.
+
+    Session keys: a portal fronts many customers, so it passes each customer's network
+    address in `customer_address`. Failed keys are counted per customer address (10 a
+    minute by default) and per portal (1000 a minute): one customer's guessing does not
+    refuse another customer's valid key.
+
+    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations, every one the
+    request has), NOT_FOUND (unknown button, link, issue type or rep; an unknown, used or
+    expired session key, all alike; a session this portal did not start),
+    FAILED_PRECONDITION (the session already ended; the general queue is disabled),
+    RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -100,11 +121,12 @@ class IntakeServiceAsyncStub(IntakeServiceStub):
     """
     CancelSession: _aio.UnaryUnaryMultiCallable[_intake_service_pb2.CancelSessionRequest, _intake_service_pb2.CancelSessionResponse]  # type: ignore[assignment]
     """The customer left: ends the session as abandoned.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already ended).
+    Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started),
+    FAILED_PRECONDITION (already ended).
     """
     GetSessionStatus: _aio.UnaryUnaryMultiCallable[_intake_service_pb2.GetSessionStatusRequest, _intake_service_pb2.GetSessionStatusResponse]  # type: ignore[assignment]
     """A session's state and, while it waits, its position in its queue.
-    Errors: INVALID_ARGUMENT, NOT_FOUND.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
     """
 
 class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -125,10 +147,20 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
     (help links start browser-sharing sessions); an issue type to its team's queue, with
     its required skills and priority; anything else to the general queue.
 
-    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND
-    (unknown button, link, issue type or rep; an unknown, used or expired session key, all
-    alike), FAILED_PRECONDITION (the session already ended; the general queue is
-    disabled), RESOURCE_EXHAUSTED (too many invalid session keys from this portal).
+    Scope: a portal sees and cancels only the sessions it started (with the same intake
+    token); any other session id is NOT_FOUND to it, as if it did not exist. An admin
+    token sees every session.
+
+    Session keys: a portal fronts many customers, so it passes each customer's network
+    address in `customer_address`. Failed keys are counted per customer address (10 a
+    minute by default) and per portal (1000 a minute): one customer's guessing does not
+    refuse another customer's valid key.
+
+    Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations, every one the
+    request has), NOT_FOUND (unknown button, link, issue type or rep; an unknown, used or
+    expired session key, all alike; a session this portal did not start),
+    FAILED_PRECONDITION (the session already ended; the general queue is disabled),
+    RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
     """
 
     @_abc_1.abstractmethod
@@ -148,7 +180,8 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_intake_service_pb2.CancelSessionResponse, _abc.Awaitable[_intake_service_pb2.CancelSessionResponse]]:
         """The customer left: ends the session as abandoned.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (already ended).
+        Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started),
+        FAILED_PRECONDITION (already ended).
         """
 
     @_abc_1.abstractmethod
@@ -158,7 +191,7 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_intake_service_pb2.GetSessionStatusResponse, _abc.Awaitable[_intake_service_pb2.GetSessionStatusResponse]]:
         """A session's state and, while it waits, its position in its queue.
-        Errors: INVALID_ARGUMENT, NOT_FOUND.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
         """
 
 def add_IntakeServiceServicer_to_server(servicer: IntakeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
