@@ -48,6 +48,7 @@ from .errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    shown,
 )
 from .events import (
     ChatMessagePosted,
@@ -868,19 +869,23 @@ class Engine:
         team = self._team(team_id)
         queue = team_queue(team_id)
         if self._queues[queue]:
-            raise FailedPrecondition(f"team {team_id!r} still has items in its queue")
-        users = [f"issue type {i.id!r}" for i in self._issue_types.values() if i.team_id == team_id]
-        users += [f"button {b.id!r}" for b in self._buttons.values() if b.target.team_id == team_id]
-        users += [
-            f"help link {x.id!r}" for x in self._links.values() if x.target.team_id == team_id
+            raise FailedPrecondition(f"team {shown(team_id)} still has items in its queue")
+        users = [
+            f"issue type {shown(i.id)}" for i in self._issue_types.values() if i.team_id == team_id
         ]
         users += [
-            f"team {t.id!r}"
+            f"button {shown(b.id)}" for b in self._buttons.values() if b.target.team_id == team_id
+        ]
+        users += [
+            f"help link {shown(x.id)}" for x in self._links.values() if x.target.team_id == team_id
+        ]
+        users += [
+            f"team {shown(t.id)}"
             for t in self._teams.values()
             if t.settings.waiting_rule and t.settings.waiting_rule.overflow == queue
         ]
         if users:
-            raise FailedPrecondition(f"team {team_id!r} is still used by " + ", ".join(users))
+            raise FailedPrecondition(f"team {shown(team_id)} is still used by " + ", ".join(users))
         for rep_id in sorted(team.members):
             self._leave_team(team, self._reps[rep_id])
         del self._queues[queue]
@@ -1027,11 +1032,15 @@ class Engine:
     def delete_rep(self, rep_id: str) -> None:
         rep = self._rep(rep_id)
         if rep.load or rep.grace_timer is not None or self._queues[personal_queue(rep_id)]:
-            raise FailedPrecondition(f"rep {rep_id!r} still has sessions or queue items")
-        users = [f"button {b.id!r}" for b in self._buttons.values() if b.target.rep_id == rep_id]
-        users += [f"help link {x.id!r}" for x in self._links.values() if x.target.rep_id == rep_id]
+            raise FailedPrecondition(f"rep {shown(rep_id)} still has sessions or queue items")
+        users = [
+            f"button {shown(b.id)}" for b in self._buttons.values() if b.target.rep_id == rep_id
+        ]
+        users += [
+            f"help link {shown(x.id)}" for x in self._links.values() if x.target.rep_id == rep_id
+        ]
         if users:
-            raise FailedPrecondition(f"rep {rep_id!r} is still used by " + ", ".join(users))
+            raise FailedPrecondition(f"rep {shown(rep_id)} is still used by " + ", ".join(users))
         if rep.connected:  # signed off first: nothing is left for it to own
             self._go_offline(rep, RescindReason.SIGNED_OUT)
         for team_id in sorted(rep.teams):
@@ -1288,7 +1297,7 @@ class Engine:
         """The customer left before or during support."""
         s = self._session(session_id)
         if s.state is SessionState.ENDED:
-            raise FailedPrecondition(f"session {session_id!r} has already ended")
+            raise FailedPrecondition(f"session {shown(session_id)} has already ended")
         self._end(s, EndReason.ABANDONED)
 
     @command
@@ -1312,7 +1321,7 @@ class Engine:
         """The rep's console stream opened."""
         rep = self._rep(rep_id)
         if rep.connected:
-            raise FailedPrecondition(f"rep {rep_id!r} is already connected")
+            raise FailedPrecondition(f"rep {shown(rep_id)} is already connected")
         self._timers.cancel(rep.grace_timer)
         rep.grace_timer = None
         rep.connected, rep.idle, rep.last_activity = True, False, self._now
@@ -1327,7 +1336,7 @@ class Engine:
         rep = self._rep(rep_id)
         v.flag("signed_out", signed_out)
         if not rep.connected:
-            raise FailedPrecondition(f"rep {rep_id!r} is not connected")
+            raise FailedPrecondition(f"rep {shown(rep_id)} is not connected")
         self._go_offline(
             rep, RescindReason.SIGNED_OUT if signed_out else RescindReason.CONNECTION_LOST
         )
@@ -1407,10 +1416,10 @@ class Engine:
         offer = self._offers.get(offer_id)
         if offer is None:
             if offer_id in self._closed_offers:
-                raise FailedPrecondition(f"offer {offer_id!r} is no longer pending")
+                raise FailedPrecondition(f"offer {shown(offer_id)} is no longer pending")
             raise NotFound("offer", offer_id)
         if offer.rep_id != rep.id:
-            raise PermissionDenied(f"offer {offer_id!r} was made to another rep")
+            raise PermissionDenied(f"offer {shown(offer_id)} was made to another rep")
         return offer
 
     @command
@@ -1425,9 +1434,11 @@ class Engine:
 
     def _waiting_visible(self, rep: Rep, s: Session) -> None:
         if s.state not in (SessionState.WAITING, SessionState.OFFERED) or s.queue is None:
-            raise FailedPrecondition(f"session {s.id!r} is not waiting (it is {s.state.value})")
+            raise FailedPrecondition(
+                f"session {shown(s.id)} is not waiting (it is {s.state.value})"
+            )
         if not self.can_see(rep, s.queue):
-            raise PermissionDenied(f"rep {rep.id!r} cannot see queue {s.queue}")
+            raise PermissionDenied(f"rep {shown(rep.id)} cannot see queue {s.queue}")
 
     @command
     def accept_session(self, rep_id: str, session_id: str) -> None:
@@ -1471,7 +1482,7 @@ class Engine:
             raise PermissionDenied("this rep may not transfer sessions")
         if s.state is SessionState.ACTIVE:
             if s.owner != rep.id:
-                raise PermissionDenied(f"only the owner may transfer session {session_id!r}")
+                raise PermissionDenied(f"only the owner may transfer session {shown(session_id)}")
         else:
             self._waiting_visible(rep, s)
         if s.queue is not None:
@@ -1486,9 +1497,9 @@ class Engine:
 
     def _owned_active(self, rep: Rep, s: Session) -> None:
         if s.state is not SessionState.ACTIVE:
-            raise FailedPrecondition(f"session {s.id!r} is not active")
+            raise FailedPrecondition(f"session {shown(s.id)} is not active")
         if s.owner != rep.id:
-            raise PermissionDenied(f"rep {rep.id!r} does not own session {s.id!r}")
+            raise PermissionDenied(f"rep {shown(rep.id)} does not own session {shown(s.id)}")
 
     @command
     def end_session(self, rep_id: str, session_id: str) -> None:
@@ -1502,7 +1513,7 @@ class Engine:
         who joined first (rule 10). An owner alone must end or transfer instead."""
         rep, s = self._rep(rep_id), self._session(session_id)
         if s.state is not SessionState.ACTIVE:
-            raise FailedPrecondition(f"session {session_id!r} is not active")
+            raise FailedPrecondition(f"session {shown(session_id)} is not active")
         if s.owner == rep.id:
             if not s.participants:
                 raise FailedPrecondition("the owner is alone: end or transfer the session")
@@ -1518,7 +1529,7 @@ class Engine:
             rep.participating.discard(s.id)
             self._emit(ParticipantLeft(self._now, s.id, rep.id))
         else:
-            raise FailedPrecondition(f"rep {rep_id!r} is not in session {session_id!r}")
+            raise FailedPrecondition(f"rep {shown(rep_id)} is not in session {shown(session_id)}")
         self._sync_rep(rep, load_changed=True)
 
     @command
@@ -1532,7 +1543,7 @@ class Engine:
         if target.kind is QueueKind.PERSONAL and (
             target.owner == rep.id or target.owner in s.participants
         ):
-            raise FailedPrecondition(f"rep {target.owner!r} is already in the session")
+            raise FailedPrecondition(f"rep {shown(target.owner)} is already in the session")
         if any(self._invitations[i].queue == target for i in s.invitations):
             raise AlreadyExists("invitation", f"{session_id} -> {target}")
         inv = Invitation(self._next_id("invitation"), s.id, rep.id, target, self._now)
@@ -1549,10 +1560,10 @@ class Engine:
         if inv is None:
             raise NotFound("invitation", invitation_id)
         if not self.can_see(rep, inv.queue):
-            raise PermissionDenied(f"rep {rep_id!r} cannot see queue {inv.queue}")
+            raise PermissionDenied(f"rep {shown(rep_id)} cannot see queue {inv.queue}")
         s = self._sessions[inv.session_id]
         if s.owner == rep.id or rep.id in s.participants:
-            raise FailedPrecondition(f"rep {rep_id!r} is already in the session")
+            raise FailedPrecondition(f"rep {shown(rep_id)} is already in the session")
         del self._invitations[inv.id]
         del self._queues[inv.queue][inv.id]
         del s.invitations[inv.id]
@@ -1567,7 +1578,7 @@ class Engine:
     def _member(self, rep: Rep, team_id: str) -> Team:
         team = self._team(team_id)
         if rep.id not in team.members:
-            raise PermissionDenied(f"rep {rep.id!r} is not a member of team {team_id!r}")
+            raise PermissionDenied(f"rep {shown(rep.id)} is not a member of team {shown(team_id)}")
         return team
 
     @command
@@ -1663,6 +1674,24 @@ class Engine:
 
     def teams(self) -> list[Team]:
         return sorted(self._teams.values(), key=lambda t: t.id)
+
+    def issue_type(self, issue_type_id: str) -> IssueType:
+        it = self._issue_types.get(v.ident("issue_type_id", issue_type_id))
+        if it is None:
+            raise NotFound("issue type", issue_type_id)
+        return it
+
+    def support_button(self, button_id: str) -> SupportButton:
+        button = self._buttons.get(v.ident("support_button_id", button_id))
+        if button is None:
+            raise NotFound("support button", button_id)
+        return button
+
+    def help_link(self, link_id: str) -> HelpLink:
+        link = self._links.get(v.ident("help_link_id", link_id))
+        if link is None:
+            raise NotFound("help link", link_id)
+        return link
 
     def issue_types(self) -> list[IssueType]:
         return sorted(self._issue_types.values(), key=lambda i: i.id)

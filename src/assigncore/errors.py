@@ -6,6 +6,20 @@ knows about gRPC.
 
 from __future__ import annotations
 
+SHOWN_LIMIT = 40
+
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:@-/ ")
+
+
+def shown(value: object, limit: int = SHOWN_LIMIT) -> str:
+    """Client input as it may appear in a message: quoted, at most `limit` characters of
+    it, and only letters, digits and ._:@-/ (anything else is '?'), so an error never
+    echoes much, nor markup or control characters, whatever a request held."""
+    text = value if isinstance(value, str) else repr(value)
+    clean = "".join(ch if ch in _SAFE else "?" for ch in text[:limit])
+    return f"'{clean}{'...' if len(text) > limit else ''}'"
+
 
 class DomainError(Exception):
     """Base class; `message` is safe to show to the caller."""
@@ -17,14 +31,14 @@ class DomainError(Exception):
 
 class NotFound(DomainError):
     def __init__(self, kind: str, ident: str, message: str | None = None) -> None:
-        super().__init__(message or f"{kind} {ident!r} not found")
+        super().__init__(message or f"{kind} {shown(ident)} not found")
         self.kind = kind
         self.ident = ident
 
 
 class AlreadyExists(DomainError):
     def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"{kind} {ident!r} already exists")
+        super().__init__(f"{kind} {shown(ident)} already exists")
         self.kind = kind
         self.ident = ident
 

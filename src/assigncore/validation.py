@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .columns import MAX_REQUIRED_SKILLS
-from .errors import InvalidArgument
+from .errors import InvalidArgument, shown
 
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 200
@@ -101,7 +101,9 @@ def skill_levels(field: str, value: Any) -> dict[str, int]:
     if len(value) > MAX_SKILLS_PER_REP:
         raise InvalidArgument(field, f"at most {MAX_SKILLS_PER_REP} skills")
     return {
-        ident(f"{field}[{name!r}]", name): integer(f"{field}[{name!r}]", level, 1, MAX_SKILL_LEVEL)
+        ident(f"{field}[{shown(name)}]", name): integer(
+            f"{field}[{shown(name)}]", level, 1, MAX_SKILL_LEVEL
+        )
         for name, level in value.items()
     }
 

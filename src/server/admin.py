@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from assigncore.errors import InvalidArgument, NotFound
+from assigncore import validation as v
+from assigncore.errors import InvalidArgument, NotFound, shown
 from assigncore.model import HelpLink, SupportButton
 
 from . import convert
@@ -20,7 +21,9 @@ def mask(request: Any, allowed: set[str]) -> set[str]:
     unknown = paths - allowed
     if unknown:
         raise InvalidArgument(
-            "update_mask", f"cannot update {sorted(unknown)}; updatable: {sorted(allowed)}"
+            "update_mask",
+            f"cannot update {', '.join(shown(p) for p in sorted(unknown)[:5])}; "
+            f"updatable: {sorted(allowed)}",
         )
     return paths or allowed
 
@@ -128,12 +131,6 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     # ------------------------------------------------------------- issue types
 
-    def _issue_type(self, issue_type_id: str) -> Any:
-        for it in self.engine.issue_types():
-            if it.id == issue_type_id:
-                return it
-        raise NotFound("issue type", issue_type_id)
-
     @rpc
     async def CreateIssueType(self, request: apb.CreateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
@@ -145,7 +142,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
     @rpc
     async def GetIssueType(self, request: apb.GetIssueTypeRequest, context: Any) -> Any:
         return apb.GetIssueTypeResponse(
-            issue_type=convert.issue_type_out(self._issue_type(request.issue_type_id))
+            issue_type=convert.issue_type_out(self.engine.issue_type(request.issue_type_id))
         )
 
     @rpc
@@ -161,7 +158,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
     async def UpdateIssueType(self, request: apb.UpdateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
         paths = mask(request, {"display_name", "team_id", "required_skills", "priority"})
-        current: Any = convert.issue_type_out(self._issue_type(request.issue_type.id))
+        current: Any = convert.issue_type_out(self.engine.issue_type(request.issue_type.id))
         for path in paths:
             current.ClearField(path)
         current.MergeFrom(_only(request.issue_type, paths | {"id"}))
@@ -176,13 +173,9 @@ class AdminServicer(agrpc.AdminServiceServicer):
     # ------------------------------------------------------------- buttons and links
 
     def _entry(self, kind: str, entry_id: str) -> Any:
-        entries = (
-            self.engine.support_buttons() if kind == "support_button" else self.engine.help_links()
-        )
-        for entry in entries:
-            if entry.id == entry_id:
-                return entry
-        raise NotFound(kind.replace("_", " "), entry_id)
+        if kind == "support_button":
+            return self.engine.support_button(entry_id)
+        return self.engine.help_link(entry_id)
 
     def _entry_in(self, kind: str, msg: Any) -> Any:
         cls = SupportButton if kind == "support_button" else HelpLink
@@ -305,7 +298,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     @rpc
     async def RevokeAccessToken(self, request: apb.RevokeAccessTokenRequest, context: Any) -> Any:
-        if not self.rt.tokens.revoke(request.token_id):
+        if not self.rt.tokens.revoke(v.ident("token_id", request.token_id)):
             raise NotFound("access token", request.token_id)
         return apb.RevokeAccessTokenResponse()
 

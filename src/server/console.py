@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from assigncore.errors import DomainError, InvalidArgument, PermissionDenied
+from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
 from assigncore.model import TeamKind
 
 from . import convert
@@ -130,7 +130,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     def _visible_session(self, session_id: str) -> Any:
         s = self.engine.session(session_id)
         if not self.engine.can_see_session(me(), s):
-            raise PermissionDenied(f"you cannot see session {session_id!r}")
+            raise PermissionDenied(f"you cannot see session {shown(session_id)}")
         return s
 
     @rpc

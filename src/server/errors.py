@@ -37,14 +37,30 @@ STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
 }
 
 
+# The last guard on what goes back to a client: messages and violations are clipped
+# (domain messages already quote client input through errors.shown), so trailers stay
+# far below grpc's metadata limit whatever a request held.
+MAX_MESSAGE = 500
+MAX_FIELD = 200
+MAX_VIOLATIONS = 50
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def status_for(exc: DomainError) -> grpc.Status:
     code = STATUS_OF.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=_clip(exc.message, MAX_MESSAGE)
+    )
     if isinstance(exc, InvalidArgument):
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in exc.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_clip(f, MAX_FIELD), description=_clip(d, MAX_FIELD)
+                )
+                for f, d in exc.violations[:MAX_VIOLATIONS]
             ]
         )
         detail = any_pb2.Any()
