@@ -272,7 +272,8 @@ async def test_bad_input_gets_clear_statuses_and_changes_nothing(live):
                 team=apb.Team(
                     id="t", display_name="T", queue_settings=apb.QueueSettings(algorithm=42)
                 )
-            )
+            ),
+            metadata=auth(ADMIN),
         ),
         live.admin.UpdateRep(
             apb.UpdateRepRequest(rep=apb.Rep(id="ann"), update_mask={"paths": ["load"]}),
@@ -280,9 +281,7 @@ async def test_bad_input_gets_clear_statuses_and_changes_nothing(live):
         ),
     ]
     codes = [await code_of(call) for call in bad]
-    assert codes[:12] == [grpc.StatusCode.INVALID_ARGUMENT] * 12, codes
-    assert codes[12] == grpc.StatusCode.UNAUTHENTICATED  # no token: refused first
-    assert codes[13] == grpc.StatusCode.INVALID_ARGUMENT
+    assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 14, codes
     unknown = [
         ann.rpc("GetSession", cpb.GetSessionRequest(session_id="ses-404")),
         ann.rpc("AcceptInvitation", cpb.AcceptInvitationRequest(invitation_id="inv-9")),
@@ -298,23 +297,65 @@ async def test_bad_input_gets_clear_statuses_and_changes_nothing(live):
     assert engine.snapshot() == before
 
 
-async def test_invalid_argument_carries_field_violations(live):
+async def violations_of(awaitable) -> list[str]:
+    """The BadRequest field paths of an INVALID_ARGUMENT refusal."""
+    from google.rpc import error_details_pb2
+
     try:
-        await live.intake.StartSession(
+        await awaitable
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+        bad = error_details_pb2.BadRequest()
+        assert rpc_status.from_call(exc).details[0].Unpack(bad)
+        return [v.field for v in bad.field_violations]
+    raise AssertionError("accepted")
+
+
+async def test_invalid_argument_names_every_violation_by_its_request_path(live):
+    assert await violations_of(
+        live.intake.StartSession(
             ipb.StartSessionRequest(
                 request_id="r1", customer=pb.Customer(name=""), undesignated=ipb.Undesignated()
             ),
             metadata=auth(INTAKE),
         )
-    except grpc.aio.AioRpcError as exc:
-        status = rpc_status.from_call(exc)
-        from google.rpc import error_details_pb2
-
-        bad = error_details_pb2.BadRequest()
-        assert status.details[0].Unpack(bad)
-        assert bad.field_violations[0].field == "customer.name"
-    else:
-        raise AssertionError("accepted an empty customer name")
+    ) == ["customer.name"]
+    # Fields are checked before lookups: an empty name beside an unknown issue type.
+    assert await violations_of(
+        live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id="r2", customer=pb.Customer(name=" "), issue_type_id="no-such-type"
+            ),
+            metadata=auth(INTAKE),
+        )
+    ) == ["customer.name"]
+    team = apb.Team(
+        id="new-team",
+        display_name="",
+        queue_settings=apb.QueueSettings(
+            algorithm=42,
+            offer_timeout={"seconds": -5},
+            waiting_rule=apb.WaitingRule(
+                overdue_after={"seconds": 60},
+                action=apb.RULE_ACTION_TRANSFER,
+                overflow_queue=pb.QueueRef(kind=pb.QUEUE_KIND_TEAM),
+            ),
+        ),
+    )
+    assert await violations_of(
+        live.admin.CreateTeam(apb.CreateTeamRequest(team=team), metadata=auth(ADMIN))
+    ) == [
+        "team.display_name",
+        "team.queue_settings.algorithm",
+        "team.queue_settings.offer_timeout",
+        "team.queue_settings.waiting_rule.overflow_queue",
+    ]
+    rep = apb.Rep(id="bad id!", display_name="Zed", skills={"win": 11}, team_ids=["ghosts"])
+    fields = await violations_of(
+        live.admin.CreateRep(apb.CreateRepRequest(rep=rep), metadata=auth(ADMIN))
+    )
+    assert fields == ["rep.id", "rep.skills['win']"]  # the unknown team is not looked up yet
+    assert live.server.runtime.engine.find_rep("bad id!") is None
 
 
 async def test_request_id_makes_start_idempotent(live):

@@ -764,39 +764,53 @@ class Engine:
         for name, level in rep.skills.items():
             row[self._skill_ordinal(name)] = level
 
-    def _check_settings(self, team_id: str, settings: Any) -> QueueSettings:
+    @staticmethod
+    def _settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
+        """Queue settings' own fields (no lookups)."""
         if not isinstance(settings, QueueSettings):
-            raise InvalidArgument("settings", "must be queue settings")
+            c.add("settings", "must be queue settings")
+            return
         if not isinstance(settings.algorithm, Algorithm):
-            raise InvalidArgument("settings.algorithm", "unknown algorithm")
-        v.seconds("settings.offer_timeout", settings.offer_timeout, 1.0, 3600.0)
-        v.seconds("settings.wrap_up", settings.wrap_up, 0.0, 3600.0)
-        v.integer("settings.max_missed_offers", settings.max_missed_offers, 0, v.MAX_MISSED_OFFERS)
+            c.add("settings.algorithm", "unknown algorithm")
+        c(v.seconds, "settings.offer_timeout", settings.offer_timeout, 1.0, 3600.0)
+        c(v.seconds, "settings.wrap_up", settings.wrap_up, 0.0, 3600.0)
+        c(
+            v.integer,
+            "settings.max_missed_offers",
+            settings.max_missed_offers,
+            0,
+            v.MAX_MISSED_OFFERS,
+        )
         rule = settings.waiting_rule
-        if rule is not None:
-            if not isinstance(rule, WaitingRule) or not isinstance(rule.action, RuleAction):
-                raise InvalidArgument("settings.waiting_rule", "must be ALERT or TRANSFER")
-            v.seconds("settings.waiting_rule.overdue_after", rule.overdue_after, 1.0)
-            if rule.action is RuleAction.TRANSFER:
-                if rule.overflow is None:
-                    raise InvalidArgument(
-                        "settings.waiting_rule.overflow", "required for a TRANSFER rule"
-                    )
-                if rule.overflow == team_queue(team_id):
-                    raise InvalidArgument("settings.waiting_rule.overflow", "must be another queue")
-                target = self._queue_ref("settings.waiting_rule.overflow", rule.overflow)
-                if target.kind is QueueKind.PERSONAL:
-                    raise InvalidArgument(
-                        "settings.waiting_rule.overflow",
-                        "must be a team queue or the general queue",
-                    )
-                if target.kind is QueueKind.GENERAL and not self.config.general_queue_enabled:
-                    raise InvalidArgument(
-                        "settings.waiting_rule.overflow", "the general queue is disabled"
-                    )
-            elif rule.overflow is not None:
+        if rule is None:
+            return
+        if not isinstance(rule, WaitingRule) or not isinstance(rule.action, RuleAction):
+            c.add("settings.waiting_rule", "must be ALERT or TRANSFER")
+            return
+        c(v.seconds, "settings.waiting_rule.overdue_after", rule.overdue_after, 1.0)
+        overflow = rule.overflow
+        if rule.action is RuleAction.TRANSFER:
+            if overflow is None:
+                c.add("settings.waiting_rule.overflow", "required for a TRANSFER rule")
+            elif not isinstance(overflow, QueueRef) or not isinstance(overflow.kind, QueueKind):
+                c.add("settings.waiting_rule.overflow", "must be a queue reference")
+            elif overflow.kind is QueueKind.PERSONAL:
+                c.add("settings.waiting_rule.overflow", "must be a team queue or the general queue")
+            elif overflow == team_queue(team_id):
+                c.add("settings.waiting_rule.overflow", "must be another queue")
+            elif overflow.kind is QueueKind.TEAM:
+                c(v.ident, "settings.waiting_rule.overflow.team_id", overflow.owner)
+        elif overflow is not None:
+            c.add("settings.waiting_rule.overflow", "only a TRANSFER rule has an overflow queue")
+
+    def _settings_lookups(self, settings: QueueSettings) -> QueueSettings:
+        """What queue settings refer to exists (after their fields are known good)."""
+        rule = settings.waiting_rule
+        if rule is not None and rule.overflow is not None:
+            target = self._queue_ref("settings.waiting_rule.overflow", rule.overflow)
+            if target.kind is QueueKind.GENERAL and not self.config.general_queue_enabled:
                 raise InvalidArgument(
-                    "settings.waiting_rule.overflow", "only a TRANSFER rule has an overflow queue"
+                    "settings.waiting_rule.overflow", "the general queue is disabled"
                 )
         return settings
 
@@ -808,11 +822,15 @@ class Engine:
         kind: TeamKind = TeamKind.STANDARD,
         settings: QueueSettings | None = None,
     ) -> Team:
-        v.ident("team_id", team_id)
-        v.text("name", name, required=True)
+        settings = QueueSettings() if settings is None else settings
+        c = v.Checks()
+        c(v.ident, "team_id", team_id)
+        c(v.text, "name", name, required=True)
         if not isinstance(kind, TeamKind):
-            raise InvalidArgument("kind", "must be STANDARD or EMBASSY")
-        settings = self._check_settings(team_id, settings or QueueSettings())
+            c.add("kind", "must be STANDARD or EMBASSY")
+        self._settings_fields(team_id, settings, c)
+        c.done()
+        self._settings_lookups(settings)
         if team_id in self._teams:
             raise AlreadyExists("team", team_id)
         team = Team(team_id, name, kind, self.teams_table.add(int(settings.algorithm)), settings)
@@ -830,13 +848,18 @@ class Engine:
         kind: TeamKind | None = None,
         settings: QueueSettings | None = None,
     ) -> Team:
-        team = self._team(team_id)
+        c = v.Checks()
+        c(v.ident, "team_id", team_id)
         if name is not None:
-            v.text("name", name, required=True)
+            c(v.text, "name", name, required=True)
         if kind is not None and not isinstance(kind, TeamKind):
-            raise InvalidArgument("kind", "must be STANDARD or EMBASSY")
+            c.add("kind", "must be STANDARD or EMBASSY")
         if settings is not None:
-            self._check_settings(team_id, settings)
+            self._settings_fields(team_id, settings, c)
+        c.done()
+        team = self._team(team_id)
+        if settings is not None:
+            self._settings_lookups(settings)
         team.name = team.name if name is None else name
         team.kind = team.kind if kind is None else kind
         if settings is not None:
@@ -894,16 +917,19 @@ class Engine:
         self.teams_table.set_algorithm(team.ordinal, int(Algorithm.NONE))
         self._emit(DirectoryChanged(self._now, "team", team_id, "deleted"))
 
-    def _check_permissions(self, p: Any) -> Permissions:
+    @staticmethod
+    def _permission_fields(p: Any, c: v.Checks) -> None:
         if not isinstance(p, Permissions):
-            raise InvalidArgument("permissions", "must be a permission profile")
-        v.integer(
+            c.add("permissions", "must be a permission profile")
+            return
+        c(
+            v.integer,
             "permissions.max_concurrent_sessions",
             p.max_concurrent_sessions,
             0,
             v.MAX_CONCURRENT_SESSIONS,
         )
-        v.seconds("permissions.idle_timeout", p.idle_timeout, 0.0)
+        c(v.seconds, "permissions.idle_timeout", p.idle_timeout, 0.0)
         for name in (
             "may_get_next",
             "may_opt_out",
@@ -911,8 +937,11 @@ class Engine:
             "may_use_general_queue",
             "shown_on_public_site",
         ):
-            v.flag(f"permissions.{name}", getattr(p, name))
-        return p
+            c(v.flag, f"permissions.{name}", getattr(p, name))
+
+    def _teams_exist(self, team_ids: list[str]) -> None:
+        for i, t in enumerate(team_ids):
+            self._team(t, f"teams[{i}]")
 
     @command
     def create_rep(
@@ -925,15 +954,17 @@ class Engine:
         auto_assign: bool = True,
         audible_alerts: bool = True,
     ) -> Rep:
-        v.ident("rep_id", rep_id)
-        v.text("name", name, required=True)
-        skill_map = v.skill_levels("skills", skills or {})
-        perms = self._check_permissions(permissions or Permissions())
-        team_ids = v.id_list("teams", list(teams), v.MAX_TEAMS_PER_REP)
-        for i, t in enumerate(team_ids):
-            self._team(t, f"teams[{i}]")
-        v.flag("auto_assign", auto_assign)
-        v.flag("audible_alerts", audible_alerts)
+        perms = Permissions() if permissions is None else permissions
+        c = v.Checks()
+        c(v.ident, "rep_id", rep_id)
+        c(v.text, "name", name, required=True)
+        skill_map = c(v.skill_levels, "skills", {} if skills is None else skills)
+        self._permission_fields(perms, c)
+        team_ids = c(v.id_list, "teams", teams, v.MAX_TEAMS_PER_REP)
+        c(v.flag, "auto_assign", auto_assign)
+        c(v.flag, "audible_alerts", audible_alerts)
+        c.done()
+        self._teams_exist(team_ids)
         if not auto_assign and not perms.may_opt_out:
             raise PermissionDenied("auto_assign can only be off for reps who may opt out")
         if rep_id in self._reps:
@@ -979,16 +1010,19 @@ class Engine:
         teams: Iterable[str] | None = None,
     ) -> Rep:
         """Replace the given fields; takes effect on the next assignment pass."""
-        rep = self._rep(rep_id)
+        c = v.Checks()
+        c(v.ident, "rep_id", rep_id)
         if name is not None:
-            v.text("name", name, required=True)
-        skill_map = None if skills is None else v.skill_levels("skills", skills)
-        perms = None if permissions is None else self._check_permissions(permissions)
-        team_ids = None
-        if teams is not None:
-            team_ids = v.id_list("teams", list(teams), v.MAX_TEAMS_PER_REP)
-            for i, t in enumerate(team_ids):
-                self._team(t, f"teams[{i}]")
+            c(v.text, "name", name, required=True)
+        skill_map = None if skills is None else c(v.skill_levels, "skills", skills)
+        perms = permissions
+        if perms is not None:
+            self._permission_fields(perms, c)
+        team_ids = None if teams is None else c(v.id_list, "teams", teams, v.MAX_TEAMS_PER_REP)
+        c.done()
+        rep = self._rep(rep_id)
+        if team_ids is not None:
+            self._teams_exist(team_ids)
         rep.name = rep.name if name is None else name
         if skill_map is not None:
             rep.skills = skill_map
@@ -1059,11 +1093,14 @@ class Engine:
     def _check_issue_type(self, it: Any) -> IssueType:
         if not isinstance(it, IssueType):
             raise InvalidArgument("issue_type", "must be an issue type")
-        v.ident("issue_type.id", it.id)
-        v.text("issue_type.name", it.name, required=True)
+        c = v.Checks()
+        c(v.ident, "issue_type.id", it.id)
+        c(v.text, "issue_type.name", it.name, required=True)
+        c(v.ident, "issue_type.team_id", it.team_id)
+        c(v.required_skills, "issue_type.required_skills", it.required_skills)
+        c(v.integer, "issue_type.priority", it.priority, v.MIN_PRIORITY, v.MAX_PRIORITY)
+        c.done()
         self._team(it.team_id, "issue_type.team_id")
-        v.required_skills("issue_type.required_skills", it.required_skills)
-        v.integer("issue_type.priority", it.priority, v.MIN_PRIORITY, v.MAX_PRIORITY)
         return it
 
     @command
@@ -1095,9 +1132,17 @@ class Engine:
             raise NotFound("issue type", issue_type_id)
         self._emit(DirectoryChanged(self._now, "issue_type", issue_type_id, "deleted"))
 
-    def _check_target(self, field_name: str, target: Any) -> Target:
+    @staticmethod
+    def _target_fields(field_name: str, target: Any) -> None:
         if not isinstance(target, Target) or bool(target.rep_id) == bool(target.team_id):
             raise InvalidArgument(field_name, "must name exactly one of a rep or a team")
+        if target.rep_id:
+            v.ident(f"{field_name}.rep_id", target.rep_id)
+        else:
+            v.ident(f"{field_name}.team_id", target.team_id)
+
+    def _check_target(self, field_name: str, target: Any) -> Target:
+        self._target_fields(field_name, target)
         if target.rep_id:
             self._rep(target.rep_id, f"{field_name}.rep_id")
         else:
@@ -1111,8 +1156,11 @@ class Engine:
         cls = SupportButton if kind == "support_button" else HelpLink
         if not isinstance(entry, cls):
             raise InvalidArgument(kind, f"must be a {kind.replace('_', ' ')}")
-        v.ident(f"{kind}.id", entry.id)
-        v.text(f"{kind}.name", entry.name, required=True)
+        c = v.Checks()
+        c(v.ident, f"{kind}.id", entry.id)
+        c(v.text, f"{kind}.name", entry.name, required=True)
+        c(self._target_fields, f"{kind}.target", entry.target)
+        c.done()
         self._check_target(f"{kind}.target", entry.target)
         table = self._entry_table(kind)
         if create and entry.id in table:
@@ -1590,9 +1638,13 @@ class Engine:
 
     @command
     def post_chat(self, rep_id: str, team_id: str, text: str) -> ChatMessage:
+        c = v.Checks()
+        c(v.ident, "rep_id", rep_id)
+        c(v.ident, "team_id", team_id)
+        c(v.text, "text", text, max_len=v.MAX_TEXT_LEN, required=True)
+        c.done()
         rep = self._rep(rep_id)
         team = self._member(rep, team_id)
-        v.text("text", text, max_len=v.MAX_TEXT_LEN, required=True)
         team.chat_seq += 1
         msg = ChatMessage(team.chat_seq, rep.id, text, self._now)
         team.chat.append(msg)

@@ -44,6 +44,9 @@ class Checks:
             self.violations.extend(exc.violations)
             return None
 
+    def add(self, field: str, description: str) -> None:
+        self.violations.append((field, description))
+
     def done(self) -> None:
         if self.violations:
             raise InvalidArgument.of(self.violations)

@@ -15,6 +15,24 @@ from .gen.assigncore.v1 import admin_service_pb2 as apb
 from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from .runtime import Runtime
 
+TEAM_FIELDS = {
+    "team_id": "team.id",
+    "name": "team.display_name",
+    "kind": "team.kind",
+    "settings": "team.queue_settings",
+    "settings.waiting_rule.overflow": "team.queue_settings.waiting_rule.overflow_queue",
+}
+REP_FIELDS = {
+    "rep_id": "rep.id",
+    "name": "rep.display_name",
+    "skills": "rep.skills",
+    "permissions": "rep.permissions",
+    "teams": "rep.team_ids",
+}
+ISSUE_TYPE_FIELDS = {"issue_type.name": "issue_type.display_name"}
+BUTTON_FIELDS = {"support_button.name": "support_button.display_name"}
+LINK_FIELDS = {"help_link.name": "help_link.display_name"}
+
 
 def mask(request: Any, allowed: set[str]) -> set[str]:
     paths = set(request.update_mask.paths) if request.HasField("update_mask") else set()
@@ -40,7 +58,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     # ------------------------------------------------------------- reps
 
-    @rpc
+    @rpc(fields=REP_FIELDS)
     async def CreateRep(self, request: apb.CreateRepRequest, context: Any) -> Any:
         required("rep", request.HasField("rep"))
         r = request.rep
@@ -63,7 +81,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         chunk, token = convert.page("", self.engine.reps(), request.page_size, request.page_token)
         return apb.ListRepsResponse(reps=[convert.rep_out(r) for r in chunk], next_page_token=token)
 
-    @rpc
+    @rpc(fields=REP_FIELDS)
     async def UpdateRep(self, request: apb.UpdateRepRequest, context: Any) -> Any:
         required("rep", request.HasField("rep"))
         r = request.rep
@@ -86,7 +104,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     # ------------------------------------------------------------- teams
 
-    @rpc
+    @rpc(fields=TEAM_FIELDS)
     async def CreateTeam(self, request: apb.CreateTeamRequest, context: Any) -> Any:
         required("team", request.HasField("team"))
         t = request.team
@@ -110,7 +128,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             teams=[convert.team_out(t) for t in chunk], next_page_token=token
         )
 
-    @rpc
+    @rpc(fields=TEAM_FIELDS)
     async def UpdateTeam(self, request: apb.UpdateTeamRequest, context: Any) -> Any:
         required("team", request.HasField("team"))
         t = request.team
@@ -131,7 +149,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     # ------------------------------------------------------------- issue types
 
-    @rpc
+    @rpc(fields=ISSUE_TYPE_FIELDS)
     async def CreateIssueType(self, request: apb.CreateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
         it = self.rt.command(
@@ -154,7 +172,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             issue_types=[convert.issue_type_out(i) for i in chunk], next_page_token=token
         )
 
-    @rpc
+    @rpc(fields=ISSUE_TYPE_FIELDS)
     async def UpdateIssueType(self, request: apb.UpdateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
         paths = mask(request, {"display_name", "team_id", "required_skills", "priority"})
@@ -179,7 +197,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     def _entry_in(self, kind: str, msg: Any) -> Any:
         cls = SupportButton if kind == "support_button" else HelpLink
-        return cls(msg.id, msg.display_name, convert.target_in(f"{kind}.target", msg.target))
+        return cls(msg.id, msg.display_name, convert.target_in(msg.target))
 
     def _entry_out(self, kind: str, entry: Any) -> Any:
         cls = apb.SupportButton if kind == "support_button" else apb.HelpLink
@@ -194,7 +212,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         current.MergeFrom(_only(msg, paths | {"id"}))
         return self._entry_out(kind, self.rt.command(command, self._entry_in(kind, current)).value)
 
-    @rpc
+    @rpc(fields=BUTTON_FIELDS)
     async def CreateSupportButton(self, request: Any, context: Any) -> Any:
         required("support_button", request.HasField("support_button"))
         b = self.rt.command(
@@ -221,7 +239,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             next_page_token=token,
         )
 
-    @rpc
+    @rpc(fields=BUTTON_FIELDS)
     async def UpdateSupportButton(self, request: Any, context: Any) -> Any:
         required("support_button", request.HasField("support_button"))
         return apb.UpdateSupportButtonResponse(
@@ -235,7 +253,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         self.rt.command(self.engine.delete_support_button, request.support_button_id)
         return apb.DeleteSupportButtonResponse()
 
-    @rpc
+    @rpc(fields=LINK_FIELDS)
     async def CreateHelpLink(self, request: Any, context: Any) -> Any:
         required("help_link", request.HasField("help_link"))
         x = self.rt.command(
@@ -258,7 +276,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             help_links=[self._entry_out("help_link", x) for x in chunk], next_page_token=token
         )
 
-    @rpc
+    @rpc(fields=LINK_FIELDS)
     async def UpdateHelpLink(self, request: Any, context: Any) -> Any:
         required("help_link", request.HasField("help_link"))
         return apb.UpdateHelpLinkResponse(

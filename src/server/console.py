@@ -214,7 +214,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     async def GenerateSessionKey(
         self, request: cpb.GenerateSessionKeyRequest, context: Any
     ) -> cpb.GenerateSessionKeyResponse:
-        ttl = convert.seconds_of("ttl", request.ttl) if request.HasField("ttl") else None
+        ttl = convert.seconds_of(request.ttl) if request.HasField("ttl") else None
         key = self.rt.command(self.engine.generate_session_key, me(), ttl).value
         expires = self.engine.session_key_expiry(key)
         return cpb.GenerateSessionKeyResponse(

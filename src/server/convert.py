@@ -28,11 +28,11 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def seconds_of(field: str, d: duration_pb2.Duration, default: float | None = None) -> float:
+def seconds_of(d: duration_pb2.Duration, default: float | None = None) -> float:
+    """A Duration as seconds, unchecked: the engine checks every range, so a request
+    learns all that is wrong with it at once (a negative duration is out of range)."""
     if d.seconds == 0 and d.nanos == 0 and default is not None:
         return default
-    if d.seconds < 0 or d.nanos < 0 or d.nanos >= 1_000_000_000:
-        raise InvalidArgument(field, "must be a non-negative duration")
     return d.seconds + d.nanos / 1e9
 
 
@@ -59,6 +59,18 @@ def enum_in(
         return model_cls[name[len(prefix) :]]
     except KeyError:
         raise InvalidArgument(field, f"unsupported value {name}") from None
+
+
+def enum_or_none(wrapper: Any, prefix: str, model_cls: Any, value: int, default: Any = None) -> Any:
+    """Like enum_in, but an unknown or unset value becomes None (or `default` if unset),
+    for the engine to report together with the request's other violations."""
+    try:
+        name = wrapper.Name(value)
+    except ValueError:
+        return None
+    if name == prefix + "UNSPECIFIED":
+        return default
+    return model_cls.__members__.get(name[len(prefix) :])
 
 
 @functools.cache
@@ -97,10 +109,8 @@ def target_queue(field: str, t: pb.Target) -> QueueRef:
     raise InvalidArgument(field, "name a team_id or a rep_id")
 
 
-def target_in(field: str, t: pb.Target) -> model.Target:
-    which = t.WhichOneof("target")
-    if which is None:
-        raise InvalidArgument(field, "name a team_id or a rep_id")
+def target_in(t: pb.Target) -> model.Target:
+    """Unchecked: the engine says if it names neither or both."""
     return model.Target(rep_id=t.rep_id, team_id=t.team_id)
 
 
@@ -108,10 +118,9 @@ def target_out(t: model.Target) -> pb.Target:
     return pb.Target(rep_id=t.rep_id) if t.rep_id else pb.Target(team_id=t.team_id)
 
 
-def customer_in(c: pb.Customer, present: bool) -> model.Customer:
-    if not present:
-        raise InvalidArgument("customer", "required")
-    return model.Customer(c.name, c.company, c.details)
+def customer_in(c: pb.Customer, present: bool) -> model.Customer | None:
+    """None when missing: the engine reports it with the request's other violations."""
+    return model.Customer(c.name, c.company, c.details) if present else None
 
 
 def session_out(s: model.Session) -> pb.Session:
@@ -201,7 +210,7 @@ def page(
 def permissions_in(p: admin_pb.PermissionProfile) -> model.Permissions:
     return model.Permissions(
         max_concurrent_sessions=p.max_concurrent_sessions,
-        idle_timeout=seconds_of("rep.permissions.idle_timeout", p.idle_timeout),
+        idle_timeout=seconds_of(p.idle_timeout),
         may_get_next=p.may_get_next,
         may_opt_out=p.may_opt_out,
         may_transfer=p.may_transfer,
@@ -236,37 +245,27 @@ def rep_out(r: model.Rep) -> admin_pb.Rep:
 
 
 def settings_in(s: admin_pb.QueueSettings) -> model.QueueSettings:
+    """Unchecked (the engine checks every field); malformed parts become values the
+    engine refuses, so every violation is reported at once."""
     rule = None
     if s.HasField("waiting_rule"):
         w = s.waiting_rule
-        action = enum_in(
-            "team.queue_settings.waiting_rule.action",
-            admin_pb.RuleAction,
-            "RULE_ACTION_",
-            model.RuleAction,
-            w.action,
-        )
-        overflow = (
-            queue_in("team.queue_settings.waiting_rule.overflow_queue", w.overflow_queue)
-            if w.HasField("overflow_queue")
-            else None
-        )
+        overflow = None
+        if w.HasField("overflow_queue"):
+            try:
+                overflow = queue_in("overflow_queue", w.overflow_queue)
+            except InvalidArgument:
+                overflow = QueueRef(None, "")  # type: ignore[arg-type]  # refused by the engine
         rule = model.WaitingRule(
-            seconds_of("team.queue_settings.waiting_rule.overdue_after", w.overdue_after),
-            action,
+            seconds_of(w.overdue_after),
+            enum_or_none(admin_pb.RuleAction, "RULE_ACTION_", model.RuleAction, w.action),
             overflow,
         )
     return model.QueueSettings(
-        algorithm=enum_in(
-            "team.queue_settings.algorithm",
-            admin_pb.Algorithm,
-            "ALGORITHM_",
-            model.Algorithm,
-            s.algorithm,
-        ),
-        offer_timeout=seconds_of("team.queue_settings.offer_timeout", s.offer_timeout, 30.0),
+        algorithm=enum_or_none(admin_pb.Algorithm, "ALGORITHM_", model.Algorithm, s.algorithm),
+        offer_timeout=seconds_of(s.offer_timeout, 30.0),
         waiting_rule=rule,
-        wrap_up=seconds_of("team.queue_settings.wrap_up", s.wrap_up),
+        wrap_up=seconds_of(s.wrap_up),
         max_missed_offers=s.max_missed_offers,
     )
 
@@ -300,14 +299,9 @@ def team_out(t: model.Team) -> admin_pb.Team:
     )
 
 
-def team_kind_in(value: int) -> model.TeamKind:
-    return enum_in(
-        "team.kind",
-        admin_pb.TeamKind,
-        "TEAM_KIND_",
-        model.TeamKind,
-        value,
-        default=model.TeamKind.STANDARD,
+def team_kind_in(value: int) -> model.TeamKind | None:
+    return enum_or_none(
+        admin_pb.TeamKind, "TEAM_KIND_", model.TeamKind, value, default=model.TeamKind.STANDARD
     )
 
 

@@ -97,19 +97,39 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
-def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """For unary handlers."""
+def renamed(exc: InvalidArgument, fields: dict[str, str]) -> InvalidArgument:
+    """The engine names fields by its own arguments (`settings.offer_timeout`); a client
+    wants the request's path (`team.queue_settings.offer_timeout`). Each violation's
+    field is rewritten by the longest matching prefix in `fields`."""
 
-    @functools.wraps(method)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await method(self, request, context)
-        except DomainError as exc:
-            await abort(context, exc)
-        except Exception as exc:
-            if _is_abort(exc):
-                raise
-            log.exception("internal error in %s", method.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    def rename(field: str) -> str:
+        for engine_name in sorted(fields, key=len, reverse=True):
+            if field == engine_name or field.startswith((engine_name + ".", engine_name + "[")):
+                return fields[engine_name] + field[len(engine_name) :]
+        return field
 
-    return handler
+    return InvalidArgument.of([(rename(f), d) for f, d in exc.violations])
+
+
+def rpc(method: Callable[..., Any] | None = None, *, fields: dict[str, str] | None = None) -> Any:
+    """For unary handlers: a DomainError becomes its status; with `fields`, violation
+    paths are renamed to the request's (see `renamed`)."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await method(self, request, context)
+            except InvalidArgument as exc:
+                await abort(context, renamed(exc, fields) if fields else exc)
+            except DomainError as exc:
+                await abort(context, exc)
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                log.exception("internal error in %s", method.__qualname__)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        return handler
+
+    return wrap(method) if method is not None else wrap

@@ -51,7 +51,15 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
             raise NotFound("session", session_id)
         return s
 
-    @rpc
+    @rpc(
+        fields={
+            "key": "session_key",
+            "address": "customer_address",
+            "rep_id": "public_rep_id",
+            "button_id": "support_button_id",
+            "link_id": "help_link_id",
+        }
+    )
     async def StartSession(
         self, request: ipb.StartSessionRequest, context: Any
     ) -> ipb.StartSessionResponse:
