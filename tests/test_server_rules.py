@@ -3,13 +3,14 @@ exactly as consoles and a portal would."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
 from server.gen.assigncore.v1 import intake_service_pb2 as ipb
 
-from .server_harness import INTAKE, auth, live_server
+from .server_harness import ADMIN, INTAKE, auth, live_server
 
 
 @pytest.fixture
@@ -243,3 +244,53 @@ async def test_general_queue_events_reach_only_subscribed_reps_who_may_see_it(li
         ipb.GetSessionStatusRequest(session_id=s.id), metadata=auth(INTAKE)
     )
     assert status.position == 1
+
+
+async def test_update_mask_takes_nested_paths_and_leaves_the_rest(live):
+    from google.protobuf import duration_pb2
+
+    from server.gen.assigncore.v1 import admin_service_pb2 as apb
+
+    before = (
+        await live.admin.GetTeam(apb.GetTeamRequest(team_id="front"), metadata=auth(ADMIN))
+    ).team
+    assert before.queue_settings.HasField("waiting_rule")
+    changed = await live.admin.UpdateTeam(
+        apb.UpdateTeamRequest(
+            team=apb.Team(
+                id="front",
+                display_name="ignored: not in the mask",
+                queue_settings=apb.QueueSettings(offer_timeout=duration_pb2.Duration(seconds=77)),
+            ),
+            update_mask={"paths": ["queue_settings.offer_timeout"]},
+        ),
+        metadata=auth(ADMIN),
+    )
+    after = changed.team
+    assert after.queue_settings.offer_timeout.seconds == 77
+    assert after.display_name == before.display_name
+    assert after.queue_settings.algorithm == before.queue_settings.algorithm
+    assert after.queue_settings.waiting_rule == before.queue_settings.waiting_rule
+    assert live.server.runtime.engine.team("front").settings.offer_timeout == 77
+
+    rep = (await live.admin.GetRep(apb.GetRepRequest(rep_id="cat"), metadata=auth(ADMIN))).rep
+    assert not rep.permissions.may_transfer
+    updated = await live.admin.UpdateRep(
+        apb.UpdateRepRequest(
+            rep=apb.Rep(id="cat", permissions=apb.PermissionProfile(may_transfer=True)),
+            update_mask={"paths": ["permissions.may_transfer"]},
+        ),
+        metadata=auth(ADMIN),
+    )
+    assert updated.rep.permissions.may_transfer
+    assert not updated.rep.permissions.may_get_next  # untouched
+    assert list(updated.rep.team_ids) == list(rep.team_ids)
+
+    for paths in (["queue_settings.no_such_field"], ["member_rep_ids"], ["id.x"]):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await live.admin.UpdateTeam(
+                apb.UpdateTeamRequest(team=apb.Team(id="front"), update_mask={"paths": paths}),
+                metadata=auth(ADMIN),
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, paths
+    assert live.server.runtime.engine.team("front").settings.offer_timeout == 77

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from google.protobuf import field_mask_pb2
 
 from assigncore import validation as v
 from assigncore.errors import InvalidArgument, NotFound, shown
@@ -34,16 +37,36 @@ BUTTON_FIELDS = {"support_button.name": "support_button.display_name"}
 LINK_FIELDS = {"help_link.name": "help_link.display_name"}
 
 
-def mask(request: Any, allowed: set[str]) -> set[str]:
-    paths = set(request.update_mask.paths) if request.HasField("update_mask") else set()
-    unknown = paths - allowed
-    if unknown:
+def masked(
+    request: Any, resource: str, current: Callable[[], Any], allowed: set[str]
+) -> tuple[Any, set[str]]:
+    """An update's resource as it will be, and the top-level fields it touches.
+
+    Without an update_mask every updatable field is replaced by the request's. With one,
+    each path names an updatable field or a field inside it (`queue_settings.
+    offer_timeout`, `permissions.may_transfer`); protobuf's FieldMask merges just those
+    from the request into the current resource, so the rest stays as it is."""
+    msg = getattr(request, resource)
+    paths = list(request.update_mask.paths) if request.HasField("update_mask") else []
+    if not paths:
+        return msg, set(allowed)
+    bad = [
+        p
+        for p in paths
+        if p.split(".", 1)[0] not in allowed
+        or not field_mask_pb2.FieldMask(paths=[p]).IsValidForDescriptor(msg.DESCRIPTOR)
+    ]
+    if bad:
         raise InvalidArgument(
             "update_mask",
-            f"cannot update {', '.join(shown(p) for p in sorted(unknown)[:5])}; "
-            f"updatable: {sorted(allowed)}",
+            f"cannot update {', '.join(shown(p) for p in bad[:5])}; updatable: "
+            f"{sorted(allowed)} and the fields inside them",
         )
-    return paths or allowed
+    out = current()
+    field_mask_pb2.FieldMask(paths=paths).MergeMessage(
+        msg, out, replace_message_field=True, replace_repeated_field=True
+    )
+    return out, {p.split(".", 1)[0] for p in paths}
 
 
 def required(field: str, present: bool) -> None:
@@ -84,11 +107,15 @@ class AdminServicer(agrpc.AdminServiceServicer):
     @rpc(fields=REP_FIELDS)
     async def UpdateRep(self, request: apb.UpdateRepRequest, context: Any) -> Any:
         required("rep", request.HasField("rep"))
-        r = request.rep
-        paths = mask(request, {"display_name", "skills", "permissions", "team_ids"})
+        r, paths = masked(
+            request,
+            "rep",
+            lambda: convert.rep_out(self.engine.rep(request.rep.id)),
+            {"display_name", "skills", "permissions", "team_ids"},
+        )
         rep = self.rt.command(
             self.engine.update_rep,
-            r.id,
+            request.rep.id,
             name=r.display_name if "display_name" in paths else None,
             skills=dict(r.skills) if "skills" in paths else None,
             permissions=convert.permissions_in(r.permissions) if "permissions" in paths else None,
@@ -131,11 +158,15 @@ class AdminServicer(agrpc.AdminServiceServicer):
     @rpc(fields=TEAM_FIELDS)
     async def UpdateTeam(self, request: apb.UpdateTeamRequest, context: Any) -> Any:
         required("team", request.HasField("team"))
-        t = request.team
-        paths = mask(request, {"display_name", "kind", "queue_settings"})
+        t, paths = masked(
+            request,
+            "team",
+            lambda: convert.team_out(self.engine.team(request.team.id)),
+            {"display_name", "kind", "queue_settings"},
+        )
         team = self.rt.command(
             self.engine.update_team,
-            t.id,
+            request.team.id,
             name=t.display_name if "display_name" in paths else None,
             kind=convert.team_kind_in(t.kind) if "kind" in paths else None,
             settings=convert.settings_in(t.queue_settings) if "queue_settings" in paths else None,
@@ -175,12 +206,13 @@ class AdminServicer(agrpc.AdminServiceServicer):
     @rpc(fields=ISSUE_TYPE_FIELDS)
     async def UpdateIssueType(self, request: apb.UpdateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
-        paths = mask(request, {"display_name", "team_id", "required_skills", "priority"})
-        current: Any = convert.issue_type_out(self.engine.issue_type(request.issue_type.id))
-        for path in paths:
-            current.ClearField(path)
-        current.MergeFrom(_only(request.issue_type, paths | {"id"}))
-        it = self.rt.command(self.engine.update_issue_type, convert.issue_type_in(current)).value
+        updated, _ = masked(
+            request,
+            "issue_type",
+            lambda: convert.issue_type_out(self.engine.issue_type(request.issue_type.id)),
+            {"display_name", "team_id", "required_skills", "priority"},
+        )
+        it = self.rt.command(self.engine.update_issue_type, convert.issue_type_in(updated)).value
         return apb.UpdateIssueTypeResponse(issue_type=convert.issue_type_out(it))
 
     @rpc
@@ -204,13 +236,14 @@ class AdminServicer(agrpc.AdminServiceServicer):
         return cls(id=entry.id, display_name=entry.name, target=convert.target_out(entry.target))
 
     def _update_entry(self, kind: str, request: Any, command: Any) -> Any:
-        msg = getattr(request, kind)
-        paths = mask(request, {"display_name", "target"})
-        current = self._entry_out(kind, self._entry(kind, msg.id))
-        for path in paths:
-            current.ClearField(path)
-        current.MergeFrom(_only(msg, paths | {"id"}))
-        return self._entry_out(kind, self.rt.command(command, self._entry_in(kind, current)).value)
+        entry_id = getattr(request, kind).id
+        updated, _ = masked(
+            request,
+            kind,
+            lambda: self._entry_out(kind, self._entry(kind, entry_id)),
+            {"display_name", "target"},
+        )
+        return self._entry_out(kind, self.rt.command(command, self._entry_in(kind, updated)).value)
 
     @rpc(fields=BUTTON_FIELDS)
     async def CreateSupportButton(self, request: Any, context: Any) -> Any:
@@ -328,17 +361,3 @@ class AdminServicer(agrpc.AdminServiceServicer):
         return apb.ListAccessTokensResponse(
             access_tokens=[self._token_out(r) for r in chunk], next_page_token=token
         )
-
-
-def _only(msg: Any, paths: set[str]) -> Any:
-    """A copy of `msg` with only the given top-level fields."""
-    out = type(msg)()
-    for field, value in msg.ListFields():
-        if field.name in paths:
-            if field.message_type is not None and not field.is_repeated:
-                getattr(out, field.name).CopyFrom(value)
-            elif field.is_repeated:
-                getattr(out, field.name).extend(value)
-            else:
-                setattr(out, field.name, value)
-    return out
