@@ -277,7 +277,7 @@ async def test_update_mask_takes_nested_paths_and_leaves_the_rest(live):
     assert not rep.permissions.may_transfer
     updated = await live.admin.UpdateRep(
         apb.UpdateRepRequest(
-            rep=apb.Rep(id="cat", permissions=apb.PermissionProfile(may_transfer=True)),
+            rep=apb.Rep(id="cat", permissions=pb.PermissionProfile(may_transfer=True)),
             update_mask={"paths": ["permissions.may_transfer"]},
         ),
         metadata=auth(ADMIN),
@@ -294,3 +294,40 @@ async def test_update_mask_takes_nested_paths_and_leaves_the_rest(live):
             )
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, paths
     assert live.server.runtime.engine.team("front").settings.offer_timeout == 77
+
+
+async def test_a_rep_can_ask_who_it_is(live):
+    ann = await live.console("ann")
+    await ann.rpc("SetFavoriteTeam", cpb.SetFavoriteTeamRequest(team_id="skills", favorite=True))
+    profile = (await ann.rpc("GetMyProfile", cpb.GetMyProfileRequest())).profile
+    assert profile.rep_id == "ann" and profile.display_name == "Ann"
+    assert [t.team_id for t in profile.teams] == ["skills", "front", "support"]  # starred first
+    assert [t.favorite for t in profile.teams] == [True, False, False]
+    assert dict(profile.skills) == {"windows": 3}
+    assert profile.auto_assign and profile.audible_alerts
+    assert profile.permissions.may_opt_out and profile.permissions.shown_on_public_site
+    assert not profile.permissions.may_use_general_queue
+
+
+async def test_reads_carry_the_feed_sequence_they_reflect(live):
+    ann = await live.console("ann")
+    bob = await live.console("bob")
+    s = await live.start(issue_type_id="general-help")
+    await ann.next("offer_made", session=s)
+    queues = await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())
+    seq = queues.feed_sequence
+    assert seq == ann.seen[-1].sequence  # every event so far, and the read, line up
+    items = await ann.rpc(
+        "ListQueueItems",
+        cpb.ListQueueItemsRequest(queue=pb.QueueRef(kind=pb.QUEUE_KIND_TEAM, owner_id="support")),
+    )
+    session = await ann.rpc("GetSession", cpb.GetSessionRequest(session_id=s.id))
+    chat = await ann.rpc("ListTeamChatMessages", cpb.ListTeamChatMessagesRequest(team_id="support"))
+    assert items.feed_sequence == session.feed_sequence == chat.feed_sequence == seq
+    # The next event continues right after what the reads reflect.
+    await bob.rpc(
+        "SendTeamChatMessage", cpb.SendTeamChatMessageRequest(team_id="support", text="hi")
+    )
+    await ann.next("chat_message")
+    assert ann.seen[-1].sequence == seq + 1
+    assert (await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())).feed_sequence == seq + 1

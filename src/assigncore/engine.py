@@ -1792,6 +1792,14 @@ class Engine:
                 ahead += 1
         return ahead + 1
 
+    def rep_teams(self, rep_id: str) -> list[Team]:
+        """A rep's teams as its console lists them: starred first, then by name."""
+        rep = self._rep(rep_id)
+        return sorted(
+            (self._teams[t] for t in rep.teams),
+            key=lambda t: (t.id not in rep.favourites, t.name.lower(), t.id),
+        )
+
     def rep_queues(self, rep_id: str) -> list[QueueSummary]:
         """The queues a rep's console lists: personal, favourite teams, other teams (by
         name), then the general queue if permitted."""
@@ -1809,10 +1817,7 @@ class Engine:
                 team is not None and team.chat_seq > rep.chat_read.get(team.id, 0),
             )
 
-        teams = sorted(
-            (self._teams[t] for t in rep.teams),
-            key=lambda t: (t.id not in rep.favourites, t.name.lower(), t.id),
-        )
+        teams = self.rep_teams(rep_id)
         out = [summary(personal_queue(rep.id), rep.name)]
         out += [summary(team_queue(t.id), t.name, t) for t in teams]
         if self.can_see(rep, GENERAL_QUEUE):

@@ -96,9 +96,41 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
 
     # ------------------------------------------------------------- queues and sessions
 
+    def _seq(self) -> int:
+        """The feed sequence a read reflects: the loop runs one thing at a time, so the
+        state read now includes exactly the events numbered up to here."""
+        feed = self.rt.hub.feeds.get(me())
+        return 0 if feed is None else feed.seq
+
+    @rpc
+    async def GetMyProfile(self, request: Any, context: Any) -> cpb.GetMyProfileResponse:
+        rep = self.engine.rep(me())
+        teams = self.engine.rep_teams(rep.id)
+        return cpb.GetMyProfileResponse(
+            profile=cpb.MyProfile(
+                rep_id=rep.id,
+                display_name=rep.name,
+                teams=[
+                    cpb.MyTeam(
+                        team_id=t.id,
+                        display_name=t.name,
+                        embassy=t.kind is TeamKind.EMBASSY,
+                        favorite=t.id in rep.favourites,
+                    )
+                    for t in teams
+                ],
+                skills=dict(rep.skills),
+                auto_assign=rep.auto_assign,
+                audible_alerts=rep.audible_alerts,
+                permissions=convert.permissions_out(rep.permissions),
+            ),
+            feed_sequence=self._seq(),
+        )
+
     @rpc
     async def ListMyQueues(self, request: Any, context: Any) -> cpb.ListMyQueuesResponse:
         return cpb.ListMyQueuesResponse(
+            feed_sequence=self._seq(),
             queues=[
                 cpb.QueueSummary(
                     queue=convert.queue_out(q.queue),
@@ -109,7 +141,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     unread_chat=q.unread_chat,
                 )
                 for q in self.engine.rep_queues(me())
-            ]
+            ],
         )
 
     @rpc
@@ -124,7 +156,9 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
             raise PermissionDenied(f"you cannot see queue {queue}")
         chunk, token = convert.page("", items, request.page_size, request.page_token)
         return cpb.ListQueueItemsResponse(
-            items=[convert.item_out(i) for i in chunk], next_page_token=token
+            items=[convert.item_out(i) for i in chunk],
+            next_page_token=token,
+            feed_sequence=self._seq(),
         )
 
     def _visible_session(self, session_id: str) -> Any:
@@ -138,7 +172,8 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         self, request: cpb.GetSessionRequest, context: Any
     ) -> cpb.GetSessionResponse:
         return cpb.GetSessionResponse(
-            session=convert.session_out(self._visible_session(request.session_id))
+            session=convert.session_out(self._visible_session(request.session_id)),
+            feed_sequence=self._seq(),
         )
 
     @rpc
@@ -283,6 +318,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                 convert.chat_out(request.team_id, m.seq, m.rep_id, m.text, m.time) for m in chunk
             ],
             next_page_token=token,
+            feed_sequence=self._seq(),
         )
 
     @rpc

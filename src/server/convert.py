@@ -207,7 +207,7 @@ def page(
 # ----------------------------------------------------------------- directory (admin)
 
 
-def permissions_in(p: admin_pb.PermissionProfile) -> model.Permissions:
+def permissions_in(p: pb.PermissionProfile) -> model.Permissions:
     return model.Permissions(
         max_concurrent_sessions=p.max_concurrent_sessions,
         idle_timeout=seconds_of(p.idle_timeout),
@@ -219,8 +219,8 @@ def permissions_in(p: admin_pb.PermissionProfile) -> model.Permissions:
     )
 
 
-def permissions_out(p: model.Permissions) -> admin_pb.PermissionProfile:
-    return admin_pb.PermissionProfile(
+def permissions_out(p: model.Permissions) -> pb.PermissionProfile:
+    return pb.PermissionProfile(
         max_concurrent_sessions=p.max_concurrent_sessions,
         idle_timeout=duration(p.idle_timeout),
         may_get_next=p.may_get_next,

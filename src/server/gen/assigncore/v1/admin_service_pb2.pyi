@@ -141,54 +141,6 @@ PRINCIPAL_KIND_ADMIN: PrincipalKind.ValueType  # 3
 Global___PrincipalKind: _TypeAlias = PrincipalKind  # noqa: Y015
 
 @_typing.final
-class PermissionProfile(_message.Message):
-    """What a rep may do."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
-    IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
-    MAY_GET_NEXT_FIELD_NUMBER: _builtins.int
-    MAY_OPT_OUT_FIELD_NUMBER: _builtins.int
-    MAY_TRANSFER_FIELD_NUMBER: _builtins.int
-    MAY_USE_GENERAL_QUEUE_FIELD_NUMBER: _builtins.int
-    SHOWN_ON_PUBLIC_SITE_FIELD_NUMBER: _builtins.int
-    max_concurrent_sessions: _builtins.int
-    """Most sessions at once for automatic assignment; 0 = no limit (at most 1000)."""
-    may_get_next: _builtins.bool
-    """May use Get Next."""
-    may_opt_out: _builtins.bool
-    """May switch automatic assignment off."""
-    may_transfer: _builtins.bool
-    """May transfer sessions."""
-    may_use_general_queue: _builtins.bool
-    """Sees and takes sessions of the general queue."""
-    shown_on_public_site: _builtins.bool
-    """Listed on the public site for customers to pick."""
-    @_builtins.property
-    def idle_timeout(self) -> _duration_pb2.Duration:
-        """Idle after this long without activity; unset or 0 = never."""
-
-    def __init__(
-        self,
-        *,
-        max_concurrent_sessions: _builtins.int = ...,
-        idle_timeout: _duration_pb2.Duration | None = ...,
-        may_get_next: _builtins.bool = ...,
-        may_opt_out: _builtins.bool = ...,
-        may_transfer: _builtins.bool = ...,
-        may_use_general_queue: _builtins.bool = ...,
-        shown_on_public_site: _builtins.bool = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "max_concurrent_sessions", b"max_concurrent_sessions", "may_get_next", b"may_get_next", "may_opt_out", b"may_opt_out", "may_transfer", b"may_transfer", "may_use_general_queue", b"may_use_general_queue", "shown_on_public_site", b"shown_on_public_site"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___PermissionProfile: _TypeAlias = PermissionProfile  # noqa: Y015
-
-@_typing.final
 class Rep(_message.Message):
     """A support representative."""
 
@@ -237,7 +189,7 @@ class Rep(_message.Message):
         """Skill name to proficiency level (1-10); at most 64 skills."""
 
     @_builtins.property
-    def permissions(self) -> Global___PermissionProfile:
+    def permissions(self) -> _common_pb2.PermissionProfile:
         """What the rep may do."""
 
     @_builtins.property
@@ -250,7 +202,7 @@ class Rep(_message.Message):
         id: _builtins.str = ...,
         display_name: _builtins.str = ...,
         skills: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
-        permissions: Global___PermissionProfile | None = ...,
+        permissions: _common_pb2.PermissionProfile | None = ...,
         team_ids: _abc.Iterable[_builtins.str] | None = ...,
         auto_assign: _builtins.bool = ...,
         connected: _builtins.bool = ...,

@@ -6,6 +6,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -504,3 +505,51 @@ class Target(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Target: _TypeAlias = Target  # noqa: Y015
+
+@_typing.final
+class PermissionProfile(_message.Message):
+    """What a rep may do."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
+    IDLE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAY_GET_NEXT_FIELD_NUMBER: _builtins.int
+    MAY_OPT_OUT_FIELD_NUMBER: _builtins.int
+    MAY_TRANSFER_FIELD_NUMBER: _builtins.int
+    MAY_USE_GENERAL_QUEUE_FIELD_NUMBER: _builtins.int
+    SHOWN_ON_PUBLIC_SITE_FIELD_NUMBER: _builtins.int
+    max_concurrent_sessions: _builtins.int
+    """Most sessions at once for automatic assignment; 0 = no limit (at most 1000)."""
+    may_get_next: _builtins.bool
+    """May use Get Next."""
+    may_opt_out: _builtins.bool
+    """May switch automatic assignment off."""
+    may_transfer: _builtins.bool
+    """May transfer sessions."""
+    may_use_general_queue: _builtins.bool
+    """Sees and takes sessions of the general queue."""
+    shown_on_public_site: _builtins.bool
+    """Listed on the public site for customers to pick."""
+    @_builtins.property
+    def idle_timeout(self) -> _duration_pb2.Duration:
+        """Idle after this long without activity; unset or 0 = never."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_sessions: _builtins.int = ...,
+        idle_timeout: _duration_pb2.Duration | None = ...,
+        may_get_next: _builtins.bool = ...,
+        may_opt_out: _builtins.bool = ...,
+        may_transfer: _builtins.bool = ...,
+        may_use_general_queue: _builtins.bool = ...,
+        shown_on_public_site: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "max_concurrent_sessions", b"max_concurrent_sessions", "may_get_next", b"may_get_next", "may_opt_out", b"may_opt_out", "may_transfer", b"may_transfer", "may_use_general_queue", b"may_use_general_queue", "shown_on_public_site", b"shown_on_public_site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionProfile: _TypeAlias = PermissionProfile  # noqa: Y015

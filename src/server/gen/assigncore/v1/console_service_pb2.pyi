@@ -799,6 +799,12 @@ class ListMyQueuesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     QUEUES_FIELD_NUMBER: _builtins.int
+    FEED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    feed_sequence: _builtins.int
+    """The rep's feed sequence this response reflects: it includes every event up to this
+    sequence and none after it (etcd's header revision). A console that resyncs applies
+    the events with a higher sequence on top of it.
+    """
     @_builtins.property
     def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueSummary]:
         """Personal first, then starred teams, other teams by name, then general."""
@@ -807,10 +813,11 @@ class ListMyQueuesResponse(_message.Message):
         self,
         *,
         queues: _abc.Iterable[Global___QueueSummary] | None = ...,
+        feed_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_sequence", b"feed_sequence", "queues", b"queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -856,8 +863,14 @@ class ListQueueItemsResponse(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FEED_SEQUENCE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass as page_token for the next page; empty on the last page."""
+    feed_sequence: _builtins.int
+    """The rep's feed sequence this response reflects: it includes every event up to this
+    sequence and none after it (etcd's header revision). A console that resyncs applies
+    the events with a higher sequence on top of it.
+    """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.QueueItem]:
         """Items, highest priority and longest waiting first."""
@@ -867,10 +880,11 @@ class ListQueueItemsResponse(_message.Message):
         *,
         items: _abc.Iterable[_common_pb2.QueueItem] | None = ...,
         next_page_token: _builtins.str = ...,
+        feed_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_sequence", b"feed_sequence", "items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -905,6 +919,12 @@ class GetSessionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    FEED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    feed_sequence: _builtins.int
+    """The rep's feed sequence this response reflects: it includes every event up to this
+    sequence and none after it (etcd's header revision). A console that resyncs applies
+    the events with a higher sequence on top of it.
+    """
     @_builtins.property
     def session(self) -> _common_pb2.Session:
         """The session."""
@@ -913,10 +933,11 @@ class GetSessionResponse(_message.Message):
         self,
         *,
         session: _common_pb2.Session | None = ...,
+        feed_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_sequence", b"feed_sequence", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1566,8 +1587,14 @@ class ListTeamChatMessagesResponse(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FEED_SEQUENCE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass as page_token for the next page; empty when there is none yet."""
+    feed_sequence: _builtins.int
+    """The rep's feed sequence this response reflects: it includes every event up to this
+    sequence and none after it (etcd's header revision). A console that resyncs applies
+    the events with a higher sequence on top of it.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]:
         """Oldest first."""
@@ -1577,10 +1604,11 @@ class ListTeamChatMessagesResponse(_message.Message):
         *,
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         next_page_token: _builtins.str = ...,
+        feed_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_sequence", b"feed_sequence", "messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1720,3 +1748,157 @@ class SearchTransferTargetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchTransferTargetsResponse: _TypeAlias = SearchTransferTargetsResponse  # noqa: Y015
+
+@_typing.final
+class GetMyProfileRequest(_message.Message):
+    """Request of GetMyProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMyProfileRequest: _TypeAlias = GetMyProfileRequest  # noqa: Y015
+
+@_typing.final
+class MyTeam(_message.Message):
+    """A team the rep belongs to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEAM_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    EMBASSY_FIELD_NUMBER: _builtins.int
+    FAVORITE_FIELD_NUMBER: _builtins.int
+    team_id: _builtins.str
+    """The team."""
+    display_name: _builtins.str
+    """Its display name."""
+    embassy: _builtins.bool
+    """An external partner team (listed apart as a transfer target)."""
+    favorite: _builtins.bool
+    """Starred by this rep (listed first)."""
+    def __init__(
+        self,
+        *,
+        team_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        embassy: _builtins.bool = ...,
+        favorite: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "embassy", b"embassy", "favorite", b"favorite", "team_id", b"team_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MyTeam: _TypeAlias = MyTeam  # noqa: Y015
+
+@_typing.final
+class MyProfile(_message.Message):
+    """The calling rep as the server knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SkillsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REP_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    TEAMS_FIELD_NUMBER: _builtins.int
+    SKILLS_FIELD_NUMBER: _builtins.int
+    AUTO_ASSIGN_FIELD_NUMBER: _builtins.int
+    AUDIBLE_ALERTS_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
+    rep_id: _builtins.str
+    """The rep's id."""
+    display_name: _builtins.str
+    """Display name."""
+    auto_assign: _builtins.bool
+    """Offered sessions automatically."""
+    audible_alerts: _builtins.bool
+    """Offers play an audible alert."""
+    @_builtins.property
+    def teams(self) -> _containers.RepeatedCompositeFieldContainer[Global___MyTeam]:
+        """Teams, starred first, then by name."""
+
+    @_builtins.property
+    def skills(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Skill name -> proficiency level (1-10)."""
+
+    @_builtins.property
+    def permissions(self) -> _common_pb2.PermissionProfile:
+        """What the rep may do."""
+
+    def __init__(
+        self,
+        *,
+        rep_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        teams: _abc.Iterable[Global___MyTeam] | None = ...,
+        skills: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        auto_assign: _builtins.bool = ...,
+        audible_alerts: _builtins.bool = ...,
+        permissions: _common_pb2.PermissionProfile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["permissions", b"permissions"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audible_alerts", b"audible_alerts", "auto_assign", b"auto_assign", "display_name", b"display_name", "permissions", b"permissions", "rep_id", b"rep_id", "skills", b"skills", "teams", b"teams"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MyProfile: _TypeAlias = MyProfile  # noqa: Y015
+
+@_typing.final
+class GetMyProfileResponse(_message.Message):
+    """Response of GetMyProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    FEED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    feed_sequence: _builtins.int
+    """The rep's feed sequence this response reflects: it includes every event up to this
+    sequence and none after it (etcd's header revision). A console that resyncs applies
+    the events with a higher sequence on top of it.
+    """
+    @_builtins.property
+    def profile(self) -> Global___MyProfile:
+        """The rep."""
+
+    def __init__(
+        self,
+        *,
+        profile: Global___MyProfile | None = ...,
+        feed_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_sequence", b"feed_sequence", "profile", b"profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMyProfileResponse: _TypeAlias = GetMyProfileResponse  # noqa: Y015

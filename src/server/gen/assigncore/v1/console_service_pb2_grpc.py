@@ -81,6 +81,11 @@ class RepConsoleServiceStub:
                 request_serializer=assigncore_dot_v1_dot_console__service__pb2.SignOutRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_console__service__pb2.SignOutResponse.FromString,
                 _registered_method=True)
+        self.GetMyProfile = channel.unary_unary(
+                '/assigncore.v1.RepConsoleService/GetMyProfile',
+                request_serializer=assigncore_dot_v1_dot_console__service__pb2.GetMyProfileRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_console__service__pb2.GetMyProfileResponse.FromString,
+                _registered_method=True)
         self.ListMyQueues = channel.unary_unary(
                 '/assigncore.v1.RepConsoleService/ListMyQueues',
                 request_serializer=assigncore_dot_v1_dot_console__service__pb2.ListMyQueuesRequest.SerializeToString,
@@ -229,6 +234,14 @@ class RepConsoleServiceServicer:
     def SignOut(self, request, context):
         """Signs the rep out: sessions are handed on at once (no grace period).
         Errors: FAILED_PRECONDITION if not connected.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMyProfile(self, request, context):
+        """Who the calling rep is: id, name, teams, skills, settings and permissions.
+        Errors: NOT_FOUND (the rep was deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -405,6 +418,11 @@ def add_RepConsoleServiceServicer_to_server(servicer, server):
                     servicer.SignOut,
                     request_deserializer=assigncore_dot_v1_dot_console__service__pb2.SignOutRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_console__service__pb2.SignOutResponse.SerializeToString,
+            ),
+            'GetMyProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMyProfile,
+                    request_deserializer=assigncore_dot_v1_dot_console__service__pb2.GetMyProfileRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_console__service__pb2.GetMyProfileResponse.SerializeToString,
             ),
             'ListMyQueues': grpc.unary_unary_rpc_method_handler(
                     servicer.ListMyQueues,
@@ -592,6 +610,33 @@ class RepConsoleService:
             '/assigncore.v1.RepConsoleService/SignOut',
             assigncore_dot_v1_dot_console__service__pb2.SignOutRequest.SerializeToString,
             assigncore_dot_v1_dot_console__service__pb2.SignOutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMyProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.RepConsoleService/GetMyProfile',
+            assigncore_dot_v1_dot_console__service__pb2.GetMyProfileRequest.SerializeToString,
+            assigncore_dot_v1_dot_console__service__pb2.GetMyProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

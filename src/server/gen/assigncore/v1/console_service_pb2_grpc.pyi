@@ -79,6 +79,10 @@ class RepConsoleServiceStub:
     """Signs the rep out: sessions are handed on at once (no grace period).
     Errors: FAILED_PRECONDITION if not connected.
     """
+    GetMyProfile: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.GetMyProfileRequest, _console_service_pb2.GetMyProfileResponse]
+    """Who the calling rep is: id, name, teams, skills, settings and permissions.
+    Errors: NOT_FOUND (the rep was deleted).
+    """
     ListMyQueues: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.ListMyQueuesRequest, _console_service_pb2.ListMyQueuesResponse]
     """Lists the rep's queues: personal, favourite teams, other teams, and the general
     queue if permitted, with counts and unread-chat marks. Errors: none beyond auth.
@@ -212,6 +216,10 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     SignOut: _aio.UnaryUnaryMultiCallable[_console_service_pb2.SignOutRequest, _console_service_pb2.SignOutResponse]  # type: ignore[assignment]
     """Signs the rep out: sessions are handed on at once (no grace period).
     Errors: FAILED_PRECONDITION if not connected.
+    """
+    GetMyProfile: _aio.UnaryUnaryMultiCallable[_console_service_pb2.GetMyProfileRequest, _console_service_pb2.GetMyProfileResponse]  # type: ignore[assignment]
+    """Who the calling rep is: id, name, teams, skills, settings and permissions.
+    Errors: NOT_FOUND (the rep was deleted).
     """
     ListMyQueues: _aio.UnaryUnaryMultiCallable[_console_service_pb2.ListMyQueuesRequest, _console_service_pb2.ListMyQueuesResponse]  # type: ignore[assignment]
     """Lists the rep's queues: personal, favourite teams, other teams, and the general
@@ -355,6 +363,16 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_console_service_pb2.SignOutResponse, _abc.Awaitable[_console_service_pb2.SignOutResponse]]:
         """Signs the rep out: sessions are handed on at once (no grace period).
         Errors: FAILED_PRECONDITION if not connected.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMyProfile(
+        self,
+        request: _console_service_pb2.GetMyProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_console_service_pb2.GetMyProfileResponse, _abc.Awaitable[_console_service_pb2.GetMyProfileResponse]]:
+        """Who the calling rep is: id, name, teams, skills, settings and permissions.
+        Errors: NOT_FOUND (the rep was deleted).
         """
 
     @_abc_1.abstractmethod
