@@ -137,6 +137,13 @@ def rep_token(rep: str) -> str:
     return f"test-{rep}-token-0123456789"
 
 
+async def until(condition: Any, seconds: float = 20.0) -> None:
+    """Waits for a state of the server (the server runs on this loop), not for a time."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.002)
+
+
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -188,9 +195,11 @@ class Console:
         return getattr(self.stub, method)(request, metadata=auth(self.token))
 
     async def drop(self) -> None:
-        """The connection goes away without signing out."""
+        """The connection goes away without signing out; returns once the server has
+        seen the stream end."""
         self.call.cancel()
-        await asyncio.sleep(0.05)
+        hub = self.live.server.runtime.hub
+        await until(lambda: hub.stream_of(self.rep) is None)
 
 
 class Live:
@@ -206,13 +215,13 @@ class Live:
         c = Console(self, rep, resume_after, token)
         self.consoles.append(c)
         await c.welcome()
-        await asyncio.sleep(0.01)
         return c
 
     async def advance(self, seconds: float) -> None:
+        """Moves the manual clock and fires what is due; the events are in the feeds when
+        this returns (tests then wait for them on their consoles)."""
         self.clock.tick(seconds)
         self.server.runtime.tick()
-        await asyncio.sleep(0.05)
 
     async def start(self, token: str = INTAKE, **via: Any) -> pb.Session:
         self._request += 1
@@ -223,7 +232,6 @@ class Live:
             ipb.StartSessionRequest(request_id=f"req-{self._request}", customer=customer, **via),
             metadata=auth(token),
         )
-        await asyncio.sleep(0.02)
         return response.session
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from server.gen.assigncore.v1 import admin_service_pb2 as apb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
 
 from .h2client import RawConnection, grpc_frame
-from .server_harness import ADMIN, auth, live_server, rep_token
+from .server_harness import ADMIN, auth, live_server, rep_token, until
 
 SUBSCRIBE = "/assigncore.v1.RepConsoleService/Subscribe"
 RESOURCE_EXHAUSTED = 8
@@ -21,13 +21,6 @@ RESOURCE_EXHAUSTED = 8
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
-
-
-async def until(condition, seconds: float = 20.0) -> None:
-    """Waits for a state of the server (not for a time)."""
-    async with asyncio.timeout(seconds):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_a_console_that_stops_reading_is_cut_off_and_memory_stays_flat():
