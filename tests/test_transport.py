@@ -66,7 +66,7 @@ def wait_all_ended(conns: list, seconds: float = 30.0) -> None:
 
 
 async def test_thousands_of_tokenless_half_sent_streams_hold_no_capacity():
-    live = await live_server(max_concurrent_rpcs=100)
+    live = await live_server(max_concurrent_rpcs=100, max_streams_per_connection=100)
     conns: list = []
     try:
         before = rss_bytes()

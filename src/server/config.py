@@ -5,7 +5,7 @@
     admin_token = "..."           # else $ASSIGNCORE_ADMIN_TOKEN, else one is generated
     max_message_bytes = 1048576
     max_concurrent_rpcs = 20000   # authenticated calls in flight, console streams too
-    max_streams_per_connection = 100
+    max_streams_per_connection = 1000
     message_timeout = 10.0        # seconds a request message may take to arrive
     max_open_streams = 100        # health Watch and reflection streams (no token)
     event_buffer = 1000           # events held per rep for resume_after
@@ -54,7 +54,7 @@ class Settings:
     admin_token: str | None = None
     max_message_bytes: int = 1024 * 1024
     max_concurrent_rpcs: int = 20000
-    max_streams_per_connection: int = 100
+    max_streams_per_connection: int = 1000
     message_timeout: float = 10.0
     max_open_streams: int = 100
     event_buffer: int = 1000
