@@ -94,3 +94,25 @@ def test_cli_serves_and_drains_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_hardening_limits_are_configurable_and_checked():
+    from server import config
+
+    settings = config.parse(
+        "[server]\nkey_failures_per_address = 3\nkey_failures_per_portal = 50\n"
+        "message_timeout = 2.5\nmax_streams_per_connection = 64\noutbox_limit = 20\n",
+        "t",
+    )
+    assert settings.engine.key_failures_allowed == 3
+    assert settings.engine.key_failures_per_portal == 50
+    assert (settings.message_timeout, settings.max_streams_per_connection) == (2.5, 64)
+    assert settings.outbox_limit == 20
+    for bad in (
+        "outbox_limit = 2000",  # larger than the resume buffer: overflow could lose events
+        "message_timeout = 0",
+        "max_streams_per_connection = -1",
+        "max_open_streams = true",
+    ):
+        with pytest.raises(config.ConfigError):
+            config.parse(f"[server]\n{bad}\n", "t")

@@ -15,6 +15,8 @@
     max_rule_moves = 10           # rule 8
     general_queue = true
     ended_retention = 3600        # seconds an ended session stays queryable
+    key_failures_per_address = 10 # wrong session keys per customer address per minute
+    key_failures_per_portal = 1000  # ... and per intake portal per minute
 
     [[teams]]
     id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
@@ -99,6 +101,8 @@ ENGINE_KEYS = {
     "general_queue": "general_queue_enabled",
     "session_key_ttl": "session_key_ttl",
     "ended_retention": "ended_retention",
+    "key_failures_per_address": "key_failures_allowed",
+    "key_failures_per_portal": "key_failures_per_portal",
 }
 DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
 
