@@ -77,6 +77,7 @@ class BatchDesk:
             )
             self.sessions.team[slot] = int(rng.integers(0, n_teams))
         self.pool = np.zeros(0, dtype=np.int32)
+        self.log_slot, self.log_seq = self.sessions.rule4_log()
         self._flags = self.reps.flags.copy()
         self._rank_key = self.reps.rank_key.copy()
         self._n_eligible = self.reps.n_eligible
@@ -88,11 +89,15 @@ class BatchDesk:
         self.reps.n_eligible = self._n_eligible
 
     def full_pass(self) -> int:
-        """What the engine's pass does with the columns: hand the arrival log (rule-4
-        order) to one kernel call."""
-        log_slot, log_seq = self.sessions.arrival_log()
+        """One kernel call over every waiting session of every queue in rule-4 order
+        (the engine hands it only the queue heads that can matter; this is the worst
+        case: a pass that must look at everything)."""
         slots, _ = self.kernel.assign_batch(
-            log_slot, log_seq, self.pool, min(len(log_slot), self.reps.n_eligible)
+            self.log_slot,
+            self.log_seq,
+            self.pool,
+            min(len(self.log_slot), self.reps.n_eligible),
+            self.reps.n_eligible,
         )
         self.reps.offers_made(len(slots))
         return len(slots)

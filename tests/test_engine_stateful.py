@@ -31,6 +31,7 @@ from assigncore.model import (
     personal_queue,
     team_queue,
 )
+from assigncore.queue_order import SLOT_MASK
 
 from .conftest import ManualClock
 
@@ -278,9 +279,9 @@ class EngineMachine(RuleBasedStateMachine):
     def each_session_is_in_exactly_one_place(self):
         e = self.engine
         where: dict[str, list[str]] = {}
-        for q, items in e._queues.items():
-            for item in items:
-                where.setdefault(item, []).append(str(q))
+        for q in e._queues:
+            for item in e.queue_items(q):
+                where.setdefault(item.id, []).append(str(q))
         for s in e.sessions():
             if s.state in (SessionState.WAITING, SessionState.OFFERED):
                 assert where.get(s.id) == [str(s.queue)] and s.owner is None
@@ -348,6 +349,39 @@ class EngineMachine(RuleBasedStateMachine):
                 assert not (e.eligible(rep_id) and rep_id not in s.declined_by), (
                     f"{rep_id} idles while {s.id} waits in {s.queue}"
                 )
+
+    @invariant()
+    def queue_indexes_match_a_brute_force_rule4_order(self):
+        e = self.engine
+        sessions = e.sessions()
+        for q, index in e._queues.items():
+            waiting = [s for s in sessions if s.queue == q]
+            expected = sorted(waiting, key=lambda s: (-s.priority, s.created_time, s.seq))
+            got = [e._session_by_slot[k & SLOT_MASK] for k in index.sessions]
+            assert [s.id for s in got] == [s.id for s in expected], q
+            for place, s in enumerate(expected, 1):
+                assert e.queue_position(s.id) == place
+            invitations = [i for i in e.invitations() if i.queue == q]
+            assert len(index.invitations) == len(invitations)
+            listed = [i.id for i in e.queue_items(q)]
+            paged, cursor = [], None
+            while True:
+                page, cursor = e.queue_page(q, cursor, 2)
+                paged += [i.id for i in page]
+                if cursor is None:
+                    break
+            assert paged == listed
+            if index.ready is None:
+                continue
+            team = e.team(q.owner)
+            ready = {e._session_by_slot[k & SLOT_MASK].id for k in index.ready}
+            parked = {e._session_by_slot[k & SLOT_MASK].id for k in index.parked}
+            unoffered = {s.id for s in waiting if s.state is SessionState.WAITING}
+            assert not ready & parked and ready | parked == unoffered, q
+            eligible = {r for r in team.members if e.eligible(r)}
+            assert e._team_eligible[team.ordinal] == len(eligible)
+            for sid in parked:  # parked: every eligible member declined it
+                assert eligible <= set(e.session(sid).declined_by), (sid, eligible)
 
     @invariant()
     def no_due_timer_left_behind(self):

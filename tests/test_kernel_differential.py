@@ -52,10 +52,12 @@ def build(world: dict, implementation: str):
     sessions = SessionTable(kernel, capacity=4)
     pool: list[int] = []
     by_slot = {}
+    entries = []  # (priority, seq, slot) of every session, the ended ones too
     for i, s in enumerate(world["sessions"]):
         slot = sessions.alloc(
             s["priority"], i, [k for k, _ in s["req"]], [lv for _, lv in s["req"]]
         )
+        entries.append((-s["priority"], i, slot))
         if s.get("gone"):  # ended: its slot is reused, its log entry goes stale
             sessions.release(slot)
             continue
@@ -64,6 +66,11 @@ def build(world: dict, implementation: str):
         pool.extend(s["declined"])
         by_slot[slot] = s
     world["by_slot"] = by_slot
+    entries.sort()
+    world["log"] = (
+        np.asarray([slot for _, _, slot in entries], dtype=np.int64),
+        np.asarray([seq for _, seq, _ in entries], dtype=np.int64),
+    )
     return kernel, reps, sessions, np.asarray(pool, dtype=np.int32)
 
 
@@ -180,9 +187,11 @@ def check_batch(world: dict) -> None:
     results = []
     for impl in ("cython", "reference"):
         kernel, reps, sessions, pool = build(world, impl)
-        log_slot, log_seq = sessions.arrival_log()
+        log_slot, log_seq = world["log"]  # stale entries of ended sessions included
         waiting = sessions.pass_order().tolist()
-        slots, chosen = kernel.assign_batch(log_slot, log_seq, pool, max(1, len(log_slot)))
+        slots, chosen = kernel.assign_batch(
+            log_slot, log_seq, pool, max(1, len(log_slot)), reps.n_eligible
+        )
         results.append(
             (
                 slots.tolist(),

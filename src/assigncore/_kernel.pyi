@@ -16,7 +16,8 @@ class RankKernel:
     ) -> None: ...
     def bind_teams(
         self,
-        indptr: npt.NDArray[np.int32],
+        start: npt.NDArray[np.int32],
+        end: npt.NDArray[np.int32],
         members: npt.NDArray[np.int32],
         alg: npt.NDArray[np.int8],
         n_teams: int,
@@ -47,4 +48,5 @@ class RankKernel:
         decl_pool: npt.NDArray[np.int32],
         out_slot: npt.NDArray[np.int32],
         out_rep: npt.NDArray[np.int32],
+        remaining: int,
     ) -> int: ...

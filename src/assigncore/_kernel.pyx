@@ -79,10 +79,12 @@ cdef class RankKernel:
     cdef uint8_t[:, ::1] skills
     cdef uint8_t[::1] marks        # scratch: declined reps of the session being ranked
     cdef Py_ssize_t n_reps
-    # team columns
-    cdef int32_t[::1] team_indptr
+    # team columns: team t's members are team_members[team_start[t]:team_end[t]]
+    cdef int32_t[::1] team_start
+    cdef int32_t[::1] team_end
     cdef int32_t[::1] team_members
     cdef int8_t[::1] team_alg
+    cdef uint8_t[::1] team_done    # scratch of assign_batch, all zero between calls
     cdef Py_ssize_t n_teams
     # session columns
     cdef int32_t[::1] s_team
@@ -108,20 +110,25 @@ cdef class RankKernel:
         self.rank_key, self.flags = rank_key, flags
         self.skills, self.marks, self.n_reps = skills, marks, n_reps
 
-    def bind_teams(self, int32_t[::1] indptr, int32_t[::1] members, int8_t[::1] alg,
-                   Py_ssize_t n_teams):
-        if indptr.shape[0] < n_teams + 1 or alg.shape[0] < n_teams:
+    def bind_teams(self, int32_t[::1] start, int32_t[::1] end, int32_t[::1] members,
+                   int8_t[::1] alg, Py_ssize_t n_teams):
+        """Team t's members are members[start[t]:end[t]] (each team has a region of its
+        own, so a membership change touches one team). Checked here, once per binding."""
+        if start.shape[0] < n_teams or end.shape[0] < n_teams or alg.shape[0] < n_teams:
             raise ValueError("team columns are shorter than n_teams")
-        if members.shape[0] < indptr[n_teams]:
-            raise ValueError("team member list is shorter than its index says")
-        cdef Py_ssize_t i
-        for i in range(indptr[n_teams]):
-            if members[i] < 0 or members[i] >= self.n_reps:
-                raise IndexError(f"team member ordinal {members[i]} out of range")
-        for i in range(n_teams):
-            if alg[i] < 0 or alg[i] >= N_ALGORITHMS:
-                raise ValueError(f"unknown algorithm {alg[i]}")
-        self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
+        cdef Py_ssize_t i, t
+        for t in range(n_teams):
+            if start[t] < 0 or end[t] < start[t] or end[t] > members.shape[0]:
+                raise ValueError(f"team {t}'s member region is outside the member list")
+            for i in range(start[t], end[t]):
+                if members[i] < 0 or members[i] >= self.n_reps:
+                    raise IndexError(f"team member ordinal {members[i]} out of range")
+            if alg[t] < 0 or alg[t] >= N_ALGORITHMS:
+                raise ValueError(f"unknown algorithm {alg[t]}")
+        self.team_start, self.team_end, self.team_members = start, end, members
+        self.team_alg = alg
+        if self.team_done is None or self.team_done.shape[0] < n_teams:
+            self.team_done = np.zeros(max(n_teams, 1), dtype=np.uint8)
         self.n_teams = n_teams
 
     def bind_sessions(self, int32_t[::1] team, int64_t[::1] seq, uint8_t[::1] nreq,
@@ -231,7 +238,7 @@ cdef class RankKernel:
 
     def assign_batch(self, const int64_t[::1] log_slot, const int64_t[::1] log_seq,
                      const int32_t[::1] decl_pool, int32_t[::1] out_slot,
-                     int32_t[::1] out_rep):
+                     int32_t[::1] out_rep, Py_ssize_t remaining):
         """One assignment pass over the arrival log: (slot, seq) entries in rule-4 order
         (priority, then arrival). An entry counts if its slot still holds that session
         (same seq) and the session waits without an offer in a team queue. Each such
@@ -239,11 +246,12 @@ cdef class RankKernel:
         member; that rep's rank_key becomes INELIGIBLE and FLAG_PENDING_OFFER is set at
         once, so later sessions see it taken. Teams found with no eligible member are
         skipped for the rest of the pass; the pass stops when no rep is left. Writes the
-        offers to out_slot/out_rep and returns how many were made."""
+        offers to out_slot/out_rep and returns how many were made. `remaining` is the
+        number of eligible reps (kept by the caller, so a pass never counts the table)."""
         cdef Py_ssize_t n = log_slot.shape[0], k, made = 0, ok, start, end, nd
         cdef Py_ssize_t n_reps = self.n_reps, n_teams = self.n_teams
         cdef Py_ssize_t n_slots = self.n_slots, cap_out = out_slot.shape[0]
-        cdef Py_ssize_t remaining = 0, r, pool_n = decl_pool.shape[0]
+        cdef Py_ssize_t pool_n = decl_pool.shape[0]
         cdef int64_t s
         cdef int32_t t
         cdef int nreq
@@ -252,7 +260,7 @@ cdef class RankKernel:
             raise ValueError("log_seq or out_rep has the wrong length")
         if n == 0 or n_reps == 0 or n_teams == 0:
             return 0
-        cdef uint8_t[::1] team_done = np.zeros(n_teams, dtype=np.uint8)
+        cdef uint8_t[::1] team_done = self.team_done
         for k in range(n):
             s = log_slot[k]
             if s < 0 or s >= n_slots:
@@ -268,8 +276,6 @@ cdef class RankKernel:
             if decl_pool[k] < 0 or decl_pool[k] >= n_reps:
                 raise IndexError(f"declined rep ordinal {decl_pool[k]} out of range")
         with nogil:
-            for r in range(n_reps):
-                remaining += self.rank_key[r] != INELIGIBLE
             for k in range(n):
                 if remaining == 0 or made == cap_out:
                     break
@@ -278,8 +284,8 @@ cdef class RankKernel:
                 if t < 0 or self.s_seq[s] != log_seq[k] or team_done[t] \
                         or self.team_alg[t] == ALG_NONE:
                     continue
-                start = self.team_indptr[t]
-                end = self.team_indptr[t + 1]
+                start = self.team_start[t]
+                end = self.team_end[t]
                 nd = self.s_decl_cnt[s]
                 nreq = self.s_nreq[s]
                 if nd:
@@ -301,4 +307,8 @@ cdef class RankKernel:
                 out_slot[made] = <int32_t>s
                 out_rep[made] = best
                 made += 1
+            for k in range(n):  # leave the scratch all zero for the next pass
+                t = self.s_team[log_slot[k]]
+                if t >= 0:
+                    team_done[t] = 0
         return made

@@ -143,80 +143,91 @@ class RepTable:
 
 
 class TeamTable:
-    """Per-team algorithm and membership as CSR (members sorted by ordinal), rebuilt lazily
-    after a membership change, before the next pass."""
+    """Per-team algorithm and members. Each team owns a region of one member array,
+    members[start[t]:end[t]], with room up to limit[t]: a join writes one slot (a full
+    region first moves to the end of the array with twice the room), a leave moves the
+    last member into the hole. So a membership change costs O(1) amortised (a leave,
+    O(team size) to find the member), never a rebuild of every team. The kernel is bound
+    to the arrays' whole capacity (unused teams are empty and never assigned) and is
+    rebound only when an array is reallocated."""
 
-    def __init__(self, kernel) -> None:
+    def __init__(self, kernel, capacity: int = 16) -> None:
         self.kernel = kernel
         self.n = 0
-        self.alg = np.zeros(16, dtype=np.int8)
-        self.members: list[set[int]] = []
-        self.indptr = np.zeros(1, dtype=np.int32)
-        self.flat = np.zeros(0, dtype=np.int32)
-        self.dirty = True
+        self.alg = np.zeros(capacity, dtype=np.int8)
+        self.start = np.zeros(capacity, dtype=np.int32)
+        self.end = np.zeros(capacity, dtype=np.int32)
+        self.limit = np.zeros(capacity, dtype=np.int32)
+        self.flat = np.zeros(64, dtype=np.int32)
+        self.used = 0  # high-water mark of regions in flat
+        self.live = 0  # members over all teams
+        self._bind()
+
+    def _bind(self) -> None:
+        self.kernel.bind_teams(self.start, self.end, self.flat, self.alg, len(self.alg))
 
     def add(self, algorithm: int) -> int:
         if self.n == len(self.alg):
-            self.alg = _grow(self.alg, 2 * len(self.alg))
+            size = 2 * len(self.alg)
+            for name in ("alg", "start", "end", "limit"):
+                setattr(self, name, _grow(getattr(self, name), size))
+            self._bind()
         ordinal = self.n
         self.n += 1
         self.alg[ordinal] = algorithm
-        self.members.append(set())
-        self.dirty = True
         return ordinal
 
     def set_algorithm(self, ordinal: int, algorithm: int) -> None:
         self.alg[ordinal] = algorithm
 
+    def members(self, team: int) -> np.ndarray:
+        return self.flat[self.start[team] : self.end[team]]
+
     def add_member(self, team: int, rep: int) -> None:
-        self.members[team].add(rep)
-        self.dirty = True
+        if self.end[team] == self.limit[team]:
+            self._relocate(team, max(4, 2 * int(self.end[team] - self.start[team])))
+        self.flat[self.end[team]] = rep
+        self.end[team] += 1
+        self.live += 1
 
     def remove_member(self, team: int, rep: int) -> None:
-        self.members[team].discard(rep)
-        self.dirty = True
+        start, end = int(self.start[team]), int(self.end[team])
+        hits = np.flatnonzero(self.flat[start:end] == rep)
+        if len(hits):
+            self.flat[start + int(hits[0])] = self.flat[end - 1]
+            self.end[team] = end - 1
+            self.live -= 1
+
+    def _relocate(self, team: int, room: int) -> None:
+        if self.used + room > len(self.flat):
+            if self.used > 2 * self.live + 1024:
+                self._compact()
+            if self.used + room > len(self.flat):
+                self.flat = _grow(self.flat, max(2 * len(self.flat), self.used + room))
+                self._bind()
+        start, end = int(self.start[team]), int(self.end[team])
+        count = end - start
+        self.flat[self.used : self.used + count] = self.flat[start:end]
+        self.start[team], self.end[team] = self.used, self.used + count
+        self.limit[team] = self.used + room
+        self.used += room
+
+    def _compact(self) -> None:
+        """Drops the holes that moved regions left behind (amortised over the moves)."""
+        flat = np.zeros(len(self.flat), dtype=np.int32)
+        used = 0
+        for t in range(self.n):
+            start, end, limit = int(self.start[t]), int(self.end[t]), int(self.limit[t])
+            room = limit - start
+            flat[used : used + end - start] = self.flat[start:end]
+            self.start[t], self.end[t], self.limit[t] = used, used + end - start, used + room
+            used += room
+        self.flat, self.used = flat, used
+        self._bind()
 
     def ensure_bound(self) -> None:
-        if not self.dirty:
-            return
-        counts = np.fromiter((len(m) for m in self.members), dtype=np.int32, count=self.n)
-        indptr = np.zeros(self.n + 1, dtype=np.int32)
-        np.cumsum(counts, out=indptr[1:])
-        flat = np.empty(int(indptr[-1]), dtype=np.int32)
-        for t, members in enumerate(self.members):
-            if members:
-                flat[indptr[t] : indptr[t + 1]] = sorted(members)
-        self.indptr, self.flat = indptr, flat
-        self.kernel.bind_teams(self.indptr, self.flat, self.alg, self.n)
-        self.dirty = False
-
-
-class _ArrivalLog:
-    """Slots of one priority level in arrival order, append-only; entries of ended
-    sessions are skipped by their seq and compacted away once they dominate."""
-
-    def __init__(self) -> None:
-        self.slots = np.zeros(16, dtype=np.int64)
-        self.seqs = np.zeros(16, dtype=np.int64)
-        self.size = 0
-        self.alive = 0
-
-    def append(self, slot: int, seq: int) -> None:
-        if self.size == len(self.slots):
-            self.slots = _grow(self.slots, 2 * self.size)
-            self.seqs = _grow(self.seqs, 2 * self.size)
-        self.slots[self.size], self.seqs[self.size] = slot, seq
-        self.size += 1
-        self.alive += 1
-
-    def live(self, seq_column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        slots, seqs = self.slots[: self.size], self.seqs[: self.size]
-        if self.size > 2 * self.alive + 64:  # compact: drop entries of ended sessions
-            keep = seq_column[slots] == seqs
-            slots, seqs = slots[keep], seqs[keep]
-            self.size = len(slots)
-            self.slots[: self.size], self.seqs[: self.size] = slots, seqs
-        return slots, seqs
+        """Binds the kernel (tests and tools that wrote the arrays directly)."""
+        self._bind()
 
 
 class SessionTable:
@@ -225,9 +236,8 @@ class SessionTable:
     requirements and the location of its declined list in the per-pass pool. Slots are
     recycled through a free list.
 
-    Rule-4 order (priority, then created time) needs no sort: a session's priority and
-    arrival seq never change, and seqs are handed out in creation order, so per priority
-    an append-only log of slots in arrival order is already sorted.
+    The order sessions are offered in (rule 4) is kept per queue by the engine
+    (queue_order.py); `rule4_log` computes it for the whole table, for tests and tools.
     """
 
     def __init__(self, kernel, capacity: int = 64) -> None:
@@ -235,7 +245,6 @@ class SessionTable:
         self.n = 0
         self.free: list[int] = []
         self.last_seq = -1
-        self.levels: dict[int, _ArrivalLog] = {}
         self.team = np.full(capacity, -1, dtype=np.int32)
         self.priority = np.zeros(capacity, dtype=np.int32)
         self.seq = np.full(capacity, -1, dtype=np.int64)
@@ -288,38 +297,29 @@ class SessionTable:
         self.req_skill[slot, : len(req_skill)] = req_skill
         self.req_level[slot, : len(req_level)] = req_level
         self.decl_cnt[slot] = 0
-        level = self.levels.get(priority)
-        if level is None:
-            level = self.levels[priority] = _ArrivalLog()
-        level.append(slot, seq)
         return slot
 
     def release(self, slot: int) -> None:
         self.team[slot] = -1
         self.decl_cnt[slot] = 0
         self.seq[slot] = -1
-        self.levels[int(self.priority[slot])].alive -= 1
         self.free.append(slot)
 
-    def arrival_log(self) -> tuple[np.ndarray, np.ndarray]:
+    def rule4_log(self) -> tuple[np.ndarray, np.ndarray]:
         """(slots, seqs) of every live session, higher priority first, then in arrival
-        order: rule-4 order. Entries whose slot no longer holds that seq are stale; the
-        kernel skips them, and those not waiting for an offer (team -1)."""
-        parts = [self.levels[p].live(self.seq) for p in sorted(self.levels, reverse=True)]
-        if not parts:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty
-        return (
-            np.concatenate([slots for slots, _ in parts]),
-            np.concatenate([seqs for _, seqs in parts]),
-        )
+        order: a log for `Kernel.assign_batch` over the whole table (tests, tools)."""
+        live = np.flatnonzero(self.seq[: self.n] >= 0)
+        order = np.lexsort((self.seq[live], -self.priority[live].astype(np.int64)))
+        slots = live[order].astype(np.int64)
+        return slots, self.seq[slots]
 
     def pass_order(self, team_open: np.ndarray | None = None) -> np.ndarray:
-        """The slots a pass considers, in its order (for tests and tools): waiting for an
-        offer and, with `team_open` (bool per team ordinal), only those teams'."""
-        slots, seqs = self.arrival_log()
+        """The slots a whole-table pass considers, in its order (for tests and tools):
+        waiting for an offer and, with `team_open` (bool per team ordinal), only those
+        teams'."""
+        slots, _ = self.rule4_log()
         team = self.team[slots]
-        keep = (team >= 0) & (self.seq[slots] == seqs)
+        keep = team >= 0
         if team_open is not None:
             keep &= np.append(team_open, False)[team]
         return slots[keep]

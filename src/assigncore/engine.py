@@ -104,6 +104,15 @@ from .model import (
     personal_queue,
     team_queue,
 )
+from .queue_order import (
+    INVITATION,
+    NOT_READY,
+    PARKED,
+    READY,
+    SLOT_MASK,
+    QueueIndex,
+    rule4_key,
+)
 from .timers import Timers
 
 KEY_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read out over the phone
@@ -207,7 +216,7 @@ def command(method: Callable[..., Any]) -> Callable[..., Outcome]:
             self._scratch.clear()
             self._events = events = cast(list[Event], [])
             value = method(self, *args, **kwargs)
-            if self._pass_needed:
+            if self._dirty:
                 self._assign()
         finally:
             self._busy = False
@@ -236,7 +245,6 @@ class Engine:
         self._busy = False
         self._scratch: list[Event] = []
         self._events: list[Event] = self._scratch
-        self._pass_needed = False
         # directory
         self._reps: dict[str, Rep] = {}
         self._rep_by_ord: list[Rep | None] = []
@@ -260,10 +268,17 @@ class Engine:
         # (stale), not NOT_FOUND, for as long as ended sessions are kept.
         self._closed_offers: dict[str, float] = {}
         self._invitations: dict[str, Invitation] = {}
-        self._queues: dict[QueueRef, dict[str, None]] = {GENERAL_QUEUE: {}}
-        self._declined_slots: set[int] = set()
+        self._queues: dict[QueueRef, QueueIndex] = {GENERAL_QUEUE: QueueIndex(team=False)}
+        self._team_index: list[QueueIndex | None] = []  # by team ordinal
+        self._team_eligible: list[int] = []  # eligible members, by team ordinal
+        # Teams where an offer may have become possible since the last pass: a session
+        # became ready there, or it gained an eligible member (rule 5). Nowhere else can
+        # a pass make an offer, since the previous pass left none possible.
+        self._dirty: set[int] = set()
+        self._inv_by_key: dict[int, str] = {}
         self._reported: dict[str, frozenset[IneligibleReason]] = {}
-        self._counters = {"session": 0, "offer": 0, "invitation": 0}
+        # Arrival order of sessions and invitations (rule 4): one sequence for both.
+        self._counters = {"seq": 0}
         # columns and timers
         self.reps_table = RepTable(self.kernel)
         self.teams_table = TeamTable(self.kernel)
@@ -277,8 +292,11 @@ class Engine:
         if self._listener is not None:
             self._listener(event)
 
+    def _next_seq(self) -> int:
+        self._counters["seq"] += 1
+        return self._counters["seq"]
+
     def _next_id(self, kind: str) -> str:
-        self._counters[kind] += 1
         while True:
             bits = self._rng.getrandbits(5 * ID_CHARS)
             ident = (
@@ -302,7 +320,7 @@ class Engine:
                 break
             self._now = max(self._now, entry[0])
             getattr(self, "_on_" + entry[2])(entry[3])
-            if self._pass_needed:
+            if self._dirty:
                 self._assign()
         self._now = max(self._now, now)
 
@@ -324,7 +342,7 @@ class Engine:
         self._events = events = cast(list[Event], [])
         try:
             self._catch_up(until)
-            if self._pass_needed:
+            if self._dirty:
                 self._assign()
         finally:
             self._busy = False
@@ -397,7 +415,7 @@ class Engine:
         available_since when it becomes eligible or its load changes; tell the console
         when the reasons it is ineligible change; ask for a pass when it is eligible."""
         table, o = self.reps_table, rep.ordinal
-        was_eligible = table.rank_key[o] != INELIGIBLE
+        was_eligible = rep.eligible
         flags = (
             (0 if rep.connected else FLAG_OFFLINE)
             | (FLAG_LOCKED if rep.locked else 0)
@@ -413,8 +431,13 @@ class Engine:
         eligible = table.rank_key[o] != INELIGIBLE
         if load_changed or (eligible and not was_eligible):
             table.set_available(o, self._available_ticks())
-        if eligible:
-            self._pass_needed = True
+        if eligible != was_eligible:
+            rep.eligible = eligible
+            for team_id in rep.teams:
+                t = self._teams[team_id].ordinal
+                self._team_eligible[t] += 1 if eligible else -1
+                if eligible:
+                    self._gained(t)
         reasons = self._reasons(rep)
         if reasons != self._reported.get(rep.id):
             self._reported[rep.id] = reasons
@@ -429,10 +452,22 @@ class Engine:
             ticks = round((self._now - self._epoch) * 1e6)
         return min(ticks, MAX_AVAIL_TICKS)
 
+    def _gained(self, team_ord: int) -> None:
+        """Team `team_ord` has a new eligible member: what its eligible members had all
+        declined may be offered again, and a pass must look at it."""
+        index = self._team_index[team_ord]
+        assert index is not None
+        for key in index.unpark():
+            session = self._session_by_slot[key & SLOT_MASK]
+            assert session is not None
+            session.pool = READY
+        self._dirty.add(team_ord)
+
     def _sync_slot(self, s: Session) -> None:
         """Expose a session to the kernel iff it waits, without an offer, in a team
-        queue; keep its declined count current."""
+        queue, and keep it among that queue's ready sessions exactly then."""
         table = self.sessions_table
+        was = int(table.team[s.slot])
         team_ord = -1
         if (
             s.state is SessionState.WAITING
@@ -440,29 +475,63 @@ class Engine:
             and s.queue.kind is QueueKind.TEAM
         ):
             team_ord = self._teams[s.queue.owner].ordinal
-            self._pass_needed = True
         table.team[s.slot] = team_ord
         table.decl_cnt[s.slot] = len(s.declined_by)
-        if s.declined_by and s.state is not SessionState.ENDED:
-            self._declined_slots.add(s.slot)
-        else:
-            self._declined_slots.discard(s.slot)
+        if s.pool != NOT_READY and team_ord != was:
+            index = self._team_index[was]
+            assert index is not None and index.ready is not None and index.parked is not None
+            if s.pool == READY:
+                index.ready.remove(s.key)
+            else:
+                del index.parked[s.key]
+            s.pool = NOT_READY
+        if team_ord >= 0 and s.pool == NOT_READY:
+            index = self._team_index[team_ord]
+            assert index is not None and index.ready is not None
+            index.ready.add(s.key)
+            s.pool = READY
+            self._dirty.add(team_ord)
 
     # ------------------------------------------------------------------ the pass
 
     def _assign(self) -> None:
-        """Rule 1-5: one kernel pass over every waiting session of every queue."""
-        self._pass_needed = False
-        rt = self.reps_table
+        """Rules 1-5: one kernel pass over the ready sessions that can be offered now, in
+        rule-4 order across queues.
+
+        Only teams marked dirty since the last pass can yield an offer. Of each such team
+        with an eligible member, the pass needs only the head of its ready sessions: up
+        to as many undeclined sessions as it has eligible members (each takes one, or the
+        team runs out), with the declined ones among them. The heads of all these teams,
+        merged in rule-4 order, are the kernel's log, so the cost follows the offers and
+        the queues touched, not the sessions waiting. Declined sessions that no eligible
+        member could take are parked until their team gains an eligible member."""
+        dirty, self._dirty = self._dirty, set()
+        rt, st = self.reps_table, self.sessions_table
         if rt.n_eligible == 0:
-            return  # nobody can take anything
-        self.teams_table.ensure_bound()
-        log_slot, log_seq = self.sessions_table.arrival_log()
-        if len(log_slot) == 0:
+            return  # nobody can take anything; the teams will be marked again
+        algorithms = self.teams_table.alg
+        heads: list[int] = []
+        considered: list[int] = []
+        for t in dirty:
+            need = self._team_eligible[t]
+            index = self._team_index[t]
+            if need <= 0 or index is None or algorithms[t] == Algorithm.NONE:
+                continue
+            considered.append(t)
+            assert index.ready is not None
+            for key in index.ready:
+                heads.append(key)
+                if st.decl_cnt[key & SLOT_MASK] == 0:
+                    need -= 1
+                    if need == 0:
+                        break
+        if not heads:
             return
-        st = self.sessions_table
+        heads.sort()
+        log_slot = np.fromiter((k & SLOT_MASK for k in heads), dtype=np.int64, count=len(heads))
+        log_seq = st.seq[log_slot]
         pool: list[int] = []
-        for slot in self._declined_slots:
+        for slot in log_slot[st.decl_cnt[log_slot] > 0].tolist():
             s = self._session_by_slot[slot]
             assert s is not None
             ords = [self._reps[r].ordinal for r in s.declined_by if r in self._reps]
@@ -470,7 +539,11 @@ class Engine:
             st.decl_cnt[slot] = len(ords)
             pool.extend(ords)
         slots, reps = self.kernel.assign_batch(
-            log_slot, log_seq, np.asarray(pool, dtype=np.int32), min(len(log_slot), rt.n_eligible)
+            log_slot,
+            log_seq,
+            np.asarray(pool, dtype=np.int32),
+            min(len(heads), rt.n_eligible),
+            rt.n_eligible,
         )
         rt.offers_made(len(slots))
         for slot, rep_ord in zip(slots.tolist(), reps.tolist(), strict=True):
@@ -478,6 +551,27 @@ class Engine:
             rep = self._rep_by_ord[rep_ord]
             assert session is not None and rep is not None
             self._make_offer(session, rep)
+        self._park(heads, considered)
+
+    def _park(self, heads: list[int], considered: list[int]) -> None:
+        """After a pass: in a team that still has an eligible member, the pass looked at
+        every head (it never ran out of reps there), so a head still ready was declined
+        by every eligible member. It waits, parked, until the team gains one."""
+        open_teams = {t for t in considered if self._team_eligible[t] > 0}
+        if not open_teams:
+            return
+        for key in heads:
+            s = self._session_by_slot[key & SLOT_MASK]
+            if s is None or s.pool != READY or s.key != key:
+                continue
+            t = int(self.sessions_table.team[s.slot])
+            if t in open_teams:
+                index = self._team_index[t]
+                assert index is not None and index.ready is not None
+                assert index.parked is not None
+                index.ready.remove(key)
+                index.parked[key] = None
+                s.pool = PARKED
 
     def _make_offer(self, s: Session, rep: Rep) -> None:
         assert s.queue is not None
@@ -545,7 +639,7 @@ class Engine:
         s.entry_seq += 1
         s.overdue_alerted = False
         s.history.append(Move(str(queue), self._now, origin))
-        self._queues[queue][s.id] = None
+        self._queues[queue].sessions.add(s.key)
         if queue.kind is QueueKind.TEAM:
             rule = self._teams[queue.owner].settings.waiting_rule
             if rule is not None:
@@ -558,7 +652,7 @@ class Engine:
     def _dequeue(self, s: Session) -> QueueRef:
         queue = s.queue
         assert queue is not None
-        del self._queues[queue][s.id]
+        self._queues[queue].sessions.remove(s.key)
         self._timers.cancel(s.rule_timer)
         s.rule_timer = None
         s.queue = None
@@ -568,7 +662,8 @@ class Engine:
     def _withdraw_invitations(self, s: Session) -> None:
         for inv_id in s.invitations:
             inv = self._invitations.pop(inv_id)
-            del self._queues[inv.queue][inv_id]
+            self._queues[inv.queue].invitations.remove(inv.key)
+            del self._inv_by_key[inv.key]
             self._emit(InvitationRemoved(self._now, inv_id, s.id, inv.queue, None))
         s.invitations.clear()
 
@@ -836,7 +931,9 @@ class Engine:
         team = Team(team_id, name, kind, self.teams_table.add(int(settings.algorithm)), settings)
         self._teams[team_id] = team
         self._team_by_ord.append(team)
-        self._queues[team_queue(team_id)] = {}
+        index = self._queues[team_queue(team_id)] = QueueIndex(team=True)
+        self._team_index.append(index)
+        self._team_eligible.append(0)
         self._emit(DirectoryChanged(self._now, "team", team_id, "created"))
         return team
 
@@ -866,7 +963,7 @@ class Engine:
             old_rule = team.settings.waiting_rule
             team.settings = settings
             self.teams_table.set_algorithm(team.ordinal, int(settings.algorithm))
-            self._pass_needed = True
+            self._dirty.add(team.ordinal)
             if settings.waiting_rule != old_rule:
                 self._rearm_waiting_rules(team)
         self._emit(DirectoryChanged(self._now, "team", team_id, "updated"))
@@ -874,10 +971,9 @@ class Engine:
 
     def _rearm_waiting_rules(self, team: Team) -> None:
         rule = team.settings.waiting_rule
-        for item_id in self._queues[team_queue(team.id)]:
-            s = self._sessions.get(item_id)
-            if s is None:
-                continue
+        for key in self._queues[team_queue(team.id)].sessions:
+            s = self._session_by_slot[key & SLOT_MASK]
+            assert s is not None
             self._timers.cancel(s.rule_timer)
             s.rule_timer = None
             if rule is not None:
@@ -891,7 +987,7 @@ class Engine:
     def delete_team(self, team_id: str) -> None:
         team = self._team(team_id)
         queue = team_queue(team_id)
-        if self._queues[queue]:
+        if len(self._queues[queue]):
             raise FailedPrecondition(f"team {shown(team_id)} still has items in its queue")
         users = [
             f"issue type {shown(i.id)}" for i in self._issue_types.values() if i.team_id == team_id
@@ -914,6 +1010,7 @@ class Engine:
         del self._queues[queue]
         del self._teams[team_id]
         self._team_by_ord[team.ordinal] = None
+        self._team_index[team.ordinal] = None
         self.teams_table.set_algorithm(team.ordinal, int(Algorithm.NONE))
         self._emit(DirectoryChanged(self._now, "team", team_id, "deleted"))
 
@@ -974,7 +1071,7 @@ class Engine:
         )
         self._reps[rep_id] = rep
         self._rep_by_ord.append(rep)
-        self._queues[personal_queue(rep_id)] = {}
+        self._queues[personal_queue(rep_id)] = QueueIndex(team=False)
         self._write_skills(rep)
         for t in team_ids:
             self._join_team(self._teams[t], rep)
@@ -987,7 +1084,9 @@ class Engine:
         rep.teams.add(team.id)
         rep.chat_read.setdefault(team.id, team.chat_seq)
         self.teams_table.add_member(team.ordinal, rep.ordinal)
-        self._pass_needed = True
+        if rep.eligible:
+            self._team_eligible[team.ordinal] += 1
+            self._gained(team.ordinal)
 
     def _leave_team(self, team: Team, rep: Rep) -> None:
         if rep.offer is not None:
@@ -999,6 +1098,8 @@ class Engine:
         rep.favourites.discard(team.id)
         rep.chat_read.pop(team.id, None)
         self.teams_table.remove_member(team.ordinal, rep.ordinal)
+        if rep.eligible:
+            self._team_eligible[team.ordinal] -= 1
 
     @command
     def update_rep(
@@ -1039,7 +1140,6 @@ class Engine:
             if idle_changed:
                 rep.idle = False
                 self._schedule_idle(rep)
-        self._pass_needed = True
         self._sync_rep(rep)
         self._emit(DirectoryChanged(self._now, "rep", rep_id, "updated"))
         return rep
@@ -1065,7 +1165,7 @@ class Engine:
     @command
     def delete_rep(self, rep_id: str) -> None:
         rep = self._rep(rep_id)
-        if rep.load or rep.grace_timer is not None or self._queues[personal_queue(rep_id)]:
+        if rep.load or rep.grace_timer is not None or len(self._queues[personal_queue(rep_id)]):
             raise FailedPrecondition(f"rep {shown(rep_id)} still has sessions or queue items")
         users = [
             f"button {shown(b.id)}" for b in self._buttons.values() if b.target.rep_id == rep_id
@@ -1230,8 +1330,7 @@ class Engine:
         channel: Channel = Channel.FULL_CLIENT,
         issue_type: IssueType | None = None,
     ) -> Session:
-        self._counters["session"] += 1
-        seq = self._counters["session"]
+        seq = self._next_seq()
         required = issue_type.required_skills if issue_type else ()
         priority = issue_type.priority if issue_type else 0
         # seq grows with creation time (the clock never goes back), so the table can
@@ -1255,6 +1354,7 @@ class Engine:
             self._now,
             self._now,
             portal=portal,
+            key=rule4_key(priority, seq, slot),
         )
         self._sessions[s.id] = s
         if slot == len(self._session_by_slot):
@@ -1505,16 +1605,10 @@ class Engine:
         queues = [team_queue(t) for t in rep.teams]
         if self.can_see(rep, GENERAL_QUEUE):
             queues.append(GENERAL_QUEUE)
-        best: Session | None = None
-        for q in queues:
-            for item_id in self._queues[q]:
-                s = self._sessions.get(item_id)
-                if s is not None and (
-                    best is None
-                    or (-s.priority, s.created_time, s.seq)
-                    < (-best.priority, best.created_time, best.seq)
-                ):
-                    best = s
+        heads = [
+            index.sessions[0] for index in map(self._queues.__getitem__, queues) if index.sessions
+        ]
+        best = self._session_by_slot[min(heads) & SLOT_MASK] if heads else None
         if best is not None:
             self._activate(best, rep, via_offer=False)
         return best
@@ -1594,9 +1688,17 @@ class Engine:
             raise FailedPrecondition(f"rep {shown(target.owner)} is already in the session")
         if any(self._invitations[i].queue == target for i in s.invitations):
             raise AlreadyExists("invitation", f"{session_id} -> {target}")
-        inv = Invitation(self._next_id("invitation"), s.id, rep.id, target, self._now)
+        inv = Invitation(
+            self._next_id("invitation"),
+            s.id,
+            rep.id,
+            target,
+            self._now,
+            rule4_key(s.priority, self._next_seq()),
+        )
         self._invitations[inv.id] = inv
-        self._queues[target][inv.id] = None
+        self._queues[target].invitations.add(inv.key)
+        self._inv_by_key[inv.key] = inv.id
         s.invitations[inv.id] = None
         self._emit(InvitationCreated(self._now, inv.id, s.id, rep.id, target))
         return inv
@@ -1613,7 +1715,8 @@ class Engine:
         if s.owner == rep.id or rep.id in s.participants:
             raise FailedPrecondition(f"rep {shown(rep_id)} is already in the session")
         del self._invitations[inv.id]
-        del self._queues[inv.queue][inv.id]
+        self._queues[inv.queue].invitations.remove(inv.key)
+        del self._inv_by_key[inv.key]
         del s.invitations[inv.id]
         s.participants.append(rep.id)
         rep.participating.add(s.id)
@@ -1760,37 +1863,41 @@ class Engine:
     def eligible(self, rep_id: str) -> bool:
         return self.reps_table.eligible(self._rep(rep_id).ordinal)
 
+    def _item(self, key: int) -> QueueItem:
+        if key & SLOT_MASK == INVITATION:
+            inv = self._invitations[self._inv_by_key[key]]
+            return QueueItem(inv.id, self._sessions[inv.session_id], inv)
+        s = self._session_by_slot[key & SLOT_MASK]
+        assert s is not None
+        return QueueItem(s.id, s)
+
     def queue_items(self, queue: QueueRef) -> list[QueueItem]:
-        """A queue's sessions and invitations in rule-4 order."""
-        queue = self._queue_ref("queue", queue)
-        items = []
-        for item_id in self._queues[queue]:
-            inv = self._invitations.get(item_id)
-            s = self._sessions[inv.session_id if inv else item_id]
-            items.append(QueueItem(item_id, s, inv))
-        items.sort(
-            key=lambda i: (
-                -i.session.priority,
-                i.invitation.created_time if i.invitation else i.session.created_time,
-                i.session.seq,
-                i.id,
-            )
-        )
-        return items
+        """A queue's sessions and invitations in rule-4 order (all of them)."""
+        index = self._queues[self._queue_ref("queue", queue)]
+        keys = sorted([*index.sessions, *index.invitations])
+        return [self._item(key) for key in keys]
+
+    def queue_page(
+        self, queue: QueueRef, after: int | None, limit: int
+    ) -> tuple[list[QueueItem], int | None]:
+        """Up to `limit` items of a queue in rule-4 order after the cursor `after` (None:
+        from the head), and the cursor of the next page (None on the last page).
+        O(log n + limit): cursors are order keys, so a page never moves when items
+        ahead of it come and go."""
+        index = self._queues[self._queue_ref("queue", queue)]
+        if after is not None:
+            v.integer("after", after, 0, 2**128)
+        v.integer("limit", limit, 1, 1000)
+        keys, cursor = index.page(after, limit)
+        return [self._item(key) for key in keys], cursor
 
     def queue_position(self, session_id: str) -> int:
         """1-based place of a waiting session among its queue's sessions in rule-4
-        order (0 if not waiting): one pass over the queue, no sort."""
+        order (0 if not waiting): O(log n)."""
         s = self._session(session_id)
         if s.queue is None:
             return 0
-        key = (-s.priority, s.created_time, s.seq)
-        ahead = 0
-        for item_id in self._queues[s.queue]:
-            other = self._sessions.get(item_id)
-            if other is not None and (-other.priority, other.created_time, other.seq) < key:
-                ahead += 1
-        return ahead + 1
+        return self._queues[s.queue].position(s.key)
 
     def rep_teams(self, rep_id: str) -> list[Team]:
         """A rep's teams as its console lists them: starred first, then by name."""
@@ -1806,13 +1913,12 @@ class Engine:
         rep = self._rep(rep_id)
 
         def summary(q: QueueRef, name: str, team: Team | None = None) -> QueueSummary:
-            items = self._queues[q]
-            invitations = sum(1 for i in items if i in self._invitations)
+            index = self._queues[q]
             return QueueSummary(
                 q,
                 name,
-                len(items) - invitations,
-                invitations,
+                len(index.sessions),
+                len(index.invitations),
                 team is not None and team.id in rep.favourites,
                 team is not None and team.chat_seq > rep.chat_read.get(team.id, 0),
             )
@@ -1886,8 +1992,14 @@ class Engine:
             "sessions": plain(self._sessions),
             "offers": plain(self._offers),
             "invitations": plain(self._invitations),
-            "queues": {str(q): list(items) for q, items in self._queues.items()},
-            "declined_slots": sorted(self._declined_slots),
+            "queues": {str(q): [i.id for i in self.queue_items(q)] for q in self._queues},
+            "ready": {
+                str(q): [list(index.ready), sorted(index.parked)]
+                for q, index in self._queues.items()
+                if index.ready is not None and index.parked is not None
+            },
+            "dirty": sorted(self._dirty),
+            "team_eligible": list(self._team_eligible),
             "reported": plain(self._reported),
             "counters": dict(self._counters),
             "timers": plain(self._timers.pending()),
@@ -1902,7 +2014,7 @@ class Engine:
             ],
             "team_columns": [
                 self.teams_table.alg[: self.teams_table.n].tolist(),
-                [sorted(m) for m in self.teams_table.members],
+                [sorted(self.teams_table.members(t).tolist()) for t in range(self.teams_table.n)],
             ],
         }
 

@@ -85,11 +85,16 @@ class Kernel:
         )
 
     def assign_batch(
-        self, log_slot: np.ndarray, log_seq: np.ndarray, decl_pool: np.ndarray, max_offers: int
+        self,
+        log_slot: np.ndarray,
+        log_seq: np.ndarray,
+        decl_pool: np.ndarray,
+        max_offers: int,
+        remaining: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One pass over the arrival log (SessionTable.arrival_log: slots and seqs in
-        rule-4 order); returns the offers made as (slots, rep ordinals). The reps' rank
-        keys and pending-offer flags are already updated."""
+        """One pass over a log of (slot, seq) entries in rule-4 order; returns the offers
+        made as (slots, rep ordinals). `remaining` is the number of eligible reps. The
+        reps' rank keys and pending-offer flags are already updated."""
         out_slot = np.empty(max_offers, dtype=np.int32)
         out_rep = np.empty(max_offers, dtype=np.int32)
         made = self.impl.assign_batch(
@@ -98,5 +103,6 @@ class Kernel:
             _as(decl_pool, _I32, "decl_pool"),
             out_slot,
             out_rep,
+            int(remaining),
         )
         return out_slot[:made], out_rep[:made]

@@ -183,6 +183,7 @@ class Rep:
     owned: set[str] = field(default_factory=set)
     participating: set[str] = field(default_factory=set)
     offer: str | None = None  # pending offer id
+    eligible: bool = False  # as last synced into the columns (see Engine._sync_rep)
     grace_timer: list | None = None
     idle_timer: list | None = None
     wrap_up_timer: list | None = None
@@ -278,6 +279,8 @@ class Session:
     invitations: dict[str, None] = field(default_factory=dict)  # in order of creation
     rule_timer: list | None = None
     portal: str = ""  # the intake portal that started it ("" if none): only it may see it
+    key: int = 0  # its rule-4 order key in whatever queue it is in (queue_order.rule4_key)
+    pool: int = 0  # NOT_READY, READY or PARKED in its team queue (queue_order)
 
 
 @dataclass(slots=True)
@@ -297,3 +300,4 @@ class Invitation:
     inviter: str
     queue: QueueRef
     created_time: float
+    key: int = 0  # its order key in its queue (queue_order.rule4_key)

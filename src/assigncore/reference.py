@@ -57,17 +57,19 @@ class RankKernel:
         self.rank_key, self.flags = rank_key, flags
         self.skills, self.n_reps = skills, n_reps
 
-    def bind_teams(self, indptr, members, alg, n_teams: int) -> None:
-        if len(indptr) < n_teams + 1 or len(alg) < n_teams:
+    def bind_teams(self, start, end, members, alg, n_teams: int) -> None:
+        if min(len(start), len(end), len(alg)) < n_teams:
             raise ValueError("team columns are shorter than n_teams")
-        if len(members) < indptr[n_teams]:
-            raise ValueError("team member list is shorter than its index says")
-        used = members[: indptr[n_teams]]
-        if len(used) and (used.min() < 0 or used.max() >= self.n_reps):
-            raise IndexError("team member ordinal out of range")
+        for t in range(n_teams):
+            if not 0 <= start[t] <= end[t] <= len(members):
+                raise ValueError(f"team {t}'s member region is outside the member list")
+            used = members[start[t] : end[t]]
+            if len(used) and (used.min() < 0 or used.max() >= self.n_reps):
+                raise IndexError("team member ordinal out of range")
         if n_teams and (alg[:n_teams].min() < 0 or alg[:n_teams].max() >= ALGORITHM_COUNT):
             raise ValueError("unknown algorithm")
-        self.team_indptr, self.team_members, self.team_alg = indptr, members, alg
+        self.team_start, self.team_end, self.team_members = start, end, members
+        self.team_alg = alg
         self.n_teams = n_teams
 
     def bind_sessions(self, team, seq, nreq, req_skill, req_level, decl_off, decl_cnt, n_slots):
@@ -133,7 +135,7 @@ class RankKernel:
         )
         return best
 
-    def assign_batch(self, log_slot, log_seq, decl_pool, out_slot, out_rep) -> int:
+    def assign_batch(self, log_slot, log_seq, decl_pool, out_slot, out_rep, remaining) -> int:
         if len(out_rep) < len(out_slot) or len(log_seq) != len(log_slot):
             raise ValueError("log_seq or out_rep has the wrong length")
         if len(log_slot) == 0 or self.n_reps == 0 or self.n_teams == 0:
@@ -154,10 +156,10 @@ class RankKernel:
         if any(not 0 <= r < self.n_reps for r in pool):
             raise IndexError("declined rep ordinal out of range")
         rank_key = self._columns()
-        indptr = self.team_indptr[: self.n_teams + 1].tolist()
+        starts = self.team_start[: self.n_teams].tolist()
+        ends = self.team_end[: self.n_teams].tolist()
         members = self.team_members.tolist()
         algs = self.team_alg[: self.n_teams].tolist()
-        remaining = sum(1 for key in rank_key if key != INELIGIBLE)
         team_done = [False] * self.n_teams
         made = 0
         for s in entries:
@@ -169,7 +171,7 @@ class RankKernel:
             off, cnt = int(self.s_decl_off[s]), int(self.s_decl_cnt[s])
             nreq = int(self.s_nreq[s])
             best, eligible = self._rank(
-                members[indptr[t] : indptr[t + 1]],
+                members[starts[t] : ends[t]],
                 algs[t],
                 self.s_req_skill[s, :nreq].tolist(),
                 self.s_req_level[s, :nreq].tolist(),

@@ -1,0 +1,83 @@
+"""Queue order (rule 4): every queue keeps its items sorted, so the head, a position and
+a page cost O(log n), never a scan or a sort of the queue.
+
+An item's key is one int that sorts in rule-4 order: higher priority first, then the
+earlier arrival. Arrival is the engine's `seq`, handed out in creation order (the clock
+never goes back, so seq order is created_time order, and it survives moves between
+queues). The low bits make keys unique and say where the item lives: a session's
+column slot, or an invitation's marker.
+
+Team queues also keep, for the assignment pass, which of their sessions are ready (they
+wait without an offer) and which of those are parked: sessions every eligible member of
+the team has declined. A parked session is not looked at again until the team gains an
+eligible member, so a pass never rescans what it already knows nobody can take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import chain
+
+from sortedcontainers import SortedList
+
+from .validation import MAX_PRIORITY
+
+_SEQ_SHIFT = 32
+_PRIORITY_SHIFT = 32 + 48  # 48 bits of seq: 2.8e14 sessions and invitations
+SLOT_MASK = (1 << _SEQ_SHIFT) - 1
+INVITATION = SLOT_MASK  # the low bits of an invitation's key
+
+
+def rule4_key(priority: int, seq: int, slot: int = INVITATION) -> int:
+    """Smaller sorts first: higher priority, then earlier seq."""
+    return ((MAX_PRIORITY - priority) << _PRIORITY_SHIFT) | (seq << _SEQ_SHIFT) | slot
+
+
+def slot_of(key: int) -> int:
+    return key & SLOT_MASK
+
+
+# Where a session is in its team queue's assignment bookkeeping.
+NOT_READY, READY, PARKED = 0, 1, 2
+
+
+class QueueIndex:
+    """One queue's items in rule-4 order; for a team queue also its ready and parked
+    sessions."""
+
+    __slots__ = ("sessions", "invitations", "ready", "parked")
+
+    def __init__(self, team: bool) -> None:
+        self.sessions: SortedList = SortedList()
+        self.invitations: SortedList = SortedList()
+        self.ready: SortedList | None = SortedList() if team else None
+        self.parked: dict[int, None] | None = {} if team else None
+
+    def __len__(self) -> int:
+        return len(self.sessions) + len(self.invitations)
+
+    def position(self, key: int) -> int:
+        """1-based place among the queue's sessions."""
+        return int(self.sessions.bisect_left(key)) + 1
+
+    def page(self, after: int | None, limit: int) -> tuple[list[int], int | None]:
+        """Up to `limit` item keys after the cursor `after` (None: from the head), and the
+        cursor for the next page (None when this is the last). O(log n + limit)."""
+        parts: list[Iterator[int]] = []
+        for items in (self.sessions, self.invitations):
+            start = 0 if after is None else items.bisect_right(after)
+            parts.append(items.islice(start, start + limit + 1))
+        merged = sorted(chain(*parts))[: limit + 1]
+        if len(merged) > limit:
+            return merged[:limit], merged[limit - 1]
+        return merged, None
+
+    def unpark(self) -> list[int]:
+        """Parked sessions become ready again (the team gained an eligible member);
+        returns their keys."""
+        assert self.parked is not None and self.ready is not None
+        keys = list(self.parked)
+        if keys:
+            self.ready.update(keys)
+            self.parked.clear()
+        return keys
