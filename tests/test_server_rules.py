@@ -331,3 +331,23 @@ async def test_reads_carry_the_feed_sequence_they_reflect(live):
     await ann.next("chat_message")
     assert ann.seen[-1].sequence == seq + 1
     assert (await ann.rpc("ListMyQueues", cpb.ListMyQueuesRequest())).feed_sequence == seq + 1
+
+
+async def test_queue_pages_follow_a_cursor_that_survives_changes_ahead(live):
+    cat = await live.console("cat")
+    started = [await live.start(issue_type_id="manual-help") for _ in range(5)]
+    queue = pb.QueueRef(kind=pb.QUEUE_KIND_TEAM, owner_id="manual")
+    first = await cat.rpc("ListQueueItems", cpb.ListQueueItemsRequest(queue=queue, page_size=2))
+    assert [i.session.id for i in first.items] == [s.id for s in started[:2]]
+    # The head is taken before the next page is read: the next page still starts right
+    # after the last item seen, skipping nothing and repeating nothing.
+    await cat.rpc("AcceptSession", cpb.AcceptSessionRequest(session_id=started[0].id))
+    rest, token = [], first.next_page_token
+    while token:
+        page = await cat.rpc(
+            "ListQueueItems",
+            cpb.ListQueueItemsRequest(queue=queue, page_size=2, page_token=token),
+        )
+        rest += [i.session.id for i in page.items]
+        token = page.next_page_token
+    assert rest == [s.id for s in started[2:]]

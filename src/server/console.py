@@ -151,13 +151,15 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         if not request.HasField("queue"):
             raise InvalidArgument("queue", "required")
         queue = convert.queue_in("queue", request.queue)
-        items = self.engine.queue_items(queue)
-        if not self.engine.can_see(self.engine.rep(me()), queue):
+        size = convert.page_limit("page_size", request.page_size)
+        after = convert.cursor_in("page_token", request.page_token)
+        self.engine.queue_page(queue, None, 1)  # the queue exists (NOT_FOUND) ...
+        if not self.engine.can_see(self.engine.rep(me()), queue):  # ... and is visible
             raise PermissionDenied(f"you cannot see queue {queue}")
-        chunk, token = convert.page("", items, request.page_size, request.page_token)
+        items, cursor = self.engine.queue_page(queue, after, size)
         return cpb.ListQueueItemsResponse(
-            items=[convert.item_out(i) for i in chunk],
-            next_page_token=token,
+            items=[convert.item_out(i) for i in items],
+            next_page_token=convert.cursor_out(cursor),
             feed_sequence=self._seq(),
         )
 

@@ -184,9 +184,7 @@ def item_out(item: Any) -> pb.QueueItem:
 def page(
     field_prefix: str, items: list[Any], page_size: int, page_token: str, default: int = 50
 ) -> tuple[list[Any], str]:
-    if page_size < 0 or page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"{field_prefix}page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
-    size = page_size or default
+    size = page_limit(f"{field_prefix}page_size", page_size, default)
     start = 0
     if page_token:
         try:
@@ -202,6 +200,30 @@ def page(
     more = start + size < len(items)
     token = base64.urlsafe_b64encode(f"o:{start + size}".encode()).decode() if more else ""
     return chunk, token
+
+
+def page_limit(field: str, page_size: int, default: int = 50) -> int:
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(field, f"must be between 0 and {MAX_PAGE_SIZE}")
+    return page_size or default
+
+
+def cursor_in(field: str, page_token: str) -> int | None:
+    """A queue page token: the order key of the last item of the previous page."""
+    if not page_token:
+        return None
+    try:
+        kind, _, number = base64.urlsafe_b64decode(page_token.encode()).decode().partition(":")
+        cursor = int(number)
+        if kind != "k" or cursor < 0:
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(field, "not a token this server issued") from None
+    return cursor
+
+
+def cursor_out(cursor: int | None) -> str:
+    return "" if cursor is None else base64.urlsafe_b64encode(f"k:{cursor}".encode()).decode()
 
 
 # ----------------------------------------------------------------- directory (admin)
