@@ -117,11 +117,13 @@ from .timers import Timers
 
 KEY_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read out over the phone
 # Ids that leave the engine (sessions, offers, invitations): a kind prefix and 100 random
-# bits in Crockford's base32, so they cannot be guessed and are never reused, across
+# bits in hex, so they cannot be guessed and are never reused, across
 # restarts included. Order never comes from an id (sessions carry a seq for that).
-ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-ID_CHARS = 20  # x 5 bits
-ID_PREFIX = {"session": "ses", "offer": "off", "invitation": "inv"}
+ID_BITS = 100  # 25 hex digits
+ID_PREFIX = {"session": "ses_", "offer": "off_", "invitation": "inv_"}
+_ALG_NONE = int(Algorithm.NONE)
+_NO_REASONS: frozenset[IneligibleReason] = frozenset()
+_NO_POOL = np.zeros(0, dtype=np.int32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,12 +300,7 @@ class Engine:
 
     def _next_id(self, kind: str) -> str:
         while True:
-            bits = self._rng.getrandbits(5 * ID_CHARS)
-            ident = (
-                ID_PREFIX[kind]
-                + "_"
-                + "".join(ID_ALPHABET[(bits >> (5 * i)) & 31] for i in range(ID_CHARS))
-            )
+            ident = ID_PREFIX[kind] + format(self._rng.getrandbits(ID_BITS), "025x")
             if (
                 ident not in self._sessions
                 and ident not in self._offers
@@ -390,6 +387,15 @@ class Engine:
     # ------------------------------------------------------------------ rep state sync
 
     def _reasons(self, rep: Rep) -> frozenset[IneligibleReason]:
+        cap = rep.permissions.max_concurrent_sessions
+        if (
+            rep.connected
+            and not (rep.locked or rep.idle)
+            and rep.auto_assign
+            and rep.wrap_up_timer is None
+            and (not cap or rep.load < cap)
+        ):
+            return _NO_REASONS  # the common case, without building a set
         reasons = set()
         if not rep.connected:
             reasons.add(IneligibleReason.OFFLINE)
@@ -405,7 +411,6 @@ class Engine:
             )
         if rep.wrap_up_timer is not None:
             reasons.add(IneligibleReason.WRAP_UP)
-        cap = rep.permissions.max_concurrent_sessions
         if cap and rep.load >= cap:
             reasons.add(IneligibleReason.AT_MAX_LOAD)
         return frozenset(reasons)
@@ -515,7 +520,7 @@ class Engine:
         for t in dirty:
             need = self._team_eligible[t]
             index = self._team_index[t]
-            if need <= 0 or index is None or algorithms[t] == Algorithm.NONE:
+            if need <= 0 or index is None or algorithms[t] == _ALG_NONE:
                 continue
             considered.append(t)
             assert index.ready is not None
@@ -528,20 +533,20 @@ class Engine:
         if not heads:
             return
         heads.sort()
-        log_slot = np.fromiter((k & SLOT_MASK for k in heads), dtype=np.int64, count=len(heads))
-        log_seq = st.seq[log_slot]
+        slot_list = [k & SLOT_MASK for k in heads]
         pool: list[int] = []
-        for slot in log_slot[st.decl_cnt[log_slot] > 0].tolist():
+        for slot in slot_list:
             s = self._session_by_slot[slot]
             assert s is not None
-            ords = [self._reps[r].ordinal for r in s.declined_by if r in self._reps]
-            st.decl_off[slot] = len(pool)
-            st.decl_cnt[slot] = len(ords)
-            pool.extend(ords)
+            if s.declined_by:
+                ords = [self._reps[r].ordinal for r in s.declined_by if r in self._reps]
+                st.decl_off[slot] = len(pool)
+                st.decl_cnt[slot] = len(ords)
+                pool.extend(ords)
         slots, reps = self.kernel.assign_batch(
-            log_slot,
-            log_seq,
-            np.asarray(pool, dtype=np.int32),
+            np.array(slot_list, dtype=np.int64),
+            st.seq[slot_list],
+            np.array(pool, dtype=np.int32) if pool else _NO_POOL,
             min(len(heads), rt.n_eligible),
             rt.n_eligible,
         )
