@@ -444,7 +444,7 @@ def test_rule_08_ping_pong_stops_after_max_rule_moves_and_alerts(desk):
     d.later(1000)
     live = d.engine.session(s.id)
     assert live.rule_moves == 3
-    assert [m.queue for m in live.history] == ["team/a", "team/b", "team/a", "team/b"]
+    assert [str(m.queue) for m in live.history] == ["team/a", "team/b", "team/a", "team/b"]
     [alert] = d.of(SessionOverdue, session_id=s.id)
     assert alert.rule_moves_exhausted and alert.queue == team_queue("b")
 
@@ -499,7 +499,7 @@ def test_rule_10_invitations_participants_and_ownership_passing(desk):
     assert desk.of(OfferMade, session_id=s.id)[-1].rep_id == "ann"  # invitations not offered
     desk.engine.accept_invitation("bob", inv_team.id)
     desk.engine.accept_invitation("cat", inv_rep.id)
-    assert desk.engine.session(s.id).participants == ["bob", "cat"]
+    assert desk.engine.session(s.id).participants == ("bob", "cat")
     assert desk.engine.rep("bob").load == 1
     desk.engine.leave_session("ann", s.id)
     assert desk.engine.session(s.id).owner == "bob"
@@ -806,3 +806,23 @@ def test_customer_cancel_ends_as_abandoned_and_frees_the_rep(desk):
     desk.engine.cancel_session(s.id)
     assert desk.engine.session(s.id).end_reason is EndReason.ABANDONED
     assert desk.engine.eligible("ann")
+
+
+def test_a_session_every_eligible_member_declined_waits_until_someone_new_or_a_transfer(desk):
+    """Parked sessions: declined by every eligible member, they are not looked at again
+    until the team gains an eligible member, or a manual transfer clears declined_by
+    (even back into the same queue)."""
+    desk.team("support", offer_timeout=30)
+    desk.rep("ann", ["support"])
+    s = start_team_session(desk, "support")
+    desk.engine.answer_offer("ann", desk.pending_offer(s.id).id, False)
+    assert offered_to(desk, s) is None  # ann is eligible, but declined it
+    second = start_team_session(desk, "support", name="Dan")
+    assert offered_to(desk, second) == "ann"  # the next one is not held up behind it
+    desk.engine.answer_offer("ann", desk.pending_offer(second.id).id, True)
+    desk.rep("bob", ["support"])  # someone new: the parked session is offered to bob
+    assert offered_to(desk, s) == "bob"
+    desk.engine.answer_offer("bob", desk.pending_offer(s.id).id, False)
+    assert offered_to(desk, s) is None
+    desk.engine.transfer_session("bob", s.id, team_queue("support"))  # same queue
+    assert offered_to(desk, s) == "bob"  # declines cleared: offered again

@@ -468,6 +468,18 @@ class Engine:
             session.pool = READY
         self._dirty.add(team_ord)
 
+    def _leave_pool(self, s: Session, team_ord: int) -> None:
+        """The session is no longer among team `team_ord`'s ready or parked sessions."""
+        if s.pool == NOT_READY:
+            return
+        index = self._team_index[team_ord]
+        assert index is not None and index.ready is not None and index.parked is not None
+        if s.pool == READY:
+            index.ready.remove(s.key)
+        else:
+            del index.parked[s.key]
+        s.pool = NOT_READY
+
     def _sync_slot(self, s: Session) -> None:
         """Expose a session to the kernel iff it waits, without an offer, in a team
         queue, and keep it among that queue's ready sessions exactly then."""
@@ -482,14 +494,8 @@ class Engine:
             team_ord = self._teams[s.queue.owner].ordinal
         table.team[s.slot] = team_ord
         table.decl_cnt[s.slot] = len(s.declined_by)
-        if s.pool != NOT_READY and team_ord != was:
-            index = self._team_index[was]
-            assert index is not None and index.ready is not None and index.parked is not None
-            if s.pool == READY:
-                index.ready.remove(s.key)
-            else:
-                del index.parked[s.key]
-            s.pool = NOT_READY
+        if team_ord != was:
+            self._leave_pool(s, was)
         if team_ord >= 0 and s.pool == NOT_READY:
             index = self._team_index[team_ord]
             assert index is not None and index.ready is not None
@@ -625,7 +631,7 @@ class Engine:
 
     def _decline(self, offer: Offer, timed_out: bool) -> None:
         s, rep = self._close_offer(offer)
-        s.declined_by[rep.id] = None
+        s.declined_by += (rep.id,)
         rep.missed_offers += 1
         assert s.queue is not None and s.queue.kind is QueueKind.TEAM
         limit = self._teams[s.queue.owner].settings.max_missed_offers
@@ -643,7 +649,7 @@ class Engine:
         s.queued_time = self._now
         s.entry_seq += 1
         s.overdue_alerted = False
-        s.history.append(Move(str(queue), self._now, origin))
+        s.history += (Move(queue, self._now, origin),)
         self._queues[queue].sessions.add(s.key)
         if queue.kind is QueueKind.TEAM:
             rule = self._teams[queue.owner].settings.waiting_rule
@@ -658,6 +664,10 @@ class Engine:
         queue = s.queue
         assert queue is not None
         self._queues[queue].sessions.remove(s.key)
+        # Leaving a queue leaves its pools: back in one (even the same), a session is
+        # ready afresh, since a transfer clears what parked it.
+        self._leave_pool(s, int(self.sessions_table.team[s.slot]))
+        self.sessions_table.team[s.slot] = -1
         self._timers.cancel(s.rule_timer)
         s.rule_timer = None
         s.queue = None
@@ -670,7 +680,7 @@ class Engine:
             self._queues[inv.queue].invitations.remove(inv.key)
             del self._inv_by_key[inv.key]
             self._emit(InvitationRemoved(self._now, inv_id, s.id, inv.queue, None))
-        s.invitations.clear()
+        s.invitations = ()
 
     def _activate(self, s: Session, rep: Rep, via_offer: bool) -> None:
         """The session becomes ACTIVE with `rep` as owner (offer accept or manual)."""
@@ -701,7 +711,7 @@ class Engine:
         for rep_id in s.participants:
             self._release(s, rep_id)
             self._emit(ParticipantLeft(self._now, s.id, rep_id))
-        s.participants.clear()
+        s.participants = ()
         if s.owner is not None:
             owner, s.owner = s.owner, None
             self._release(s, owner)
@@ -819,18 +829,28 @@ class Engine:
                 rep.last_activity + rep.permissions.idle_timeout, "idle", rep.id
             )
 
+    def _hand_over(self, s: Session, owner: Rep, by_fallback: bool) -> None:
+        """Rule 10/11: the owner goes; the participant who joined first owns it now."""
+        heir, s.participants = s.participants[0], s.participants[1:]
+        s.owner = heir
+        heir_rep = self._reps[heir]
+        heir_rep.participating.discard(s.id)
+        heir_rep.owned.add(s.id)
+        owner.owned.discard(s.id)
+        self._emit(OwnershipChanged(self._now, s.id, owner.id, heir, by_fallback))
+
+    def _part(self, s: Session, rep: Rep) -> None:
+        """A participant leaves a shared session."""
+        s.participants = tuple(p for p in s.participants if p != rep.id)
+        rep.participating.discard(s.id)
+        self._emit(ParticipantLeft(self._now, s.id, rep.id))
+
     def _fall_back(self, rep: Rep) -> None:
         """Rule 11: a rep who is gone hands on what they owned, and leaves the rest."""
         for sid in sorted(rep.owned, key=lambda i: self._sessions[i].seq):
             s = self._sessions[sid]
             if s.participants:
-                heir = s.participants.pop(0)
-                s.owner = heir
-                heir_rep = self._reps[heir]
-                heir_rep.participating.discard(sid)
-                heir_rep.owned.add(sid)
-                rep.owned.discard(sid)
-                self._emit(OwnershipChanged(self._now, sid, rep.id, heir, True))
+                self._hand_over(s, rep, by_fallback=True)
                 continue
             self._unassign(s)
             target = s.accepted_from
@@ -841,10 +861,7 @@ class Engine:
             else:
                 self._enqueue(s, target, Origin.CONNECTION_LOST)
         for sid in sorted(rep.participating, key=lambda i: self._sessions[i].seq):
-            s = self._sessions[sid]
-            s.participants.remove(rep.id)
-            rep.participating.discard(sid)
-            self._emit(ParticipantLeft(self._now, sid, rep.id))
+            self._part(self._sessions[sid], rep)
         self._sync_rep(rep, load_changed=True)
 
     def _emit_presence(self, rep: Rep) -> None:
@@ -1637,7 +1654,7 @@ class Engine:
             self._dequeue(s)
         else:
             self._unassign(s)
-        s.declined_by.clear()
+        s.declined_by = ()
         s.rule_moves = 0
         s.accepted_from = None
         self._enqueue(s, target, Origin.TRANSFER)
@@ -1664,17 +1681,9 @@ class Engine:
         if s.owner == rep.id:
             if not s.participants:
                 raise FailedPrecondition("the owner is alone: end or transfer the session")
-            heir = s.participants.pop(0)
-            s.owner = heir
-            heir_rep = self._reps[heir]
-            heir_rep.participating.discard(s.id)
-            heir_rep.owned.add(s.id)
-            rep.owned.discard(s.id)
-            self._emit(OwnershipChanged(self._now, s.id, rep.id, heir, False))
+            self._hand_over(s, rep, by_fallback=False)
         elif rep.id in s.participants:
-            s.participants.remove(rep.id)
-            rep.participating.discard(s.id)
-            self._emit(ParticipantLeft(self._now, s.id, rep.id))
+            self._part(s, rep)
         else:
             raise FailedPrecondition(f"rep {shown(rep_id)} is not in session {shown(session_id)}")
         self._sync_rep(rep, load_changed=True)
@@ -1704,7 +1713,7 @@ class Engine:
         self._invitations[inv.id] = inv
         self._queues[target].invitations.add(inv.key)
         self._inv_by_key[inv.key] = inv.id
-        s.invitations[inv.id] = None
+        s.invitations += (inv.id,)
         self._emit(InvitationCreated(self._now, inv.id, s.id, rep.id, target))
         return inv
 
@@ -1722,8 +1731,8 @@ class Engine:
         del self._invitations[inv.id]
         self._queues[inv.queue].invitations.remove(inv.key)
         del self._inv_by_key[inv.key]
-        del s.invitations[inv.id]
-        s.participants.append(rep.id)
+        s.invitations = tuple(i for i in s.invitations if i != inv.id)
+        s.participants += (rep.id,)
         rep.participating.add(s.id)
         self._emit(InvitationRemoved(self._now, inv.id, s.id, inv.queue, rep.id))
         self._emit(ParticipantJoined(self._now, s.id, rep.id))

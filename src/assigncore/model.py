@@ -246,7 +246,7 @@ class SessionKey:
 
 @dataclass(frozen=True, slots=True)
 class Move:
-    queue: str
+    queue: QueueRef
     time: float
     cause: Origin
 
@@ -269,14 +269,16 @@ class Session:
     queue: QueueRef | None = None
     accepted_from: QueueRef | None = None
     owner: str | None = None
-    participants: list[str] = field(default_factory=list)  # in order of joining
-    declined_by: dict[str, None] = field(default_factory=dict)  # in order of declining
-    history: list[Move] = field(default_factory=list)
+    # Tuples, not lists or sets: most sessions never share or are declined, and an empty
+    # tuple is one shared object (a million waiting sessions are a storm's normal).
+    participants: tuple[str, ...] = ()  # in order of joining
+    declined_by: tuple[str, ...] = ()  # in order of declining
+    history: tuple[Move, ...] = ()
     offer: str | None = None
     entry_seq: int = 0  # bumped on every queue entry; scopes waiting-rule timers
     rule_moves: int = 0
     overdue_alerted: bool = False
-    invitations: dict[str, None] = field(default_factory=dict)  # in order of creation
+    invitations: tuple[str, ...] = ()  # in order of creation
     rule_timer: list | None = None
     portal: str = ""  # the intake portal that started it ("" if none): only it may see it
     key: int = 0  # its rule-4 order key in whatever queue it is in (queue_order.rule4_key)

@@ -144,21 +144,12 @@ def session_out(s: model.Session) -> pb.Session:
         declined_by_rep_ids=list(s.declined_by),
         history=[
             pb.Move(
-                queue=_queue_of_str(m.queue),
+                queue=queue_out(m.queue),
                 time=timestamp(m.time),
                 cause=enum_out(pb.Origin, "ORIGIN_", m.cause),
             )
             for m in s.history
         ],
-    )
-
-
-def _queue_of_str(text: str) -> pb.QueueRef:
-    if text == "general":
-        return pb.QueueRef(kind=pb.QUEUE_KIND_GENERAL)
-    kind, _, owner = text.partition("/")
-    return pb.QueueRef(
-        kind=pb.QUEUE_KIND_PERSONAL if kind == "personal" else pb.QUEUE_KIND_TEAM, owner_id=owner
     )
 
 
