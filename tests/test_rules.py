@@ -296,7 +296,7 @@ def test_rule_05_assignment_reruns_when_a_rep_may_become_eligible(trigger):
     elif trigger in ("end", "wrap_up"):
         d.engine.end_session("ann", first.id)
     elif trigger == "leave":
-        d.engine.leave_session("ann", d.engine.rep("ann").participating.copy().pop())
+        d.engine.leave_session("ann", next(iter(d.engine.rep("ann").participating)))
     elif trigger == "reject":
         d.engine.answer_offer("ann", d.pending_offer(first.id).id, False)
     elif trigger == "timeout":

@@ -650,7 +650,7 @@ class Engine:
         s.entry_seq += 1
         s.overdue_alerted = False
         s.history += (Move(queue, self._now, origin),)
-        self._queues[queue].sessions.add(s.key)
+        self._queues[queue].add_session(s.key)
         if queue.kind is QueueKind.TEAM:
             rule = self._teams[queue.owner].settings.waiting_rule
             if rule is not None:
@@ -663,7 +663,7 @@ class Engine:
     def _dequeue(self, s: Session) -> QueueRef:
         queue = s.queue
         assert queue is not None
-        self._queues[queue].sessions.remove(s.key)
+        self._queues[queue].remove_session(s.key)
         # Leaving a queue leaves its pools: back in one (even the same), a session is
         # ready afresh, since a transfer clears what parked it.
         self._leave_pool(s, int(self.sessions_table.team[s.slot]))
@@ -677,7 +677,7 @@ class Engine:
     def _withdraw_invitations(self, s: Session) -> None:
         for inv_id in s.invitations:
             inv = self._invitations.pop(inv_id)
-            self._queues[inv.queue].invitations.remove(inv.key)
+            self._queues[inv.queue].remove_invitation(inv.key)
             del self._inv_by_key[inv.key]
             self._emit(InvitationRemoved(self._now, inv_id, s.id, inv.queue, None))
         s.invitations = ()
@@ -692,7 +692,7 @@ class Engine:
                 self._rescind(s, RescindReason.ACCEPTED_BY_OTHER)
         queue = self._dequeue(s)
         s.state, s.owner, s.accepted_from = SessionState.ACTIVE, rep.id, queue
-        rep.owned.add(s.id)
+        rep.owned = rep.owned | {s.id}
         if via_offer:
             rep.missed_offers = 0
         self._sync_slot(s)
@@ -701,8 +701,8 @@ class Engine:
 
     def _release(self, s: Session, rep_id: str) -> None:
         rep = self._reps[rep_id]
-        rep.owned.discard(s.id)
-        rep.participating.discard(s.id)
+        rep.owned = rep.owned - {s.id}
+        rep.participating = rep.participating - {s.id}
         self._sync_rep(rep, load_changed=True)
 
     def _unassign(self, s: Session) -> None:
@@ -834,15 +834,15 @@ class Engine:
         heir, s.participants = s.participants[0], s.participants[1:]
         s.owner = heir
         heir_rep = self._reps[heir]
-        heir_rep.participating.discard(s.id)
-        heir_rep.owned.add(s.id)
-        owner.owned.discard(s.id)
+        heir_rep.participating = heir_rep.participating - {s.id}
+        heir_rep.owned = heir_rep.owned | {s.id}
+        owner.owned = owner.owned - {s.id}
         self._emit(OwnershipChanged(self._now, s.id, owner.id, heir, by_fallback))
 
     def _part(self, s: Session, rep: Rep) -> None:
         """A participant leaves a shared session."""
         s.participants = tuple(p for p in s.participants if p != rep.id)
-        rep.participating.discard(s.id)
+        rep.participating = rep.participating - {s.id}
         self._emit(ParticipantLeft(self._now, s.id, rep.id))
 
     def _fall_back(self, rep: Rep) -> None:
@@ -1117,7 +1117,7 @@ class Engine:
                 self._rescind(s, RescindReason.LEFT_TEAM)
         team.members.discard(rep.id)
         rep.teams.discard(team.id)
-        rep.favourites.discard(team.id)
+        rep.favourites = rep.favourites - {team.id}
         rep.chat_read.pop(team.id, None)
         self.teams_table.remove_member(team.ordinal, rep.ordinal)
         if rep.eligible:
@@ -1711,7 +1711,7 @@ class Engine:
             rule4_key(s.priority, self._next_seq()),
         )
         self._invitations[inv.id] = inv
-        self._queues[target].invitations.add(inv.key)
+        self._queues[target].add_invitation(inv.key)
         self._inv_by_key[inv.key] = inv.id
         s.invitations += (inv.id,)
         self._emit(InvitationCreated(self._now, inv.id, s.id, rep.id, target))
@@ -1729,11 +1729,11 @@ class Engine:
         if s.owner == rep.id or rep.id in s.participants:
             raise FailedPrecondition(f"rep {shown(rep_id)} is already in the session")
         del self._invitations[inv.id]
-        self._queues[inv.queue].invitations.remove(inv.key)
+        self._queues[inv.queue].remove_invitation(inv.key)
         del self._inv_by_key[inv.key]
         s.invitations = tuple(i for i in s.invitations if i != inv.id)
         s.participants += (rep.id,)
-        rep.participating.add(s.id)
+        rep.participating = rep.participating | {s.id}
         self._emit(InvitationRemoved(self._now, inv.id, s.id, inv.queue, rep.id))
         self._emit(ParticipantJoined(self._now, s.id, rep.id))
         self._sync_rep(rep, load_changed=True)
@@ -1751,7 +1751,7 @@ class Engine:
         rep = self._rep(rep_id)
         v.flag("starred", starred)
         self._member(rep, team_id)
-        (rep.favourites.add if starred else rep.favourites.discard)(team_id)
+        rep.favourites = rep.favourites | {team_id} if starred else rep.favourites - {team_id}
 
     @command
     def post_chat(self, rep_id: str, team_id: str, text: str) -> ChatMessage:

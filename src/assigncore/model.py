@@ -172,7 +172,8 @@ class Rep:
     auto_assign: bool = True
     audible_alerts: bool = True
     teams: set[str] = field(default_factory=set)
-    favourites: set[str] = field(default_factory=set)
+    # Frozensets: empty for most reps, and the empty one is shared (100k reps on a desk).
+    favourites: frozenset[str] = frozenset()
     chat_read: dict[str, int] = field(default_factory=dict)  # team -> last message seq read
     connected: bool = False
     locked: bool = False
@@ -180,8 +181,8 @@ class Rep:
     last_activity: float = 0.0
     opted_out_by_missed_offers: bool = False
     missed_offers: int = 0
-    owned: set[str] = field(default_factory=set)
-    participating: set[str] = field(default_factory=set)
+    owned: frozenset[str] = frozenset()
+    participating: frozenset[str] = frozenset()
     offer: str | None = None  # pending offer id
     eligible: bool = False  # as last synced into the columns (see Engine._sync_rep)
     grace_timer: list | None = None

@@ -41,17 +41,42 @@ def slot_of(key: int) -> int:
 NOT_READY, READY, PARKED = 0, 1, 2
 
 
+# What an empty queue reads: one shared list, never written (a desk has a personal queue
+# per rep, and most are empty). Writes go through QueueIndex, which makes its own first.
+_EMPTY: SortedList = SortedList()
+
+
 class QueueIndex:
     """One queue's items in rule-4 order; for a team queue also its ready and parked
-    sessions."""
+    sessions. Read `sessions` and `invitations`; write through the methods."""
 
     __slots__ = ("sessions", "invitations", "ready", "parked")
 
     def __init__(self, team: bool) -> None:
-        self.sessions: SortedList = SortedList()
-        self.invitations: SortedList = SortedList()
+        self.sessions: SortedList = _EMPTY
+        self.invitations: SortedList = _EMPTY
         self.ready: SortedList | None = SortedList() if team else None
         self.parked: dict[int, None] | None = {} if team else None
+
+    def add_session(self, key: int) -> None:
+        if self.sessions is _EMPTY:
+            self.sessions = SortedList()
+        self.sessions.add(key)
+
+    def remove_session(self, key: int) -> None:
+        self.sessions.remove(key)
+        if not self.sessions:
+            self.sessions = _EMPTY
+
+    def add_invitation(self, key: int) -> None:
+        if self.invitations is _EMPTY:
+            self.invitations = SortedList()
+        self.invitations.add(key)
+
+    def remove_invitation(self, key: int) -> None:
+        self.invitations.remove(key)
+        if not self.invitations:
+            self.invitations = _EMPTY
 
     def __len__(self) -> int:
         return len(self.sessions) + len(self.invitations)
