@@ -649,7 +649,10 @@ class Engine:
         s.queued_time = self._now
         s.entry_seq += 1
         s.overdue_alerted = False
-        s.history += (Move(queue, self._now, origin),)
+        if s.first_queue is None:
+            s.first_queue, s.first_origin = queue, origin
+        else:
+            s.moves += (Move(queue, self._now, origin),)
         self._queues[queue].add_session(s.key)
         if queue.kind is QueueKind.TEAM:
             rule = self._teams[queue.owner].settings.waiting_rule

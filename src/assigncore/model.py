@@ -274,7 +274,9 @@ class Session:
     # tuple is one shared object (a million waiting sessions are a storm's normal).
     participants: tuple[str, ...] = ()  # in order of joining
     declined_by: tuple[str, ...] = ()  # in order of declining
-    history: tuple[Move, ...] = ()
+    # History: the first entry is implied by first_queue, created_time and first_origin,
+    # so a session that never moved stores no Move at all; `history` puts them together.
+    moves: tuple[Move, ...] = ()  # entries after the first
     offer: str | None = None
     entry_seq: int = 0  # bumped on every queue entry; scopes waiting-rule timers
     rule_moves: int = 0
@@ -282,8 +284,17 @@ class Session:
     invitations: tuple[str, ...] = ()  # in order of creation
     rule_timer: list | None = None
     portal: str = ""  # the intake portal that started it ("" if none): only it may see it
+    first_queue: QueueRef | None = None
+    first_origin: Origin | None = None
     key: int = 0  # its rule-4 order key in whatever queue it is in (queue_order.rule4_key)
     pool: int = 0  # NOT_READY, READY or PARKED in its team queue (queue_order)
+
+    @property
+    def history(self) -> tuple[Move, ...]:
+        """Every queue entry, in order: (queue, time, cause)."""
+        if self.first_queue is None or self.first_origin is None:
+            return self.moves
+        return (Move(self.first_queue, self.created_time, self.first_origin), *self.moves)
 
 
 @dataclass(slots=True)
