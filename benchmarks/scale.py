@@ -183,8 +183,8 @@ def measure(e: Engine, samples: int) -> dict[str, dict[str, float]]:
         taken = timed("get_next", e.get_next, storm_rep).value
         e.end_session(storm_rep, taken.id)
         e.start_from_issue("storm0", CUSTOMER)  # the backlog keeps its size
-        middle = e._queues[storm].sessions[len(e._queues[storm].sessions) // 2]
-        sid = e._session_by_slot[middle & ((1 << 32) - 1)].id
+        middle = e.state.queues[storm].sessions[len(e.state.queues[storm].sessions) // 2]
+        sid = e.state.session_by_slot[middle & ((1 << 32) - 1)].id
         timed("queue_position", e.queue_position, sid)
         timed("queue_page_50", e.queue_page, storm, middle, 50)
         # the directory

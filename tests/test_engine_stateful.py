@@ -279,7 +279,7 @@ class EngineMachine(RuleBasedStateMachine):
     def each_session_is_in_exactly_one_place(self):
         e = self.engine
         where: dict[str, list[str]] = {}
-        for q in e._queues:
+        for q in e.state.queues:
             for item in e.queue_items(q):
                 where.setdefault(item.id, []).append(str(q))
         for s in e.sessions():
@@ -354,10 +354,10 @@ class EngineMachine(RuleBasedStateMachine):
     def queue_indexes_match_a_brute_force_rule4_order(self):
         e = self.engine
         sessions = e.sessions()
-        for q, index in e._queues.items():
+        for q, index in e.state.queues.items():
             waiting = [s for s in sessions if s.queue == q]
             expected = sorted(waiting, key=lambda s: (-s.priority, s.created_time, s.seq))
-            got = [e._session_by_slot[k & SLOT_MASK] for k in index.sessions]
+            got = [e.state.session_by_slot[k & SLOT_MASK] for k in index.sessions]
             assert [s.id for s in got] == [s.id for s in expected], q
             for place, s in enumerate(expected, 1):
                 assert e.queue_position(s.id) == place
@@ -374,12 +374,12 @@ class EngineMachine(RuleBasedStateMachine):
             if index.ready is None:
                 continue
             team = e.team(q.owner)
-            ready = {e._session_by_slot[k & SLOT_MASK].id for k in index.ready}
-            parked = {e._session_by_slot[k & SLOT_MASK].id for k in index.parked}
+            ready = {e.state.session_by_slot[k & SLOT_MASK].id for k in index.ready}
+            parked = {e.state.session_by_slot[k & SLOT_MASK].id for k in index.parked}
             unoffered = {s.id for s in waiting if s.state is SessionState.WAITING}
             assert not ready & parked and ready | parked == unoffered, q
             eligible = {r for r in team.members if e.eligible(r)}
-            assert e._team_eligible[team.ordinal] == len(eligible)
+            assert e.state.team_eligible[team.ordinal] == len(eligible)
             for sid in parked:  # parked: every eligible member declined it
                 assert eligible <= set(e.session(sid).declined_by), (sid, eligible)
 

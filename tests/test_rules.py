@@ -649,7 +649,7 @@ def test_ids_are_random_unguessable_and_not_reused_by_a_new_engine():
     seen: list[str] = []
     for seed in (1, 2):
         d = Desk()
-        d.engine._rng = random.Random(seed)
+        d.engine.state.rng = random.Random(seed)
         d.team("support")
         d.rep("ann", ["support"])
         d.rep("bob", ["support"])

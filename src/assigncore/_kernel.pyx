@@ -85,6 +85,7 @@ cdef class RankKernel:
     cdef int32_t[::1] team_members
     cdef int8_t[::1] team_alg
     cdef uint8_t[::1] team_done    # scratch of assign_batch, all zero between calls
+    cdef Py_ssize_t team_done_size
     cdef Py_ssize_t n_teams
     # session columns
     cdef int32_t[::1] s_team
@@ -99,6 +100,7 @@ cdef class RankKernel:
     def __init__(self):
         self.n_reps = 0
         self.n_teams = 0
+        self.team_done_size = 0
         self.n_slots = 0
 
     def bind_reps(self, int64_t[::1] rank_key, uint8_t[::1] flags,
@@ -127,8 +129,9 @@ cdef class RankKernel:
                 raise ValueError(f"unknown algorithm {alg[t]}")
         self.team_start, self.team_end, self.team_members = start, end, members
         self.team_alg = alg
-        if self.team_done is None or self.team_done.shape[0] < n_teams:
+        if self.team_done_size < n_teams:
             self.team_done = np.zeros(max(n_teams, 1), dtype=np.uint8)
+            self.team_done_size = max(n_teams, 1)
         self.n_teams = n_teams
 
     def bind_sessions(self, int32_t[::1] team, int64_t[::1] seq, uint8_t[::1] nreq,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .timers import Timer
 
 
 class Algorithm(IntEnum):
@@ -185,9 +189,9 @@ class Rep:
     participating: frozenset[str] = frozenset()
     offer: str | None = None  # pending offer id
     eligible: bool = False  # as last synced into the columns (see Engine._sync_rep)
-    grace_timer: list | None = None
-    idle_timer: list | None = None
-    wrap_up_timer: list | None = None
+    grace_timer: Timer | None = None
+    idle_timer: Timer | None = None
+    wrap_up_timer: Timer | None = None
 
     @property
     def load(self) -> int:
@@ -242,7 +246,7 @@ class SessionKey:
     key: str
     rep_id: str
     expires_at: float
-    timer: list | None = None
+    timer: Timer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +286,7 @@ class Session:
     rule_moves: int = 0
     overdue_alerted: bool = False
     invitations: tuple[str, ...] = ()  # in order of creation
-    rule_timer: list | None = None
+    rule_timer: Timer | None = None
     portal: str = ""  # the intake portal that started it ("" if none): only it may see it
     first_queue: QueueRef | None = None
     first_origin: Origin | None = None
@@ -304,7 +308,7 @@ class Offer:
     rep_id: str
     deadline: float
     audible: bool
-    timer: list | None = None
+    timer: Timer | None = None
 
 
 @dataclass(slots=True)

@@ -17,10 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
+from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedList
 
+from .events import SessionDequeued, SessionQueued
+from .model import Move, Origin, QueueKind, QueueRef, Session, SessionState
+from .timers import TimerKind
 from .validation import MAX_PRIORITY
+
+if TYPE_CHECKING:
+    from .state import State
 
 _SEQ_SHIFT = 32
 _PRIORITY_SHIFT = 32 + 48  # 48 bits of seq: 2.8e14 sessions and invitations
@@ -106,3 +113,86 @@ class QueueIndex:
             self.ready.update(keys)
             self.parked.clear()
         return keys
+
+
+# ------------------------------------------------------------------ the engine's queue operations
+
+
+def gained(st: State, team_ord: int) -> None:
+    """Team `team_ord` has a new eligible member: what its eligible members had all
+    declined may be offered again, and a pass must look at it."""
+    index = st.team_index[team_ord]
+    assert index is not None
+    for key in index.unpark():
+        session = st.session_by_slot[key & SLOT_MASK]
+        assert session is not None
+        session.pool = READY
+    st.dirty.add(team_ord)
+
+
+def leave_pool(st: State, s: Session, team_ord: int) -> None:
+    """The session is no longer among team `team_ord`'s ready or parked sessions."""
+    if s.pool == NOT_READY:
+        return
+    index = st.team_index[team_ord]
+    assert index is not None and index.ready is not None and index.parked is not None
+    if s.pool == READY:
+        index.ready.remove(s.key)
+    else:
+        del index.parked[s.key]
+    s.pool = NOT_READY
+
+
+def sync_slot(st: State, s: Session) -> None:
+    """Expose a session to the kernel iff it waits, without an offer, in a team
+    queue, and keep it among that queue's ready sessions exactly then."""
+    table = st.sessions_table
+    was = int(table.team[s.slot])
+    team_ord = -1
+    if s.state is SessionState.WAITING and s.queue is not None and s.queue.kind is QueueKind.TEAM:
+        team_ord = st.teams[s.queue.owner].ordinal
+    table.team[s.slot] = team_ord
+    table.decl_cnt[s.slot] = len(s.declined_by)
+    if team_ord != was:
+        leave_pool(st, s, was)
+    if team_ord >= 0 and s.pool == NOT_READY:
+        index = st.team_index[team_ord]
+        assert index is not None and index.ready is not None
+        index.ready.add(s.key)
+        s.pool = READY
+        st.dirty.add(team_ord)
+
+
+def enqueue(st: State, s: Session, queue: QueueRef, origin: Origin) -> None:
+    s.queue, s.origin, s.state = queue, origin, SessionState.WAITING
+    s.queued_time = st.now
+    s.entry_seq += 1
+    s.overdue_alerted = False
+    if s.first_queue is None:
+        s.first_queue, s.first_origin = queue, origin
+    else:
+        s.moves += (Move(queue, st.now, origin),)
+    st.queues[queue].add_session(s.key)
+    if queue.kind is QueueKind.TEAM:
+        rule = st.teams[queue.owner].settings.waiting_rule
+        if rule is not None:
+            s.rule_timer = st.timers.schedule(
+                st.now + rule.overdue_after, TimerKind.WAITING_RULE, (s.id, s.entry_seq)
+            )
+    sync_slot(st, s)
+    st.emit(SessionQueued(st.now, s.id, queue, origin))
+
+
+def dequeue(st: State, s: Session) -> QueueRef:
+    queue = s.queue
+    assert queue is not None
+    st.queues[queue].remove_session(s.key)
+    # Leaving a queue leaves its pools: back in one (even the same), a session is
+    # ready afresh, since a transfer clears what parked it.
+    leave_pool(st, s, int(st.sessions_table.team[s.slot]))
+    st.sessions_table.team[s.slot] = -1
+    st.timers.cancel(s.rule_timer)
+    s.rule_timer = None
+    s.queue = None
+    st.emit(SessionDequeued(st.now, s.id, queue))
+    return queue
