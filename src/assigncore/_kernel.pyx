@@ -14,8 +14,9 @@ from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, INT64_MAX
 
 import numpy as np
 
-# Ineligibility bits; must match columns.py.
-DEF FLAG_PENDING_OFFER = 32
+# FLAG_PENDING_OFFER, LOAD_SHIFT, ALG_NONE, N_ALGORITHMS, MAX_REQUIRED_SKILLS and
+# PREFETCH_AHEAD: a cdef enum that setup.py generates from constants.py.
+include "_kernel_constants.pxi"
 
 cdef extern from *:
     """
@@ -25,7 +26,7 @@ cdef extern from *:
     """
     bint AC_UNLIKELY(bint) noexcept nogil
     void AC_PREFETCH(const void*) noexcept nogil
-    # rank_key of a rep that is not eligible (must match columns.INELIGIBLE).
+    # rank_key of a rep that is not eligible: constants.INELIGIBLE, checked at import.
     const int64_t INELIGIBLE "AC_INELIGIBLE"
     # Set by setup.py: 1 in a debug build (ASSIGNCORE_DEBUG_BUILD=1).
     const int ASSIGNCORE_BOUNDS_CHECKED
@@ -53,9 +54,6 @@ cdef int64_t _best_skills(const level_t* skill_row, const int32_t* req_skill,
     return -((<int64_t>kept << 20) + total)
 
 
-DEF PREFETCH_AHEAD = 16
-DEF N_ALGORITHMS = 4
-DEF ALG_NONE = 0
 cdef policy_fn POLICIES[N_ALGORITHMS]
 POLICIES[0] = NULL            # NONE: never auto-assigned, handled before ranking
 POLICIES[1] = NULL            # LEAST_BUSY
@@ -63,6 +61,9 @@ POLICIES[2] = _skills_match   # SKILLS_MATCH_LEAST_BUSY
 POLICIES[3] = _best_skills    # BEST_SKILLS
 
 ALGORITHM_COUNT = N_ALGORITHMS
+from . import constants as _constants
+if _constants.INELIGIBLE != INELIGIBLE:  # pragma: no cover - a build from other sources
+    raise ImportError("the kernel's INELIGIBLE differs from constants.INELIGIBLE")
 
 
 cdef uint8_t _EMPTY_U8[1]

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import numpy as np
 
-# Ineligibility bits of RepTable.flags; 0 means eligible (load < cap is checked apart).
-FLAG_OFFLINE = 1
-FLAG_LOCKED = 2
-FLAG_IDLE = 4
-FLAG_OPTED_OUT = 8
-FLAG_WRAP_UP = 16
-FLAG_PENDING_OFFER = 32
-FLAG_REMOVED = 64
+from .constants import (  # noqa: F401  (the flags are part of this module's interface)
+    FLAG_IDLE,
+    FLAG_LOCKED,
+    FLAG_OFFLINE,
+    FLAG_OPTED_OUT,
+    FLAG_PENDING_OFFER,
+    FLAG_REMOVED,
+    FLAG_WRAP_UP,
+    INELIGIBLE,
+    LOAD_SHIFT,
+    MAX_REQUIRED_SKILLS,
+)
 
 NO_CAP = np.iinfo(np.int32).max
-# rank_key = load << LOAD_SHIFT | available_since (microseconds since the table's epoch)
-# for an eligible rep, INELIGIBLE otherwise; must match _kernel.pyx.
-LOAD_SHIFT = 48
 MAX_AVAIL_TICKS = (1 << LOAD_SHIFT) - 1  # ~8.9 years after the epoch
 MAX_RANKED_LOAD = (1 << 14) - 1  # higher loads rank as this (far above any real cap)
-INELIGIBLE = np.iinfo(np.int64).max
-MAX_REQUIRED_SKILLS = 8
 
 
 def _grow(arr: np.ndarray, rows: int) -> np.ndarray:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import TYPE_CHECKING
 
+from .constants import ALG_BEST_SKILLS, ALG_LEAST_BUSY, ALG_NONE, ALG_SKILLS_MATCH_LEAST_BUSY
+
 if TYPE_CHECKING:
     from .timers import Timer
 
@@ -14,10 +16,10 @@ class Algorithm(IntEnum):
     """Team-queue routing algorithm. Values index the policy tables of the kernel and the
     reference; adding one means a new member here plus one policy in each."""
 
-    NONE = 0
-    LEAST_BUSY = 1
-    SKILLS_MATCH_LEAST_BUSY = 2
-    BEST_SKILLS = 3
+    NONE = ALG_NONE
+    LEAST_BUSY = ALG_LEAST_BUSY
+    SKILLS_MATCH_LEAST_BUSY = ALG_SKILLS_MATCH_LEAST_BUSY
+    BEST_SKILLS = ALG_BEST_SKILLS
 
 
 class TeamKind(Enum):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-FLAG_PENDING_OFFER = 32
-INELIGIBLE = 0x7FFFFFFFFFFFFFFF
+from .constants import ALG_NONE, FLAG_PENDING_OFFER, INELIGIBLE, N_ALGORITHMS
 
 # (skill row, required skill ordinals, required minimum levels) -> major score; smaller
 # ranks first. None means every candidate scores 0 (pure least-busy).
@@ -39,8 +38,8 @@ def _best_skills(row: Sequence[int], req_skill: Sequence[int], req_level: Sequen
 
 # Indexed by Algorithm value; must match POLICIES in _kernel.pyx.
 POLICIES: tuple[Policy, ...] = (None, None, _skills_match, _best_skills)
-ALGORITHM_COUNT = len(POLICIES)
-ALG_NONE = 0
+ALGORITHM_COUNT = N_ALGORITHMS
+assert len(POLICIES) == N_ALGORITHMS, "one policy per algorithm"
 
 
 class RankKernel:
