@@ -312,24 +312,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         serialize = handler.response_serializer
         admit, release = self._admit, self._release
 
-        async def enter(context: grpc.aio.ServicerContext) -> None:
+        unary_in = not handler.request_streaming
+
+        async def enter(requests: AsyncIterator[bytes], context: Any) -> Any:
+            """Admits the call, then reads its request (or wraps its request stream)."""
             refused = admit(principal, console, counted)
             if refused:
                 await _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
             if principal is not None:
                 current_principal.set(principal)
+            try:
+                if unary_in:
+                    return await _first_message(requests, context, deserialize, timeout)
+                return _timed_messages(requests, context, deserialize, timeout)
+            except BaseException:
+                release(principal, console, counted)
+                raise
 
-        if handler.unary_unary or handler.stream_unary:
-            unary_in = handler.unary_unary is not None
+        if not handler.response_streaming:
             inner_unary = handler.unary_unary or handler.stream_unary
 
             async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-                await enter(context)
+                request = await enter(requests, context)
                 try:
-                    if unary_in:
-                        request = await _first_message(requests, context, deserialize, timeout)
-                    else:
-                        request = _timed_messages(requests, context, deserialize, timeout)
                     return await inner_unary(request, context)
                 finally:
                     release(principal, console, counted)
@@ -338,16 +343,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 stream_unary, request_deserializer=None, response_serializer=serialize
             )
 
-        unary_in = handler.unary_stream is not None
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-            await enter(context)
+            request = await enter(requests, context)
             try:
-                if unary_in:
-                    request = await _first_message(requests, context, deserialize, timeout)
-                else:
-                    request = _timed_messages(requests, context, deserialize, timeout)
                 async for response in inner_stream(request, context):
                     yield response
             finally:

@@ -176,20 +176,10 @@ def page(
     field_prefix: str, items: list[Any], page_size: int, page_token: str, default: int = 50
 ) -> tuple[list[Any], str]:
     size = page_limit(f"{field_prefix}page_size", page_size, default)
-    start = 0
-    if page_token:
-        try:
-            kind, _, number = base64.urlsafe_b64decode(page_token.encode()).decode().partition(":")
-            start = int(number)
-            if kind != "o" or start < 0:
-                raise ValueError
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument(
-                f"{field_prefix}page_token", "not a token this server issued"
-            ) from None
+    start = _token_in(f"{field_prefix}page_token", page_token, "o") if page_token else 0
     chunk = items[start : start + size]
     more = start + size < len(items)
-    token = base64.urlsafe_b64encode(f"o:{start + size}".encode()).decode() if more else ""
+    token = _token_out("o", start + size) if more else ""
     return chunk, token
 
 
@@ -199,22 +189,29 @@ def page_limit(field: str, page_size: int, default: int = 50) -> int:
     return page_size or default
 
 
-def cursor_in(field: str, page_token: str) -> int | None:
-    """A queue page token: the order key of the last item of the previous page."""
-    if not page_token:
-        return None
+def _token_in(field: str, page_token: str, kind: str) -> int:
+    """The number in a page token of this kind ("o": an offset, "k": an order key)."""
     try:
-        kind, _, number = base64.urlsafe_b64decode(page_token.encode()).decode().partition(":")
-        cursor = int(number)
-        if kind != "k" or cursor < 0:
+        got, _, number = base64.urlsafe_b64decode(page_token.encode()).decode().partition(":")
+        value = int(number)
+        if got != kind or value < 0:
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument(field, "not a token this server issued") from None
-    return cursor
+    return value
+
+
+def _token_out(kind: str, value: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
+
+
+def cursor_in(field: str, page_token: str) -> int | None:
+    """A queue page token: the order key of the last item of the previous page."""
+    return _token_in(field, page_token, "k") if page_token else None
 
 
 def cursor_out(cursor: int | None) -> str:
-    return "" if cursor is None else base64.urlsafe_b64encode(f"k:{cursor}".encode()).decode()
+    return "" if cursor is None else _token_out("k", cursor)
 
 
 # ----------------------------------------------------------------- directory (admin)

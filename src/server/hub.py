@@ -31,8 +31,6 @@ from server.errors import info_status, plain_status
 from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
 
-TIMED_OUT = RescindReason.TIMED_OUT
-
 
 class StreamEnd(Enum):
     """Why a console stream was ended from outside its handler."""
@@ -270,29 +268,24 @@ class Hub:
         # sees the item change state.
         self._changed(e.session_id, e.time, skip=e.rep_id, session_msg=session)
 
-    def _on_OfferRescinded(self, e: ev.OfferRescinded) -> None:
+    def _rescinded(self, e: ev.OfferRescinded | ev.OfferDeclined, reason: RescindReason) -> None:
         self.send(
             [e.rep_id],
             e.time,
             offer_rescinded=cpb.OfferRescinded(
                 offer_id=e.offer_id,
                 session_id=e.session_id,
-                reason=convert.enum_out(cpb.RescindReason, "RESCIND_REASON_", e.reason),
+                reason=convert.enum_out(cpb.RescindReason, "RESCIND_REASON_", reason),
             ),
         )
+
+    def _on_OfferRescinded(self, e: ev.OfferRescinded) -> None:
+        self._rescinded(e, e.reason)
         self._changed(e.session_id, e.time)
 
     def _on_OfferDeclined(self, e: ev.OfferDeclined) -> None:
         if e.timed_out:  # the rep did not answer: tell it the offer is gone, and why
-            self.send(
-                [e.rep_id],
-                e.time,
-                offer_rescinded=cpb.OfferRescinded(
-                    offer_id=e.offer_id,
-                    session_id=e.session_id,
-                    reason=convert.enum_out(cpb.RescindReason, "RESCIND_REASON_", TIMED_OUT),
-                ),
-            )
+            self._rescinded(e, RescindReason.TIMED_OUT)
         self._changed(e.session_id, e.time)
 
     def _on_SessionOverdue(self, e: ev.SessionOverdue) -> None:
