@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -116,8 +115,9 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(e: Engine, samples: int) -> dict[str, dict[str, float]]:
-    times: dict[str, list[float]] = {}
+def measure(e: Engine, samples: int, times: dict[str, list[float]], first: int = 0) -> None:
+    """Times `samples` rounds of every command into `times` (sample numbers from
+    `first`, so reps created here get new ids)."""
     clock = time.perf_counter
 
     def timed(name: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
@@ -143,7 +143,7 @@ def measure(e: Engine, samples: int) -> dict[str, dict[str, float]]:
 
     storm = team_queue("t0")
     storm_rep = "r0"
-    for i in range(samples):
+    for i in range(first, first + samples):
         p = i % N_PROBES
         team = f"t{N_STORMS + p}"
         # starts by each origin (then cancelled, untimed, so the desk stays as it is)
@@ -192,10 +192,12 @@ def measure(e: Engine, samples: int) -> dict[str, dict[str, float]]:
         e.remove_team_member(f"t{N_STORMS + (p + 3) % N_PROBES}", rep)
         timed("create_rep", e.create_rep, f"new{i}", "New", teams=[team])
     e._assign = real_assign  # type: ignore[method-assign]
-    return {name: percentiles(values) for name, values in sorted(times.items())}
 
 
-def child(desk: str, quick: bool, samples: int) -> dict[str, Any]:
+def child(desk: str, quick: bool) -> None:
+    """One desk, driven over stdin by the parent: `round N` times N samples of every
+    command; `report` prints the figures. Rounds of the two desks alternate, so drift on
+    a shared machine falls on both alike."""
     size = dict(DESKS[desk])
     if quick and desk == "large":
         size["waiting"] = QUICK_WAITING
@@ -208,16 +210,30 @@ def child(desk: str, quick: bool, samples: int) -> dict[str, Any]:
     gc.enable()
     gc.freeze()  # what a long-running server does after loading its desk
     rss = rss_mb()
-    result = {
+    result: dict[str, Any] = {
         "desk": desk,
         **size,
         "build_s": round(built, 1),
         "rss_mb": round(rss, 1),
         "directory_rss_mb": round(directory_rss, 1),
         "bytes_per_waiting_session": round((rss - directory_rss) * 2**20 / size["waiting"]),
-        "commands": measure(engine, samples),
     }
-    return result
+    print("ready", flush=True)
+    times: dict[str, list[float]] = {}
+    done = 0
+    for line in sys.stdin:
+        word, _, arg = line.strip().partition(" ")
+        if word == "round":
+            measure(engine, int(arg), times, done)
+            done += int(arg)
+            print("done", flush=True)
+        elif word == "report":
+            result["commands"] = {name: percentiles(v) for name, v in sorted(times.items())}
+            print(json.dumps(result), flush=True)
+            return
+
+
+ROUNDS = 10
 
 
 def main() -> None:
@@ -228,13 +244,31 @@ def main() -> None:
     args = parser.parse_args()
     samples = 200 if args.quick else 2000
     if args.desk:  # a child: one desk
-        print(json.dumps(child(args.desk, args.quick, samples)))
+        child(args.desk, args.quick)
         return
-    results = {}
-    for desk in ("small", "large"):
+    children = {}
+    for desk in ("small", "large"):  # built one after the other, each in its own process
         cmd = [sys.executable, __file__, "--desk", desk] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
-        results[desk] = json.loads(out.stdout)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdin is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise SystemExit(f"the {desk} desk did not build")
+        children[desk] = proc
+
+    def ask(desk: str, line: str) -> str:
+        proc = children[desk]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline()
+
+    for _ in range(ROUNDS):  # alternating, so the machine's drift falls on both desks
+        for desk in ("small", "large"):
+            if ask(desk, f"round {samples // ROUNDS}").strip() != "done":
+                raise SystemExit(f"the {desk} desk failed")
+    results = {desk: json.loads(ask(desk, "report")) for desk in ("small", "large")}
+    for proc in children.values():
+        proc.wait()
     small, large = results["small"]["commands"], results["large"]["commands"]
     ratios = {
         name: round(large[name]["p50_us"] / small[name]["p50_us"], 2)
