@@ -644,12 +644,14 @@ def test_ids_are_random_unguessable_and_not_reused_by_a_new_engine():
     import random
     import re
 
+    from assigncore.state import Entropy
+
     from .conftest import Desk
 
     seen: list[str] = []
     for seed in (1, 2):
         d = Desk()
-        d.engine.state.rng = random.Random(seed)
+        d.engine.state.entropy = Entropy(random.Random(seed).randbytes(32))
         d.team("support")
         d.rep("ann", ["support"])
         d.rep("bob", ["support"])

@@ -97,14 +97,16 @@ class Engine:
         listener: Callable[[Event], None] | None = None,
         kernel: Kernel | None = None,
         rng: random.Random | None = None,
+        secret: bytes | None = None,
     ) -> None:
+        """`secret` keys every id and session key the desk hands out (an input: the same
+        secret and the same commands at the same times give the same desk). Without
+        one, it is drawn from `rng` (tests) or the operating system."""
         self._clock = clock
+        if secret is None:
+            secret = rng.getrandbits(256).to_bytes(32, "big") if rng else secrets.token_bytes(32)
         self.state = State(
-            float(clock()),
-            config or EngineConfig(),
-            kernel or Kernel(),
-            rng or secrets.SystemRandom(),
-            listener,
+            float(clock()), config or EngineConfig(), kernel or Kernel(), secret, listener
         )
         self._busy = False
 

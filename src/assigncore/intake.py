@@ -195,7 +195,8 @@ def generate_session_key(st: State, rep_id: str, ttl: float | None = None) -> st
     ttl = st.config.session_key_ttl if ttl is None else v.seconds("ttl", ttl, 60.0)
     length = st.config.session_key_length
     while True:
-        key = "".join(st.rng.choice(KEY_ALPHABET) for _ in range(length))
+        bits = st.entropy.bits(5 * length)  # 5 bits per character of a 32-letter alphabet
+        key = "".join(KEY_ALPHABET[(bits >> (5 * i)) & 31] for i in range(length))
         if key not in st.keys:
             break
     sk = SessionKey(key, rep.id, st.now + ttl)

@@ -3,12 +3,12 @@
 Every concern of the engine (directory, intake, presence, routing, queue order, waiting
 rules, sharing, chat, read views) is a module of functions over this object; `engine.py`
 is the facade that runs them as commands. Nothing here reads the wall clock or draws
-randomness except through `now` (set by the facade from its clock) and `rng` (an input).
+randomness except through `now` (set by the facade from its clock) and `entropy`.
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,6 +93,31 @@ class KeyGuard:
             self.failures.setdefault((portal, ""), deque()).append(now)
 
 
+class Entropy:
+    """The one source of every unguessable value the engine hands out (ids, session keys).
+
+    Each value is a keyed BLAKE2b of a counter under the desk's secret: unpredictable to
+    anyone without the secret, never repeated (the counter only grows and is part of the
+    state), and a pure function of (secret, counter). The secret is an input, drawn once
+    by whoever creates the desk; so replaying the same commands at the same times gives
+    the same values, whether a command or a timer (an offer after a timeout) takes them.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("the desk's secret must have at least 128 bits")
+        self.secret = secret
+        self.counter = 0
+
+    def bits(self, n: int) -> int:
+        """The next unguessable integer of `n` bits (n <= 256)."""
+        self.counter += 1
+        digest = hashlib.blake2b(
+            self.counter.to_bytes(8, "big"), key=self.secret[:64], digest_size=32
+        ).digest()
+        return int.from_bytes(digest, "big") >> (256 - n)
+
+
 class State:
     """All of a desk's routing state; mutated only by the engine's commands."""
 
@@ -101,14 +126,14 @@ class State:
         now: float,
         config: EngineConfig,
         kernel: Kernel,
-        rng: random.Random,
+        secret: bytes,
         listener: Callable[[Event], None] | None,
     ) -> None:
         self.now = now
         self.epoch = now  # available_since is counted from here, in microseconds
         self.config = config
         self.kernel = kernel
-        self.rng = rng
+        self.entropy = Entropy(secret)
         self.listener = listener
         self.events: list[Event] = []  # the running command's events
         # directory
@@ -161,7 +186,7 @@ class State:
 
     def next_id(self, kind: str) -> str:
         while True:
-            ident = ID_PREFIX[kind] + format(self.rng.getrandbits(ID_BITS), "025x")
+            ident = ID_PREFIX[kind] + format(self.entropy.bits(ID_BITS), "025x")
             if (
                 ident not in self.sessions
                 and ident not in self.offers

@@ -305,6 +305,7 @@ def snapshot(st: State) -> dict[str, Any]:
         "team_eligible": list(st.team_eligible),
         "reported": plain(st.reported),
         "counters": dict(st.counters),
+        "entropy": [st.entropy.secret.hex(), st.entropy.counter],
         "timers": plain(st.timers.pending()),
         "rep_columns": [
             col[: rt.n].tolist() for col in (rt.load, rt.cap, rt.flags, rt.avail, rt.rank_key)
