@@ -41,6 +41,7 @@ from .errors import DomainError
 from .events import Event
 from .kernel import Kernel
 from .model import QueueRef, Rep
+from .records import CommandRecord, RecordError
 from .state import EngineConfig, State
 from .timers import TimerKind
 from .views import QueueItem, QueueSummary
@@ -57,13 +58,18 @@ class Outcome(Generic[T]):
     value: T
 
 
+# Every engine command by name: what a command record may name (records.py).
+COMMANDS: dict[str, Callable[..., Any]] = {}
+
+
 def command(fn: Callable[Concatenate[State, P], T]) -> Callable[Concatenate[Engine, P], Outcome[T]]:
     """A concern's function as an engine command (typed: mypy checks every call)."""
 
     @wraps(fn)
     def run(engine: Engine, /, *args: P.args, **kwargs: P.kwargs) -> Outcome[T]:
-        return engine._run(fn, *args, **kwargs)
+        return engine._run(fn, None, *args, **kwargs)
 
+    COMMANDS[fn.__name__] = fn
     return run
 
 
@@ -112,7 +118,15 @@ class Engine:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Outcome[T]:
+    def apply(self, record: CommandRecord) -> Outcome[Any]:
+        """Runs a command record at its time (a journal's replay): timers due before it
+        fire first, exactly as when it ran."""
+        fn = COMMANDS.get(record.command)
+        if fn is None:
+            raise RecordError(f"{record.command!r} is not an engine command")
+        return self._run(fn, record.time, *record.args, **(record.kwargs or {}))
+
+    def _run(self, fn: Callable[..., T], at: float | None, *args: Any, **kwargs: Any) -> Outcome[T]:
         if self._busy:
             raise RuntimeError("engine commands must not be re-entered (single writer)")
         self._busy = True
@@ -120,7 +134,7 @@ class Engine:
         try:
             # Timers due before this command fire first; their events reach the listener
             # but are not this command's.
-            self._catch_up(self._clock())
+            self._catch_up(self._clock() if at is None else at)
             events: list[Event] = []
             st.events = events
             value = fn(st, *args, **kwargs)
@@ -289,6 +303,7 @@ __all__ = [
     "DomainError",
     "Engine",
     "EngineConfig",
+    "COMMANDS",
     "Outcome",
     "QueueItem",
     "QueueSummary",
