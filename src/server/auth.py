@@ -167,7 +167,9 @@ async def _read(
     """The next request message, read under a deadline and decoded here, so that a
     half-sent or malformed body gets a clear status; `end` when the stream closes."""
     try:
-        raw = await asyncio.wait_for(anext(requests), timeout)
+        # asyncio.timeout arms one timer on this task; wait_for would start a task per call.
+        async with asyncio.timeout(timeout):
+            raw = await anext(requests)
     except TimeoutError:
         return await _refuse(
             context,
