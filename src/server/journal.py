@@ -1,0 +1,166 @@
+"""The command journal: an append-only log of records in one SQLite file per desk.
+
+SQLite runs in WAL mode with `synchronous=FULL`, so a committed transaction survives a
+power cut. One writer thread owns the connection and makes many records durable per
+commit (group commit): appends queue up while it writes, and it takes all of them in the
+next transaction. `append()` returns a future that resolves, in append order, to the
+record's position once it is durable; callers release replies and events only then.
+
+Every record carries a CRC-32 of its body. Reading back, a bad checksum on the last
+record is a torn write (the crash happened mid-record): it is dropped, and said so. A bad
+checksum anywhere else stops the read with an error that names the position; nothing
+after it is silently lost. When the disk is full or the file unwritable, the appends of
+that transaction fail (the caller refuses the commands: nothing is half-applied) and the
+writer keeps going, so appends succeed again once space returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+log = logging.getLogger("assigncore.journal")
+
+MAX_BATCH = 4096  # records per transaction at most
+
+
+class JournalError(Exception):
+    """The journal cannot be written, or a record in it is corrupt."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+@dataclass(slots=True)
+class Stats:
+    records: int = 0  # made durable
+    commits: int = 0  # transactions (fsyncs) that made them so
+    failed: int = 0  # records refused (disk full, unwritable)
+
+
+_STOP = object()
+
+
+class Journal:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stats = Stats()
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS records ("
+            "position INTEGER PRIMARY KEY, checksum INTEGER NOT NULL, body BLOB NOT NULL)"
+        )
+        self.last_position = self._drop_torn_tail()
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
+        self._writer.start()
+
+    def _drop_torn_tail(self) -> int:
+        """The last position, after removing a last record whose checksum is bad (a
+        crash mid-write): appends must never land behind a torn record."""
+        row = self._conn.execute(
+            "SELECT position, checksum, body FROM records ORDER BY position DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return 0
+        position, checksum, body = row
+        if zlib.crc32(bytes(body)) == checksum:
+            return int(position)
+        log.warning("journal: dropped a torn last record at %d", position)
+        self._conn.execute("DELETE FROM records WHERE position = ?", (position,))
+        return int(position) - 1
+
+    # ------------------------------------------------------------- writing
+
+    def append(self, body: bytes) -> Future[int]:
+        """Queues a record; the future resolves to its position once it is durable, or
+        fails with JournalError (then the record was not written)."""
+        future: Future[int] = Future()
+        self._queue.put((body, future))
+        return future
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._commit(batch)  # type: ignore[arg-type]
+                    return
+                batch.append(item)
+            self._commit(batch)  # type: ignore[arg-type]
+
+    def _commit(self, batch: list[tuple[bytes, Future[int]]]) -> None:
+        position = self.last_position
+        rows = []
+        for body, _ in batch:
+            position += 1
+            rows.append((position, zlib.crc32(body), body))
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT INTO records (position, checksum, body) VALUES (?, ?, ?)", rows
+            )
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            self.stats.failed += len(batch)
+            log.error("journal write failed (%s): %d records refused", exc, len(batch))
+            error = JournalError(f"the journal cannot be written: {exc}")
+            for _, future in batch:
+                future.set_exception(error)
+            return
+        self.last_position = position
+        self.stats.records += len(batch)
+        self.stats.commits += 1
+        for (_, future), (pos, _, _) in zip(batch, rows, strict=True):
+            future.set_result(pos)
+
+    # ------------------------------------------------------------- reading
+
+    def records(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(position, body) of every record after `after`, in order. A bad checksum on
+        the last record drops it (a torn write); anywhere else it raises JournalError."""
+        reader = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            last = reader.execute("SELECT MAX(position) FROM records").fetchone()[0] or 0
+            cursor = reader.execute(
+                "SELECT position, checksum, body FROM records WHERE position > ? ORDER BY position",
+                (after,),
+            )
+            for position, checksum, body in cursor:
+                body = bytes(body)
+                if zlib.crc32(body) != checksum:
+                    if position == last:
+                        log.warning("journal: dropped a torn last record at %d", position)
+                        return
+                    raise JournalError(
+                        f"journal record {position} of {self.path} is corrupt (checksum "
+                        f"mismatch); the records after it are kept, and were not read",
+                        position,
+                    )
+                yield position, body
+        finally:
+            reader.close()
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._writer.join()
+        self._conn.close()
