@@ -183,3 +183,42 @@ def test_a_record_names_only_engine_commands_and_record_types():
     with pytest.raises(RecordError):
         encode(CommandRecord("create_team", float("nan")))
     assert e.snapshot()["teams"] == {}
+
+
+_REPLAY_IN_A_PROCESS = """
+import json, random, sys
+sys.path.insert(0, {tests!r})
+from tests.test_replay import workload, run
+from tests.conftest import ManualClock
+from assigncore.engine import Engine
+clock = ManualClock()
+heard = []
+engine = Engine(clock, secret=random.Random(9).randbytes(32), listener=heard.append)
+run(engine, clock, workload(9), [])
+print(json.dumps([engine.snapshot(), [repr(e) for e in heard]], sort_keys=True))
+"""
+
+
+def test_the_same_commands_give_the_same_bytes_whatever_the_hash_seed():
+    """Nothing may depend on hash order: two processes with different PYTHONHASHSEED
+    (so sets and string-keyed dicts iterate differently) end with identical snapshots
+    and identical events, byte for byte."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    outputs = []
+    for seed in ("1", "4242"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run(
+            [sys.executable, "-c", _REPLAY_IN_A_PROCESS.format(tests=root)],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            check=True,
+        )
+        outputs.append(done.stdout)
+    assert len(outputs[0]) > 10_000
+    assert outputs[0] == outputs[1]
