@@ -828,3 +828,25 @@ def test_a_session_every_eligible_member_declined_waits_until_someone_new_or_a_t
     assert offered_to(desk, s) is None
     desk.engine.transfer_session("bob", s.id, team_queue("support"))  # same queue
     assert offered_to(desk, s) == "bob"  # declines cleared: offered again
+
+
+def test_deleting_a_signed_in_rep_signs_it_off_first_and_its_offer_moves_on(desk):
+    from assigncore.errors import FailedPrecondition as Refused
+
+    desk.team("support")
+    desk.rep("ann", ["support"])
+    desk.clock.tick(1)
+    desk.rep("bob", ["support"])
+    s = start_team_session(desk, "support")
+    offer = desk.pending_offer(s.id)
+    assert offer.rep_id == "ann"
+    desk.engine.delete_rep("ann")
+    assert [e.reason for e in desk.of(OfferRescinded, offer_id=offer.id)] == [
+        RescindReason.SIGNED_OUT
+    ]
+    assert offered_to(desk, s) == "bob"
+    assert desk.engine.find_rep("ann") is None
+    desk.engine.answer_offer("bob", desk.pending_offer(s.id).id, True)
+    with pytest.raises(Refused):  # a rep who owns a session is not deleted
+        desk.engine.delete_rep("bob")
+    assert desk.engine.find_rep("bob") is not None

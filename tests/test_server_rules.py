@@ -351,3 +351,10 @@ async def test_queue_pages_follow_a_cursor_that_survives_changes_ahead(live):
         rest += [i.session.id for i in page.items]
         token = page.next_page_token
     assert rest == [s.id for s in started[2:]]
+    import base64
+
+    beyond = base64.urlsafe_b64encode(f"k:{2**200}".encode()).decode()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await cat.rpc("ListQueueItems", cpb.ListQueueItemsRequest(queue=queue, page_token=beyond))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "page_token" in err.value.details()

@@ -40,10 +40,6 @@ def rule4_key(priority: int, seq: int, slot: int = INVITATION) -> int:
     return ((MAX_PRIORITY - priority) << _PRIORITY_SHIFT) | (seq << _SEQ_SHIFT) | slot
 
 
-def slot_of(key: int) -> int:
-    return key & SLOT_MASK
-
-
 # Where a session is in its team queue's assignment bookkeeping.
 NOT_READY, READY, PARKED = 0, 1, 2
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import hmac
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -106,13 +105,10 @@ class TokenStore:
         return list(self._by_id.values())
 
     def principal(self, secret: str) -> Principal | None:
-        digest = _digest(secret)
-        record = self._by_digest.get(digest)
-        # The dict lookup is on a hash of the secret, so its timing reveals nothing
-        # useful; compare_digest keeps the final check constant-time all the same.
-        if record is None or not hmac.compare_digest(record.digest, digest):
-            return None
-        return record.principal
+        # The lookup is keyed by a SHA-256 of the secret: its timing says nothing useful
+        # about the secrets that exist, and one dictionary hit is all a call costs.
+        record = self._by_digest.get(_digest(secret))
+        return None if record is None else record.principal
 
 
 # The principal of the call being served; set by AuthInterceptor for the handler.
@@ -146,9 +142,6 @@ class Gate:
 
     def in_flight(self) -> int:
         return self.authenticated + self.open_streams
-
-
-_NO_DETAILS = ""
 
 
 async def _refuse(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> Any:
@@ -236,8 +229,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else ""
         allowed = SERVICE_ACCESS.get(service)
-        if allowed is None:
-            return self._open(handler, counted=handler.response_streaming)
+        if allowed is None:  # health and reflection: no token; streams share a budget
+            return self._wrap(handler, None, console=False, counted=handler.response_streaming)
         principal = None
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
@@ -254,20 +247,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"a {principal.kind.value.lower()} token may not call {service}",
             )
-        return self._guarded(handler, principal, method == CONSOLE_SUBSCRIBE)
+        return self._wrap(handler, principal, console=method == CONSOLE_SUBSCRIBE, counted=True)
 
     # ------------------------------------------------------------- budgets
 
-    def _admit(self, principal: Principal | None, console: bool, counted: bool) -> str:
-        """'' if admitted (and counted), else why not."""
+    def _admit(self, principal: Principal | None, console: bool, counted: bool) -> str | None:
+        """None if admitted (and counted), else why not."""
         gate, limits = self.gate, self.gate.limits
         if principal is None:
             if not counted:
-                return _NO_DETAILS
+                return None
             if gate.open_streams >= limits.max_open_streams:
                 return "too many open streams without a token; try again later"
             gate.open_streams += 1
-            return _NO_DETAILS
+            return None
         if gate.authenticated >= limits.max_concurrent_rpcs:
             return "the server is at its limit of concurrent calls; try again later"
         if console:
@@ -276,7 +269,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return f"at most {limits.streams_per_rep} console streams per rep"
             gate.rep_streams[principal.rep_id] = held + 1
         gate.authenticated += 1
-        return _NO_DETAILS
+        return None
 
     def _release(self, principal: Principal | None, console: bool, counted: bool) -> None:
         gate = self.gate
@@ -292,15 +285,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 del gate.rep_streams[principal.rep_id]
 
     # ------------------------------------------------------------- handlers
-
-    def _open(self, handler: grpc.RpcMethodHandler, counted: bool) -> grpc.RpcMethodHandler:
-        """Health and reflection: no token; long-lived streams share a small budget."""
-        return self._wrap(handler, None, console=False, counted=counted)
-
-    def _guarded(
-        self, handler: grpc.RpcMethodHandler, principal: Principal, console: bool
-    ) -> grpc.RpcMethodHandler:
-        return self._wrap(handler, principal, console=console, counted=True)
 
     def _wrap(
         self,
@@ -319,7 +303,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def enter(requests: AsyncIterator[bytes], context: Any) -> Any:
             """Admits the call, then reads its request (or wraps its request stream)."""
             refused = admit(principal, console, counted)
-            if refused:
+            if refused is not None:
                 await _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
             if principal is not None:
                 current_principal.set(principal)

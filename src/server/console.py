@@ -153,10 +153,9 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         queue = convert.queue_in("queue", request.queue)
         size = convert.page_limit("page_size", request.page_size)
         after = convert.cursor_in("page_token", request.page_token)
-        self.engine.queue_page(queue, None, 1)  # the queue exists (NOT_FOUND) ...
-        if not self.engine.can_see(self.engine.rep(me()), queue):  # ... and is visible
+        items, cursor = self.engine.queue_page(queue, after, size)  # NOT_FOUND first
+        if not self.engine.can_see(self.engine.rep(me()), queue):
             raise PermissionDenied(f"you cannot see queue {queue}")
-        items, cursor = self.engine.queue_page(queue, after, size)
         return cpb.ListQueueItemsResponse(
             items=[convert.item_out(i) for i in items],
             next_page_token=convert.cursor_out(cursor),

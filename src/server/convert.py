@@ -19,6 +19,7 @@ from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
 
 MAX_PAGE_SIZE = 500
+MAX_TOKEN_NUMBER = 2**128  # above any offset or order key this server hands out
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -194,7 +195,7 @@ def _token_in(field: str, page_token: str, kind: str) -> int:
     try:
         got, _, number = base64.urlsafe_b64decode(page_token.encode()).decode().partition(":")
         value = int(number)
-        if got != kind or value < 0:
+        if got != kind or not 0 <= value < MAX_TOKEN_NUMBER:
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument(field, "not a token this server issued") from None
