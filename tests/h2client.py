@@ -48,6 +48,7 @@ class RawConnection:
         self.conn.initiate_connection()
         self.streams: dict[int, StreamState] = {}
         self.closed = False
+        self.settings_received = False
         self._flush()
 
     def _flush(self) -> None:
@@ -117,7 +118,14 @@ class RawConnection:
                 return done()
         return done()
 
+    def wait_for_settings(self) -> None:
+        """Until the server's SETTINGS arrived (h2 assumes defaults before that)."""
+        if not self.pump_until(lambda: self.settings_received, 10):
+            raise AssertionError("the server sent no SETTINGS")
+
     def _on(self, event: object) -> None:
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.settings_received = True
         sid = getattr(event, "stream_id", 0)
         state = self.streams.get(sid)
         if state is None:

@@ -53,7 +53,7 @@ def open_half_sent(port: int, connections: int, streams: int, token: str | None)
     conns = []
     for _ in range(connections):
         c = RawConnection(port)
-        c.pump(0.05)  # the server's SETTINGS
+        c.wait_for_settings()
         for _ in range(streams):
             c.open(START, token=token, body=HALF_A_MESSAGE)
         conns.append(c)
@@ -66,12 +66,14 @@ def wait_all_ended(conns: list, seconds: float = 30.0) -> None:
 
 
 async def test_thousands_of_tokenless_half_sent_streams_hold_no_capacity():
-    live = await live_server(max_concurrent_rpcs=100, max_streams_per_connection=100)
+    # 150 streams per connection: not h2's default of 100, so the check below reads the
+    # server's SETTINGS.
+    live = await live_server(max_concurrent_rpcs=100, max_streams_per_connection=150)
     conns: list = []
     try:
         before = rss_bytes()
-        conns = await asyncio.to_thread(open_half_sent, live.port, 30, 100, None)
-        assert conns[0].max_concurrent_streams() == 100  # streams per connection limited
+        conns = await asyncio.to_thread(open_half_sent, live.port, 20, 150, None)
+        assert conns[0].max_concurrent_streams() == 150  # streams per connection limited
         await asyncio.to_thread(wait_all_ended, conns)
         statuses = [s.status for c in conns for s in c.streams.values()]
         assert len(statuses) == 3000
