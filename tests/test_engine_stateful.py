@@ -32,12 +32,25 @@ from assigncore.model import (
     team_queue,
 )
 from assigncore.queue_order import SLOT_MASK
+from assigncore.records import decode, encode
+from assigncore.snapshot import dump, restore
 
 from .conftest import ManualClock
 
 REPS = ["r0", "r1", "r2", "r3", "r4"]
 TEAMS = ["least", "skills", "best", "manual"]
 SKILLS = ["win", "mac", "net"]
+
+
+# The journals of the runs so far (for the cross-process replay test).
+JOURNALS: list[tuple[list[bytes], str]] = []
+
+
+def replay(journal: list[bytes], secret: bytes, config: EngineConfig) -> Engine:
+    engine = Engine(ManualClock(), config, secret=secret)
+    for data in journal:
+        engine.apply(decode(data))
+    return engine
 
 
 class EngineMachine(RuleBasedStateMachine):
@@ -52,6 +65,9 @@ class EngineMachine(RuleBasedStateMachine):
             rng=random.Random(3),
         )
         e = self.engine
+        # The journal this run would write: every accepted command, as bytes.
+        self.journal: list[bytes] = []
+        e.on_command = lambda record: self.journal.append(encode(record))
         e.create_team("manual", "Manual", settings=QueueSettings(algorithm=Algorithm.NONE))
         e.create_team(
             "least",
@@ -165,6 +181,26 @@ class EngineMachine(RuleBasedStateMachine):
     @rule(rep=st.sampled_from(REPS), on=st.booleans())
     def auto_assign(self, rep, on):
         self.run(self.engine.update_settings, rep, auto_assign=on)
+
+    @rule(down=st.sampled_from([0, 5, 40]))
+    def server_restarts(self, down):
+        """The server stops for `down` seconds and comes back: offers are withdrawn (no
+        decline), every rep is disconnected with the full grace from now."""
+        before = {r.id: r.missed_offers for r in self.engine.reps()}
+        declined = {s.id: s.declined_by for s in self.engine.sessions()}
+        self.clock.tick(down)
+        self.engine.server_restarted()
+        assert not self.engine.offers()
+        for r in self.engine.reps():
+            assert not r.connected
+            assert r.missed_offers == before[r.id]
+            if r.grace_timer is not None and r.grace_timer.alive:
+                assert r.grace_timer.deadline == self.clock.t + self.engine.config.reconnect_grace
+        for s in self.engine.sessions():
+            if s.id in declined:
+                assert s.declined_by == declined[s.id]
+        for rep_id in REPS:
+            self.run(self.engine.connect, rep_id)
 
     @rule(seconds=st.sampled_from([0.5, 3, 10, 16, 25, 45]))
     def time_passes(self, seconds):
@@ -382,6 +418,17 @@ class EngineMachine(RuleBasedStateMachine):
             assert e.state.team_eligible[team.ordinal] == len(eligible)
             for sid in parked:  # parked: every eligible member declined it
                 assert eligible <= set(e.session(sid).declined_by), (sid, eligible)
+
+    def teardown(self):
+        """The run's journal, replayed on a fresh engine, gives the same desk; and a
+        snapshot restores to exactly the state it was taken of."""
+        live = self.engine
+        replayed = replay(self.journal, live.state.entropy.secret, live.config)
+        replayed.advance(live.now)  # time passing that told nobody anything is no record
+        assert replayed.snapshot() == live.snapshot()
+        restored = Engine.restored(ManualClock(self.clock.t), restore(dump(live.state)))
+        assert restored.snapshot() == live.snapshot()
+        JOURNALS.append((self.journal, live.state.entropy.secret.hex()))
 
     @invariant()
     def no_due_timer_left_behind(self):

@@ -222,3 +222,117 @@ def test_the_same_commands_give_the_same_bytes_whatever_the_hash_seed():
         outputs.append(done.stdout)
     assert len(outputs[0]) > 10_000
     assert outputs[0] == outputs[1]
+
+
+_REPLAY_JOURNALS = """
+import json, sys
+from dataclasses import astuple
+sys.path.insert(0, {root!r})
+from assigncore.engine import Engine, EngineConfig
+from assigncore.records import decode
+from tests.conftest import ManualClock
+out = []
+for journal, secret in json.load(open(sys.argv[1])):
+    heard = []
+    engine = Engine(ManualClock(), EngineConfig(reconnect_grace=20, max_rule_moves=3),
+                    secret=bytes.fromhex(secret), listener=heard.append)
+    for body in journal:
+        engine.apply(decode(body.encode()))
+    out.append([engine.snapshot(), [[type(e).__name__, *astuple(e)] for e in heard]])
+
+def canonical(x):  # a set is written in sorted order, whatever order it iterates in
+    return sorted(map(str, x)) if isinstance(x, (set, frozenset)) else str(x)
+
+sys.stdout.write(json.dumps(out, sort_keys=True, default=canonical))
+"""
+
+
+def test_journals_of_the_stateful_test_replay_to_the_same_bytes_under_any_hash_seed(tmp_path):
+    """The hypothesis state machine's runs, as journals (every accepted command, encoded),
+    replayed in two fresh processes with different PYTHONHASHSEED: full snapshots and
+    every event, byte for byte the same."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from hypothesis import settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from . import test_engine_stateful as machine
+
+    machine.JOURNALS.clear()
+    run_state_machine_as_test(
+        machine.EngineMachine,
+        settings=settings(
+            max_examples=12, stateful_step_count=40, deadline=None, derandomize=True, database=None
+        ),
+    )
+    journals = [([b.decode() for b in j], secret) for j, secret in machine.JOURNALS]
+    assert sum(len(j) for j, _ in journals) > 12 * 40
+    path = tmp_path / "journals.json"
+    path.write_text(json.dumps(journals))
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    outputs = []
+    for seed in ("0", "987654"):
+        done = subprocess.run(
+            [sys.executable, "-c", _REPLAY_JOURNALS.format(root=root), str(path)],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+        outputs.append(done.stdout)
+    assert len(outputs[0]) > 100_000
+    assert outputs[0] == outputs[1]
+
+
+def test_a_snapshot_restores_exactly_the_state_it_was_taken_of():
+    """restore(dump(state)) is the state: the same snapshot view now, and the same events,
+    values and state after the same further commands."""
+    from assigncore.snapshot import dump, restore
+
+    secret = random.Random(6).randbytes(32)
+    clock = ManualClock()
+    a = Engine(clock, secret=secret)
+    steps = workload(6)
+    record: list = []
+    run(a, clock, steps[:40], record)
+    b = Engine.restored(clock, restore(dump(a.state)))
+    assert b.snapshot() == a.snapshot()
+    heard_a: list = []
+    heard_b: list = []
+    a.state.listener, b.state.listener = heard_a.append, heard_b.append
+    tail = steps[40:]
+    for engine in (a, b):
+        snap_clock = ManualClock(clock.t)
+        engine._clock = snap_clock
+        run(engine, snap_clock, tail, [])
+    assert heard_a and heard_b == heard_a
+    assert b.snapshot() == a.snapshot()
+    # Empty queues share one read-only list; a restore keeps them from sharing a new one.
+    from assigncore.queue_order import _EMPTY
+
+    empty = [q for q in b.state.queues.values() if not q.sessions]
+    assert empty and all(q.sessions is _EMPTY for q in empty)
+
+
+def test_a_snapshot_names_only_the_engine_s_own_types():
+    import pickle
+
+    from assigncore.snapshot import FORMAT, LAYOUT, SnapshotError, restore
+
+    class Boom:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned",))
+
+    evil = FORMAT + LAYOUT + b"\n" + pickle.dumps(Boom())
+    with pytest.raises(SnapshotError, match="may not name"):
+        restore(evil)
+    with pytest.raises(SnapshotError):
+        restore(b"assigncore-snapshot/0\n...")
+    with pytest.raises(SnapshotError, match="layout"):
+        restore(FORMAT + b"0" * len(LAYOUT) + b"\n")

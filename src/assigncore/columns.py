@@ -7,6 +7,8 @@ ranking call has no set-up cost. The engine updates these columns in place.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .constants import (  # noqa: F401  (the flags are part of this module's interface)
@@ -33,7 +35,18 @@ def _grow(arr: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-class RepTable:
+class _Bound:
+    """Columns the kernel is bound to: a restored table (snapshot) binds again."""
+
+    def _bind(self) -> None:
+        raise NotImplementedError
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        self.__dict__.update(saved)
+        self._bind()
+
+
+class RepTable(_Bound):
     """Per-rep columns: load, cap (max concurrent sessions), flags, available_since
     (integer microseconds since the epoch; a rep that has been available longer has a
     smaller value), skill levels (rep x skill matrix, 0 = skill absent).
@@ -141,7 +154,7 @@ class RepTable:
         return shift
 
 
-class TeamTable:
+class TeamTable(_Bound):
     """Per-team algorithm and members. Each team owns a region of one member array,
     members[start[t]:end[t]], with room up to limit[t]: a join writes one slot (a full
     region first moves to the end of the array with twice the room), a leave moves the
@@ -229,7 +242,7 @@ class TeamTable:
         self._bind()
 
 
-class SessionTable:
+class SessionTable(_Bound):
     """Per-slot columns of sessions the kernel may offer: the team ordinal of the
     auto-assigning queue it waits in without an offer (-1 otherwise), its ranked
     requirements and the location of its declined list in the per-pass pool. Slots are

@@ -60,6 +60,10 @@ class Outcome(Generic[T]):
 
 # Every engine command by name: what a command record may name (records.py).
 COMMANDS: dict[str, Callable[..., Any]] = {}
+# Commands that run before the timers due by their time fire (see Engine._run).
+BEFORE_TIMERS: set[Callable[..., Any]] = set()
+# The record of time passing: the timers due by its time fire.
+ADVANCE = "advance"
 
 
 def command(fn: Callable[Concatenate[State, P], T]) -> Callable[Concatenate[Engine, P], Outcome[T]]:
@@ -67,7 +71,7 @@ def command(fn: Callable[Concatenate[State, P], T]) -> Callable[Concatenate[Engi
 
     @wraps(fn)
     def run(engine: Engine, /, *args: P.args, **kwargs: P.kwargs) -> Outcome[T]:
-        return engine._run(fn, None, *args, **kwargs)
+        return engine._run(fn, None, True, *args, **kwargs)
 
     COMMANDS[fn.__name__] = fn
     return run
@@ -104,45 +108,84 @@ class Engine:
         kernel: Kernel | None = None,
         rng: random.Random | None = None,
         secret: bytes | None = None,
+        start: float | None = None,
     ) -> None:
         """`secret` keys every id and session key the desk hands out (an input: the same
         secret and the same commands at the same times give the same desk). Without
-        one, it is drawn from `rng` (tests) or the operating system."""
+        one, it is drawn from `rng` (tests) or the operating system. `start` is the
+        desk's creation time (default: the clock now), also an input."""
         self._clock = clock
         if secret is None:
             secret = rng.getrandbits(256).to_bytes(32, "big") if rng else secrets.token_bytes(32)
-        self.state = State(
-            float(clock()), config or EngineConfig(), kernel or Kernel(), secret, listener
-        )
+        now = float(clock() if start is None else start)
+        self.state = State(now, config or EngineConfig(), kernel or Kernel(), secret, listener)
         self._busy = False
+        # Told of every command that succeeded, as a record (the journal's input); not
+        # told of replayed records.
+        self.on_command: Callable[[CommandRecord], None] | None = None
+
+    @classmethod
+    def restored(cls, clock: Callable[[], float], state: State) -> Engine:
+        """An engine over a state restored from a snapshot (assigncore.snapshot)."""
+        engine = cls.__new__(cls)
+        engine._clock, engine.state, engine._busy, engine.on_command = clock, state, False, None
+        return engine
 
     # ------------------------------------------------------------------ plumbing
 
     def apply(self, record: CommandRecord) -> Outcome[Any]:
         """Runs a command record at its time (a journal's replay): timers due before it
         fire first, exactly as when it ran."""
+        if record.command == ADVANCE:
+            return self._advance(record.time, record=False)
         fn = COMMANDS.get(record.command)
         if fn is None:
             raise RecordError(f"{record.command!r} is not an engine command")
-        return self._run(fn, record.time, *record.args, **(record.kwargs or {}))
+        return self._run(fn, record.time, False, *record.args, **(record.kwargs or {}))
 
-    def _run(self, fn: Callable[..., T], at: float | None, *args: Any, **kwargs: Any) -> Outcome[T]:
+    def _run(
+        self,
+        fn: Callable[..., T],
+        at: float | None,
+        record_it: bool,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Outcome[T]:
         if self._busy:
             raise RuntimeError("engine commands must not be re-entered (single writer)")
         self._busy = True
         st = self.state
+        when = float(self._clock() if at is None else at)
+        emitted = st.emitted
         try:
-            # Timers due before this command fire first; their events reach the listener
-            # but are not this command's.
-            self._catch_up(self._clock() if at is None else at)
-            events: list[Event] = []
-            st.events = events
-            value = fn(st, *args, **kwargs)
+            if fn in BEFORE_TIMERS:
+                # Runs at its time before the timers due by then fire (a restart: they
+                # were due while nobody could act on them).
+                st.now = max(st.now, when)
+                events: list[Event] = []
+                st.events = events
+                value = fn(st, *args, **kwargs)
+                self._catch_up(when)
+            else:
+                # Timers due before this command fire first; their events reach the
+                # listener but are not this command's.
+                self._catch_up(when)
+                events = []
+                st.events = events
+                value = fn(st, *args, **kwargs)
             if st.dirty:
                 self._assign()
+        except BaseException:
+            # Refused: the command changed nothing, but timers it caught up with did,
+            # and told somebody so: that is recorded as time passing.
+            if record_it and st.emitted != emitted and self.on_command is not None:
+                self.on_command(CommandRecord(ADVANCE, when))
+            raise
         finally:
             self._busy = False
             st.events = []
+        if record_it and self.on_command is not None:
+            self.on_command(CommandRecord(fn.__name__, when, args, kwargs or None))
         return Outcome(events, value)
 
     def _assign(self) -> None:
@@ -189,6 +232,9 @@ class Engine:
         """Fire every timer due at or before `now` (default: the clock), in deadline
         order, running the assignment pass after each; returns the events fired."""
         until = self._clock() if now is None else v.seconds("now", now, -1e18, 1e18)
+        return self._advance(float(until), record=True)
+
+    def _advance(self, until: float, record: bool) -> Outcome[None]:
         if self._busy:
             raise RuntimeError("engine commands must not be re-entered (single writer)")
         self._busy = True
@@ -202,6 +248,10 @@ class Engine:
         finally:
             self._busy = False
             st.events = []
+        # Timers follow from state and time; only a pass of them that told somebody
+        # something is recorded, so a replay numbers every console event the same.
+        if record and events and self.on_command is not None:
+            self.on_command(CommandRecord(ADVANCE, until))
         return Outcome(events, None)
 
     def can_see(self, rep: Rep, queue: QueueRef) -> bool:
@@ -245,6 +295,7 @@ class Engine:
     set_locked = command(presence.set_locked)
     report_activity = command(presence.report_activity)
     update_settings = command(presence.update_settings)
+    server_restarted = command(presence.server_restarted)
 
     # ------------------------------------------------------------------ routing, sharing
 
@@ -298,6 +349,8 @@ class Engine:
     search_reps = query(views.search_reps)
     snapshot = query(views.snapshot)
 
+
+BEFORE_TIMERS.add(presence.server_restarted)
 
 __all__ = [
     "DomainError",

@@ -65,6 +65,11 @@ class Kernel:
         self.bind_teams = self.impl.bind_teams
         self.bind_sessions = self.impl.bind_sessions
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A snapshot holds no kernel: the restored tables bind a fresh one of this
+        # process's implementation.
+        return (Kernel, ())
+
     def best_candidate(
         self,
         candidates,

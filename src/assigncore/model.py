@@ -96,6 +96,7 @@ class RescindReason(Enum):
     IDLE = "IDLE"
     TRANSFERRED = "TRANSFERRED"  # moved by a manual transfer
     CANCELLED = "CANCELLED"  # the customer cancelled
+    SERVER_RESTARTED = "SERVER_RESTARTED"  # the server stopped and is back
 
 
 @dataclass(frozen=True, slots=True)

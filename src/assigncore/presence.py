@@ -221,6 +221,25 @@ def go_offline(st: State, rep: Rep, reason: RescindReason) -> None:
     sync_rep(st, rep)
 
 
+def server_restarted(st: State) -> None:
+    """The server is back after a stop or a crash; a restart is not the reps' fault
+    (DESIGN.md 4.2). Runs at the restart's time before the timers that fell due while
+    the server was down: every pending offer is withdrawn (SERVER_RESTARTED), never
+    declined or timed out; every rep who was connected is now disconnected, and every
+    rep with a reconnect grace gets it in full from now on."""
+    for offer in sorted(st.offers.values(), key=lambda o: (o.deadline, o.id)):
+        routing.rescind(st, st.sessions[offer.session_id], RescindReason.SERVER_RESTARTED)
+    for rep in st.reps.values():
+        was_connected = rep.connected
+        if was_connected:
+            go_offline(st, rep, RescindReason.SERVER_RESTARTED)
+        if rep.load and (was_connected or rep.grace_timer is not None):
+            st.timers.cancel(rep.grace_timer)
+            rep.grace_timer = st.timers.schedule(
+                st.now + st.config.reconnect_grace, TimerKind.RECONNECT_GRACE, rep.id
+            )
+
+
 def set_locked(st: State, rep_id: str, locked: bool) -> None:
     rep = st.rep(rep_id)
     v.flag("locked", locked)

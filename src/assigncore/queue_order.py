@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import chain
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sortedcontainers import SortedList
 
@@ -60,6 +60,19 @@ class QueueIndex:
         self.invitations: SortedList = _EMPTY
         self.ready: SortedList | None = SortedList() if team else None
         self.parked: dict[int, None] | None = {} if team else None
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        # The shared empty list is saved as None and restored as itself (a snapshot
+        # must not make every empty queue share one new, writable list).
+        return tuple(None if x is _EMPTY else x for x in (self.sessions, self.invitations)) + (
+            self.ready,
+            self.parked,
+        )
+
+    def __setstate__(self, saved: tuple[Any, ...]) -> None:
+        sessions, invitations, self.ready, self.parked = saved
+        self.sessions = _EMPTY if sessions is None else sessions
+        self.invitations = _EMPTY if invitations is None else invitations
 
     def add_session(self, key: int) -> None:
         if self.sessions is _EMPTY:

@@ -124,15 +124,24 @@ def _dec(x: Any) -> Any:
     raise RecordError("not a record value")
 
 
-def encode(record: CommandRecord) -> bytes:
-    body = {
+def to_plain(record: CommandRecord) -> dict[str, Any]:
+    """The record as JSON-ready data (what `encode` writes)."""
+    return {
         "v": RECORD_VERSION,
         "c": record.command,
         "t": _enc(float(record.time)),
         "a": [_enc(a) for a in record.args],
         "k": {k: _enc(v) for k, v in (record.kwargs or {}).items()},
     }
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def dumps(value: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces (the same data gives the same bytes)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def encode(record: CommandRecord) -> bytes:
+    return dumps(to_plain(record))
 
 
 def decode(data: bytes) -> CommandRecord:
@@ -140,6 +149,11 @@ def decode(data: bytes) -> CommandRecord:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise RecordError("not a record: not JSON") from None
+    return from_plain(body)
+
+
+def from_plain(body: Any) -> CommandRecord:
+    """The inverse of `to_plain`."""
     if not isinstance(body, dict) or set(body) != {"v", "c", "t", "a", "k"}:
         raise RecordError("not a record")
     if body["v"] != RECORD_VERSION:

@@ -103,12 +103,15 @@ def skill_levels(field: str, value: Any) -> dict[str, int]:
         raise InvalidArgument(field, "must map skill names to levels")
     if len(value) > MAX_SKILLS_PER_REP:
         raise InvalidArgument(field, f"at most {MAX_SKILLS_PER_REP} skills")
-    return {
+    levels = {
         ident(f"{field}[{shown(name)}]", name): integer(
             f"{field}[{shown(name)}]", level, 1, MAX_SKILL_LEVEL
         )
         for name, level in value.items()
     }
+    # By name: a new skill's column must not depend on the order a caller listed them
+    # in (a journal's canonical encoding sorts maps).
+    return dict(sorted(levels.items()))
 
 
 def required_skills(field: str, value: Any) -> tuple[tuple[str, int], ...]:

@@ -53,6 +53,10 @@ class _RescindReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rescind
     """Someone transferred the session to another queue."""
     RESCIND_REASON_CANCELLED: _RescindReason.ValueType  # 11
     """The customer cancelled the session."""
+    RESCIND_REASON_SERVER_RESTARTED: _RescindReason.ValueType  # 12
+    """The server restarted: offers pending while it was down are withdrawn, never
+    counted as rejections.
+    """
 
 class RescindReason(_RescindReason, metaclass=_RescindReasonEnumTypeWrapper):
     """Why an offer was withdrawn."""
@@ -81,6 +85,10 @@ RESCIND_REASON_TRANSFERRED: RescindReason.ValueType  # 10
 """Someone transferred the session to another queue."""
 RESCIND_REASON_CANCELLED: RescindReason.ValueType  # 11
 """The customer cancelled the session."""
+RESCIND_REASON_SERVER_RESTARTED: RescindReason.ValueType  # 12
+"""The server restarted: offers pending while it was down are withdrawn, never
+counted as rejections.
+"""
 Global___RescindReason: _TypeAlias = RescindReason  # noqa: Y015
 
 class _IneligibleReason:

@@ -1,0 +1,111 @@
+"""Snapshots: a desk's whole engine state as bytes, and back (`restore(dump(s))` is `s`).
+
+A snapshot only bounds recovery time; the journal stays the desk's record. So the format
+is the fastest exact one Python has, pickle, fenced on three sides:
+
+- a header names the format and the build's state layout (a digest of every state
+  class's fields): a snapshot written by a build with another layout is refused as
+  unreadable, and recovery falls back to an older snapshot or the journal from its start;
+- loading resolves only the classes on an allow-list (the engine's own, numpy arrays,
+  sorted lists, a few builtins), so the bytes cannot name anything that runs code;
+- the caller stores a checksum with the bytes (server/storage.py).
+
+Objects shared across the state stay shared (a timer held by a rep and by the heap is
+one timer after a restore). The kernel is not saved: the restored tables bind to a new
+one. The queue index's shared empty list is saved as a marker and restored as the
+shared list it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from . import columns, model, queue_order, state, timers
+from .state import State
+
+FORMAT = b"assigncore-snapshot/1\n"
+
+
+def _layout() -> bytes:
+    """A digest of the state's shape: the fields of every class a snapshot holds."""
+    parts = []
+    for module in (model, state, timers, columns, queue_order):
+        for name in sorted(vars(module)):
+            cls = getattr(module, name)
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            if is_dataclass(cls):
+                names = [f.name for f in fields(cls)]
+            else:
+                names = sorted(getattr(cls, "__slots__", ()) or getattr(cls, "__annotations__", ()))
+            parts.append(f"{module.__name__}.{name}:{','.join(names)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32].encode()
+
+
+LAYOUT = _layout()
+
+# What a snapshot may name on loading: module -> class or function names (None: any of
+# the engine's own module's classes).
+_ALLOWED: dict[str, set[str] | None] = {
+    "assigncore.model": None,
+    "assigncore.state": None,
+    "assigncore.timers": None,
+    "assigncore.columns": None,
+    "assigncore.queue_order": None,
+    "assigncore.kernel": {"Kernel"},
+    "builtins": {"set", "frozenset", "dict", "list", "tuple", "bytearray", "object"},
+    "collections": {"deque", "OrderedDict"},
+    "copyreg": {"_reconstructor"},
+    "sortedcontainers.sortedlist": {"SortedList"},
+    "numpy": {"dtype", "ndarray"},
+    "numpy.core.multiarray": {"_reconstruct", "scalar"},
+    "numpy._core.multiarray": {"_reconstruct", "scalar"},
+    "numpy.core.numeric": {"_frombuffer"},
+    "numpy._core.numeric": {"_frombuffer"},
+}
+
+
+class SnapshotError(ValueError):
+    """Bytes that are not a snapshot this build can restore."""
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _ALLOWED.get(module, set())
+        if (allowed is None and not name.startswith("_")) or (allowed and name in allowed):
+            return super().find_class(module, name)
+        raise SnapshotError(f"a snapshot may not name {module}.{name}")
+
+
+def dump(st: State) -> bytes:
+    """The state as bytes (the running command's events and the listener are not part
+    of it; there is none between commands)."""
+    buf = io.BytesIO()
+    buf.write(FORMAT)
+    buf.write(LAYOUT + b"\n")
+    pickle.Pickler(buf, protocol=5).dump(st)
+    return buf.getvalue()
+
+
+def restore(data: bytes | memoryview) -> State:
+    """The state `dump` wrote; SnapshotError if it is not one this build can read."""
+    view = memoryview(data)
+    head = len(FORMAT)
+    if bytes(view[:head]) != FORMAT:
+        raise SnapshotError("not an assigncore snapshot")
+    layout = bytes(view[head : head + len(LAYOUT) + 1])
+    if layout != LAYOUT + b"\n":
+        raise SnapshotError("written by a build with another state layout")
+    try:
+        st = _Unpickler(io.BytesIO(view[head + len(LAYOUT) + 1 :])).load()
+    except SnapshotError:
+        raise
+    except Exception as exc:
+        raise SnapshotError(f"unreadable snapshot: {exc}") from None
+    if not isinstance(st, State):
+        raise SnapshotError("not an assigncore snapshot")
+    return st
