@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 from typing import Any
 
 import grpc
@@ -210,6 +213,7 @@ class Live:
         self.admin = agrpc.AdminServiceStub(self.channel)
         self.consoles: list[Console] = []
         self._request = 0
+        self.scratch: str | None = None  # a temporary directory removed on close
 
     async def console(self, rep: str, resume_after: int = 0, token: str | None = None) -> Console:
         c = Console(self, rep, resume_after, token)
@@ -239,12 +243,20 @@ class Live:
             c.task.cancel()
         await self.channel.close()
         await self.server.stop(0.2)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-async def live_server(desk: str = DESK, **overrides: Any) -> Live:
-    """A server on a loopback port with a manual clock; `overrides` set [server] values."""
+async def live_server(desk: str = DESK, clock: ManualClock | None = None, **overrides: Any) -> Live:
+    """A server on a loopback port with a manual clock and a desk file in a new
+    temporary directory (pass `storage_path` to reopen one, or storage_mode="memory");
+    `overrides` set Settings values."""
     settings = config.parse(desk, "test desk")
-    clock = ManualClock()
+    scratch = None
+    if "storage_path" not in overrides:
+        scratch = tempfile.mkdtemp(prefix="assigncore-test-")
+        settings.storage_path = os.path.join(scratch, "desk.sqlite3")
+    clock = clock or ManualClock()
     settings.clock, settings.manual_clock = clock, True
     settings.shutdown_grace = 0.2
     for name, value in overrides.items():
@@ -252,4 +264,6 @@ async def live_server(desk: str = DESK, **overrides: Any) -> Live:
     config.check(settings)
     server, port = await create_server(settings)
     await server.start()
-    return Live(server, port, clock)
+    live = Live(server, port, clock)
+    live.scratch = scratch
+    return live

@@ -26,10 +26,15 @@ def test_server_section_reaches_the_engine():
     assert settings.engine.ended_retention == 60 and settings.engine.reconnect_grace == 5
 
 
+def in_memory(settings: config.Settings) -> config.Settings:
+    settings.storage_mode = "memory"
+    return settings
+
+
 def test_embedded_defaults_and_example_desk_load():
-    rt = Runtime(config.load(None))
+    rt = Runtime(in_memory(config.load(None)))
     assert {t.id for t in rt.engine.teams()} >= {"support", "partners"}
-    example = Runtime(config.load(ROOT / "examples" / "demo-desk.toml"))
+    example = Runtime(in_memory(config.load(ROOT / "examples" / "demo-desk.toml")))
     kinds = {t.kind.value for t in example.engine.teams()}
     assert len(example.engine.reps()) >= 24 and kinds == {"STANDARD", "EMBASSY"}
     rules = [t.settings.waiting_rule for t in example.engine.teams() if t.settings.waiting_rule]
@@ -52,7 +57,7 @@ def test_embedded_defaults_and_example_desk_load():
 )
 def test_bad_config_fails_with_the_entry_named(text, message):
     with pytest.raises(config.ConfigError) as exc:
-        Runtime(config.parse(text))
+        Runtime(in_memory(config.parse(text)))
     assert message in str(exc.value)
 
 

@@ -400,7 +400,7 @@ async def test_oversized_message_and_garbage_bytes_leave_the_server_serving(live
     assert (await ann.next("offer_made")).session.id == s.id
 
 
-async def test_an_unanswered_offer_moves_on_by_itself_on_the_real_clock():
+async def test_an_unanswered_offer_moves_on_by_itself_on_the_real_clock(tmp_path):
     """No manual clock: the runtime's timer task fires the offer deadline on the loop."""
     from server import config
     from server.app import create_server
@@ -410,6 +410,7 @@ async def test_an_unanswered_offer_moves_on_by_itself_on_the_real_clock():
     desk = DESK.replace("offer_timeout = 30", "offer_timeout = 1", 1)
     settings = config.parse(desk, "test desk")
     settings.shutdown_grace = 0.2
+    settings.storage_path = str(tmp_path / "desk.sqlite3")
     server, port = await create_server(settings)
     await server.start()
     live = Live(server, port, clock=None)  # type: ignore[arg-type]

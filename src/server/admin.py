@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 
 from assigncore import validation as v
+from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound, shown
 from assigncore.model import HelpLink, SupportButton
 
@@ -77,7 +78,10 @@ def required(field: str, present: bool) -> None:
 class AdminServicer(agrpc.AdminServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.engine = runtime.engine
+
+    @property
+    def engine(self) -> Engine:
+        return self.rt.engine  # the desk's engine (a new one after a rebuild)
 
     # ------------------------------------------------------------- reps
 

@@ -60,6 +60,7 @@ class Server:
         await asyncio.sleep(0)  # let the streams send their last event
         await self.grpc.stop(grace)
         await self.runtime.stop()
+        await self.runtime.close()
 
     async def wait_for_termination(self) -> None:
         await self.grpc.wait_for_termination()
@@ -67,8 +68,17 @@ class Server:
 
 async def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[Server, int]:
     """Build (not start) a server listening on `settings.listen` (port 0 picks a free
-    port, returned). Call `await server.start()`."""
+    port, returned): the desk is loaded from its file (or created) first. Call
+    `await server.start()`."""
     runtime = runtime or Runtime(settings)
+    try:
+        return _build(settings, runtime)
+    except BaseException:
+        runtime.close_storage()
+        raise
+
+
+def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
@@ -85,7 +95,7 @@ async def create_server(settings: Settings, runtime: Runtime | None = None) -> t
     # No grpc-level maximum_concurrent_rpcs: it cannot spare health checks. The
     # interceptor keeps budgets per class of call instead (see auth.py).
     interceptor = AuthInterceptor(
-        runtime.tokens,
+        runtime,
         Limits(
             message_timeout=settings.message_timeout,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,

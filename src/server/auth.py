@@ -73,6 +73,9 @@ class TokenStore:
         self._clock = clock
         # Called with the revoked record, so open streams opened with it can be ended.
         self.on_revoke: Callable[[TokenRecord], None] | None = None
+        # Told of every change (the journal's input): ("issued", record) or ("revoked",
+        # token id); never of a replayed one.
+        self.on_change: Callable[[str, Any], None] | None = None
 
     def add(self, secret: str, principal: Principal, description: str = "") -> TokenRecord:
         token_id = new_token_id()
@@ -80,9 +83,18 @@ class TokenStore:
             token_id = new_token_id()
         principal = Principal(principal.kind, principal.rep_id, token_id)
         record = TokenRecord(token_id, _digest(secret), principal, description, self._clock())
+        self.put(record)
+        if self.on_change is not None:
+            self.on_change("issued", record)
+        return record
+
+    def put(self, record: TokenRecord) -> None:
+        """Adds an issued token as it was recorded (a replay)."""
         self._by_digest[record.digest] = record
         self._by_id[record.token_id] = record
-        return record
+
+    def has_secret(self, secret: str) -> bool:
+        return _digest(secret) in self._by_digest
 
     def issue(self, principal: Principal, description: str = "") -> tuple[TokenRecord, str]:
         secret = secrets.token_urlsafe(32)
@@ -93,6 +105,8 @@ class TokenStore:
         if record is None:
             return False
         del self._by_digest[record.digest]
+        if self.on_change is not None:
+            self.on_change("revoked", token_id)
         if self.on_revoke is not None:
             self.on_revoke(record)
         return True
@@ -216,8 +230,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     long a request message may take, decodes it, counts the call against its budget,
     and makes the principal available to the handler through `current_principal`."""
 
-    def __init__(self, tokens: TokenStore, limits: Limits | None = None) -> None:
-        self.tokens = tokens
+    def __init__(self, tokens: Any, limits: Limits | None = None) -> None:
+        self.tokens = tokens  # anything with principal(secret) -> Principal | None
         self.gate = Gate(limits or Limits())
 
     async def intercept_service(

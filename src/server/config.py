@@ -18,6 +18,11 @@
     key_failures_per_address = 10 # wrong session keys per customer address per minute
     key_failures_per_portal = 1000  # ... and per intake portal per minute
 
+    [storage]
+    mode = "file"                 # or "memory": nothing survives a stop (tests, demos)
+    path = "desk.sqlite3"         # default: next to this file, named after it
+    snapshot_every = 100000       # journal entries between snapshots (0: at shutdown only)
+
     [[teams]]
     id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
     algorithm = "SKILLS_MATCH_LEAST_BUSY"  offer_timeout = 30  wrap_up = 0
@@ -48,6 +53,9 @@ from pathlib import Path
 from typing import Any
 
 from assigncore.engine import EngineConfig
+
+DEFAULT_DESK_FILE = "assigncore-desk.sqlite3"  # in the working directory, without a config
+STORAGE_KEYS = {"mode", "path", "snapshot_every"}
 
 
 @dataclass
@@ -81,6 +89,11 @@ class Settings:
     # only when the runtime is told the time moved.
     clock: Callable[[], float] = time.time
     manual_clock: bool = False
+    # The desk's file: journal and snapshots (DESIGN.md 4.2); "memory" keeps nothing.
+    storage_mode: str = "file"
+    storage_path: str = DEFAULT_DESK_FILE
+    snapshot_every: int = 100_000  # journal entries; 0: snapshots at shutdown only
+    source: str | None = None  # the config file these came from
 
 
 SERVER_KEYS = {
@@ -111,12 +124,12 @@ class ConfigError(ValueError):
     pass
 
 
-def parse(text: str, source: str = "config") -> Settings:
+def parse(text: str, source: str = "config", path: Path | None = None) -> Settings:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(data) - DESK_KEYS - {"server"}
+    unknown = set(data) - DESK_KEYS - {"server", "storage"}
     if unknown:
         raise ConfigError(f"{source}: unknown sections {sorted(unknown)}")
     server = data.get("server", {})
@@ -131,7 +144,33 @@ def parse(text: str, source: str = "config") -> Settings:
     defaults = {f.name: getattr(settings.engine, f.name) for f in fields(EngineConfig)}
     settings.engine = EngineConfig(**{**defaults, **engine_args})
     settings.desk = {k: data.get(k, []) for k in DESK_KEYS}
+    storage(settings, data.get("storage", {}), path, source)
     return settings
+
+
+def storage(settings: Settings, table: Any, path: Path | None, source: str) -> None:
+    """[storage]: where the desk's file is. A relative path is relative to the config
+    file; without one, the file is next to the config, named after it."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [storage] must be a table")
+    unknown = set(table) - STORAGE_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown [storage] keys {sorted(unknown)}")
+    mode = table.get("mode", "file")
+    if mode not in ("file", "memory"):
+        raise ConfigError(f'{source}: [storage] mode is "file" or "memory", not {mode!r}')
+    every = table.get("snapshot_every", settings.snapshot_every)
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ConfigError(f"{source}: [storage] snapshot_every must be a whole number >= 0")
+    file = table.get("path")
+    if file is not None and (not isinstance(file, str) or not file):
+        raise ConfigError(f"{source}: [storage] path must be a file name")
+    if path is not None:
+        base = path.resolve().parent
+        file = str(base / file) if file else str(base / (path.stem + ".sqlite3"))
+        settings.source = str(path)
+    settings.storage_mode, settings.snapshot_every = mode, every
+    settings.storage_path = file or DEFAULT_DESK_FILE
 
 
 _POSITIVE_INTS = (
@@ -168,4 +207,4 @@ def load(path: str | os.PathLike[str] | None) -> Settings:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    return parse(text, str(path))
+    return parse(text, str(path), Path(path))

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from assigncore.engine import Engine
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
 from assigncore.model import TeamKind
 
@@ -25,7 +26,10 @@ def me() -> str:
 class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.engine = runtime.engine
+
+    @property
+    def engine(self) -> Engine:
+        return self.rt.engine  # the desk's engine (a new one after a rebuild)
 
     # ------------------------------------------------------------- the feed
 
@@ -34,17 +38,18 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     ) -> Any:
         principal = current_principal.get()
         rep_id, hub = principal.rep_id, self.rt.hub
-        if hub.draining:
+        if hub.draining or self.rt.failed:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
         try:
             self.engine.rep(rep_id)
         except DomainError as exc:
             await abort(context, exc)
         feed = hub.feed(rep_id)
-        # What the console missed is taken now; everything published from here on goes
-        # to the stream's outbox with higher sequence numbers, so the two never overlap.
+        # What the console missed is taken now (released events only); everything
+        # released from here on goes to the stream's outbox with higher sequence
+        # numbers, so the two never overlap.
         missed = feed.since(request.resume_after) if request.resume_after else []
-        attached_at = feed.seq
+        attached_at = feed.released
         stream = hub.attach(rep_id, principal.token_id)
         try:
             if not self.engine.rep(rep_id).connected:
@@ -75,7 +80,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     return
                 elif item is StreamEnd.DRAINING:
                     yield cpb.SubscribeResponse(
-                        sequence=feed.seq,
+                        sequence=feed.released,
                         time=convert.timestamp(self.rt.clock()),
                         server_draining=cpb.ServerDraining(),
                     )
@@ -83,7 +88,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                 else:
                     await context.abort_with_status(stream_end_status(item, feed))
         finally:
-            if hub.detach(stream):
+            if hub.detach(stream) and hub is self.rt.hub:
                 self.rt.lost(rep_id)
 
     @rpc

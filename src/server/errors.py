@@ -25,6 +25,8 @@ from assigncore.errors import (
     ResourceExhausted,
 )
 
+from .journal import JournalError
+
 log = logging.getLogger("assigncore.server")
 
 STATUS_OF: dict[type[DomainError], grpc.StatusCode] = {
@@ -92,6 +94,12 @@ async def abort(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
     await context.abort_with_status(status_for(exc))
 
 
+UNAVAILABLE = (
+    "the server cannot write its journal (is the disk full?); nothing of this call was "
+    "kept; retry later"
+)
+
+
 def _is_abort(exc: BaseException) -> bool:
     # context.abort() raises a private exception type; let it through untouched.
     return type(exc).__name__ == "AbortError"
@@ -119,7 +127,14 @@ def rpc(method: Callable[..., Any] | None = None, *, fields: dict[str, str] | No
         @functools.wraps(method)
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await method(self, request, context)
+                if self.rt.failed:
+                    raise JournalError("the journal cannot be written")
+                reply = await method(self, request, context)
+                # Write-ahead: nothing leaves before what it reflects is durable.
+                await self.rt.durable()
+                return reply
+            except JournalError:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
             except InvalidArgument as exc:
                 await abort(context, renamed(exc, fields) if fields else exc)
             except DomainError as exc:

@@ -40,6 +40,7 @@ class StreamEnd(Enum):
     DRAINING = "DRAINING"  # the server is shutting down
     REVOKED = "REVOKED"  # its token was revoked, or the rep deleted
     OVERFLOW = "OVERFLOW"  # the console stopped reading and its outbox filled
+    UNAVAILABLE = "UNAVAILABLE"  # the journal cannot be written: the desk is rebuilt
 
 
 class ConsoleStream:
@@ -79,6 +80,12 @@ def stream_end_status(why: StreamEnd, feed: Feed) -> grpc.Status:
         )
     if why is StreamEnd.REVOKED:
         return plain_status(grpc.StatusCode.UNAUTHENTICATED, "the access token was revoked")
+    if why is StreamEnd.UNAVAILABLE:
+        return plain_status(
+            grpc.StatusCode.UNAVAILABLE,
+            "the server cannot write its journal and is recovering; reconnect with "
+            "resume_after = the last sequence you processed",
+        )
     return info_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "this console stopped reading and too many events were waiting for it; reconnect "
@@ -90,24 +97,29 @@ def stream_end_status(why: StreamEnd, feed: Feed) -> grpc.Status:
 
 
 class Feed:
-    __slots__ = ("seq", "buffer", "stream")
+    """A rep's numbered events. `seq` counts every event; `released` is the last one
+    whose journal record is durable: only those leave the process."""
+
+    __slots__ = ("seq", "released", "buffer", "stream")
 
     def __init__(self, size: int) -> None:
         self.seq = 0
+        self.released = 0
         self.buffer: deque[cpb.SubscribeResponse] = deque(maxlen=size)
         self.stream: ConsoleStream | None = None
 
     def since(self, resume_after: int) -> list[cpb.SubscribeResponse] | None:
-        """Events after `resume_after`, or None if some of them are no longer held (or
-        `resume_after` is ahead of this feed: the console talks of another server life)."""
-        if resume_after == self.seq:
+        """Released events after `resume_after`, or None if some of them are no longer
+        held (or `resume_after` is ahead of this feed: the console talks of another
+        desk). Events not yet released follow on the stream when they are."""
+        if resume_after == self.released:
             return []
-        if resume_after > self.seq:
+        if resume_after > self.released:
             return None
         oldest = self.buffer[0].sequence if self.buffer else self.seq + 1
         if resume_after + 1 < oldest:
             return None
-        return [m for m in self.buffer if m.sequence > resume_after]
+        return [m for m in self.buffer if resume_after < m.sequence <= self.released]
 
 
 class Hub:
@@ -117,6 +129,12 @@ class Hub:
         self.outbox_limit = outbox_limit or buffer_size
         self.feeds: dict[str, Feed] = {}
         self.draining = False
+        # With a journal, events wait here until their record is durable (release()).
+        self.holding = False
+        self.held: list[tuple[Feed, cpb.SubscribeResponse]] = []
+        # Told when a rep's feed is created (the journal's input; a replay creates it
+        # again at the same point, so every event gets the same number).
+        self.on_feed: Callable[[str], None] | None = None
         # Called (outside any engine command) when a rep's stream ended from outside its
         # handler and the rep must go through the connection-lost path.
         self.on_lost: Callable[[str], None] = lambda rep_id: None
@@ -125,6 +143,8 @@ class Hub:
         f = self.feeds.get(rep_id)
         if f is None:
             f = self.feeds[rep_id] = Feed(self.buffer_size)
+            if self.on_feed is not None:
+                self.on_feed(rep_id)
         return f
 
     # ------------------------------------------------------------- streams
@@ -174,13 +194,29 @@ class Hub:
             f.seq += 1
             msg = cpb.SubscribeResponse(sequence=f.seq, time=stamp, **event)
             f.buffer.append(msg)
-            stream = f.stream
-            if stream is not None:
-                if len(stream.outbox) >= self.outbox_limit:
-                    self._overflow(stream)
-                else:
-                    stream.outbox.append(msg)
-                    stream.wake.set()
+            if self.holding:
+                self.held.append((f, msg))
+            else:
+                self._deliver(f, msg)
+
+    def take_held(self) -> list[tuple[Feed, cpb.SubscribeResponse]]:
+        held, self.held = self.held, []
+        return held
+
+    def release(self, held: list[tuple[Feed, cpb.SubscribeResponse]]) -> None:
+        """The records of these events are durable: they go out."""
+        for f, msg in held:
+            self._deliver(f, msg)
+
+    def _deliver(self, f: Feed, msg: cpb.SubscribeResponse) -> None:
+        f.released = msg.sequence
+        stream = f.stream
+        if stream is not None:
+            if len(stream.outbox) >= self.outbox_limit:
+                self._overflow(stream)
+            else:
+                stream.outbox.append(msg)
+                stream.wake.set()
 
     def _overflow(self, stream: ConsoleStream) -> None:
         # Called while an engine command runs (events come from its listener), so the
@@ -189,11 +225,12 @@ class Hub:
         if not self.draining:
             asyncio.get_running_loop().call_soon(self.on_lost, stream.rep_id)
 
-    def drain(self) -> None:
+    def drain(self, why: StreamEnd = StreamEnd.DRAINING) -> None:
+        """Ends every stream (the server stops, or this desk is being rebuilt)."""
         self.draining = True
         for f in self.feeds.values():
             if f.stream is not None:
-                f.stream.end(StreamEnd.DRAINING)
+                f.stream.end(why)
 
     # ------------------------------------------------------------- audiences
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound
 
 from . import convert
@@ -30,7 +31,10 @@ def portal() -> str:
 class IntakeServicer(igrpc.IntakeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.engine = runtime.engine
+
+    @property
+    def engine(self) -> Engine:
+        return self.rt.engine  # the desk's engine (a new one after a rebuild)
 
     def _once(self, request: Any, produce: Callable[[], Any]) -> Any:
         """Run a mutating call once per (portal, request_id); a retry gets the first

@@ -10,8 +10,12 @@ Every record carries a CRC-32 of its body. Reading back, a bad checksum on the l
 record is a torn write (the crash happened mid-record): it is dropped, and said so. A bad
 checksum anywhere else stops the read with an error that names the position; nothing
 after it is silently lost. When the disk is full or the file unwritable, the appends of
-that transaction fail (the caller refuses the commands: nothing is half-applied) and the
-writer keeps going, so appends succeed again once space returns.
+that transaction fail, and so does every append after them until `reset()`: a record
+may never land behind one that was lost, since it may depend on it. The caller refuses
+the commands (nothing is half-applied), rebuilds its state from what is durable, and
+resets; appends succeed again once space returns.
+
+The same file holds the desk's snapshots (server/storage.py), in their own tables.
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ from dataclasses import dataclass
 log = logging.getLogger("assigncore.journal")
 
 MAX_BATCH = 4096  # records per transaction at most
+BUSY_TIMEOUT_MS = 10_000  # another process (a snapshot, a backup) may hold the lock
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS records ("
+        "position INTEGER PRIMARY KEY, checksum INTEGER NOT NULL, body BLOB NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS snapshots (position INTEGER PRIMARY KEY, "
+        "size INTEGER NOT NULL, checksum INTEGER NOT NULL, chunks INTEGER NOT NULL, "
+        "complete INTEGER NOT NULL DEFAULT 0, written REAL NOT NULL)"
+    )
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS snapshot_chunks (position INTEGER NOT NULL, "
+        "idx INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (position, idx))"
+    )
 
 
 class JournalError(Exception):
@@ -56,11 +77,10 @@ class Journal:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS records ("
-            "position INTEGER PRIMARY KEY, checksum INTEGER NOT NULL, body BLOB NOT NULL)"
-        )
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        create_schema(self._conn)
         self.last_position = self._drop_torn_tail()
+        self.broken: JournalError | None = None  # set by a failed write, until reset()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
         self._writer.start()
@@ -71,8 +91,9 @@ class Journal:
         row = self._conn.execute(
             "SELECT position, checksum, body FROM records ORDER BY position DESC LIMIT 1"
         ).fetchone()
-        if row is None:
-            return 0
+        if row is None:  # empty, or compacted up to its newest snapshot
+            snap = self._conn.execute("SELECT MAX(position) FROM snapshots").fetchone()[0]
+            return int(snap or 0)
         position, checksum, body = row
         if zlib.crc32(bytes(body)) == checksum:
             return int(position)
@@ -106,7 +127,32 @@ class Journal:
                 batch.append(item)
             self._commit(batch)  # type: ignore[arg-type]
 
-    def _commit(self, batch: list[tuple[bytes, Future[int]]]) -> None:
+    def reset(self) -> Future[int]:
+        """Appends may be written again (after the caller rebuilt its state from what
+        is durable). Runs in the writer's order: appends queued before it still fail.
+        The future resolves to the last durable position."""
+        done: Future[int] = Future()
+        self._queue.put((None, done))
+        return done
+
+    def _commit(self, batch: list[tuple[bytes | None, Future[int]]]) -> None:
+        """Writes the batch's records in one transaction; a reset marker (body None) in
+        it clears a break for the records after it."""
+        while batch:
+            cut = next((i for i, (body, _) in enumerate(batch) if body is None), len(batch))
+            records = [(body, future) for body, future in batch[:cut] if body is not None]
+            if records and self.broken is not None:
+                self.stats.failed += len(records)
+                for _, future in records:
+                    future.set_exception(self.broken)
+            elif records:
+                self._write(records)
+            if cut < len(batch):
+                self.broken = None
+                batch[cut][1].set_result(self.last_position)
+            batch = batch[cut + 1 :]
+
+    def _write(self, batch: list[tuple[bytes, Future[int]]]) -> None:
         position = self.last_position
         rows = []
         for body, _ in batch:
@@ -121,11 +167,11 @@ class Journal:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-            self.stats.failed += len(batch)
             log.error("journal write failed (%s): %d records refused", exc, len(batch))
-            error = JournalError(f"the journal cannot be written: {exc}")
+            self.broken = JournalError(f"the journal cannot be written: {exc}")
+            self.stats.failed += len(batch)
             for _, future in batch:
-                future.set_exception(error)
+                future.set_exception(self.broken)
             return
         self.last_position = position
         self.stats.records += len(batch)
@@ -138,29 +184,47 @@ class Journal:
     def records(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
         """(position, body) of every record after `after`, in order. A bad checksum on
         the last record drops it (a torn write); anywhere else it raises JournalError."""
-        reader = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            last = reader.execute("SELECT MAX(position) FROM records").fetchone()[0] or 0
-            cursor = reader.execute(
-                "SELECT position, checksum, body FROM records WHERE position > ? ORDER BY position",
-                (after,),
-            )
-            for position, checksum, body in cursor:
-                body = bytes(body)
-                if zlib.crc32(body) != checksum:
-                    if position == last:
-                        log.warning("journal: dropped a torn last record at %d", position)
-                        return
-                    raise JournalError(
-                        f"journal record {position} of {self.path} is corrupt (checksum "
-                        f"mismatch); the records after it are kept, and were not read",
-                        position,
-                    )
-                yield position, body
-        finally:
-            reader.close()
+        return read_records(self.path, after)
 
     def close(self) -> None:
         self._queue.put(_STOP)
         self._writer.join()
         self._conn.close()
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection of another reader or writer of a desk's file (WAL: readers never
+    wait for the server's writer)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def read_records(
+    path: str, after: int = 0, until: int | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """(position, body) of the records of the file at `path` after `after` (up to
+    `until`), in order; see Journal.records."""
+    reader = connect(path)
+    try:
+        last = reader.execute("SELECT MAX(position) FROM records").fetchone()[0] or 0
+        cursor = reader.execute(
+            "SELECT position, checksum, body FROM records "
+            "WHERE position > ? AND position <= ? ORDER BY position",
+            (after, last if until is None else min(last, until)),
+        )
+        for position, checksum, body in cursor:
+            body = bytes(body)
+            if zlib.crc32(body) != checksum:
+                if position == last:
+                    log.warning("journal: dropped a torn last record at %d", position)
+                    return
+                raise JournalError(
+                    f"journal record {position} of {path} is corrupt (checksum mismatch); "
+                    "the records after it are kept, and were not read; inspect it with "
+                    f"`assigncore journal --path {path} --from {position}`",
+                    position,
+                )
+            yield position, body
+    finally:
+        reader.close()

@@ -1,102 +1,240 @@
-"""What a running server holds: the engine, the event hub, the tokens, the intake
-idempotency cache, and the task that fires the engine's timers on the event loop."""
+"""What a running server holds: its desk (engine, console feeds, tokens, idempotency
+entries), the desk's file (journal and snapshots), the recorder that makes every change
+durable before anything about it leaves the process, and the task that fires the
+engine's timers on the event loop.
+
+Write-ahead, with group commit (DESIGN.md 4.2): a command runs on the loop and its
+record joins the open journal entry; at the end of the loop's turn the entry goes to the
+journal's writer thread, which makes many entries durable per fsync. Replies wait for
+their entry (the `rpc` decorator awaits `durable()`), and console events are held in the
+hub until their entry is durable. When the journal cannot be written (a full disk),
+every call is refused with UNAVAILABLE, the console streams end, and the desk is rebuilt
+from the file (what was durable) as soon as a write succeeds again: nothing that was
+refused is half-applied.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
 import secrets
-from collections import OrderedDict
+import subprocess
+import sys
+from dataclasses import asdict
 from typing import Any
 
 from assigncore.engine import Engine, Outcome
-from assigncore.errors import InvalidArgument
+from assigncore.records import encode
 
 from .auth import Gate, Principal, PrincipalKind, TokenStore
 from .config import Settings
 from .desk import load_desk
-from .hub import Hub
+from .durable import Desk, Idempotency, encode_entry, load
+from .hub import Hub, StreamEnd
+from .journal import Journal, JournalError
+from .storage import Storage, write_snapshot
 
 log = logging.getLogger("assigncore.server")
 
-IDEMPOTENCY_CAPACITY = 100_000
+RECOVERY_RETRY = 1.0  # seconds between attempts to write the journal again
 
 
-class Idempotency:
-    """request_id -> (fingerprint of the request, result), for retried intake calls."""
+class Recorder:
+    """The open journal entry of this turn of the loop, and the futures of the entries
+    on their way to disk (they resolve in order)."""
 
-    def __init__(self, ttl: float, clock: Any) -> None:
-        self.ttl, self.clock = ttl, clock
-        self.entries: OrderedDict[tuple[str, str], tuple[bytes, float, Any]] = OrderedDict()
+    def __init__(self, journal: Journal, hub: Hub, on_failure: Any) -> None:
+        self.journal, self.hub, self.on_failure = journal, hub, on_failure
+        self.loop = asyncio.get_running_loop()
+        self.bodies: list[bytes] = []
+        self.open: asyncio.Future[int] | None = None
+        self.last: asyncio.Future[int] | None = None
+        self.entries = 0
 
-    def _expire(self) -> None:
-        now = self.clock()
-        while self.entries and (
-            len(self.entries) > IDEMPOTENCY_CAPACITY
-            or next(iter(self.entries.values()))[1] + self.ttl < now
-        ):
-            self.entries.popitem(last=False)
+    def add(self, body: bytes) -> None:
+        if self.open is None:
+            self.open = self.loop.create_future()
+            self.loop.call_soon(self.flush)
+        self.bodies.append(body)
 
-    def lookup(self, key: tuple[str, str], request: Any) -> Any:
-        """The stored result of an earlier call with this (portal, request_id), or None."""
-        request_id = key[1]
-        if not request_id or len(request_id) > 64:
-            raise InvalidArgument("request_id", "required, at most 64 characters")
-        self._expire()
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] != self._fingerprint(request):
-            raise InvalidArgument("request_id", "already used for a different request")
-        return entry[2]
+    def flush(self) -> None:
+        future, self.open = self.open, None
+        if future is None:
+            return
+        bodies, self.bodies = self.bodies, []
+        held = self.hub.take_held()
+        self.last = future
+        self.entries += 1
+        done = self.journal.append(encode_entry(bodies))
+        done.add_done_callback(
+            lambda d: self.loop.call_soon_threadsafe(self._settled, d, future, held)
+        )
 
-    def store(self, key: tuple[str, str], request: Any, result: Any) -> None:
-        self.entries[key] = (self._fingerprint(request), self.clock(), result)
+    def _settled(self, done: Any, future: asyncio.Future[int], held: list[Any]) -> None:
+        error = done.exception()
+        if error is None:
+            self.hub.release(held)
+            future.set_result(done.result())
+        else:
+            future.set_exception(error)
+            future.exception()  # retrieved: whoever awaits it is told
+            self.on_failure(error)
 
-    @staticmethod
-    def _fingerprint(request: Any) -> bytes:
-        return hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
+    async def durable(self) -> None:
+        """Returns once everything recorded so far is durable; JournalError if some of
+        it could not be written."""
+        future = self.open or self.last
+        if future is not None:
+            await asyncio.shield(future)
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.clock = settings.clock
-        self.hub: Hub
-        self.engine = Engine(self.clock, settings.engine, listener=self._on_event)
-        self.hub = Hub(self.engine, settings.event_buffer, settings.outbox_limit)
-        self.hub.on_lost = self.lost
-        self.tokens = TokenStore(self.clock)
-        self.tokens.on_revoke = lambda record: self.hub.end_token(record.token_id)
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving
-        self.idempotency = Idempotency(settings.idempotency_ttl, self.clock)
-        load_desk(self.engine, self.tokens, settings.desk)
-        admin = settings.admin_token or os.environ.get("ASSIGNCORE_ADMIN_TOKEN")
-        self.generated_admin_token = None
-        has_admin = any(r.principal.kind is PrincipalKind.ADMIN for r in self.tokens.records())
-        if not admin and not has_admin:
-            admin = self.generated_admin_token = secrets.token_urlsafe(24)
-        if admin:
-            self.tokens.add(admin, Principal(PrincipalKind.ADMIN), "first admin token")
+        self.storage: Storage | None = None
+        if settings.storage_mode == "file":
+            self.storage = Storage(settings.storage_path)
+            log.info("desk file (journal and snapshots): %s", os.path.abspath(self.storage.path))
+        else:
+            log.warning(
+                "STORAGE MODE IS MEMORY: nothing is written to disk, and everything this "
+                "server is told (sessions, reps, teams, tokens) is lost when it stops"
+            )
+        self.recorder: Recorder | None = None
+        self.failed = False  # the journal cannot be written: refusing calls, recovering
+        self.generated_admin_token: str | None = None
+        try:
+            self.desk = self._open()
+        except BaseException:
+            self.close_storage()
+            raise
         self._wake = asyncio.Event()
         self._sleeping_until = math.inf  # the deadline the timer task sleeps until
         self._task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._snapshotter: asyncio.subprocess.Process | None = None
+        self._entries_at_snapshot = 0
 
-    def _on_event(self, event: Any) -> None:
-        self.hub.on_event(event)
+    # ------------------------------------------------------------- the desk
+
+    @property
+    def engine(self) -> Engine:
+        return self.desk.engine
+
+    @property
+    def hub(self) -> Hub:
+        return self.desk.hub
+
+    @property
+    def tokens(self) -> TokenStore:
+        return self.desk.tokens
+
+    @property
+    def idempotency(self) -> Idempotency:
+        return self.desk.idempotency
+
+    def principal(self, secret: str) -> Principal | None:
+        """The interceptor's token lookup (on whatever desk is current)."""
+        return self.desk.tokens.principal(secret)
+
+    def _open(self) -> Desk:
+        """The desk from its file (newest snapshot, then the journal), or a new one from
+        the config; then what a start records (a restart, the admin token), made durable
+        before anything is served."""
+        settings = self.settings
+        startup: list[bytes] = []
+        desk = None
+        if self.storage is not None:
+            desk, position = load(self.storage.path, settings)
+            if desk is not None:
+                log.info("recovered the desk at journal position %d", position)
+        if desk is None:
+            desk, created = Desk.create(settings, secrets.token_bytes(32), self.clock())
+            startup.append(encode(created))  # the desk's creation comes first
+            desk.record_to(startup.append)
+            load_desk(desk.engine, desk.tokens, settings.desk)
+        else:
+            if asdict(desk.engine.config) != asdict(settings.engine):
+                log.warning(
+                    "this desk keeps the engine settings it was created with; the changed "
+                    "[server] routing settings in the config are not applied"
+                )
+            desk.record_to(startup.append)
+            desk.engine.server_restarted()
+        self._admin_token(desk)
+        desk.record_to(None)
+        if self.storage is not None and startup:
+            self.storage.journal.append(encode_entry(startup)).result()
+        desk.record_to(self._record)
+        desk.hub.holding = self.storage is not None
+        desk.hub.on_lost = self.lost
+        return desk
+
+    def _admin_token(self, desk: Desk) -> None:
+        admin = self.settings.admin_token or os.environ.get("ASSIGNCORE_ADMIN_TOKEN")
+        tokens = desk.tokens
+        if admin:
+            if not tokens.has_secret(admin):
+                tokens.add(admin, Principal(PrincipalKind.ADMIN), "first admin token")
+        elif not any(r.principal.kind is PrincipalKind.ADMIN for r in tokens.records()):
+            admin = self.generated_admin_token = secrets.token_urlsafe(24)
+            tokens.add(admin, Principal(PrincipalKind.ADMIN), "first admin token")
+
+    def _record(self, body: bytes) -> None:
+        if self.storage is None:
+            return
+        if self.recorder is None:
+            self.recorder = Recorder(self.storage.journal, self.hub, self._journal_failed)
+        self.recorder.add(body)
+
+    async def durable(self) -> None:
+        """Waits until everything done so far is durable (a reply may leave then)."""
+        if self.failed:
+            raise JournalError("the journal cannot be written")
+        if self.recorder is not None:
+            await self.recorder.durable()
+            self._maybe_snapshot()
+
+    # ------------------------------------------------------------- failure
+
+    def _journal_failed(self, error: BaseException) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        log.error("the journal cannot be written (%s): refusing calls until it can", error)
+        self.hub.drain(StreamEnd.UNAVAILABLE)
+        self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Rebuilds the desk from what is durable, once the journal takes writes again."""
+        assert self.storage is not None
+        while True:
+            await asyncio.sleep(RECOVERY_RETRY)
+            self.recorder = None
+            try:
+                await asyncio.wrap_future(self.storage.journal.reset())
+                desk = self._open()
+            except (JournalError, OSError) as exc:
+                log.warning("the journal still cannot be written (%s)", exc)
+                continue
+            self.desk, self.failed = desk, False
+            self._wake.set()
+            log.info("the journal is writable again: the desk was rebuilt, serving")
+            return
+
+    # ------------------------------------------------------------- commands
 
     def lost(self, rep_id: str) -> None:
         """A rep's console stream is gone without a sign-out: the connection-lost path
         (rule 11), unless the server is draining (a restart is not the rep's fault)."""
         rep = self.engine.find_rep(rep_id)
-        if rep is not None and rep.connected and not self.hub.draining:
+        if rep is not None and rep.connected and not self.hub.draining and not self.failed:
             self.command(self.engine.disconnect, rep_id)
-
-    # ------------------------------------------------------------- timers
 
     def command(self, fn: Any, *args: Any, **kwargs: Any) -> Outcome:
         """Run an engine command and let the timer task re-plan (it may have scheduled
@@ -107,18 +245,21 @@ class Runtime:
             self._wake.set()  # the timer task sleeps past a new, earlier deadline
         return outcome
 
+    # ------------------------------------------------------------- timers
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_timers())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._recovery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _run_timers(self) -> None:
         while True:
-            deadline = self.engine.next_deadline()
+            deadline = None if self.failed else self.engine.next_deadline()
             self._sleeping_until = math.inf if deadline is None else deadline
             timeout = None
             if deadline is not None and not self.settings.manual_clock:
@@ -126,6 +267,8 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+            if self.failed:
+                continue
             try:
                 self.engine.advance()
             except Exception:  # pragma: no cover - a bug; keep serving
@@ -133,5 +276,55 @@ class Runtime:
 
     def tick(self) -> None:
         """With a manual clock: the time moved; fire what is due now."""
-        self.engine.advance()
+        if not self.failed:
+            self.engine.advance()
         self._wake.set()
+
+    # ------------------------------------------------------------- snapshots, closing
+
+    def _maybe_snapshot(self) -> None:
+        """Every `snapshot_every` journal entries, a separate process replays the file
+        and writes a snapshot (the serving loop never pauses for one)."""
+        every = self.settings.snapshot_every
+        if not every or self.recorder is None or self.storage is None:
+            return
+        if self.recorder.entries - self._entries_at_snapshot < every:
+            return
+        if self._snapshotter is not None and self._snapshotter.returncode is None:
+            return
+        self._entries_at_snapshot = self.recorder.entries
+        args = [sys.executable, "-m", "server.cli", "snapshot", "--path", self.storage.path]
+        if self.settings.source:
+            args += ["--config", self.settings.source]
+        asyncio.get_running_loop().create_task(self._spawn_snapshot(args))
+
+    async def _spawn_snapshot(self, args: list[str]) -> None:
+        self._snapshotter = await asyncio.create_subprocess_exec(
+            *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if await self._snapshotter.wait() != 0:
+            log.warning("the snapshot process failed (exit %s)", self._snapshotter.returncode)
+
+    async def close(self, snapshot: bool = True) -> None:
+        """After serving: the last entries made durable, a snapshot written (the loop
+        serves nobody by now), the desk file closed."""
+        if self.storage is None:
+            return
+        if self.recorder is not None:
+            self.recorder.flush()
+            with contextlib.suppress(JournalError):
+                await self.recorder.durable()
+        if self._snapshotter is not None and self._snapshotter.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._snapshotter.kill()
+            await self._snapshotter.wait()
+        if snapshot and not self.failed:
+            position = self.storage.journal.last_position
+            write_snapshot(self.storage.path, position, self.desk.dump())
+            log.info("wrote a snapshot at journal position %d", position)
+        self.close_storage()
+
+    def close_storage(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None

@@ -1,0 +1,230 @@
+"""A desk's file: its journal (server/journal.py) and its snapshots, in one SQLite file.
+
+A snapshot is stored in chunks (each its own short transaction, so a snapshot written by
+another process never holds the server's writer for long) and marked complete last; a
+snapshot that is not complete, or whose checksum does not match, is not valid and is
+skipped. The newest valid snapshot plus the journal records after its position is the
+desk. Compaction deletes the records that no kept snapshot needs: those at or before the
+older of the two newest snapshots (so the newest may be damaged and recovery still has
+everything it needs).
+
+The server holds an exclusive lock on `<file>.lock` for as long as it runs: a second
+server on the same desk file refuses to start, and so does a restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterator
+from typing import IO
+
+from .journal import Journal, JournalError, connect, create_schema
+
+log = logging.getLogger("assigncore.storage")
+
+CHUNK = 4 << 20  # bytes per snapshot chunk
+KEEP_SNAPSHOTS = 2
+COMPACT_BATCH = 20_000  # journal records deleted per transaction
+
+
+class StorageError(Exception):
+    """The desk file cannot be used (locked by another server, not a desk file...)."""
+
+
+def lock(path: str) -> IO[str]:
+    """An exclusive lock on the desk file, held by the returned file until closed."""
+    handle = open(path + ".lock", "a+")  # noqa: SIM115 - held for the server's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StorageError(
+            f"{path} is in use by another assigncore server (it holds {path}.lock)"
+        ) from None
+    return handle
+
+
+class Storage:
+    """The running server's hold on its desk file: the lock and the journal."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StorageError(f"the directory of {path} does not exist")
+        self._lock = lock(path)
+        try:
+            self.journal = Journal(path)
+        except (sqlite3.Error, JournalError) as exc:
+            self._lock.close()
+            raise StorageError(f"{path} is not a usable desk file: {exc}") from None
+
+    def close(self) -> None:
+        self.journal.close()
+        self._lock.close()
+
+
+# ----------------------------------------------------------------- snapshots
+
+
+def write_snapshot(path: str, position: int, data: bytes) -> None:
+    """Stores a snapshot of the desk at journal `position`, then prunes old snapshots
+    and compacts the journal."""
+    conn = connect(path)
+    try:
+        create_schema(conn)
+        chunks = max(1, -(-len(data) // CHUNK))
+        with conn:
+            conn.execute("DELETE FROM snapshot_chunks WHERE position = ?", (position,))
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots "
+                "(position, size, checksum, chunks, complete, written) VALUES (?, ?, ?, ?, 0, ?)",
+                (position, len(data), zlib.crc32(data), chunks, time.time()),
+            )
+        view = memoryview(data)
+        for i in range(chunks):
+            with conn:
+                conn.execute(
+                    "INSERT INTO snapshot_chunks (position, idx, data) VALUES (?, ?, ?)",
+                    (position, i, view[i * CHUNK : (i + 1) * CHUNK]),
+                )
+        with conn:
+            conn.execute("UPDATE snapshots SET complete = 1 WHERE position = ?", (position,))
+        prune(conn)
+    finally:
+        conn.close()
+
+
+def prune(conn: sqlite3.Connection) -> None:
+    """Keeps the KEEP_SNAPSHOTS newest complete snapshots (and any newer incomplete one,
+    which may be being written); deletes the journal records none of them needs."""
+    kept = [
+        p
+        for (p,) in conn.execute(
+            "SELECT position FROM snapshots WHERE complete = 1 ORDER BY position DESC LIMIT ?",
+            (KEEP_SNAPSHOTS,),
+        )
+    ]
+    if len(kept) < KEEP_SNAPSHOTS:
+        return
+    oldest = kept[-1]
+    with conn:
+        conn.execute("DELETE FROM snapshot_chunks WHERE position < ?", (oldest,))
+        conn.execute("DELETE FROM snapshots WHERE position < ?", (oldest,))
+    while True:
+        with conn:
+            deleted = conn.execute(
+                "DELETE FROM records WHERE position IN "
+                "(SELECT position FROM records WHERE position <= ? ORDER BY position LIMIT ?)",
+                (oldest, COMPACT_BATCH),
+            ).rowcount
+        if deleted < COMPACT_BATCH:
+            break
+
+
+def snapshots(path: str) -> list[tuple[int, int, bool]]:
+    """(position, size, complete) of the stored snapshots, newest first."""
+    conn = connect(path)
+    try:
+        create_schema(conn)
+        return [
+            (p, size, bool(done))
+            for p, size, done in conn.execute(
+                "SELECT position, size, complete FROM snapshots ORDER BY position DESC"
+            )
+        ]
+    finally:
+        conn.close()
+
+
+def read_snapshot(path: str, position: int) -> bytes:
+    """A stored snapshot's bytes; JournalError if it is incomplete or damaged."""
+    conn = connect(path)
+    try:
+        row = conn.execute(
+            "SELECT size, checksum, chunks, complete FROM snapshots WHERE position = ?",
+            (position,),
+        ).fetchone()
+        if row is None or not row[3]:
+            raise JournalError(f"snapshot {position} is incomplete", position)
+        size, checksum, chunks, _ = row
+        parts = [
+            bytes(d)
+            for (d,) in conn.execute(
+                "SELECT data FROM snapshot_chunks WHERE position = ? ORDER BY idx", (position,)
+            )
+        ]
+    finally:
+        conn.close()
+    data = b"".join(parts)
+    if len(parts) != chunks or len(data) != size or zlib.crc32(data) != checksum:
+        raise JournalError(f"snapshot {position} is damaged (checksum mismatch)", position)
+    return data
+
+
+def valid_snapshots(path: str) -> Iterator[tuple[int, bytes]]:
+    """(position, bytes) of each readable snapshot, newest first; damaged ones are
+    skipped with a warning."""
+    for position, _, complete in snapshots(path):
+        if not complete:
+            continue
+        try:
+            yield position, read_snapshot(path, position)
+        except JournalError as exc:
+            log.warning("%s; trying an older one", exc)
+
+
+# ----------------------------------------------------------------- backup
+
+
+def backup(path: str, dest: str) -> int:
+    """A consistent copy of the desk file at `dest`, taken with SQLite's online backup
+    API (the server may keep serving). Returns the last journal position it holds."""
+    if os.path.exists(dest):
+        raise StorageError(f"{dest} exists; a backup never overwrites a file")
+    source = connect(path)
+    target = sqlite3.connect(dest)
+    try:
+        source.backup(target)
+        target.execute("PRAGMA journal_mode=WAL")
+        row = target.execute("SELECT MAX(position) FROM records").fetchone()
+        return int(row[0] or 0)
+    finally:
+        target.close()
+        source.close()
+
+
+def restore(backup_path: str, path: str) -> int:
+    """Replaces the desk file at `path` with a backup (the server must be stopped: its
+    lock is taken for the duration). The backup is checked record by record first.
+    Returns the last journal position restored."""
+    from .journal import read_records
+
+    last = 0
+    for last, _ in read_records(backup_path):
+        pass
+    handle = lock(path)
+    try:
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path + suffix)
+        tmp = path + ".restoring"
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        source = connect(backup_path)
+        target = sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+            source.close()
+        os.replace(tmp, path)
+    finally:
+        handle.close()
+    return last
