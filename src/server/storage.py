@@ -207,8 +207,8 @@ def restore(backup_path: str, path: str) -> int:
     from .journal import read_records
 
     last = 0
-    for last, _ in read_records(backup_path):
-        pass
+    for position, _ in read_records(backup_path):  # every checksum, before anything is replaced
+        last = position
     handle = lock(path)
     try:
         for suffix in ("-wal", "-shm"):
