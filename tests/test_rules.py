@@ -549,6 +549,53 @@ def test_rule_11_fallback_order_participant_then_queue_then_general(desk):
     assert desk.engine.rep("ann").load == 0
 
 
+def test_a_restart_is_not_the_reps_fault(desk):
+    """DESIGN.md 4.2: an offer whose deadline passed while the server was down is
+    withdrawn, not declined; one still running stays for its rep to answer on coming
+    back, and is withdrawn (not declined) if the rep is not back in time; every rep gets
+    the full reconnect grace from the restart."""
+    desk.team("support", offer_timeout=30)
+    desk.team("desk", offer_timeout=120)
+    desk.rep("ann", ["support"])
+    desk.rep("bob", ["desk"])
+    desk.rep("cat", ["support"])
+    busy = start_team_session(desk, "support", name="busy")
+    desk.engine.answer_offer("ann", desk.engine.rep("ann").offer, True)  # ann owns one
+    expired = start_team_session(desk, "support", name="expired")
+    assert offered_to(desk, expired) == "cat"
+    kept = start_team_session(desk, "desk", name="kept")
+    assert offered_to(desk, kept) == "bob"
+    desk.clock.tick(60)  # down for a minute: cat's offer ran out, bob's did not
+    desk.engine.server_restarted()
+    withdrawn = desk.of(OfferRescinded, session_id=expired.id)
+    assert [e.reason for e in withdrawn] == [RescindReason.SERVER_RESTARTED]
+    assert not desk.of(OfferDeclined)
+    assert desk.engine.session(expired.id).declined_by == ()
+    assert desk.engine.rep("cat").missed_offers == 0
+    assert offered_to(desk, kept) == "bob"  # still pending
+    assert not any(r.connected for r in desk.engine.reps())
+    assert desk.engine.offers() and not desk.engine.eligible("cat")
+    desk.engine.connect("bob")
+    desk.engine.answer_offer("bob", desk.engine.rep("bob").offer, True)
+    assert desk.engine.session(kept.id).owner == "bob"
+    desk.later(29)  # the grace runs from the restart, not from the crash
+    assert desk.engine.session(busy.id).owner == "ann"
+    desk.later(1)
+    assert desk.engine.session(busy.id).owner is None
+
+
+def test_an_offer_kept_across_a_restart_is_withdrawn_if_its_rep_is_not_back(desk):
+    desk.team("support", offer_timeout=30)
+    desk.rep("ann", ["support"])
+    s = start_team_session(desk, "support")
+    desk.clock.tick(10)
+    desk.engine.server_restarted()
+    assert offered_to(desk, s) == "ann"
+    desk.later(20)
+    assert [e.reason for e in desk.of(OfferRescinded)] == [RescindReason.SERVER_RESTARTED]
+    assert not desk.of(OfferDeclined) and desk.engine.session(s.id).declined_by == ()
+
+
 def test_rule_11_fallback_to_general_when_the_queue_is_gone(desk):
     desk.team("temp", Algorithm.NONE)
     desk.rep("ann", ["temp"])

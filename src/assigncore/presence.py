@@ -222,17 +222,27 @@ def go_offline(st: State, rep: Rep, reason: RescindReason) -> None:
 
 
 def server_restarted(st: State) -> None:
-    """The server is back after a stop or a crash; a restart is not the reps' fault
-    (DESIGN.md 4.2). Runs at the restart's time before the timers that fell due while
-    the server was down: every pending offer is withdrawn (SERVER_RESTARTED), never
-    declined or timed out; every rep who was connected is now disconnected, and every
-    rep with a reconnect grace gets it in full from now on."""
+    """The server is back after a stop or a crash, and a restart is not the reps' fault
+    (DESIGN.md 4.2). Runs at the restart's time, before the timers that fell due while
+    the server was down:
+
+    - an offer whose deadline passed meanwhile is withdrawn (SERVER_RESTARTED), never
+      declined; the others stay pending for their rep to answer on reconnecting (and
+      are withdrawn the same way if the rep is not back by the deadline);
+    - every rep who was connected has no console now: offline (no new offers), with
+      the full reconnect grace from now for what they own, as has every rep whose
+      grace was running."""
     for offer in sorted(st.offers.values(), key=lambda o: (o.deadline, o.id)):
-        routing.rescind(st, st.sessions[offer.session_id], RescindReason.SERVER_RESTARTED)
+        if offer.deadline <= st.now:
+            routing.rescind(st, st.sessions[offer.session_id], RescindReason.SERVER_RESTARTED)
     for rep in st.reps.values():
         was_connected = rep.connected
         if was_connected:
-            go_offline(st, rep, RescindReason.SERVER_RESTARTED)
+            rep.connected = False
+            st.timers.cancel(rep.idle_timer)
+            rep.idle_timer = None
+            emit_presence(st, rep)
+            sync_rep(st, rep)
         if rep.load and (was_connected or rep.grace_timer is not None):
             st.timers.cancel(rep.grace_timer)
             rep.grace_timer = st.timers.schedule(

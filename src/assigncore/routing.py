@@ -263,7 +263,13 @@ def end(st: State, s: Session, reason: EndReason) -> None:
 
 def on_offer_deadline(st: State, offer_id: str) -> None:
     offer = st.offers.get(offer_id)
-    if offer is not None:
+    if offer is None:
+        return
+    if not st.reps[offer.rep_id].connected:
+        # Only an offer kept across a restart can wait for a rep with no console; if the
+        # rep is not back by its deadline, that was the restart, not the rep.
+        rescind(st, st.sessions[offer.session_id], RescindReason.SERVER_RESTARTED)
+    else:
         decline(st, offer, timed_out=True)
 
 
