@@ -239,3 +239,96 @@ async def test_memory_mode_keeps_nothing_and_says_so(tmp_path, caplog):
         await live.close()
     assert "STORAGE MODE IS MEMORY" in caplog.text
     assert not (tmp_path / "desk.sqlite3").exists()
+
+
+async def test_a_full_disk_refuses_calls_applies_nothing_and_recovers(tmp_path):
+    """The journal cannot be written: the call that could not be made durable is
+    refused with UNAVAILABLE, so are the calls after it, consoles are told to come back,
+    and once space returns the desk is rebuilt from what was durable."""
+    live = await live_server(storage_path=str(tmp_path / "desk.sqlite3"))
+    try:
+        ann = await live.console("ann")
+        kept = await live.start(issue_type_id="manual-help")
+        runtime = live.server.runtime
+        journal = runtime.storage.journal
+        pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+        journal._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        refused = None
+        for _ in range(200):
+            try:
+                await live.start(issue_type_id="manual-help", customer=pb.Customer(name="x" * 60))
+            except grpc.aio.AioRpcError as exc:
+                refused = exc
+                break
+        assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert "journal" in refused.details()
+        lost = live._request  # the request id of the refused call
+        await until(lambda: ann.ended is not None)
+        assert ann.ended == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as also:
+            await live.intake.GetSessionStatus(
+                ipb.GetSessionStatusRequest(session_id=kept.id), metadata=auth(INTAKE)
+            )
+        assert also.value.code() == grpc.StatusCode.UNAVAILABLE
+        journal._conn.execute("PRAGMA max_page_count = 1073741823")  # space returns
+        await until(lambda: not runtime.failed, seconds=30)
+        waiting = [s.customer.name for s in runtime.engine.sessions()]
+        # The refused call left nothing behind: its request id is free, and it starts a
+        # session now.
+        retried = await live.intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id=f"req-{lost}",
+                customer=pb.Customer(name="x" * 60),
+                issue_type_id="manual-help",
+            ),
+            metadata=auth(INTAKE),
+        )
+        assert retried.session.id not in {s.id for s in runtime.engine.sessions()} - {
+            retried.session.id
+        }
+        assert len(waiting) == lost - 1  # every acknowledged start, and no other
+        ann = await live.console("ann", resume_after=ann.seen[-1].sequence)
+        assert ann.seen[0].welcome.resumed
+    finally:
+        await live.close()
+
+
+async def test_a_corrupt_middle_record_stops_the_start_and_names_its_position(tmp_path):
+    from server.journal import JournalError
+
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
+    for _ in range(3):
+        await live.start(issue_type_id="manual-help")
+    await live.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM snapshot_chunks")
+        db.execute("DELETE FROM snapshots")
+        last = db.execute("SELECT MAX(position) FROM records").fetchone()[0]
+        db.execute("UPDATE records SET body = X'00' WHERE position = ?", (last - 1,))
+    with pytest.raises(JournalError) as refused:
+        await live_server(storage_path=path)
+    assert refused.value.position == last - 1
+    assert f"record {last - 1}" in str(refused.value) and "assigncore journal" in str(refused.value)
+
+
+async def test_a_torn_last_record_is_dropped_and_the_rest_recovers(tmp_path):
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
+    first = await live.start(issue_type_id="manual-help")
+    second = await live.start(issue_type_id="manual-help")
+    await live.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM snapshot_chunks")
+        db.execute("DELETE FROM snapshots")
+        # The records of the stop; then the last one is torn mid-write.
+        rows = db.execute("SELECT position, body FROM records ORDER BY position").fetchall()
+        torn = next(p for p, body in reversed(rows) if b'"req-2"' in body)
+        db.execute("DELETE FROM records WHERE position > ?", (torn,))
+        db.execute("UPDATE records SET body = substr(body, 1, 10) WHERE position = ?", (torn,))
+    live = await live_server(storage_path=path)
+    try:
+        ids = {s.id for s in live.server.runtime.engine.sessions()}
+        assert first.id in ids and second.id not in ids
+    finally:
+        await live.close()
