@@ -1,16 +1,30 @@
-"""`assigncore serve [--config FILE] [--listen HOST:PORT]`"""
+"""The `assigncore` command.
+
+    assigncore serve    [--config FILE] [--listen HOST:PORT]
+    assigncore backup   [--config FILE | --path DESK_FILE] DEST    (while serving)
+    assigncore restore  [--config FILE | --path DESK_FILE] BACKUP  (server stopped)
+    assigncore journal  [--config FILE | --path DESK_FILE] [--from N] [--to N]
+    assigncore snapshot [--config FILE | --path DESK_FILE]         (while serving)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import json
 import logging
+import os
 import signal
+import sqlite3
 import sys
+import zlib
+from typing import Any
 
+from . import durable, storage
 from .app import create_server
 from .config import ConfigError, Settings, load
+from .journal import JournalError
 
 log = logging.getLogger("assigncore.server")
 
@@ -41,12 +55,73 @@ async def serve(settings: Settings, show_demo_tokens: bool) -> None:
     await server.stop()
 
 
+def _desk_file(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.path or settings.storage_path)
+
+
+def journal_dump(path: str, start: int, end: int | None, out: Any = sys.stdout) -> int:
+    """Every record from `start` to `end` as one JSON line each, for support and audits.
+    A record whose checksum does not match is shown as such (with its first bytes) and
+    the dump goes on: this is the tool to inspect one."""
+    conn = storage.journal_connection(path)
+    bad = 0
+    try:
+        rows = conn.execute(
+            "SELECT position, checksum, body FROM records WHERE position >= ? AND position <= ? "
+            "ORDER BY position",
+            (start, end if end is not None else 2**62),
+        )
+        for position, checksum, body in rows:
+            body = bytes(body)
+            line: dict[str, Any] = {"position": position}
+            if zlib.crc32(body) != checksum:
+                bad += 1
+                line["error"] = "checksum mismatch: this record is corrupt"
+                line["first_bytes"] = body[:64].hex()
+            else:
+                try:
+                    line["records"] = json.loads(body)
+                except ValueError:
+                    line["error"] = "not JSON"
+            out.write(json.dumps(line, sort_keys=True) + "\n")
+    finally:
+        conn.close()
+    return 1 if bad else 0
+
+
+def snapshot_now(path: str, settings: Settings) -> int:
+    """Replays the desk file (newest snapshot, then the journal) in this process and
+    writes a snapshot at the position reached: the server never pauses for it."""
+    desk, position = durable.load(path, settings)
+    if desk is None:
+        print(f"assigncore: {path} holds no desk yet", file=sys.stderr)
+        return 1
+    storage.write_snapshot(path, position, desk.dump())
+    log.info("wrote a snapshot of %s at journal position %d", path, position)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assigncore", description="assigncore server")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="run the gRPC server")
     run.add_argument("--config", help="desk and server TOML (default: embedded demo desk)")
     run.add_argument("--listen", help="HOST:PORT to listen on (overrides the config)")
+    tools = {
+        "backup": "copy the desk file, consistently, while the server runs",
+        "restore": "replace the desk file with a backup (the server must be stopped)",
+        "journal": "dump journal records as JSON lines (support, audits, inspection)",
+        "snapshot": "write a snapshot now, from a separate process",
+    }
+    for name, text in tools.items():
+        tool = sub.add_parser(name, help=text)
+        tool.add_argument("--config", help="the server's TOML (locates the desk file)")
+        tool.add_argument("--path", help="the desk file itself")
+        if name in ("backup", "restore"):
+            tool.add_argument("file", help="the backup file")
+        if name == "journal":
+            tool.add_argument("--from", dest="start", type=int, default=1)
+            tool.add_argument("--to", dest="end", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -54,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"assigncore: {exc}", file=sys.stderr)
         return 2
+    if args.command != "serve":
+        return _tool(args, settings)
     if args.listen:
         settings.listen = args.listen
     try:
@@ -61,7 +138,29 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"assigncore: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, storage.StorageError, JournalError) as exc:
+        print(f"assigncore: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tool(args: argparse.Namespace, settings: Settings) -> int:
+    path = _desk_file(args, settings)
+    if not os.path.exists(path):
+        print(f"assigncore: no desk file at {path}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "backup":
+            last = storage.backup(path, args.file)
+            print(f"backed up {path} to {args.file} (journal position {last})")
+        elif args.command == "restore":
+            last = storage.restore(args.file, path)
+            print(f"restored {path} from {args.file} (journal position {last})")
+        elif args.command == "journal":
+            return journal_dump(path, args.start, args.end)
+        else:
+            return snapshot_now(path, settings)
+    except (storage.StorageError, JournalError, sqlite3.Error, OSError) as exc:
         print(f"assigncore: {exc}", file=sys.stderr)
         return 1
     return 0

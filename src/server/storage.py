@@ -70,6 +70,13 @@ class Storage:
         self._lock.close()
 
 
+def journal_connection(path: str) -> sqlite3.Connection:
+    """A connection to an existing desk file (never creates one)."""
+    if not os.path.exists(path):
+        raise StorageError(f"no desk file at {path}")
+    return connect(path)
+
+
 # ----------------------------------------------------------------- snapshots
 
 

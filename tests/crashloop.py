@@ -1,0 +1,295 @@
+"""The kill -9 loop: a real server process under a concurrent load of intake, console and
+admin calls, killed with SIGKILL at random moments and started again on the same desk
+file, then checked through the API: every acknowledged effect is there.
+
+Used by tests/test_crashloop.py (a few dozen cycles in CI) and benchmarks/soak.py (as
+many as asked for). Checked after each restart:
+
+- every acknowledged StartSession is there: retrying its request_id returns the same
+  session (none lost, none duplicated), and no session id ever names two sessions;
+- every acknowledged accept left its session ACTIVE (or ENDED, if its end was
+  acknowledged too), and every acknowledged end left it ENDED;
+- no session is owned twice: the reps' loads add up to the active sessions;
+- every acknowledged revocation holds; every acknowledged token works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from server.gen.assigncore.v1 import admin_service_pb2 as apb
+from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+ADMIN = "crash-admin-token-0123456789"
+INTAKE = "crash-intake-token-0123456789"
+REPS = [f"r{i}" for i in range(4)]
+MAX_LIVE = 30  # sessions not ended at once (so each check can read every one)
+
+
+def rep_token(rep: str) -> str:
+    return f"crash-{rep}-token-0123456789"
+
+
+def desk_toml(snapshot_every: int) -> str:
+    parts = [
+        '[server]\nlisten = "127.0.0.1:0"\nshutdown_grace = 1\nreconnect_grace = 30\n',
+        f"[storage]\nsnapshot_every = {snapshot_every}\n",
+        '[[teams]]\nid = "support"\nalgorithm = "LEAST_BUSY"\noffer_timeout = 5\n',
+        '[[issue_types]]\nid = "help"\nteam = "support"\n',
+        f'[[tokens]]\nkind = "admin"\nsecret = "{ADMIN}"\n',
+        f'[[tokens]]\nkind = "intake"\nsecret = "{INTAKE}"\n',
+    ]
+    for rep in REPS:
+        parts.append(
+            f'[[reps]]\nid = "{rep}"\nteams = ["support"]\n'
+            "permissions = { max_concurrent_sessions = 3 }\n"
+        )
+        parts.append(f'[[tokens]]\nkind = "rep"\nrep = "{rep}"\nsecret = "{rep_token(rep)}"\n')
+    return "\n".join(parts)
+
+
+def md(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass
+class Acknowledged:
+    """What the server acknowledged, over all cycles."""
+
+    started: dict[str, str] = field(default_factory=dict)  # request id -> session id
+    accepted: set[str] = field(default_factory=set)  # session ids
+    ended: set[str] = field(default_factory=set)
+    revoked: set[str] = field(default_factory=set)  # token secrets
+    issued: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)  # request ids sent, reply not seen
+    live: set[str] = field(default_factory=set)  # sessions not known to have ended
+    requests: int = 0  # request ids handed out (acknowledged or not)
+    checked: int = 0  # acknowledged starts checked in full so far
+
+
+class Server:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config)],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                break
+        else:
+            raise RuntimeError(f"the server exited ({self.proc.wait()}) before listening")
+        # Keep reading its log so it never blocks on a full pipe.
+        stream = self.proc.stderr
+        asyncio.get_running_loop().run_in_executor(None, lambda: stream.read())
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_request(request_id: str) -> ipb.StartSessionRequest:
+    return ipb.StartSessionRequest(
+        request_id=request_id,
+        customer=pb.Customer(name=f"customer {request_id}"),
+        issue_type_id="help",
+    )
+
+
+async def load(port: int, acked: Acknowledged, rng: random.Random) -> None:
+    """Runs until cancelled (or the server dies): customers arrive, consoles accept and
+    end sessions, an admin issues and revokes tokens."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        intake = igrpc.IntakeServiceStub(channel)
+        admin = agrpc.AdminServiceStub(channel)
+
+        async def customers() -> None:
+            while True:
+                if len(acked.live) + len(acked.unknown) >= MAX_LIVE:
+                    await asyncio.sleep(0.01)
+                    continue
+                acked.requests += 1
+                request_id = f"q{acked.requests}"
+                acked.unknown.add(request_id)
+                reply = await intake.StartSession(start_request(request_id), metadata=md(INTAKE))
+                acked.unknown.discard(request_id)
+                acked.started[request_id] = reply.session.id
+                acked.live.add(reply.session.id)
+                await asyncio.sleep(rng.random() * 0.01)
+
+        async def console(rep: str) -> None:
+            stub = cgrpc.RepConsoleServiceStub(channel)
+            feed = stub.Subscribe(cpb.SubscribeRequest(), metadata=md(rep_token(rep)))
+            async for event in feed:
+                if event.WhichOneof("event") != "offer_made":
+                    continue
+                offer = event.offer_made
+                await stub.AnswerOffer(
+                    cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True),
+                    metadata=md(rep_token(rep)),
+                )
+                acked.accepted.add(offer.session.id)
+                asyncio.get_running_loop().create_task(end_later(stub, rep, offer.session.id))
+
+        async def end_later(stub: cgrpc.RepConsoleServiceStub, rep: str, session_id: str) -> None:
+            await asyncio.sleep(rng.random() * 0.3)  # some are still active at the kill
+            await stub.EndSession(
+                cpb.EndSessionRequest(session_id=session_id), metadata=md(rep_token(rep))
+            )
+            acked.ended.add(session_id)
+            acked.live.discard(session_id)
+
+        async def tokens() -> None:
+            while True:
+                issued = await admin.IssueAccessToken(
+                    apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_INTAKE), metadata=md(ADMIN)
+                )
+                acked.issued.add(issued.secret)
+                if rng.random() < 0.5:
+                    acked.issued.discard(issued.secret)  # revoked or not: unknown till acked
+                    await admin.RevokeAccessToken(
+                        apb.RevokeAccessTokenRequest(token_id=issued.access_token.token_id),
+                        metadata=md(ADMIN),
+                    )
+                    acked.revoked.add(issued.secret)
+                await asyncio.sleep(0.02)
+
+        tasks = [customers(), customers(), tokens(), *(console(r) for r in REPS)]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def sample(acked: Acknowledged, rng: random.Random) -> list[tuple[str, str]]:
+    """The starts acknowledged since the last check, and a sample of the older ones."""
+    items = list(acked.started.items())
+    new, old = items[acked.checked :], items[: acked.checked]
+    acked.checked = len(items)
+    return rng.sample(old, min(len(old), 200)) + new
+
+
+async def check(port: int, acked: Acknowledged, rng: random.Random) -> dict[str, int]:
+    """Every acknowledged effect is present (see the module's docstring)."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        intake = igrpc.IntakeServiceStub(channel)
+        admin = agrpc.AdminServiceStub(channel)
+        # A start whose reply was lost may or may not have happened: its retry says
+        # which (the same session, or a new one), so every session is known from here.
+        for request_id in sorted(acked.unknown):
+            reply = await intake.StartSession(start_request(request_id), metadata=md(INTAKE))
+            acked.started[request_id] = reply.session.id
+            acked.live.add(reply.session.id)
+        acked.unknown.clear()
+        ids: dict[str, str] = {}
+        for request_id, session_id in sample(acked, rng):
+            again = await intake.StartSession(start_request(request_id), metadata=md(INTAKE))
+            assert again.session.id == session_id, f"{request_id} lost or duplicated"
+        for request_id, session_id in acked.started.items():
+            assert ids.setdefault(session_id, request_id) == request_id, "an id was reused"
+        states: dict[str, int] = {}
+        for session_id in sorted(acked.live | (acked.accepted - acked.ended)):
+            status = await intake.GetSessionStatus(
+                ipb.GetSessionStatusRequest(session_id=session_id), metadata=md(INTAKE)
+            )
+            states[session_id] = status.state
+        for sid in acked.accepted - acked.ended:
+            # ENDED: its end may have been applied without its reply getting out.
+            assert states[sid] in (pb.SESSION_STATE_ACTIVE, pb.SESSION_STATE_ENDED), (
+                f"accepted {sid} is {states[sid]}"
+            )
+        for sid in sorted(acked.ended)[-50:]:
+            status = await intake.GetSessionStatus(
+                ipb.GetSessionStatusRequest(session_id=sid), metadata=md(INTAKE)
+            )
+            assert status.state == pb.SESSION_STATE_ENDED, f"ended {sid} came back"
+        reps = await admin.ListReps(apb.ListRepsRequest(page_size=500), metadata=md(ADMIN))
+        active = sum(1 for s in states.values() if s == pb.SESSION_STATE_ACTIVE)
+        owned = sum(r.load for r in reps.reps)  # nothing is shared in this load
+        assert owned == active, f"{active} active sessions, but reps own {owned}"
+        acked.live -= {sid for sid, state in states.items() if state == pb.SESSION_STATE_ENDED}
+        acked.accepted -= {sid for sid, st in states.items() if st == pb.SESSION_STATE_ENDED}
+        for secret in acked.revoked:
+            try:
+                await intake.GetSessionStatus(
+                    ipb.GetSessionStatusRequest(session_id="ses_0"), metadata=md(secret)
+                )
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAUTHENTICATED, "a revocation was lost"
+            else:
+                raise AssertionError("a revoked token works again")
+        for secret in list(acked.issued)[-20:]:
+            try:
+                await intake.GetSessionStatus(
+                    ipb.GetSessionStatusRequest(session_id="ses_0"), metadata=md(secret)
+                )
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND, f"issued token: {exc.details()}"
+        return {"sessions": len(acked.started), "active": active, "revoked": len(acked.revoked)}
+
+
+async def run(workdir: Path, cycles: int, seed: int = 1, snapshot_every: int = 200) -> dict:
+    """`cycles` kill -9 cycles; returns what was checked."""
+    rng = random.Random(seed)
+    config = workdir / "crash-desk.toml"
+    config.write_text(desk_toml(snapshot_every))
+    server = Server(config)
+    acked = Acknowledged()
+    checked: dict[str, int] = {}
+    try:
+        server.start()
+        for _ in range(cycles):
+            work = asyncio.get_running_loop().create_task(load(server.port, acked, rng))
+            await asyncio.sleep(0.2 + rng.random() * 0.8)
+            server.kill()
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            server.start()
+            checked = await check(server.port, acked, rng)
+    finally:
+        server.stop()
+    return {
+        "cycles": cycles,
+        "acknowledged_starts": len(acked.started),
+        "acknowledged_accepts": len(acked.accepted),
+        "acknowledged_ends": len(acked.ended),
+        **checked,
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover - see benchmarks/soak.py
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(asyncio.run(run(Path(tmp), int(os.environ.get("CYCLES", "3")))))

@@ -1,0 +1,20 @@
+"""The kill -9 loop in CI (tests/crashloop.py; benchmarks/soak.py runs it longer)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from .crashloop import run
+
+CYCLES = int(os.environ.get("ASSIGNCORE_CRASH_CYCLES", "30"))
+
+
+@pytest.mark.timeout(900)
+async def test_every_acknowledged_command_survives_kill_9(tmp_path):
+    result = await run(tmp_path, CYCLES, seed=11, snapshot_every=150)
+    assert result["cycles"] == CYCLES
+    # The load really ran: work was acknowledged and checked across the kills.
+    assert result["acknowledged_starts"] > CYCLES
+    assert result["acknowledged_accepts"] > 0 and result["revoked"] > 0
