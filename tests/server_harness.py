@@ -238,11 +238,11 @@ class Live:
         )
         return response.session
 
-    async def close(self) -> None:
+    async def close(self, snapshot: bool = True) -> None:
         for c in self.consoles:
             c.task.cancel()
         await self.channel.close()
-        await self.server.stop(0.2)
+        await self.server.stop(0.2, snapshot=snapshot)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 

@@ -51,16 +51,17 @@ class Server:
         for name in ["", *SERVICES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, snapshot: bool = True) -> None:
         """Graceful stop: health says NOT_SERVING, console streams are told the server is
-        draining and end, then RPCs in flight get `grace` seconds to finish."""
+        draining and end, then RPCs in flight get `grace` seconds to finish; the last
+        records are made durable and (with `snapshot`) a snapshot is written."""
         grace = self.runtime.settings.shutdown_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
         self.runtime.hub.drain()
         await asyncio.sleep(0)  # let the streams send their last event
         await self.grpc.stop(grace)
         await self.runtime.stop()
-        await self.runtime.close()
+        await self.runtime.close(snapshot)
 
     async def wait_for_termination(self) -> None:
         await self.grpc.wait_for_termination()

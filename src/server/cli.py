@@ -1,10 +1,10 @@
 """The `assigncore` command.
 
-    assigncore serve    [--config FILE] [--listen HOST:PORT]
-    assigncore backup   [--config FILE | --path DESK_FILE] DEST    (while serving)
-    assigncore restore  [--config FILE | --path DESK_FILE] BACKUP  (server stopped)
-    assigncore journal  [--config FILE | --path DESK_FILE] [--from N] [--to N]
-    assigncore snapshot [--config FILE | --path DESK_FILE]         (while serving)
+assigncore serve    [--config FILE] [--listen HOST:PORT]
+assigncore backup   [--config FILE | --path DESK_FILE] DEST    (while serving)
+assigncore restore  [--config FILE | --path DESK_FILE] BACKUP  (server stopped)
+assigncore journal  [--config FILE | --path DESK_FILE] [--from N] [--to N]
+assigncore snapshot [--config FILE | --path DESK_FILE]         (while serving)
 """
 
 from __future__ import annotations
