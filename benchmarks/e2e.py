@@ -7,7 +7,10 @@
   lifecycles in flight.
 
 The server runs as a separate process (`python -m server.cli serve`) with 1,000 team
-queues and 1,000 reps whose consoles are connected and streaming throughout.
+queues and 1,000 reps whose consoles are connected and streaming throughout. It runs
+twice in the same run, with the journal off (`[storage] mode = "memory"`) and on (the
+default: SQLite, synchronous=FULL, group commit); the figures of each and their ratios
+are reported, and with the journal on, the journal's bytes and entries per lifecycle.
 
     python benchmarks/e2e.py --json            # full run
     python benchmarks/e2e.py --json --quick    # under 60 s
@@ -20,10 +23,12 @@ import asyncio
 import json
 import os
 import re
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -46,8 +51,12 @@ def rep_token(i: int) -> str:
     return f"bench-rep-{i}-token-0123456789"
 
 
-def desk(n: int) -> str:
-    parts = ["[server]\nmax_concurrent_rpcs = 50000\nshutdown_grace = 1\n"]
+def desk(n: int, journal: bool) -> str:
+    mode = "file" if journal else "memory"
+    parts = [
+        "[server]\nmax_concurrent_rpcs = 50000\nshutdown_grace = 1\n",
+        f'[storage]\nmode = "{mode}"\nsnapshot_every = 0\n',
+    ]
     for i in range(n):
         parts.append(
             f'[[teams]]\nid = "t{i}"\nalgorithm = "LEAST_BUSY"\noffer_timeout = 60\n'
@@ -99,7 +108,16 @@ def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-async def run(port: int, n: int, quick: bool) -> dict:
+def journal_size(path: Path) -> tuple[int, int]:
+    """(bytes of record bodies, entries) in the desk file so far."""
+    if not path.exists():
+        return 0, 0
+    with sqlite3.connect(path) as db:
+        size, count = db.execute("SELECT SUM(LENGTH(body)), COUNT(*) FROM records").fetchone()
+    return int(size or 0), int(count or 0)
+
+
+async def run(port: int, n: int, quick: bool, desk_file: Path) -> dict:
     target = f"127.0.0.1:{port}"
     own_connection = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=own_connection) for _ in range(CHANNELS)]
@@ -164,9 +182,11 @@ async def run(port: int, n: int, quick: bool) -> dict:
             await consoles.answer(i, await consoles.offers[i].get())
             done += 1
 
+    size0, entries0 = journal_size(desk_file)
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(workers)))
     elapsed = time.perf_counter() - t0
+    size1, entries1 = journal_size(desk_file)
 
     for task in consoles.tasks:
         task.cancel()
@@ -184,54 +204,74 @@ async def run(port: int, n: int, quick: bool) -> dict:
         "lifecycles_per_s": round(done / elapsed, 1),
         "lifecycles_in_flight": workers,
         "samples": {"floor": len(floor), "offer": len(offer_lat), "lifecycles": done},
+        "journal_bytes_per_lifecycle": round((size1 - size0) / done, 1) if size1 else None,
+        "journal_entries_per_lifecycle": round((entries1 - entries0) / done, 2) if size1 else None,
     }
+
+
+def serve(tmp: str, reps: int, journal: bool, quick: bool) -> dict:
+    """Starts a server with the journal on or off, measures, stops it."""
+    config = Path(tmp) / f"bench-desk-{'on' if journal else 'off'}.toml"
+    config.write_text(desk(reps, journal))
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ASSIGNCORE_ADMIN_TOKEN": "bench-admin-token-0123456789"},
+    )
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = server.stderr.readline()
+            if not line and server.poll() is not None:
+                sys.exit("the server exited before listening")
+            found = re.search(r"listening on [\d.]+:(\d+)", line)
+            port = int(found.group(1)) if found else None
+        if port is None:
+            sys.exit("the server did not start in time")
+        threading.Thread(target=server.stderr.read, daemon=True).start()  # never blocks
+        return asyncio.run(run(port, reps, quick, config.with_suffix(".sqlite3")))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="fewer samples, under 60 s")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, under 90 s")
     parser.add_argument("--reps", type=int, default=1000)
     args = parser.parse_args()
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "bench-desk.toml"
-        config.write_text(desk(args.reps))
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "ASSIGNCORE_ADMIN_TOKEN": "bench-admin-token-0123456789"},
-        )
-        try:
-            port = None
-            deadline = time.monotonic() + 120
-            while port is None and time.monotonic() < deadline:
-                line = server.stderr.readline()
-                if not line and server.poll() is not None:
-                    sys.exit("the server exited before listening")
-                found = re.search(r"listening on [\d.]+:(\d+)", line)
-                port = int(found.group(1)) if found else None
-            if port is None:
-                sys.exit("the server did not start in time")
-            t0 = time.perf_counter()
-            result = asyncio.run(run(port, args.reps, args.quick))
-            result["elapsed_s"] = round(time.perf_counter() - t0, 1)
-            result["quick"] = args.quick
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        off = serve(tmp, args.reps, journal=False, quick=args.quick)
+        on = serve(tmp, args.reps, journal=True, quick=args.quick)
+    for part in (off, on):
+        part.pop("reps_streaming"), part.pop("team_queues")
+    off.pop("journal_bytes_per_lifecycle"), off.pop("journal_entries_per_lifecycle")
+    result = {
+        "reps_streaming": args.reps,
+        "team_queues": args.reps,
+        "journal_off": off,
+        "journal_on": on,
+        "journal_on_to_off_lifecycles": round(on["lifecycles_per_s"] / off["lifecycles_per_s"], 2),
+        "journal_on_to_off_offer_p50": round(on["offer_p50_us"] / off["offer_p50_us"], 2),
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "quick": args.quick,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:

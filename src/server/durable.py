@@ -286,6 +286,11 @@ class Desk:
 def load(path: str, settings: Settings) -> tuple[Desk | None, int]:
     """The desk stored at `path` (its newest valid snapshot, then the journal after it)
     and the journal position it reflects; (None, 0) for a new file."""
+    with snapshot.no_gc():
+        return _load(path, settings)
+
+
+def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
     desk, position = None, 0
     for position, data in valid_snapshots(path):
         try:

@@ -237,10 +237,12 @@ class Hub:
     def audience(self, queue: QueueRef) -> list[str]:
         """The subscribed reps who can see a queue: only they get events. For the general
         queue this walks the feeds, not every rep of the desk."""
+        if not self.feeds:
+            return []
         if queue.kind is QueueKind.GENERAL:
             reps = (self.engine.find_rep(r) for r in self.feeds)
             return [r.id for r in reps if r is not None and self.engine.can_see(r, queue)]
-        return [r for r in self.engine.queue_audience(queue) if r in self.feeds]
+        return self.engine.queue_audience(queue, self.feeds)
 
     # ------------------------------------------------------------- engine listener
 
