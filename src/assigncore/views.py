@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, fields, is_dataclass
 from enum import Enum
-from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from . import validation as v
@@ -106,9 +106,7 @@ def offers(st: State) -> list[Offer]:
     return list(st.offers.values())
 
 
-def queue_audience(
-    st: State, queue: QueueRef, among: Collection[str] | None = None
-) -> list[str]:
+def queue_audience(st: State, queue: QueueRef, among: Collection[str] | None = None) -> list[str]:
     """The reps who can see a queue (whose consoles list it); with `among`, only those
     in it, walking whichever of the two is smaller (a team of a thousand reps with three
     consoles open costs three lookups). The order is deterministic either way."""

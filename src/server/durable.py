@@ -15,6 +15,7 @@ as plain data.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -46,7 +47,7 @@ log = logging.getLogger("assigncore.server")
 DESK_CREATED = "server.desk_created"  # (secret hex, engine config): the first record
 TOKEN_ISSUED = "server.token_issued"  # (id, sha-256 hex, kind, rep id, description)
 TOKEN_REVOKED = "server.token_revoked"  # (id,)
-IDEMPOTENT = "server.idempotent"  # (portal, request id, fingerprint hex, type, body hex)
+IDEMPOTENT = "server.idempotent"  # (portal, request id, fingerprint hex, type, body base64)
 FEED_OPENED = "server.feed_opened"  # (rep id,): a rep's first console stream
 
 SNAPSHOT_FORMAT = b"assigncore-desk/1\n"
@@ -177,7 +178,7 @@ class Desk:
                 key[1],
                 fingerprint.hex(),
                 result.DESCRIPTOR.full_name,
-                result.SerializeToString(deterministic=True).hex(),
+                base64.b64encode(result.SerializeToString(deterministic=True)).decode(),
             )
 
         self.engine.on_command = lambda record: sink(dumps(to_plain(record)))
@@ -204,7 +205,7 @@ class Desk:
             cls = message_factory.GetMessageClass(
                 descriptor_pool.Default().FindMessageTypeByName(type_name)
             )
-            result = cls.FromString(bytes.fromhex(body))
+            result = cls.FromString(base64.b64decode(body, validate=True))
             self.idempotency.put(
                 (portal, request_id), bytes.fromhex(fingerprint), record.time, result
             )
