@@ -83,17 +83,19 @@ def _dispatch_table() -> dict[type, Any]:
     table: dict[type, Any] = dict(copyreg.dispatch_table)
     for module in (model, timers, state):
         for cls in vars(module).values():
-            mine = isinstance(cls, type) and cls.__module__ == module.__name__
-            if not (mine and is_dataclass(cls)):
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            kind: type = cls
+            if not is_dataclass(kind):
                 continue
             names = [f.name for f in fields(cls)]
             if hasattr(cls, "__post_init__") or not all(f.init for f in fields(cls)):
                 continue
             getter = operator.attrgetter(*names)
             if len(names) == 1:
-                table[cls] = lambda obj, cls=cls, get=getter: (cls, (get(obj),))
+                table[kind] = lambda obj, cls=cls, get=getter: (cls, (get(obj),))
             else:
-                table[cls] = lambda obj, cls=cls, get=getter: (cls, get(obj))
+                table[kind] = lambda obj, cls=cls, get=getter: (cls, get(obj))
     return table
 
 
