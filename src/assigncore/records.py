@@ -92,36 +92,47 @@ def _enc(x: Any) -> Any:
     if isinstance(x, dict):
         if not all(isinstance(k, str) for k in x):
             raise RecordError("a record's maps have string keys")
-        return {"$d": {k: _enc(v) for k, v in x.items()}}
+        return {"$d": [[k, _enc(v)] for k, v in sorted(x.items())]}
     raise RecordError(f"{type(x).__name__} is not a record type")
 
 
-def _dec(x: Any) -> Any:
-    if x is None or isinstance(x, bool | int | float | str):
-        return x
-    if isinstance(x, list):
-        return [_dec(i) for i in x]
-    if not isinstance(x, dict) or len(x) not in (1, 2):
+_FIELDS = {name: frozenset(f.name for f in fields(cls)) for name, cls in _CLASSES.items()}  # type: ignore[arg-type]
+
+
+def _hook(x: dict[str, Any]) -> Any:
+    """Turns a tagged JSON object into its value while the JSON is parsed (bottom-up:
+    its contents are done already). Untagged objects (a record, its keyword arguments,
+    a dataclass's fields) are left as they are; a map is tagged and held as pairs, so
+    no map a caller passed can be mistaken for a tag."""
+    if len(x) == 1:
+        if "$t" in x:
+            items = x["$t"]
+            if type(items) is list:
+                return tuple(items)
+        elif "$d" in x:
+            pairs = x["$d"]
+            if type(pairs) is list and all(
+                type(p) is list and len(p) == 2 and type(p[0]) is str for p in pairs
+            ):
+                return dict(pairs)
+        else:
+            return x
         raise RecordError("not a record value")
-    if "$t" in x and isinstance(x["$t"], list):
-        return tuple(_dec(i) for i in x["$t"])
-    if "$d" in x and isinstance(x["$d"], dict):
-        return {k: _dec(v) for k, v in x["$d"].items()}
-    if "$e" in x:
-        enum = _ENUMS.get(x["$e"])
-        if enum is None or x.get("v") not in enum.__members__:
-            raise RecordError("an unknown enum value")
-        return enum[x["v"]]
-    if "$c" in x:
-        cls = _CLASSES.get(x["$c"])
-        values = x.get("f")
-        if cls is None or not isinstance(values, dict):
-            raise RecordError("an unknown record type")
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        if set(values) - names:
-            raise RecordError(f"unknown fields of {x['$c']}")
-        return cls(**{k: _dec(v) for k, v in values.items()})
-    raise RecordError("not a record value")
+    if len(x) == 2:
+        if "$e" in x:
+            enum = _ENUMS.get(x["$e"])
+            if enum is None or x.get("v") not in enum.__members__:
+                raise RecordError("an unknown enum value")
+            return enum[x["v"]]
+        if "$c" in x:
+            name, values = x["$c"], x.get("f")
+            cls = _CLASSES.get(name) if type(name) is str else None
+            if cls is None or type(values) is not dict:
+                raise RecordError("an unknown record type")
+            if not _FIELDS[name].issuperset(values):
+                raise RecordError(f"unknown fields of {name}")
+            return cls(**values)
+    return x
 
 
 def to_plain(record: CommandRecord) -> dict[str, Any]:
@@ -145,24 +156,33 @@ def encode(record: CommandRecord) -> bytes:
 
 
 def decode(data: bytes) -> CommandRecord:
+    records = decode_many(b"[" + data + b"]")
+    if len(records) != 1:
+        raise RecordError("not a record")
+    return records[0]
+
+
+def decode_many(data: bytes) -> list[CommandRecord]:
+    """The records of a JSON list of them (a journal entry)."""
     try:
-        body = json.loads(data)
+        body = json.loads(data, object_hook=_hook)
     except (ValueError, UnicodeDecodeError):
         raise RecordError("not a record: not JSON") from None
-    return from_plain(body)
+    except TypeError:  # a dataclass given fields it does not take in that form
+        raise RecordError("not a record value") from None
+    if not isinstance(body, list):
+        raise RecordError("a list of records")
+    return [_record(item) for item in body]
 
 
-def from_plain(body: Any) -> CommandRecord:
-    """The inverse of `to_plain`."""
+def _record(body: Any) -> CommandRecord:
     if not isinstance(body, dict) or set(body) != {"v", "c", "t", "a", "k"}:
         raise RecordError("not a record")
     if body["v"] != RECORD_VERSION:
         raise RecordError(f"record version {body['v']!r}; this build reads {RECORD_VERSION}")
     command, time, args, kwargs = body["c"], body["t"], body["a"], body["k"]
-    if not isinstance(command, str) or not isinstance(time, int | float):
+    if not isinstance(command, str) or not isinstance(time, int | float) or isinstance(time, bool):
         raise RecordError("not a record")
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise RecordError("not a record")
-    return CommandRecord(
-        command, float(time), tuple(_dec(a) for a in args), {k: _dec(v) for k, v in kwargs.items()}
-    )
+    return CommandRecord(command, float(time), tuple(args), kwargs)

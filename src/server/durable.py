@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import logging
 import pickle
 import struct
@@ -32,7 +31,7 @@ from google.protobuf import descriptor_pool, message_factory
 from assigncore import snapshot
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError, InvalidArgument
-from assigncore.records import CommandRecord, RecordError, dumps, from_plain, to_plain
+from assigncore.records import CommandRecord, RecordError, decode_many, dumps, to_plain
 
 from .auth import Principal, PrincipalKind, TokenRecord, TokenStore
 from .config import Settings
@@ -106,13 +105,7 @@ def encode_entry(bodies: Iterable[bytes]) -> bytes:
 
 
 def decode_entry(body: bytes) -> list[CommandRecord]:
-    try:
-        items = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RecordError("a journal entry that is not JSON") from None
-    if not isinstance(items, list):
-        raise RecordError("a journal entry is a list of records")
-    return [from_plain(item) for item in items]
+    return decode_many(body)
 
 
 class _PlainOnly(pickle.Unpickler):
