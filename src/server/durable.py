@@ -21,6 +21,7 @@ import io
 import logging
 import pickle
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -267,9 +268,9 @@ class Desk:
             principal = Principal(PrincipalKind(kind), rep_id, token_id)
             desk.tokens.put(TokenRecord(token_id, digest, principal, description, created))
         pool = descriptor_pool.Default()
-        for portal, request_id, fingerprint, time, type_name, body in rest["idempotency"]:
+        for portal, request_id, fingerprint, stored, type_name, body in rest["idempotency"]:
             result = message_factory.GetMessageClass(pool.FindMessageTypeByName(type_name))
-            desk.idempotency.put((portal, request_id), fingerprint, time, result.FromString(body))
+            desk.idempotency.put((portal, request_id), fingerprint, stored, result.FromString(body))
         for rep_id, seq, buffer in rest["feeds"]:
             f = desk.hub.feeds[rep_id] = Feed(desk.hub.buffer_size)
             f.seq = f.released = seq
@@ -286,9 +287,11 @@ def load(path: str, settings: Settings) -> tuple[Desk | None, int]:
 
 def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
     desk, position = None, 0
+    started = time.perf_counter()
     for position, data in valid_snapshots(path):
         try:
             desk = Desk.restore(data, settings)
+            del data
             break
         except (snapshot.SnapshotError, KeyError, ValueError) as exc:
             log.warning(
@@ -299,8 +302,14 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
             )
             desk, position = None, 0
     if desk is not None:
-        log.info("restored the snapshot at journal position %d", position)
+        log.info(
+            "restored the snapshot at journal position %d in %.1f s",
+            position,
+            time.perf_counter() - started,
+        )
+    started, replayed = time.perf_counter(), 0
     for at, body in read_records(path, after=position):
+        replayed += 1
         try:
             entry = decode_entry(body)
             if desk is None:
@@ -320,4 +329,6 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
                 at,
             ) from None
         position = at
+    if replayed:
+        log.info("replayed %d journal entries in %.1f s", replayed, time.perf_counter() - started)
     return desk, position
