@@ -131,7 +131,8 @@ def create_team(
     team = Team(team_id, name, kind, st.teams_table.add(int(settings.algorithm)), settings)
     st.teams[team_id] = team
     st.team_by_ord.append(team)
-    index = st.queues[team_queue(team_id)] = QueueIndex(team=True)
+    ref = team_queue(team_id)
+    index = st.queues[ref] = QueueIndex(ref)
     st.team_index.append(index)
     st.team_eligible.append(0)
     st.emit(DirectoryChanged(st.now, "team", team_id, "created"))
@@ -250,7 +251,8 @@ def create_rep(
     rep = Rep(rep_id, name, st.reps_table.add(), skill_map, perms, auto_assign, audible_alerts)
     st.reps[rep_id] = rep
     st.rep_by_ord.append(rep)
-    st.queues[personal_queue(rep_id)] = QueueIndex(team=False)
+    ref = personal_queue(rep_id)
+    st.queues[ref] = QueueIndex(ref)
     write_skills(st, rep)
     for t in team_ids:
         join_team(st, st.teams[t], rep)

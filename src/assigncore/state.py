@@ -161,7 +161,7 @@ class State:
         self.invitations: dict[str, Invitation] = {}
         self.reported: dict[str, frozenset[IneligibleReason]] = {}
         # queue order
-        self.queues: dict[QueueRef, QueueIndex] = {GENERAL_QUEUE: QueueIndex(team=False)}
+        self.queues: dict[QueueRef, QueueIndex] = {GENERAL_QUEUE: QueueIndex(GENERAL_QUEUE)}
         self.team_index: list[QueueIndex | None] = []  # by team ordinal
         self.team_eligible: list[int] = []  # eligible members, by team ordinal
         # Teams where an offer may have become possible since the last pass: a session
