@@ -18,6 +18,7 @@ import json
 import os
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,13 +125,27 @@ def build_desk(path: Path, reps: int, sessions: int, tail: int) -> dict:
     }
 
 
+_RECOVER = """
+import json, sys, time
+sys.path.insert(0, {src!r})
+from server import config, durable
+settings = config.Settings(storage_mode="file", storage_path={path!r})
+t0 = time.perf_counter()
+desk, position = durable.load({path!r}, settings)
+elapsed = time.perf_counter() - t0
+waiting = sum(1 for s in desk.engine.sessions() if s.state.value == "WAITING")
+print(json.dumps([elapsed, waiting]))
+"""
+
+
 def recover(path: Path) -> tuple[float, int]:
-    settings = config.Settings(storage_mode="file", storage_path=str(path))
-    t0 = time.perf_counter()
-    desk, position = durable.load(str(path), settings)
-    elapsed = time.perf_counter() - t0
-    assert desk is not None
-    waiting = sum(1 for s in desk.engine.sessions() if s.state.value == "WAITING")
+    """Loads the desk in a fresh process, as a restarting server does; (seconds, waiting
+    sessions)."""
+    script = _RECOVER.format(src=str(ROOT / "src"), path=str(path))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    elapsed, waiting = json.loads(done.stdout)
     return elapsed, waiting
 
 

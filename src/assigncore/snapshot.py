@@ -141,18 +141,19 @@ def dump(st: State) -> bytes:
     return buf.getvalue()
 
 
-def restore(data: bytes | memoryview) -> State:
-    """The state `dump` wrote; SnapshotError if it is not one this build can read."""
-    view = memoryview(data)
-    head = len(FORMAT)
-    if bytes(view[:head]) != FORMAT:
+def restore(data: bytes, start: int = 0) -> State:
+    """The state `dump` wrote (at `start` in `data`: read in place, never copied);
+    SnapshotError if it is not one this build can read."""
+    head = start + len(FORMAT)
+    if data[start:head] != FORMAT:
         raise SnapshotError("not an assigncore snapshot")
-    layout = bytes(view[head : head + len(LAYOUT) + 1])
-    if layout != LAYOUT + b"\n":
+    if data[head : head + len(LAYOUT) + 1] != LAYOUT + b"\n":
         raise SnapshotError("written by a build with another state layout")
+    stream = io.BytesIO(data)  # shares the bytes
+    stream.seek(head + len(LAYOUT) + 1)
     try:
         with no_gc():
-            st = _Unpickler(io.BytesIO(view[head + len(LAYOUT) + 1 :])).load()
+            st = _Unpickler(stream).load()
     except SnapshotError:
         raise
     except Exception as exc:

@@ -50,7 +50,7 @@ TOKEN_REVOKED = "server.token_revoked"  # (id,)
 IDEMPOTENT = "server.idempotent"  # (portal, request id, fingerprint hex, type, body base64)
 FEED_OPENED = "server.feed_opened"  # (rep id,): a rep's first console stream
 
-SNAPSHOT_FORMAT = b"assigncore-desk/1\n"
+SNAPSHOT_FORMAT = b"assigncore-desk/2\n"
 
 
 IDEMPOTENCY_CAPACITY = 100_000
@@ -245,20 +245,18 @@ class Desk:
                 for rep_id, f in self.hub.feeds.items()
             ],
         }
-        return b"".join(
-            (SNAPSHOT_FORMAT, struct.pack(">Q", len(engine)), engine, pickle.dumps(rest, 5))
-        )
+        plain = pickle.dumps(rest, 5)
+        return b"".join((SNAPSHOT_FORMAT, struct.pack(">Q", len(plain)), plain, engine))
 
     @classmethod
     def restore(cls, data: bytes, settings: Settings) -> Desk:
-        view = memoryview(data)
         head = len(SNAPSHOT_FORMAT)
-        if bytes(view[:head]) != SNAPSHOT_FORMAT:
+        if data[:head] != SNAPSHOT_FORMAT or len(data) < head + 8:
             raise snapshot.SnapshotError("not an assigncore desk snapshot")
-        (size,) = struct.unpack(">Q", view[head : head + 8])
-        state = snapshot.restore(view[head + 8 : head + 8 + size])
+        (size,) = struct.unpack(">Q", data[head : head + 8])
+        state = snapshot.restore(data, head + 8 + size)
         try:
-            rest = _PlainOnly(io.BytesIO(view[head + 8 + size :])).load()
+            rest = _PlainOnly(io.BytesIO(data[head + 8 : head + 8 + size])).load()
         except snapshot.SnapshotError:
             raise
         except Exception as exc:

@@ -247,9 +247,11 @@ class Hub:
     # ------------------------------------------------------------- engine listener
 
     def on_event(self, e: ev.Event) -> None:
-        handler = getattr(self, "_on_" + type(e).__name__, None)
-        if handler is not None:
-            handler(e)
+        kind = type(e)
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            handler = _HANDLERS[kind] = getattr(Hub, "_on_" + kind.__name__, _ignore)
+        handler(self, e)
 
     def _on_SessionQueued(self, e: ev.SessionQueued) -> None:
         session = self.engine.find_session(e.session_id)
@@ -403,3 +405,11 @@ class Hub:
                 auto_assign=e.auto_assign, audible_alerts=e.audible_alerts
             ),
         )
+
+
+def _ignore(hub: Hub, e: ev.Event) -> None:
+    """Events no console hears of."""
+
+
+# Each event class's handler, looked up once.
+_HANDLERS: dict[type, Callable[[Hub, Any], None]] = {}
