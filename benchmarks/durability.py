@@ -24,12 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
-
-from assigncore.model import Algorithm, Customer, IssueType, QueueSettings  # noqa: E402
-from server import config, durable, storage  # noqa: E402
-from server.journal import Journal  # noqa: E402
+from assigncore.model import Algorithm, Customer, IssueType, QueueSettings
+from server import config, durable, storage
+from server.journal import Journal
 
 BODY = (
     b'[{"a":["r1","off_0123456789abcdef012345678",true],"c":"answer_offer","k":{},"t":1.5,"v":1}]'
@@ -126,8 +123,7 @@ def build_desk(path: Path, reps: int, sessions: int, tail: int) -> dict:
 
 
 _RECOVER = """
-import json, sys, time
-sys.path.insert(0, {src!r})
+import json, time
 from server import config, durable
 settings = config.Settings(storage_mode="file", storage_path={path!r})
 t0 = time.perf_counter()
@@ -141,7 +137,7 @@ print(json.dumps([elapsed, waiting]))
 def recover(path: Path) -> tuple[float, int]:
     """Loads the desk in a fresh process, as a restarting server does; (seconds, waiting
     sessions)."""
-    script = _RECOVER.format(src=str(ROOT / "src"), path=str(path))
+    script = _RECOVER.format(path=str(path))
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
