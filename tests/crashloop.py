@@ -163,13 +163,20 @@ async def load(port: int, acked: Acknowledged, rng: random.Random) -> None:
                     metadata=md(rep_token(rep)),
                 )
                 acked.accepted.add(offer.session.id)
-                asyncio.get_running_loop().create_task(end_later(stub, rep, offer.session.id))
+                ending = asyncio.get_running_loop().create_task(
+                    end_later(stub, rep, offer.session.id)
+                )
+                endings.add(ending)
+                ending.add_done_callback(endings.discard)
 
         async def end_later(stub: cgrpc.RepConsoleServiceStub, rep: str, session_id: str) -> None:
             await asyncio.sleep(rng.random() * 0.3)  # some are still active at the kill
-            await stub.EndSession(
-                cpb.EndSessionRequest(session_id=session_id), metadata=md(rep_token(rep))
-            )
+            try:
+                await stub.EndSession(
+                    cpb.EndSessionRequest(session_id=session_id), metadata=md(rep_token(rep))
+                )
+            except grpc.aio.AioRpcError:
+                return  # the server died: whether it ended is unknown
             acked.ended.add(session_id)
             acked.live.discard(session_id)
 
@@ -188,8 +195,14 @@ async def load(port: int, acked: Acknowledged, rng: random.Random) -> None:
                     acked.revoked.add(issued.secret)
                 await asyncio.sleep(0.02)
 
+        endings: set[asyncio.Task[None]] = set()
         tasks = [customers(), customers(), tokens(), *(console(r) for r in REPS)]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for ending in list(endings):
+                ending.cancel()
+            await asyncio.gather(*endings, return_exceptions=True)
 
 
 def sample(acked: Acknowledged, rng: random.Random) -> list[tuple[str, str]]:
