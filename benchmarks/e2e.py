@@ -117,7 +117,14 @@ def journal_size(path: Path) -> tuple[int, int]:
     return int(size or 0), int(count or 0)
 
 
-async def run(port: int, n: int, quick: bool, desk_file: Path) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) -> dict:
     target = f"127.0.0.1:{port}"
     own_connection = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=own_connection) for _ in range(CHANNELS)]
@@ -183,9 +190,12 @@ async def run(port: int, n: int, quick: bool, desk_file: Path) -> dict:
             done += 1
 
     size0, entries0 = journal_size(desk_file)
+    server0, client0 = cpu_seconds(server_pid), cpu_seconds(os.getpid())
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(workers)))
     elapsed = time.perf_counter() - t0
+    server_cpu = cpu_seconds(server_pid) - server0
+    client_cpu = cpu_seconds(os.getpid()) - client0
     size1, entries1 = journal_size(desk_file)
 
     for task in consoles.tasks:
@@ -198,8 +208,12 @@ async def run(port: int, n: int, quick: bool, desk_file: Path) -> dict:
         "team_queues": n,
         "floor_p50_us": round(p50(floor) * 1e6, 1),
         "floor_p99_us": round(percentile(floor, 99) * 1e6, 1),
+        "floor_p999_us": round(percentile(floor, 99.9) * 1e6, 1),
         "offer_p50_us": round(p50(offer_lat) * 1e6, 1),
         "offer_p99_us": round(percentile(offer_lat, 99) * 1e6, 1),
+        "offer_p999_us": round(percentile(offer_lat, 99.9) * 1e6, 1),
+        "server_cpu_ms_per_lifecycle": round(server_cpu / done * 1e3, 3),
+        "client_cpu_ms_per_lifecycle": round(client_cpu / done * 1e3, 3),
         "offer_to_floor_p50_ratio": round(p50(offer_lat) / p50(floor), 2),
         "lifecycles_per_s": round(done / elapsed, 1),
         "lifecycles_in_flight": workers,
@@ -240,7 +254,8 @@ def serve(tmp: str, reps: int, journal: bool, quick: bool) -> dict:
         if port is None:
             sys.exit("the server did not start in time")
         threading.Thread(target=server.stderr.read, daemon=True).start()  # never blocks
-        return asyncio.run(run(port, reps, quick, config.with_suffix(".sqlite3")))
+        desk_file = config.with_suffix(".sqlite3")
+        return asyncio.run(run(port, reps, quick, desk_file, server.pid))
     finally:
         server.terminate()
         try:
