@@ -134,7 +134,11 @@ SERVICE_ACCESS = {
     "assigncore.v1.IntakeService": {PrincipalKind.INTAKE, PrincipalKind.ADMIN},
     "assigncore.v1.AdminService": {PrincipalKind.ADMIN},
 }
-CONSOLE_SUBSCRIBE = "/assigncore.v1.RepConsoleService/Subscribe"
+# Console streams: a rep holds a few at most; a quiet one is normal (see _wrap).
+CONSOLE_STREAMS = {
+    "/assigncore.v1.RepConsoleService/Subscribe",
+    "/assigncore.v1.RepConsoleService/Connect",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +172,7 @@ async def _read(
     requests: AsyncIterator[bytes],
     context: grpc.aio.ServicerContext,
     deserialize: Callable[[bytes], Any] | None,
-    timeout: float,
+    timeout: float | None,
     end: Any,
 ) -> Any:
     """The next request message, read under a deadline and decoded here, so that a
@@ -216,10 +220,16 @@ async def _timed_messages(
     context: grpc.aio.ServicerContext,
     deserialize: Callable[[bytes], Any] | None,
     timeout: float,
+    first_only: bool = False,
 ) -> AsyncIterator[Any]:
-    """A request stream whose every message must arrive within `timeout` of the last."""
+    """A request stream whose every message must arrive within `timeout` of the last;
+    with `first_only`, only the first (a console stream is quiet while its rep is:
+    it holds only its own slot of the rep's few)."""
+    first = True
     while True:
-        message = await _read(requests, context, deserialize, timeout, _END)
+        limit = timeout if first or not first_only else None
+        first = False
+        message = await _read(requests, context, deserialize, limit, _END)
         if message is _END:
             return
         yield message
@@ -261,7 +271,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"a {principal.kind.value.lower()} token may not call {service}",
             )
-        return self._wrap(handler, principal, console=method == CONSOLE_SUBSCRIBE, counted=True)
+        return self._wrap(handler, principal, console=method in CONSOLE_STREAMS, counted=True)
 
     # ------------------------------------------------------------- budgets
 
@@ -324,7 +334,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if unary_in:
                     return await _first_message(requests, context, deserialize, timeout)
-                return _timed_messages(requests, context, deserialize, timeout)
+                return _timed_messages(requests, context, deserialize, timeout, console)
             except BaseException:
                 release(principal, console, counted)
                 raise

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
+from google.rpc import code_pb2
 
 from assigncore.engine import Engine
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
@@ -15,12 +17,32 @@ from .auth import current_principal
 from .errors import abort, rpc
 from .gen.assigncore.v1 import console_service_pb2 as cpb
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from .hub import StreamEnd, stream_end_status
+from .hub import ConsoleStream, StreamEnd, stream_end_status
 from .runtime import Runtime
 
 
 def me() -> str:
     return current_principal.get().rep_id
+
+
+# The actions a console may send on Connect: the ConnectRequest field, and the RPC it
+# runs as.
+ACTIONS = {
+    "accept_session": "AcceptSession",
+    "answer_offer": "AnswerOffer",
+    "get_next_session": "GetNextSession",
+    "transfer_session": "TransferSession",
+    "end_session": "EndSession",
+    "leave_session": "LeaveSession",
+    "invite_to_session": "InviteToSession",
+    "accept_invitation": "AcceptInvitation",
+    "generate_session_key": "GenerateSessionKey",
+    "report_presence": "ReportPresence",
+    "update_my_settings": "UpdateMySettings",
+    "set_favorite_team": "SetFavoriteTeam",
+    "send_team_chat_message": "SendTeamChatMessage",
+    "mark_team_chat_read": "MarkTeamChatRead",
+}
 
 
 class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
@@ -35,6 +57,56 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
 
     async def Subscribe(
         self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> Any:
+        async for item in self._feed(request, context, None):
+            yield item
+
+    async def Connect(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The feed, with the console's actions on the same stream (see the proto)."""
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("action") != "subscribe":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first message on Connect must be subscribe",
+            )
+            return
+        async for item in self._feed(first.subscribe, context, requests):
+            if isinstance(item, cpb.ActionResult):
+                yield cpb.ConnectResponse(result=item)
+            else:
+                yield cpb.ConnectResponse(event=item)
+
+    async def _act(self, request: cpb.ConnectRequest) -> cpb.ActionResult:
+        """One action from the console stream, run as its unary RPC runs."""
+        result = cpb.ActionResult(action_id=request.action_id)
+        kind = request.WhichOneof("action") or ""
+        method = ACTIONS.get(kind)
+        if method is None:
+            why = "subscribe is the first message only" if kind else "no action given"
+            result.status.code, result.status.message = code_pb2.INVALID_ARGUMENT, why
+            return result
+        reply, status = await getattr(ConsoleServicer, method).invoke(
+            self,
+            getattr(request, kind),
+            None,  # type: ignore[arg-type]
+        )
+        if status is None:
+            getattr(result, kind).CopyFrom(reply)  # type: ignore[arg-type]
+        else:
+            result.status.ParseFromString(status.SerializeToString())
+        return result
+
+    async def _run_actions(self, requests: Any, stream: ConsoleStream) -> None:
+        """Reads the console's actions and runs them one at a time, in order; each
+        result joins the stream's outbox after the events its action caused."""
+        async for request in requests:
+            result = await self._act(request)
+            if stream.ended is not None:
+                return
+            self.rt.hub.push(stream, result)
+
+    async def _feed(
+        self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext, actions: Any
     ) -> Any:
         principal = current_principal.get()
         rep_id, hub = principal.rep_id, self.rt.hub
@@ -51,6 +123,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         missed = feed.since(request.resume_after) if request.resume_after else []
         attached_at = feed.released
         stream = hub.attach(rep_id, principal.token_id)
+        reader = None
         try:
             if not self.engine.rep(rep_id).connected:
                 self.rt.command(self.engine.connect, rep_id)
@@ -72,9 +145,11 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
             else:
                 for msg in missed:
                     yield msg
+            if actions is not None:
+                reader = asyncio.get_running_loop().create_task(self._run_actions(actions, stream))
             while True:
                 item = await stream.next()
-                if isinstance(item, cpb.SubscribeResponse):
+                if isinstance(item, cpb.SubscribeResponse | cpb.ActionResult):
                     yield item
                 elif item is StreamEnd.SIGNED_OUT:
                     return
@@ -88,6 +163,8 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                 else:
                     await context.abort_with_status(stream_end_status(item, feed))
         finally:
+            if reader is not None:
+                reader.cancel()
             if hub.detach(stream) and hub is self.rt.hub:
                 self.rt.lost(rep_id)
 

@@ -52,6 +52,14 @@ def _clip(text: str, limit: int) -> str:
 
 
 def status_for(exc: DomainError) -> grpc.Status:
+    return rpc_status.to_status(_proto(exc))
+
+
+def _plain_proto(code: grpc.StatusCode, message: str) -> status_pb2.Status:
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+
+
+def _proto(exc: DomainError) -> status_pb2.Status:
     code = STATUS_OF.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION)
     status = status_pb2.Status(
         code=getattr(code_pb2, code.name), message=_clip(exc.message, MAX_MESSAGE)
@@ -68,7 +76,7 @@ def status_for(exc: DomainError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(bad)
         status.details.append(detail)
-    return rpc_status.to_status(status)
+    return status
 
 
 def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
@@ -119,32 +127,49 @@ def renamed(exc: InvalidArgument, fields: dict[str, str]) -> InvalidArgument:
     return InvalidArgument.of([(rename(f), d) for f, d in exc.violations])
 
 
+async def invoke(
+    method: Callable[..., Any],
+    fields: dict[str, str] | None,
+    servicer: Any,
+    request: Any,
+    context: Any,
+) -> tuple[Any, status_pb2.Status | None]:
+    """Runs a handler to its reply, made durable (write-ahead: nothing leaves before
+    what it reflects is durable); or to the status it fails with. Used by unary calls
+    and by actions on the console stream alike."""
+    try:
+        if servicer.rt.failed:
+            raise JournalError("the journal cannot be written")
+        reply = await method(servicer, request, context)
+        await servicer.rt.durable()
+        return reply, None
+    except JournalError:
+        return None, _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+    except InvalidArgument as exc:
+        return None, _proto(renamed(exc, fields) if fields else exc)
+    except DomainError as exc:
+        return None, _proto(exc)
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        log.exception("internal error in %s", method.__qualname__)
+        return None, _plain_proto(grpc.StatusCode.INTERNAL, "internal error")
+
+
 def rpc(method: Callable[..., Any] | None = None, *, fields: dict[str, str] | None = None) -> Any:
     """For unary handlers: a DomainError becomes its status; with `fields`, violation
-    paths are renamed to the request's (see `renamed`)."""
+    paths are renamed to the request's (see `renamed`). The handler's `invoke` gives the
+    reply or the status without ending a call (the console stream's actions)."""
 
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if self.rt.failed:
-                    raise JournalError("the journal cannot be written")
-                reply = await method(self, request, context)
-                # Write-ahead: nothing leaves before what it reflects is durable.
-                await self.rt.durable()
-                return reply
-            except JournalError:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
-            except InvalidArgument as exc:
-                await abort(context, renamed(exc, fields) if fields else exc)
-            except DomainError as exc:
-                await abort(context, exc)
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                log.exception("internal error in %s", method.__qualname__)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            reply, status = await invoke(method, fields, self, request, context)
+            if status is not None:
+                await context.abort_with_status(rpc_status.to_status(status))
+            return reply
 
+        handler.invoke = functools.partial(invoke, method, fields)  # type: ignore[attr-defined]
         return handler
 
     return wrap(method) if method is not None else wrap

@@ -50,7 +50,7 @@ class ConsoleStream:
 
     def __init__(self, rep_id: str, token_id: str) -> None:
         self.rep_id, self.token_id = rep_id, token_id
-        self.outbox: deque[cpb.SubscribeResponse] = deque()
+        self.outbox: deque[Any] = deque()  # events; on Connect, action results too
         self.wake = asyncio.Event()
         self.ended: StreamEnd | None = None
 
@@ -60,7 +60,7 @@ class ConsoleStream:
             self.outbox.clear()
         self.wake.set()
 
-    async def next(self) -> cpb.SubscribeResponse | StreamEnd:
+    async def next(self) -> Any:
         """The next event to write, or why the stream ends (which wins over events)."""
         while True:
             if self.ended is not None:
@@ -198,6 +198,17 @@ class Hub:
                 self.held.append((f, msg))
             else:
                 self._deliver(f, msg)
+
+    def push(self, stream: ConsoleStream, item: Any) -> None:
+        """Something for one stream alone (an action's result on Connect), in order
+        with its events, under the same outbox limit."""
+        if stream.ended is not None:
+            return
+        if len(stream.outbox) >= self.outbox_limit:
+            self._overflow(stream)
+        else:
+            stream.outbox.append(item)
+            stream.wake.set()
 
     def take_held(self) -> list[tuple[Feed, cpb.SubscribeResponse]]:
         held, self.held = self.held, []

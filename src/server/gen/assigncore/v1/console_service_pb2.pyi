@@ -6,6 +6,7 @@ isort:skip_file
 
 from server.gen.assigncore.v1 import common_pb2 as _common_pb2
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -1910,3 +1911,299 @@ class GetMyProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMyProfileResponse: _TypeAlias = GetMyProfileResponse  # noqa: Y015
+
+@_typing.final
+class ConnectRequest(_message.Message):
+    """A console's message on Connect: first `subscribe`, then actions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIBE_FIELD_NUMBER: _builtins.int
+    ACCEPT_SESSION_FIELD_NUMBER: _builtins.int
+    ANSWER_OFFER_FIELD_NUMBER: _builtins.int
+    GET_NEXT_SESSION_FIELD_NUMBER: _builtins.int
+    TRANSFER_SESSION_FIELD_NUMBER: _builtins.int
+    END_SESSION_FIELD_NUMBER: _builtins.int
+    LEAVE_SESSION_FIELD_NUMBER: _builtins.int
+    INVITE_TO_SESSION_FIELD_NUMBER: _builtins.int
+    ACCEPT_INVITATION_FIELD_NUMBER: _builtins.int
+    GENERATE_SESSION_KEY_FIELD_NUMBER: _builtins.int
+    REPORT_PRESENCE_FIELD_NUMBER: _builtins.int
+    UPDATE_MY_SETTINGS_FIELD_NUMBER: _builtins.int
+    SET_FAVORITE_TEAM_FIELD_NUMBER: _builtins.int
+    SEND_TEAM_CHAT_MESSAGE_FIELD_NUMBER: _builtins.int
+    MARK_TEAM_CHAT_READ_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    """Chosen by the console for an action; its result carries it back. Ignored on
+    `subscribe`.
+    """
+    @_builtins.property
+    def subscribe(self) -> Global___SubscribeRequest:
+        """Opens the feed (the first message, and only the first)."""
+
+    @_builtins.property
+    def accept_session(self) -> Global___AcceptSessionRequest:
+        """As the RPC AcceptSession."""
+
+    @_builtins.property
+    def answer_offer(self) -> Global___AnswerOfferRequest:
+        """As the RPC AnswerOffer."""
+
+    @_builtins.property
+    def get_next_session(self) -> Global___GetNextSessionRequest:
+        """As the RPC GetNextSession."""
+
+    @_builtins.property
+    def transfer_session(self) -> Global___TransferSessionRequest:
+        """As the RPC TransferSession."""
+
+    @_builtins.property
+    def end_session(self) -> Global___EndSessionRequest:
+        """As the RPC EndSession."""
+
+    @_builtins.property
+    def leave_session(self) -> Global___LeaveSessionRequest:
+        """As the RPC LeaveSession."""
+
+    @_builtins.property
+    def invite_to_session(self) -> Global___InviteToSessionRequest:
+        """As the RPC InviteToSession."""
+
+    @_builtins.property
+    def accept_invitation(self) -> Global___AcceptInvitationRequest:
+        """As the RPC AcceptInvitation."""
+
+    @_builtins.property
+    def generate_session_key(self) -> Global___GenerateSessionKeyRequest:
+        """As the RPC GenerateSessionKey."""
+
+    @_builtins.property
+    def report_presence(self) -> Global___ReportPresenceRequest:
+        """As the RPC ReportPresence."""
+
+    @_builtins.property
+    def update_my_settings(self) -> Global___UpdateMySettingsRequest:
+        """As the RPC UpdateMySettings."""
+
+    @_builtins.property
+    def set_favorite_team(self) -> Global___SetFavoriteTeamRequest:
+        """As the RPC SetFavoriteTeam."""
+
+    @_builtins.property
+    def send_team_chat_message(self) -> Global___SendTeamChatMessageRequest:
+        """As the RPC SendTeamChatMessage."""
+
+    @_builtins.property
+    def mark_team_chat_read(self) -> Global___MarkTeamChatReadRequest:
+        """As the RPC MarkTeamChatRead."""
+
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        subscribe: Global___SubscribeRequest | None = ...,
+        accept_session: Global___AcceptSessionRequest | None = ...,
+        answer_offer: Global___AnswerOfferRequest | None = ...,
+        get_next_session: Global___GetNextSessionRequest | None = ...,
+        transfer_session: Global___TransferSessionRequest | None = ...,
+        end_session: Global___EndSessionRequest | None = ...,
+        leave_session: Global___LeaveSessionRequest | None = ...,
+        invite_to_session: Global___InviteToSessionRequest | None = ...,
+        accept_invitation: Global___AcceptInvitationRequest | None = ...,
+        generate_session_key: Global___GenerateSessionKeyRequest | None = ...,
+        report_presence: Global___ReportPresenceRequest | None = ...,
+        update_my_settings: Global___UpdateMySettingsRequest | None = ...,
+        set_favorite_team: Global___SetFavoriteTeamRequest | None = ...,
+        send_team_chat_message: Global___SendTeamChatMessageRequest | None = ...,
+        mark_team_chat_read: Global___MarkTeamChatReadRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_invitation", b"accept_invitation", "accept_session", b"accept_session", "action", b"action", "answer_offer", b"answer_offer", "end_session", b"end_session", "generate_session_key", b"generate_session_key", "get_next_session", b"get_next_session", "invite_to_session", b"invite_to_session", "leave_session", b"leave_session", "mark_team_chat_read", b"mark_team_chat_read", "report_presence", b"report_presence", "send_team_chat_message", b"send_team_chat_message", "set_favorite_team", b"set_favorite_team", "subscribe", b"subscribe", "transfer_session", b"transfer_session", "update_my_settings", b"update_my_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_invitation", b"accept_invitation", "accept_session", b"accept_session", "action", b"action", "action_id", b"action_id", "answer_offer", b"answer_offer", "end_session", b"end_session", "generate_session_key", b"generate_session_key", "get_next_session", b"get_next_session", "invite_to_session", b"invite_to_session", "leave_session", b"leave_session", "mark_team_chat_read", b"mark_team_chat_read", "report_presence", b"report_presence", "send_team_chat_message", b"send_team_chat_message", "set_favorite_team", b"set_favorite_team", "subscribe", b"subscribe", "transfer_session", b"transfer_session", "update_my_settings", b"update_my_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["subscribe", "accept_session", "answer_offer", "get_next_session", "transfer_session", "end_session", "leave_session", "invite_to_session", "accept_invitation", "generate_session_key", "report_presence", "update_my_settings", "set_favorite_team", "send_team_chat_message", "mark_team_chat_read"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class ConnectResponse(_message.Message):
+    """The server's message on Connect: an event of the feed, or an action's result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___SubscribeResponse:
+        """An event, exactly as Subscribe delivers it (its sequence numbers included)."""
+
+    @_builtins.property
+    def result(self) -> Global___ActionResult:
+        """The result of one action."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___SubscribeResponse | None = ...,
+        result: Global___ActionResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "message", b"message", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["event", "result"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class ActionResult(_message.Message):
+    """The result of an action sent on Connect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ACCEPT_SESSION_FIELD_NUMBER: _builtins.int
+    ANSWER_OFFER_FIELD_NUMBER: _builtins.int
+    GET_NEXT_SESSION_FIELD_NUMBER: _builtins.int
+    TRANSFER_SESSION_FIELD_NUMBER: _builtins.int
+    END_SESSION_FIELD_NUMBER: _builtins.int
+    LEAVE_SESSION_FIELD_NUMBER: _builtins.int
+    INVITE_TO_SESSION_FIELD_NUMBER: _builtins.int
+    ACCEPT_INVITATION_FIELD_NUMBER: _builtins.int
+    GENERATE_SESSION_KEY_FIELD_NUMBER: _builtins.int
+    REPORT_PRESENCE_FIELD_NUMBER: _builtins.int
+    UPDATE_MY_SETTINGS_FIELD_NUMBER: _builtins.int
+    SET_FAVORITE_TEAM_FIELD_NUMBER: _builtins.int
+    SEND_TEAM_CHAT_MESSAGE_FIELD_NUMBER: _builtins.int
+    MARK_TEAM_CHAT_READ_FIELD_NUMBER: _builtins.int
+    action_id: _builtins.str
+    """The action's `action_id`."""
+    @_builtins.property
+    def status(self) -> Global___ActionStatus:
+        """The outcome: code 0 (OK) with the response below, or the error the unary RPC would
+        have ended with.
+        """
+
+    @_builtins.property
+    def accept_session(self) -> Global___AcceptSessionResponse:
+        """As AcceptSession's response."""
+
+    @_builtins.property
+    def answer_offer(self) -> Global___AnswerOfferResponse:
+        """As AnswerOffer's response."""
+
+    @_builtins.property
+    def get_next_session(self) -> Global___GetNextSessionResponse:
+        """As GetNextSession's response."""
+
+    @_builtins.property
+    def transfer_session(self) -> Global___TransferSessionResponse:
+        """As TransferSession's response."""
+
+    @_builtins.property
+    def end_session(self) -> Global___EndSessionResponse:
+        """As EndSession's response."""
+
+    @_builtins.property
+    def leave_session(self) -> Global___LeaveSessionResponse:
+        """As LeaveSession's response."""
+
+    @_builtins.property
+    def invite_to_session(self) -> Global___InviteToSessionResponse:
+        """As InviteToSession's response."""
+
+    @_builtins.property
+    def accept_invitation(self) -> Global___AcceptInvitationResponse:
+        """As AcceptInvitation's response."""
+
+    @_builtins.property
+    def generate_session_key(self) -> Global___GenerateSessionKeyResponse:
+        """As GenerateSessionKey's response."""
+
+    @_builtins.property
+    def report_presence(self) -> Global___ReportPresenceResponse:
+        """As ReportPresence's response."""
+
+    @_builtins.property
+    def update_my_settings(self) -> Global___UpdateMySettingsResponse:
+        """As UpdateMySettings's response."""
+
+    @_builtins.property
+    def set_favorite_team(self) -> Global___SetFavoriteTeamResponse:
+        """As SetFavoriteTeam's response."""
+
+    @_builtins.property
+    def send_team_chat_message(self) -> Global___SendTeamChatMessageResponse:
+        """As SendTeamChatMessage's response."""
+
+    @_builtins.property
+    def mark_team_chat_read(self) -> Global___MarkTeamChatReadResponse:
+        """As MarkTeamChatRead's response."""
+
+    def __init__(
+        self,
+        *,
+        action_id: _builtins.str = ...,
+        status: Global___ActionStatus | None = ...,
+        accept_session: Global___AcceptSessionResponse | None = ...,
+        answer_offer: Global___AnswerOfferResponse | None = ...,
+        get_next_session: Global___GetNextSessionResponse | None = ...,
+        transfer_session: Global___TransferSessionResponse | None = ...,
+        end_session: Global___EndSessionResponse | None = ...,
+        leave_session: Global___LeaveSessionResponse | None = ...,
+        invite_to_session: Global___InviteToSessionResponse | None = ...,
+        accept_invitation: Global___AcceptInvitationResponse | None = ...,
+        generate_session_key: Global___GenerateSessionKeyResponse | None = ...,
+        report_presence: Global___ReportPresenceResponse | None = ...,
+        update_my_settings: Global___UpdateMySettingsResponse | None = ...,
+        set_favorite_team: Global___SetFavoriteTeamResponse | None = ...,
+        send_team_chat_message: Global___SendTeamChatMessageResponse | None = ...,
+        mark_team_chat_read: Global___MarkTeamChatReadResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accept_invitation", b"accept_invitation", "accept_session", b"accept_session", "answer_offer", b"answer_offer", "end_session", b"end_session", "generate_session_key", b"generate_session_key", "get_next_session", b"get_next_session", "invite_to_session", b"invite_to_session", "leave_session", b"leave_session", "mark_team_chat_read", b"mark_team_chat_read", "report_presence", b"report_presence", "response", b"response", "send_team_chat_message", b"send_team_chat_message", "set_favorite_team", b"set_favorite_team", "status", b"status", "transfer_session", b"transfer_session", "update_my_settings", b"update_my_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_invitation", b"accept_invitation", "accept_session", b"accept_session", "action_id", b"action_id", "answer_offer", b"answer_offer", "end_session", b"end_session", "generate_session_key", b"generate_session_key", "get_next_session", b"get_next_session", "invite_to_session", b"invite_to_session", "leave_session", b"leave_session", "mark_team_chat_read", b"mark_team_chat_read", "report_presence", b"report_presence", "response", b"response", "send_team_chat_message", b"send_team_chat_message", "set_favorite_team", b"set_favorite_team", "status", b"status", "transfer_session", b"transfer_session", "update_my_settings", b"update_my_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["accept_session", "answer_offer", "get_next_session", "transfer_session", "end_session", "leave_session", "invite_to_session", "accept_invitation", "generate_session_key", "report_presence", "update_my_settings", "set_favorite_team", "send_team_chat_message", "mark_team_chat_read"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___ActionResult: _TypeAlias = ActionResult  # noqa: Y015
+
+@_typing.final
+class ActionStatus(_message.Message):
+    """An action's status, field for field google.rpc.Status (its bytes parse as one)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A google.rpc.Code value; 0 is OK."""
+    message: _builtins.str
+    """A message for developers."""
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """Details, as on the unary RPC's status (google.rpc.BadRequest, ErrorInfo...)."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActionStatus: _TypeAlias = ActionStatus  # noqa: Y015

@@ -60,6 +60,21 @@ class RepConsoleServiceStub:
     `resume_after` to get what was missed. Revoking the stream's token, or deleting the
     rep, ends it with UNAUTHENTICATED.
 
+    Console stream. `Connect` is `Subscribe` with the console's actions on the same
+    stream, so a console acts without a round trip of its own per action. The first
+    message a console sends is `subscribe` (as Subscribe's request); the server answers
+    with the feed's events, each in `event`, exactly as on Subscribe. After it, every
+    message is one action (`answer_offer`, `end_session`, ...) with an `action_id` the
+    console chooses. The server runs actions one at a time, in the order they arrive, and
+    answers each with one `result` carrying that `action_id`: the same response message,
+    or the same status code, message and details, as the unary RPC of the same name. An
+    action's result follows the events the action caused. A malformed action, or one
+    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    Authentication and authorization are those of the stream's token and apply to every
+    action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
+    overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
+    for simple clients.
+
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
@@ -75,6 +90,11 @@ class RepConsoleServiceStub:
                 '/assigncore.v1.RepConsoleService/Subscribe',
                 request_serializer=assigncore_dot_v1_dot_console__service__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_console__service__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.Connect = channel.stream_stream(
+                '/assigncore.v1.RepConsoleService/Connect',
+                request_serializer=assigncore_dot_v1_dot_console__service__pb2.ConnectRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_console__service__pb2.ConnectResponse.FromString,
                 _registered_method=True)
         self.SignOut = channel.unary_unary(
                 '/assigncore.v1.RepConsoleService/SignOut',
@@ -217,6 +237,21 @@ class RepConsoleServiceServicer:
     `resume_after` to get what was missed. Revoking the stream's token, or deleting the
     rep, ends it with UNAUTHENTICATED.
 
+    Console stream. `Connect` is `Subscribe` with the console's actions on the same
+    stream, so a console acts without a round trip of its own per action. The first
+    message a console sends is `subscribe` (as Subscribe's request); the server answers
+    with the feed's events, each in `event`, exactly as on Subscribe. After it, every
+    message is one action (`answer_offer`, `end_session`, ...) with an `action_id` the
+    console chooses. The server runs actions one at a time, in the order they arrive, and
+    answers each with one `result` carrying that `action_id`: the same response message,
+    or the same status code, message and details, as the unary RPC of the same name. An
+    action's result follows the events the action caused. A malformed action, or one
+    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    Authentication and authorization are those of the stream's token and apply to every
+    action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
+    overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
+    for simple clients.
+
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
@@ -226,6 +261,14 @@ class RepConsoleServiceServicer:
         """Opens the rep's event feed; the rep is connected while it is open. A second
         Subscribe for the same rep replaces the first, which ends with ABORTED.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (draining).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Connect(self, request_iterator, context):
+        """The feed of Subscribe with the console's actions on the same stream (see the
+        service comment). Errors: as Subscribe; an action's own error comes in its result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -414,6 +457,11 @@ def add_RepConsoleServiceServicer_to_server(servicer, server):
                     request_deserializer=assigncore_dot_v1_dot_console__service__pb2.SubscribeRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_console__service__pb2.SubscribeResponse.SerializeToString,
             ),
+            'Connect': grpc.stream_stream_rpc_method_handler(
+                    servicer.Connect,
+                    request_deserializer=assigncore_dot_v1_dot_console__service__pb2.ConnectRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_console__service__pb2.ConnectResponse.SerializeToString,
+            ),
             'SignOut': grpc.unary_unary_rpc_method_handler(
                     servicer.SignOut,
                     request_deserializer=assigncore_dot_v1_dot_console__service__pb2.SignOutRequest.FromString,
@@ -561,6 +609,21 @@ class RepConsoleService:
     `resume_after` to get what was missed. Revoking the stream's token, or deleting the
     rep, ends it with UNAUTHENTICATED.
 
+    Console stream. `Connect` is `Subscribe` with the console's actions on the same
+    stream, so a console acts without a round trip of its own per action. The first
+    message a console sends is `subscribe` (as Subscribe's request); the server answers
+    with the feed's events, each in `event`, exactly as on Subscribe. After it, every
+    message is one action (`answer_offer`, `end_session`, ...) with an `action_id` the
+    console chooses. The server runs actions one at a time, in the order they arrive, and
+    answers each with one `result` carrying that `action_id`: the same response message,
+    or the same status code, message and details, as the unary RPC of the same name. An
+    action's result follows the events the action caused. A malformed action, or one
+    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    Authentication and authorization are those of the stream's token and apply to every
+    action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
+    overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
+    for simple clients.
+
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
@@ -583,6 +646,33 @@ class RepConsoleService:
             '/assigncore.v1.RepConsoleService/Subscribe',
             assigncore_dot_v1_dot_console__service__pb2.SubscribeRequest.SerializeToString,
             assigncore_dot_v1_dot_console__service__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Connect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/assigncore.v1.RepConsoleService/Connect',
+            assigncore_dot_v1_dot_console__service__pb2.ConnectRequest.SerializeToString,
+            assigncore_dot_v1_dot_console__service__pb2.ConnectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,21 @@ class RepConsoleServiceStub:
     `resume_after` to get what was missed. Revoking the stream's token, or deleting the
     rep, ends it with UNAUTHENTICATED.
 
+    Console stream. `Connect` is `Subscribe` with the console's actions on the same
+    stream, so a console acts without a round trip of its own per action. The first
+    message a console sends is `subscribe` (as Subscribe's request); the server answers
+    with the feed's events, each in `event`, exactly as on Subscribe. After it, every
+    message is one action (`answer_offer`, `end_session`, ...) with an `action_id` the
+    console chooses. The server runs actions one at a time, in the order they arrive, and
+    answers each with one `result` carrying that `action_id`: the same response message,
+    or the same status code, message and details, as the unary RPC of the same name. An
+    action's result follows the events the action caused. A malformed action, or one
+    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    Authentication and authorization are those of the stream's token and apply to every
+    action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
+    overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
+    for simple clients.
+
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
@@ -74,6 +89,10 @@ class RepConsoleServiceStub:
     """Opens the rep's event feed; the rep is connected while it is open. A second
     Subscribe for the same rep replaces the first, which ends with ABORTED.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (draining).
+    """
+    Connect: _grpc.StreamStreamMultiCallable[_console_service_pb2.ConnectRequest, _console_service_pb2.ConnectResponse]
+    """The feed of Subscribe with the console's actions on the same stream (see the
+    service comment). Errors: as Subscribe; an action's own error comes in its result.
     """
     SignOut: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.SignOutRequest, _console_service_pb2.SignOutResponse]
     """Signs the rep out: sessions are handed on at once (no grace period).
@@ -202,6 +221,21 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     `resume_after` to get what was missed. Revoking the stream's token, or deleting the
     rep, ends it with UNAUTHENTICATED.
 
+    Console stream. `Connect` is `Subscribe` with the console's actions on the same
+    stream, so a console acts without a round trip of its own per action. The first
+    message a console sends is `subscribe` (as Subscribe's request); the server answers
+    with the feed's events, each in `event`, exactly as on Subscribe. After it, every
+    message is one action (`answer_offer`, `end_session`, ...) with an `action_id` the
+    console chooses. The server runs actions one at a time, in the order they arrive, and
+    answers each with one `result` carrying that `action_id`: the same response message,
+    or the same status code, message and details, as the unary RPC of the same name. An
+    action's result follows the events the action caused. A malformed action, or one
+    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    Authentication and authorization are those of the stream's token and apply to every
+    action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
+    overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
+    for simple clients.
+
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
@@ -212,6 +246,10 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     """Opens the rep's event feed; the rep is connected while it is open. A second
     Subscribe for the same rep replaces the first, which ends with ABORTED.
     Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (draining).
+    """
+    Connect: _aio.StreamStreamMultiCallable[_console_service_pb2.ConnectRequest, _console_service_pb2.ConnectResponse]  # type: ignore[assignment]
+    """The feed of Subscribe with the console's actions on the same stream (see the
+    service comment). Errors: as Subscribe; an action's own error comes in its result.
     """
     SignOut: _aio.UnaryUnaryMultiCallable[_console_service_pb2.SignOutRequest, _console_service_pb2.SignOutResponse]  # type: ignore[assignment]
     """Signs the rep out: sessions are handed on at once (no grace period).
@@ -339,6 +377,21 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
     `resume_after` to get what was missed. Revoking the stream's token, or deleting the
     rep, ends it with UNAUTHENTICATED.
 
+    Console stream. `Connect` is `Subscribe` with the console's actions on the same
+    stream, so a console acts without a round trip of its own per action. The first
+    message a console sends is `subscribe` (as Subscribe's request); the server answers
+    with the feed's events, each in `event`, exactly as on Subscribe. After it, every
+    message is one action (`answer_offer`, `end_session`, ...) with an `action_id` the
+    console chooses. The server runs actions one at a time, in the order they arrive, and
+    answers each with one `result` carrying that `action_id`: the same response message,
+    or the same status code, message and details, as the unary RPC of the same name. An
+    action's result follows the events the action caused. A malformed action, or one
+    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    Authentication and authorization are those of the stream's token and apply to every
+    action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
+    overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
+    for simple clients.
+
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
@@ -353,6 +406,16 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
         """Opens the rep's event feed; the rep is connected while it is open. A second
         Subscribe for the same rep replaces the first, which ends with ABORTED.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE (draining).
+        """
+
+    @_abc_1.abstractmethod
+    def Connect(
+        self,
+        request_iterator: _MaybeAsyncIterator[_console_service_pb2.ConnectRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_console_service_pb2.ConnectResponse], _abc.AsyncIterator[_console_service_pb2.ConnectResponse]]:
+        """The feed of Subscribe with the console's actions on the same stream (see the
+        service comment). Errors: as Subscribe; an action's own error comes in its result.
         """
 
     @_abc_1.abstractmethod
