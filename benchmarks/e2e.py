@@ -4,7 +4,9 @@
 - enqueue-to-offer latency: from sending StartSession through the intake service until
   the offer event arrives on the chosen rep's console stream (p50/p99);
 - sustained full lifecycles per second: start -> offer -> accept -> end, with many
-  lifecycles in flight.
+  lifecycles in flight; once with the console answering and ending by unary calls,
+  once with the same actions on its `Connect` stream; and the server's and the
+  client's CPU per lifecycle for each (from /proc).
 
 The server runs as a separate process (`python -m server.cli serve`) with 1,000 team
 queues and 1,000 reps whose consoles are connected and streaming throughout. It runs
@@ -104,6 +106,62 @@ class Consoles:
         )
 
 
+class StreamConsoles:
+    """n reps on Connect: offers arrive and answers and ends go on the same stream."""
+
+    def __init__(self, channels: list[grpc.aio.Channel], n: int) -> None:
+        self.offers: list[asyncio.Queue[cpb.OfferMade]] = [asyncio.Queue() for _ in range(n)]
+        self.calls = [
+            cgrpc.RepConsoleServiceStub(channels[i % len(channels)]).Connect(
+                metadata=auth(rep_token(i))
+            )
+            for i in range(n)
+        ]
+        self.pending: list[dict[str, asyncio.Future[cpb.ActionResult]]] = [{} for _ in range(n)]
+        self.ready = [asyncio.Event() for _ in range(n)]
+        self.tasks = [asyncio.create_task(self._pump(i)) for i in range(n)]
+        self.ids = 0
+
+    async def _pump(self, i: int) -> None:
+        call = self.calls[i]
+        try:
+            await call.write(cpb.ConnectRequest(subscribe=cpb.SubscribeRequest()))
+            async for msg in call:
+                if msg.WhichOneof("message") == "result":
+                    self.pending[i].pop(msg.result.action_id).set_result(msg.result)
+                    continue
+                kind = msg.event.WhichOneof("event")
+                if kind == "welcome":
+                    self.ready[i].set()
+                elif kind == "offer_made":
+                    self.offers[i].put_nowait(msg.event.offer_made)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+
+    async def _act(self, i: int, **action: object) -> cpb.ActionResult:
+        self.ids += 1
+        action_id = str(self.ids)
+        done = self.pending[i][action_id] = asyncio.get_running_loop().create_future()
+        await self.calls[i].write(cpb.ConnectRequest(action_id=action_id, **action))
+        result = await done
+        if result.status.code:
+            raise RuntimeError(f"action failed: {result.status.message}")
+        return result
+
+    async def answer(self, i: int, offer: cpb.OfferMade) -> None:
+        await self._act(
+            i, answer_offer=cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True)
+        )
+        await self._act(i, end_session=cpb.EndSessionRequest(session_id=offer.session.id))
+
+    async def close(self) -> None:
+        for call in self.calls:
+            call.cancel()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -175,33 +233,50 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     # sustained lifecycles: each worker owns a disjoint set of reps
     duration = 8.0 if quick else 20.0
     workers = 64
-    done = 0
-    stop_at = time.perf_counter() + duration
 
-    async def worker(w: int) -> None:
-        nonlocal done
-        mine = list(range(w, n, workers))
-        k = 0
-        while time.perf_counter() < stop_at:
-            i = mine[k % len(mine)]
-            k += 1
-            await start(i)
-            await consoles.answer(i, await consoles.offers[i].get())
-            done += 1
+    async def sustained(drive: Consoles | StreamConsoles) -> dict:
+        done = 0
+        stop_at = time.perf_counter() + duration
 
-    size0, entries0 = journal_size(desk_file)
-    server0, client0 = cpu_seconds(server_pid), cpu_seconds(os.getpid())
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(workers)))
-    elapsed = time.perf_counter() - t0
-    server_cpu = cpu_seconds(server_pid) - server0
-    client_cpu = cpu_seconds(os.getpid()) - client0
-    size1, entries1 = journal_size(desk_file)
+        async def worker(w: int) -> None:
+            nonlocal done
+            mine = list(range(w, n, workers))
+            k = 0
+            while time.perf_counter() < stop_at:
+                i = mine[k % len(mine)]
+                k += 1
+                await start(i)
+                await drive.answer(i, await drive.offers[i].get())
+                done += 1
 
+        size0, entries0 = journal_size(desk_file)
+        server0, client0 = cpu_seconds(server_pid), cpu_seconds(os.getpid())
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(workers)))
+        elapsed = time.perf_counter() - t0
+        server_cpu = cpu_seconds(server_pid) - server0
+        client_cpu = cpu_seconds(os.getpid()) - client0
+        size1, entries1 = journal_size(desk_file)
+        return {
+            "done": done,
+            "lifecycles_per_s": round(done / elapsed, 1),
+            "server_cpu_ms": round(server_cpu / done * 1e3, 3),
+            "client_cpu_ms": round(client_cpu / done * 1e3, 3),
+            "bytes": round((size1 - size0) / done, 1) if size1 else None,
+            "entries": round((entries1 - entries0) / done, 2) if size1 else None,
+        }
+
+    unary = await sustained(consoles)
     for task in consoles.tasks:
         task.cancel()
+    await asyncio.sleep(0.5)  # the Subscribe streams end before Connect streams open
+    streams = StreamConsoles(channels, n)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streams.ready)), 60)
+    stream = await sustained(streams)
+    await streams.close()
     for ch in [*channels, portal]:
         await ch.close()
+    done = unary["done"]
     p50 = statistics.median
     return {
         "reps_streaming": n,
@@ -212,14 +287,20 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
         "offer_p50_us": round(p50(offer_lat) * 1e6, 1),
         "offer_p99_us": round(percentile(offer_lat, 99) * 1e6, 1),
         "offer_p999_us": round(percentile(offer_lat, 99.9) * 1e6, 1),
-        "server_cpu_ms_per_lifecycle": round(server_cpu / done * 1e3, 3),
-        "client_cpu_ms_per_lifecycle": round(client_cpu / done * 1e3, 3),
+        "server_cpu_ms_per_lifecycle": unary["server_cpu_ms"],
+        "client_cpu_ms_per_lifecycle": unary["client_cpu_ms"],
+        "stream_lifecycles_per_s": stream["lifecycles_per_s"],
+        "stream_server_cpu_ms_per_lifecycle": stream["server_cpu_ms"],
+        "stream_client_cpu_ms_per_lifecycle": stream["client_cpu_ms"],
+        "stream_to_unary_lifecycles": round(
+            stream["lifecycles_per_s"] / unary["lifecycles_per_s"], 2
+        ),
         "offer_to_floor_p50_ratio": round(p50(offer_lat) / p50(floor), 2),
-        "lifecycles_per_s": round(done / elapsed, 1),
+        "lifecycles_per_s": unary["lifecycles_per_s"],
         "lifecycles_in_flight": workers,
         "samples": {"floor": len(floor), "offer": len(offer_lat), "lifecycles": done},
-        "journal_bytes_per_lifecycle": round((size1 - size0) / done, 1) if size1 else None,
-        "journal_entries_per_lifecycle": round((entries1 - entries0) / done, 2) if size1 else None,
+        "journal_bytes_per_lifecycle": unary["bytes"],
+        "journal_entries_per_lifecycle": unary["entries"],
     }
 
 
