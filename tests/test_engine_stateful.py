@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -438,3 +439,6 @@ class EngineMachine(RuleBasedStateMachine):
 
 EngineMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
 TestEngineStateful = EngineMachine.TestCase
+# Each run's teardown replays its journal and round-trips a snapshot; on the pure-Python
+# kernel, with CI's example count, that takes longer than the suite's default timeout.
+TestEngineStateful.pytestmark = [pytest.mark.timeout(900)]

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from assigncore.engine import Engine
+from assigncore.engine import Engine, EngineConfig
 from assigncore.model import Customer, IssueType, Permissions, QueueSettings, team_queue
 from assigncore.records import CommandRecord, RecordError, decode, encode
 
@@ -190,7 +190,7 @@ import json, random, sys
 sys.path.insert(0, {tests!r})
 from tests.test_replay import workload, run
 from tests.conftest import ManualClock
-from assigncore.engine import Engine
+from assigncore.engine import Engine, EngineConfig
 clock = ManualClock()
 heard = []
 engine = Engine(clock, secret=random.Random(9).randbytes(32), listener=heard.append)
@@ -336,3 +336,29 @@ def test_a_snapshot_names_only_the_engine_s_own_types():
         restore(b"assigncore-snapshot/0\n...")
     with pytest.raises(SnapshotError, match="layout"):
         restore(FORMAT + b"0" * len(LAYOUT) + b"\n")
+
+
+def test_timers_that_fire_silently_are_recorded_so_a_restart_replays_the_same():
+    """Found by the state machine: a reconnect grace ran out with nothing to hand on
+    (no event), then the server restarted. The restart's command runs before due timers,
+    so the replay had to know the grace had already fired: every pass that fires a
+    timer is a record."""
+    clock = ManualClock()
+    live = Engine(clock, EngineConfig(reconnect_grace=20), secret=b"r" * 32)
+    journal: list[bytes] = []
+    live.on_command = lambda record: journal.append(encode(record))
+    live.create_team("t", "T")
+    live.create_issue_type(IssueType("it", "Issue", "t"))
+    live.create_rep("ann", "Ann", teams=["t"])
+    live.connect("ann")
+    s = live.start_from_issue("it", Customer("c")).value
+    live.answer_offer("ann", live.rep("ann").offer, True)
+    live.server_restarted()  # ann offline, grace running
+    live.cancel_session(s.id)  # nothing left to hand on
+    clock.tick(25)
+    live.advance()  # the grace runs out: no event
+    live.server_restarted()
+    replayed = Engine(ManualClock(), EngineConfig(reconnect_grace=20), secret=b"r" * 32)
+    for data in journal:
+        replayed.apply(decode(data))
+    assert replayed.snapshot() == live.snapshot()

@@ -156,7 +156,7 @@ class Engine:
         self._busy = True
         st = self.state
         when = float(self._clock() if at is None else at)
-        emitted = st.emitted
+        fired = 0
         try:
             if fn in BEFORE_TIMERS:
                 # Runs at its time before the timers due by then fire (a restart: they
@@ -169,16 +169,16 @@ class Engine:
             else:
                 # Timers due before this command fire first; their events reach the
                 # listener but are not this command's.
-                self._catch_up(when)
+                fired = self._catch_up(when)
                 events = []
                 st.events = events
                 value = fn(st, *args, **kwargs)
             if st.dirty:
                 self._assign()
         except BaseException:
-            # Refused: the command changed nothing, but timers it caught up with did,
-            # and told somebody so: that is recorded as time passing.
-            if record_it and st.emitted != emitted and self.on_command is not None:
+            # Refused: the command changed nothing, but timers it caught up with did:
+            # that is recorded as time passing.
+            if record_it and fired and self.on_command is not None:
                 self.on_command(CommandRecord(ADVANCE, when))
             raise
         finally:
@@ -191,14 +191,18 @@ class Engine:
     def _assign(self) -> None:
         routing.assign(self.state)
 
-    def _catch_up(self, now: float) -> None:
+    def _catch_up(self, now: float) -> int:
+        """Fires the timers due by `now`, in deadline order; returns how many fired."""
         st, now = self.state, float(now)
+        fired = 0
         while (timer := st.timers.pop_due(now)) is not None:
+            fired += 1
             st.now = max(st.now, timer.deadline)
             TIMER_HANDLERS[timer.kind](st, timer.payload)
             if st.dirty:
                 self._assign()
         st.now = max(st.now, now)
+        return fired
 
     @property
     def now(self) -> float:
@@ -242,15 +246,16 @@ class Engine:
         events: list[Event] = []
         st.events = events
         try:
-            self._catch_up(until)
+            fired = self._catch_up(until)
             if st.dirty:
                 self._assign()
         finally:
             self._busy = False
             st.events = []
-        # Timers follow from state and time; only a pass of them that told somebody
-        # something is recorded, so a replay numbers every console event the same.
-        if record and events and self.on_command is not None:
+        # Timers follow from state and time, but when they fire is an input: a pass
+        # that fired any is recorded, so a replay fires them at the same point between
+        # commands (a restart's command, which runs before due timers, depends on it).
+        if record and fired and self.on_command is not None:
             self.on_command(CommandRecord(ADVANCE, until))
         return Outcome(events, None)
 

@@ -243,11 +243,13 @@ def server_restarted(st: State) -> None:
             rep.idle_timer = None
             emit_presence(st, rep)
             sync_rep(st, rep)
-        if rep.load and (was_connected or rep.grace_timer is not None):
+        if was_connected or rep.grace_timer is not None:
             st.timers.cancel(rep.grace_timer)
-            rep.grace_timer = st.timers.schedule(
-                st.now + st.config.reconnect_grace, TimerKind.RECONNECT_GRACE, rep.id
-            )
+            rep.grace_timer = None
+            if rep.load:  # nothing to hand on: no grace to run
+                rep.grace_timer = st.timers.schedule(
+                    st.now + st.config.reconnect_grace, TimerKind.RECONNECT_GRACE, rep.id
+                )
 
 
 def set_locked(st: State, rep_id: str, locked: bool) -> None:

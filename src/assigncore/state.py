@@ -136,8 +136,6 @@ class State:
         self.entropy = Entropy(secret)
         self.listener = listener
         self.events: list[Event] = []  # the running command's events
-        self.emitted = 0  # events emitted so far (to tell whether a refused command's
-        # timer catch-up told anybody anything)
         # directory
         self.reps: dict[str, Rep] = {}
         self.rep_by_ord: list[Rep | None] = []
@@ -182,7 +180,6 @@ class State:
         return {**self.__dict__, "listener": None, "events": []}
 
     def emit(self, event: Event) -> None:
-        self.emitted += 1
         self.events.append(event)
         if self.listener is not None:
             self.listener(event)
