@@ -12,7 +12,7 @@ from server.gen.assigncore.v1 import admin_service_pb2 as apb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
 from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 
-from .server_harness import ADMIN, INTAKE, auth, live_server, rep_token
+from .server_harness import ADMIN, INTAKE, auth, live_server, rep_token, until
 
 
 class Stream:
@@ -179,5 +179,22 @@ async def test_revoking_the_token_ends_the_stream_and_a_console_resumes():
         assert welcome.resumed
         rescinded = await again.event("offer_rescinded")  # what happened meanwhile
         assert rescinded.session_id == s.id
+    finally:
+        await live.close()
+
+
+async def test_bytes_that_are_not_a_connect_request_end_the_stream_with_invalid_argument():
+    live = await live_server()
+    try:
+        raw = live.channel.stream_stream("/assigncore.v1.RepConsoleService/Connect")
+        call = raw(metadata=auth(rep_token("ann")))  # no serializers: bytes on the wire
+        await call.write(cpb.ConnectRequest(subscribe=cpb.SubscribeRequest()).SerializeToString())
+        welcome = cpb.ConnectResponse.FromString(await call.read())
+        assert welcome.event.welcome.rep_id == "ann"
+        await call.write(b"\xff\xff\xff\xff")
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert await call.details() == "malformed request"
+        # The stream's end is the connection-lost path, as for Subscribe.
+        await until(lambda: not live.server.runtime.engine.rep("ann").connected)
     finally:
         await live.close()

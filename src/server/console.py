@@ -99,11 +99,16 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     async def _run_actions(self, requests: Any, stream: ConsoleStream) -> None:
         """Reads the console's actions and runs them one at a time, in order; each
         result joins the stream's outbox after the events its action caused."""
-        async for request in requests:
-            result = await self._act(request)
-            if stream.ended is not None:
-                return
-            self.rt.hub.push(stream, result)
+        try:
+            async for request in requests:
+                result = await self._act(request)
+                if stream.ended is not None:
+                    return
+                self.rt.hub.push(stream, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # bytes that are not a ConnectRequest: the guard refused them
+            stream.end(StreamEnd.MALFORMED)
 
     async def _feed(
         self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext, actions: Any
@@ -153,6 +158,8 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     yield item
                 elif item is StreamEnd.SIGNED_OUT:
                     return
+                elif item is StreamEnd.MALFORMED:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
                 elif item is StreamEnd.DRAINING:
                     yield cpb.SubscribeResponse(
                         sequence=feed.released,

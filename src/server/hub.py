@@ -41,6 +41,7 @@ class StreamEnd(Enum):
     REVOKED = "REVOKED"  # its token was revoked, or the rep deleted
     OVERFLOW = "OVERFLOW"  # the console stopped reading and its outbox filled
     UNAVAILABLE = "UNAVAILABLE"  # the journal cannot be written: the desk is rebuilt
+    MALFORMED = "MALFORMED"  # Connect: the console sent bytes that are not a request
 
 
 class ConsoleStream:
@@ -200,8 +201,8 @@ class Hub:
                 self._deliver(f, msg)
 
     def push(self, stream: ConsoleStream, item: Any) -> None:
-        """Something for one stream alone (an action's result on Connect), in order
-        with its events, under the same outbox limit."""
+        """Into a stream's outbox: a released event, or something for that stream alone
+        (an action's result on Connect, in order with its events)."""
         if stream.ended is not None:
             return
         if len(stream.outbox) >= self.outbox_limit:
@@ -221,13 +222,8 @@ class Hub:
 
     def _deliver(self, f: Feed, msg: cpb.SubscribeResponse) -> None:
         f.released = msg.sequence
-        stream = f.stream
-        if stream is not None:
-            if len(stream.outbox) >= self.outbox_limit:
-                self._overflow(stream)
-            else:
-                stream.outbox.append(msg)
-                stream.wake.set()
+        if f.stream is not None:
+            self.push(f.stream, msg)
 
     def _overflow(self, stream: ConsoleStream) -> None:
         # Called while an engine command runs (events come from its listener), so the

@@ -68,8 +68,10 @@ class RepConsoleServiceStub:
     console chooses. The server runs actions one at a time, in the order they arrive, and
     answers each with one `result` carrying that `action_id`: the same response message,
     or the same status code, message and details, as the unary RPC of the same name. An
-    action's result follows the events the action caused. A malformed action, or one
-    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    action's result follows the events the action caused. A message that names no action,
+    or `subscribe` again, gets INVALID_ARGUMENT in its result, and the stream goes on; a
+    first message that is not `subscribe`, or bytes that are not a ConnectRequest, end
+    the stream with INVALID_ARGUMENT.
     Authentication and authorization are those of the stream's token and apply to every
     action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
     overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
@@ -245,8 +247,10 @@ class RepConsoleServiceServicer:
     console chooses. The server runs actions one at a time, in the order they arrive, and
     answers each with one `result` carrying that `action_id`: the same response message,
     or the same status code, message and details, as the unary RPC of the same name. An
-    action's result follows the events the action caused. A malformed action, or one
-    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    action's result follows the events the action caused. A message that names no action,
+    or `subscribe` again, gets INVALID_ARGUMENT in its result, and the stream goes on; a
+    first message that is not `subscribe`, or bytes that are not a ConnectRequest, end
+    the stream with INVALID_ARGUMENT.
     Authentication and authorization are those of the stream's token and apply to every
     action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
     overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
@@ -617,8 +621,10 @@ class RepConsoleService:
     console chooses. The server runs actions one at a time, in the order they arrive, and
     answers each with one `result` carrying that `action_id`: the same response message,
     or the same status code, message and details, as the unary RPC of the same name. An
-    action's result follows the events the action caused. A malformed action, or one
-    sent before `subscribe`, gets INVALID_ARGUMENT in its result, and the stream goes on.
+    action's result follows the events the action caused. A message that names no action,
+    or `subscribe` again, gets INVALID_ARGUMENT in its result, and the stream goes on; a
+    first message that is not `subscribe`, or bytes that are not a ConnectRequest, end
+    the stream with INVALID_ARGUMENT.
     Authentication and authorization are those of the stream's token and apply to every
     action; revoking the token, deleting the rep, a newer stream for the rep, an outbox
     overflow and a shutdown end `Connect` as they end `Subscribe`. The unary RPCs stay
