@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from assigncore.model import Algorithm, Customer, IssueType, QueueSettings
+from assigncore.records import encode
 from server import config, durable, storage
 from server.journal import Journal
 
@@ -64,7 +65,7 @@ def build_desk(path: Path, reps: int, sessions: int, tail: int) -> dict:
     settings = config.Settings(storage_mode="file", storage_path=str(path))
     journal = Journal(str(path))
     desk, created = durable.Desk.create(settings, random.Random(1).randbytes(32), 1000.0)
-    pending: list[bytes] = [durable.dumps(durable.to_plain(created))]
+    pending: list[bytes] = [encode(created)]
     desk.record_to(pending.append)
     futures = []
 

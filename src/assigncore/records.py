@@ -135,24 +135,17 @@ def _hook(x: dict[str, Any]) -> Any:
     return x
 
 
-def to_plain(record: CommandRecord) -> dict[str, Any]:
-    """The record as JSON-ready data (what `encode` writes)."""
-    return {
+def encode(record: CommandRecord) -> bytes:
+    """The record as canonical JSON: sorted keys, no spaces (the same record, the same
+    bytes)."""
+    body = {
         "v": RECORD_VERSION,
         "c": record.command,
         "t": _enc(float(record.time)),
         "a": [_enc(a) for a in record.args],
         "k": {k: _enc(v) for k, v in (record.kwargs or {}).items()},
     }
-
-
-def dumps(value: Any) -> bytes:
-    """Canonical JSON: sorted keys, no spaces (the same data gives the same bytes)."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-
-
-def encode(record: CommandRecord) -> bytes:
-    return dumps(to_plain(record))
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
 def decode(data: bytes) -> CommandRecord:

@@ -32,7 +32,7 @@ from google.protobuf import descriptor_pool, message_factory
 from assigncore import snapshot
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError, InvalidArgument
-from assigncore.records import CommandRecord, RecordError, decode_many, dumps, to_plain
+from assigncore.records import CommandRecord, RecordError, decode_many, encode
 
 from .auth import Principal, PrincipalKind, TokenRecord, TokenStore
 from .config import Settings
@@ -105,10 +105,6 @@ def encode_entry(bodies: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(bodies) + b"]"
 
 
-def decode_entry(body: bytes) -> list[CommandRecord]:
-    return decode_many(body)
-
-
 class _PlainOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         raise snapshot.SnapshotError(f"a desk snapshot holds plain data only, not {name}")
@@ -149,7 +145,7 @@ class Desk:
         clock = self.engine.state
 
         def put(command: str, *args: Any) -> None:
-            sink(dumps(to_plain(CommandRecord(command, clock.now, args))))
+            sink(encode(CommandRecord(command, clock.now, args)))
 
         def token(change: str, what: Any) -> None:
             if change == "revoked":
@@ -175,7 +171,7 @@ class Desk:
                 base64.b64encode(result.SerializeToString(deterministic=True)).decode(),
             )
 
-        self.engine.on_command = lambda record: sink(dumps(to_plain(record)))
+        self.engine.on_command = lambda record: sink(encode(record))
         self.tokens.on_change = token
         self.idempotency.on_store = idempotent
         self.hub.on_feed = lambda rep_id: put(FEED_OPENED, rep_id)
@@ -309,7 +305,7 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
     for at, body in read_records(path, after=position):
         replayed += 1
         try:
-            entry = decode_entry(body)
+            entry = decode_many(body)
             if desk is None:
                 if not entry or entry[0].command != DESK_CREATED:
                     raise RecordError(

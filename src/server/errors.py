@@ -80,9 +80,7 @@ def _proto(exc: DomainError) -> status_pb2.Status:
 
 
 def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
-    return rpc_status.to_status(
-        status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
-    )
+    return rpc_status.to_status(_plain_proto(code, message))
 
 
 def info_status(

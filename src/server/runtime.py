@@ -46,8 +46,9 @@ class Recorder:
     """The open journal entry of this turn of the loop, and the futures of the entries
     on their way to disk (they resolve in order)."""
 
-    def __init__(self, journal: Journal, hub: Hub, on_failure: Any) -> None:
-        self.journal, self.hub, self.on_failure = journal, hub, on_failure
+    def __init__(self, journal: Journal, hub: Hub, on_failure: Any, on_durable: Any) -> None:
+        self.journal, self.hub = journal, hub
+        self.on_failure, self.on_durable = on_failure, on_durable
         self.loop = asyncio.get_running_loop()
         self.bodies: list[bytes] = []
         self.open: asyncio.Future[int] | None = None
@@ -78,6 +79,7 @@ class Recorder:
         if error is None:
             self.hub.release(held)
             future.set_result(done.result())
+            self.on_durable()
         else:
             future.set_exception(error)
             future.exception()  # retrieved: whoever awaits it is told
@@ -119,6 +121,7 @@ class Runtime:
         self._recovery: asyncio.Task[None] | None = None
         self._snapshotter: asyncio.subprocess.Process | None = None
         self._entries_at_snapshot = 0
+        self._closing = False
 
     # ------------------------------------------------------------- the desk
 
@@ -189,7 +192,9 @@ class Runtime:
         if self.storage is None:
             return
         if self.recorder is None:
-            self.recorder = Recorder(self.storage.journal, self.hub, self._journal_failed)
+            self.recorder = Recorder(
+                self.storage.journal, self.hub, self._journal_failed, self._maybe_snapshot
+            )
         self.recorder.add(body)
 
     async def durable(self) -> None:
@@ -198,7 +203,6 @@ class Runtime:
             raise JournalError("the journal cannot be written")
         if self.recorder is not None:
             await self.recorder.durable()
-            self._maybe_snapshot()
 
     # ------------------------------------------------------------- failure
 
@@ -286,7 +290,7 @@ class Runtime:
         """Every `snapshot_every` journal entries, a separate process replays the file
         and writes a snapshot (the serving loop never pauses for one)."""
         every = self.settings.snapshot_every
-        if not every or self.recorder is None or self.storage is None:
+        if not every or self.recorder is None or self.storage is None or self._closing:
             return
         if self.recorder.entries - self._entries_at_snapshot < every:
             return
@@ -310,6 +314,7 @@ class Runtime:
         serves nobody by now), the desk file closed."""
         if self.storage is None:
             return
+        self._closing = True  # no snapshot process starts from here on
         if self.recorder is not None:
             self.recorder.flush()
             with contextlib.suppress(JournalError):
