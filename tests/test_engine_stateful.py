@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from assigncore.columns import INELIGIBLE, LOAD_SHIFT
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError
-from assigncore.events import OfferDeclined, OfferMade, SessionQueued
+from assigncore.events import OfferDeclined, OfferMade, OfferRescinded, SessionQueued
 from assigncore.model import (
     GENERAL_QUEUE,
     Algorithm,
@@ -24,6 +24,7 @@ from assigncore.model import (
     Permissions,
     QueueKind,
     QueueSettings,
+    RescindReason,
     RuleAction,
     SessionState,
     SupportButton,
@@ -191,9 +192,21 @@ class EngineMachine(RuleBasedStateMachine):
         declined = {s.id: s.declined_by for s in self.engine.sessions()}
         pending = {o.id: o.deadline for o in self.engine.offers()}
         self.clock.tick(down)
+        heard = len(self.events)
         self.engine.server_restarted()
         kept = {o.id for o in self.engine.offers()}
-        assert kept == {o for o, deadline in pending.items() if deadline > self.clock.t}
+        running = {o for o, deadline in pending.items() if deadline > self.clock.t}
+        # Offers still running are kept by the restart itself; a timer that fell due
+        # in the downtime (a waiting rule moving the session) may still withdraw one.
+        withdrawn = {
+            e.offer_id: e.reason
+            for e in self.events[heard:]
+            if isinstance(e, OfferRescinded) and e.offer_id in running
+        }
+        assert kept == running - withdrawn.keys()
+        assert RescindReason.SERVER_RESTARTED not in withdrawn.values()
+        ran_out = {o for o in pending if o not in running}
+        assert ran_out.isdisjoint(kept)
         for r in self.engine.reps():
             assert not r.connected
             assert r.missed_offers == before[r.id]

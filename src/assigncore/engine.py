@@ -123,12 +123,17 @@ class Engine:
         # Told of every command that succeeded, as a record (the journal's input); not
         # told of replayed records.
         self.on_command: Callable[[CommandRecord], None] | None = None
+        # Called when a command or timer pass is over, replayed or not, refused or not:
+        # the listener has heard all of its events (the server's fan-out sends them as
+        # one batch, with what changed more than once in it merged).
+        self.on_settled: Callable[[], None] | None = None
 
     @classmethod
     def restored(cls, clock: Callable[[], float], state: State) -> Engine:
         """An engine over a state restored from a snapshot (assigncore.snapshot)."""
         engine = cls.__new__(cls)
-        engine._clock, engine.state, engine._busy, engine.on_command = clock, state, False, None
+        engine._clock, engine.state, engine._busy = clock, state, False
+        engine.on_command = engine.on_settled = None
         return engine
 
     # ------------------------------------------------------------------ plumbing
@@ -184,6 +189,8 @@ class Engine:
         finally:
             self._busy = False
             st.events = []
+            if self.on_settled is not None:
+                self.on_settled()
         if record_it and self.on_command is not None:
             self.on_command(CommandRecord(fn.__name__, when, args, kwargs or None))
         return Outcome(events, value)
@@ -252,6 +259,8 @@ class Engine:
         finally:
             self._busy = False
             st.events = []
+            if self.on_settled is not None:
+                self.on_settled()
         # Timers follow from state and time, but when they fire is an input: a pass
         # that fired any is recorded, so a replay fires them at the same point between
         # commands (a restart's command, which runs before due timers, depends on it).

@@ -174,13 +174,21 @@ async def _read(
     deserialize: Callable[[bytes], Any] | None,
     timeout: float | None,
     end: Any,
+    raise_malformed: bool = False,
 ) -> Any:
     """The next request message, read under a deadline and decoded here, so that a
-    half-sent or malformed body gets a clear status; `end` when the stream closes."""
+    half-sent or malformed body gets a clear status; `end` when the stream closes.
+    With `raise_malformed`, bytes that are not the message raise MalformedRequest
+    instead of ending the call (for a reader outside the handler's task, which must
+    not abort the call itself)."""
     try:
-        # asyncio.timeout arms one timer on this task; wait_for would start a task per call.
-        async with asyncio.timeout(timeout):
+        if timeout is None:
             raw = await anext(requests)
+        else:
+            # asyncio.timeout arms one timer on this task; wait_for would start a task
+            # per call.
+            async with asyncio.timeout(timeout):
+                raw = await anext(requests)
     except TimeoutError:
         return await _refuse(
             context,
@@ -194,10 +202,16 @@ async def _read(
     try:
         return deserialize(raw)
     except Exception:  # DecodeError and friends: the bytes are not this message
+        if raise_malformed:
+            raise MalformedRequest from None
         return await _refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
 
 
 _END = object()
+
+
+class MalformedRequest(Exception):
+    """A console stream's later message is not a request (see _timed_messages)."""
 
 
 async def _first_message(
@@ -224,12 +238,15 @@ async def _timed_messages(
 ) -> AsyncIterator[Any]:
     """A request stream whose every message must arrive within `timeout` of the last;
     with `first_only`, only the first (a console stream is quiet while its rep is:
-    it holds only its own slot of the rep's few)."""
+    it holds only its own slot of the rep's few), and a later message that is not a
+    request raises MalformedRequest (the console reads them in a task of its own)."""
     first = True
     while True:
-        limit = timeout if first or not first_only else None
+        later = first_only and not first
         first = False
-        message = await _read(requests, context, deserialize, limit, _END)
+        message = await _read(
+            requests, context, deserialize, None if later else timeout, _END, later
+        )
         if message is _END:
             return
         yield message
@@ -319,7 +336,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         timeout = self.gate.limits.message_timeout
         deserialize = handler.request_deserializer
-        serialize = handler.response_serializer
+        # Console streams write their messages encoded already (server/wire.py).
+        serialize = None if console else handler.response_serializer
         admit, release = self._admit, self._release
 
         unary_in = not handler.request_streaming

@@ -12,12 +12,12 @@ from assigncore.engine import Engine
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
 from assigncore.model import TeamKind
 
-from . import convert
-from .auth import current_principal
+from . import convert, wire
+from .auth import MalformedRequest, current_principal
 from .errors import abort, rpc
 from .gen.assigncore.v1 import console_service_pb2 as cpb
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from .hub import ConsoleStream, StreamEnd, stream_end_status
+from .hub import ConsoleStream, Numbered, StreamEnd, stream_end_status
 from .runtime import Runtime
 
 
@@ -58,8 +58,9 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     async def Subscribe(
         self, request: cpb.SubscribeRequest, context: grpc.aio.ServicerContext
     ) -> Any:
+        # Console streams write bytes (wire.py): events are encoded once for everyone.
         async for item in self._feed(request, context, None):
-            yield item
+            yield item.data if type(item) is Numbered else item.SerializeToString()
 
     async def Connect(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
         """The feed, with the console's actions on the same stream (see the proto)."""
@@ -71,10 +72,12 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
             )
             return
         async for item in self._feed(first.subscribe, context, requests):
-            if isinstance(item, cpb.ActionResult):
-                yield cpb.ConnectResponse(result=item)
+            if type(item) is Numbered:
+                yield wire.connect_event(item.data)
+            elif type(item) is cpb.ActionResult:
+                yield wire.connect_result(item)
             else:
-                yield cpb.ConnectResponse(event=item)
+                yield wire.connect_event(item.SerializeToString())
 
     async def _act(self, request: cpb.ConnectRequest) -> cpb.ActionResult:
         """One action from the console stream, run as its unary RPC runs."""
@@ -107,7 +110,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                 self.rt.hub.push(stream, result)
         except asyncio.CancelledError:
             raise
-        except Exception:  # bytes that are not a ConnectRequest: the guard refused them
+        except MalformedRequest:  # bytes that are not a ConnectRequest
             stream.end(StreamEnd.MALFORMED)
 
     async def _feed(
@@ -154,7 +157,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                 reader = asyncio.get_running_loop().create_task(self._run_actions(actions, stream))
             while True:
                 item = await stream.next()
-                if isinstance(item, cpb.SubscribeResponse | cpb.ActionResult):
+                if type(item) is Numbered or type(item) is cpb.ActionResult:
                     yield item
                 elif item is StreamEnd.SIGNED_OUT:
                     return
@@ -262,7 +265,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         self, request: cpb.GetSessionRequest, context: Any
     ) -> cpb.GetSessionResponse:
         return cpb.GetSessionResponse(
-            session=convert.session_out(self._visible_session(request.session_id)),
+            session=self.rt.session_message(self._visible_session(request.session_id)),
             feed_sequence=self._seq(),
         )
 
@@ -272,7 +275,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     ) -> cpb.AcceptSessionResponse:
         self.rt.command(self.engine.accept_session, me(), request.session_id)
         return cpb.AcceptSessionResponse(
-            session=convert.session_out(self.engine.session(request.session_id))
+            session=self.rt.session_message(self.engine.session(request.session_id))
         )
 
     @rpc
@@ -283,7 +286,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         self.rt.command(self.engine.answer_offer, me(), request.offer_id, request.accept)
         assert offer is not None  # answer_offer raised otherwise
         return cpb.AnswerOfferResponse(
-            session=convert.session_out(self.engine.session(offer.session_id))
+            session=self.rt.session_message(self.engine.session(offer.session_id))
         )
 
     @rpc
@@ -291,7 +294,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         taken = self.rt.command(self.engine.get_next, me()).value
         if taken is None:
             return cpb.GetNextSessionResponse()
-        return cpb.GetNextSessionResponse(session=convert.session_out(taken))
+        return cpb.GetNextSessionResponse(session=self.rt.session_message(taken))
 
     @rpc
     async def TransferSession(
@@ -300,7 +303,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         target = convert.target_queue("target", request.target)
         self.rt.command(self.engine.transfer_session, me(), request.session_id, target)
         return cpb.TransferSessionResponse(
-            session=convert.session_out(self.engine.session(request.session_id))
+            session=self.rt.session_message(self.engine.session(request.session_id))
         )
 
     @rpc
@@ -332,7 +335,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
         session_id = self.engine.invitation(request.invitation_id).session_id
         self.rt.command(self.engine.accept_invitation, me(), request.invitation_id)
         return cpb.AcceptInvitationResponse(
-            session=convert.session_out(self.engine.session(session_id))
+            session=self.rt.session_message(self.engine.session(session_id))
         )
 
     @rpc

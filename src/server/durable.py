@@ -37,7 +37,7 @@ from assigncore.records import CommandRecord, RecordError, decode_many, encode
 from .auth import Principal, PrincipalKind, TokenRecord, TokenStore
 from .config import Settings
 from .gen.assigncore.v1 import console_service_pb2 as cpb
-from .hub import Feed, Hub
+from .hub import Feed, Hub, Numbered
 from .journal import JournalError, read_records
 from .storage import valid_snapshots
 
@@ -115,6 +115,7 @@ class Desk:
         self.engine = engine
         self.hub = Hub(engine, settings.event_buffer, settings.outbox_limit)
         engine.state.listener = self.hub.on_event
+        engine.on_settled = self.hub.settle
         self.tokens = TokenStore(settings.clock)
         self.tokens.on_revoke = lambda record: self.hub.end_token(record.token_id)
         self.idempotency = Idempotency(settings.idempotency_ttl, settings.clock)
@@ -237,8 +238,7 @@ class Desk:
                 ) in self.idempotency.entries.items()
             ],
             "feeds": [
-                (rep_id, f.seq, [m.SerializeToString(deterministic=True) for m in f.buffer])
-                for rep_id, f in self.hub.feeds.items()
+                (rep_id, f.seq, [m.data for m in f.buffer]) for rep_id, f in self.hub.feeds.items()
             ],
         }
         plain = pickle.dumps(rest, 5)
@@ -268,7 +268,9 @@ class Desk:
         for rep_id, seq, buffer in rest["feeds"]:
             f = desk.hub.feeds[rep_id] = Feed(desk.hub.buffer_size)
             f.seq = f.released = seq
-            f.buffer.extend(cpb.SubscribeResponse.FromString(m) for m in buffer)
+            f.buffer.extend(
+                Numbered(cpb.SubscribeResponse.FromString(m).sequence, m) for m in buffer
+            )
         return desk
 
 

@@ -106,7 +106,7 @@ UNAVAILABLE = (
 )
 
 
-def _is_abort(exc: BaseException) -> bool:
+def is_abort(exc: BaseException) -> bool:
     # context.abort() raises a private exception type; let it through untouched.
     return type(exc).__name__ == "AbortError"
 
@@ -148,7 +148,7 @@ async def invoke(
     except DomainError as exc:
         return None, _proto(exc)
     except Exception as exc:
-        if _is_abort(exc):
+        if is_abort(exc):
             raise
         log.exception("internal error in %s", method.__qualname__)
         return None, _plain_proto(grpc.StatusCode.INTERNAL, "internal error")

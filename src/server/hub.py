@@ -16,6 +16,7 @@ with UNAUTHENTICATED."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import Enum
@@ -24,9 +25,9 @@ from typing import Any
 import grpc
 
 from assigncore import events as ev
-from assigncore.engine import Engine, QueueItem
-from assigncore.model import QueueKind, QueueRef, RescindReason
-from server import convert
+from assigncore.engine import Engine
+from assigncore.model import QueueKind, QueueRef, RescindReason, Session
+from server import convert, wire
 from server.errors import info_status, plain_status
 from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
@@ -97,6 +98,16 @@ def stream_end_status(why: StreamEnd, feed: Feed) -> grpc.Status:
     )
 
 
+class Numbered:
+    """One event of a rep's feed as it goes on the wire: its sequence number and the
+    encoded SubscribeResponse."""
+
+    __slots__ = ("sequence", "data")
+
+    def __init__(self, sequence: int, data: bytes) -> None:
+        self.sequence, self.data = sequence, data
+
+
 class Feed:
     """A rep's numbered events. `seq` counts every event; `released` is the last one
     whose journal record is durable: only those leave the process."""
@@ -106,10 +117,10 @@ class Feed:
     def __init__(self, size: int) -> None:
         self.seq = 0
         self.released = 0
-        self.buffer: deque[cpb.SubscribeResponse] = deque(maxlen=size)
+        self.buffer: deque[Numbered] = deque(maxlen=size)
         self.stream: ConsoleStream | None = None
 
-    def since(self, resume_after: int) -> list[cpb.SubscribeResponse] | None:
+    def since(self, resume_after: int) -> list[Numbered] | None:
         """Released events after `resume_after`, or None if some of them are no longer
         held (or `resume_after` is ahead of this feed: the console talks of another
         desk). Events not yet released follow on the stream when they are."""
@@ -123,6 +134,40 @@ class Feed:
         return [m for m in self.buffer if resume_after < m.sequence <= self.released]
 
 
+# How a queue item changed within one command (see Hub.settle).
+ADDED, CHANGED, REMOVED = "added", "changed", "removed"
+
+
+class _Item:
+    """A queue item's change in this command, merged with its other changes in it."""
+
+    __slots__ = ("kind", "queue", "item_id", "time", "recipients", "invitation")
+
+    def __init__(
+        self,
+        kind: str,
+        queue: QueueRef,
+        item_id: str,
+        time: float,
+        recipients: list[str],
+        invitation: pb.Invitation | None,
+    ) -> None:
+        self.kind, self.queue, self.item_id, self.time = kind, queue, item_id, time
+        self.recipients, self.invitation = recipients, invitation
+
+
+class _Out:
+    """Any other event of this command: who gets it, and its message (or how to build
+    it from the state the command left)."""
+
+    __slots__ = ("recipients", "time", "field", "message")
+
+    def __init__(
+        self, recipients: list[str], time: float, field: str, message: Any | Callable[[], Any]
+    ) -> None:
+        self.recipients, self.time, self.field, self.message = recipients, time, field, message
+
+
 class Hub:
     def __init__(self, engine: Engine, buffer_size: int, outbox_limit: int | None = None) -> None:
         self.engine = engine
@@ -132,13 +177,21 @@ class Hub:
         self.draining = False
         # With a journal, events wait here until their record is durable (release()).
         self.holding = False
-        self.held: list[tuple[Feed, cpb.SubscribeResponse]] = []
+        self.held: list[tuple[Feed, Numbered]] = []
         # Told when a rep's feed is created (the journal's input; a replay creates it
         # again at the same point, so every event gets the same number).
         self.on_feed: Callable[[str], None] | None = None
         # Called (outside any engine command) when a rep's stream ended from outside its
         # handler and the rep must go through the connection-lost path.
         self.on_lost: Callable[[str], None] = lambda rep_id: None
+        # What the running command told consoles so far, sent when it is over (settle).
+        self._plan: list[_Item | _Out | None] = []
+        self._items: dict[tuple[QueueRef, str], int] = {}  # queue item -> its plan entry
+        self._offers: dict[str, int] = {}  # offer made in this command -> its plan entry
+        # Session messages built since the last command: every event and reply that
+        # shows a session shares one (the state only changes in commands).
+        self._sessions: dict[str, pb.Session] = {}
+        self._stamp_time, self._stamp_bytes = math.nan, b""
 
     def feed(self, rep_id: str) -> Feed:
         f = self.feeds.get(rep_id)
@@ -184,21 +237,31 @@ class Hub:
         f = self.feeds.get(rep_id)
         return None if f is None else f.stream
 
-    def send(self, rep_ids: Iterable[str], time: float, **event: Any) -> None:
-        """Append an event to each rep's feed. Reps that never opened a console have no
-        feed and get nothing: their first Subscribe starts fresh anyway."""
-        stamp = convert.timestamp(time)
+    def _send(self, rep_ids: Iterable[str], time: float, field: str, message: Any) -> None:
+        """Append an event to each rep's feed: its body is encoded once, for all of
+        them. Reps that never opened a console have no feed and get nothing: their first
+        Subscribe starts fresh anyway."""
+        feeds = self.feeds
+        body = stamp = b""
         for rep_id in rep_ids:
-            f = self.feeds.get(rep_id)
+            f = feeds.get(rep_id)
             if f is None:
                 continue
+            if not body:
+                body = wire.body(**{field: message})
+                stamp = self._stamp(time)
             f.seq += 1
-            msg = cpb.SubscribeResponse(sequence=f.seq, time=stamp, **event)
-            f.buffer.append(msg)
+            out = Numbered(f.seq, wire.numbered(f.seq, stamp, body))
+            f.buffer.append(out)
             if self.holding:
-                self.held.append((f, msg))
+                self.held.append((f, out))
             else:
-                self._deliver(f, msg)
+                self._deliver(f, out)
+
+    def _stamp(self, time: float) -> bytes:
+        if time != self._stamp_time:
+            self._stamp_time, self._stamp_bytes = time, wire.stamp(convert.timestamp(time))
+        return self._stamp_bytes
 
     def push(self, stream: ConsoleStream, item: Any) -> None:
         """Into a stream's outbox: a released event, or something for that stream alone
@@ -211,16 +274,16 @@ class Hub:
             stream.outbox.append(item)
             stream.wake.set()
 
-    def take_held(self) -> list[tuple[Feed, cpb.SubscribeResponse]]:
+    def take_held(self) -> list[tuple[Feed, Numbered]]:
         held, self.held = self.held, []
         return held
 
-    def release(self, held: list[tuple[Feed, cpb.SubscribeResponse]]) -> None:
+    def release(self, held: list[tuple[Feed, Numbered]]) -> None:
         """The records of these events are durable: they go out."""
         for f, msg in held:
             self._deliver(f, msg)
 
-    def _deliver(self, f: Feed, msg: cpb.SubscribeResponse) -> None:
+    def _deliver(self, f: Feed, msg: Numbered) -> None:
         f.released = msg.sequence
         if f.stream is not None:
             self.push(f.stream, msg)
@@ -251,76 +314,138 @@ class Hub:
             return [r.id for r in reps if r is not None and self.engine.can_see(r, queue)]
         return self.engine.queue_audience(queue, self.feeds)
 
+    # ------------------------------------------------------------- messages
+
+    def session_message(self, s: Session) -> pb.Session:
+        """The session as the state is now, built once between two commands."""
+        msg = self._sessions.get(s.id)
+        if msg is None:
+            msg = self._sessions[s.id] = convert.session_out(s)
+        return msg
+
     # ------------------------------------------------------------- engine listener
 
     def on_event(self, e: ev.Event) -> None:
+        """Told of each event while its command runs: what it means for consoles joins
+        the command's plan (audiences are taken now, messages built at the end)."""
         kind = type(e)
         handler = _HANDLERS.get(kind)
         if handler is None:
             handler = _HANDLERS[kind] = getattr(Hub, "_on_" + kind.__name__, _ignore)
         handler(self, e)
 
+    def settle(self) -> None:
+        """The command is over: its plan goes out, each message built once from the
+        state it left. Changes to one queue item within the command arrive merged, as
+        one event (added and then changed: added as it is now; added and then removed:
+        nothing), and an offer made and withdrawn within it is not sent at all."""
+        self._sessions.clear()  # the state may have changed
+        plan = self._plan
+        if not plan:
+            return
+        self._plan, self._items, self._offers = [], {}, {}
+        for entry in plan:
+            if entry is None:
+                continue
+            if isinstance(entry, _Out):
+                message = entry.message() if callable(entry.message) else entry.message
+                if message is not None:
+                    self._send(entry.recipients, entry.time, entry.field, message)
+                continue
+            field, message = self._item_message(entry)
+            if message is not None:
+                self._send(entry.recipients, entry.time, field, message)
+
+    def _item_message(self, item: _Item) -> tuple[str, Any]:
+        queue = convert.queue_out(item.queue)
+        if item.kind == REMOVED:
+            return "queue_item_removed", cpb.QueueItemRemoved(queue=queue, item_id=item.item_id)
+        if item.invitation is not None:
+            content = pb.QueueItem(invitation=item.invitation)
+        else:
+            s = self.engine.find_session(item.item_id)
+            if s is None or s.queue != item.queue:
+                return "", None  # no longer there (its removal is another entry)
+            content = pb.QueueItem(session=self.session_message(s))
+        if item.kind == ADDED:
+            return "queue_item_added", cpb.QueueItemAdded(queue=queue, item=content)
+        return "queue_item_changed", cpb.QueueItemChanged(queue=queue, item=content)
+
+    def _out(self, rep_ids: list[str], time: float, field: str, message: Any) -> int:
+        self._plan.append(_Out(rep_ids, time, field, message))
+        return len(self._plan) - 1
+
+    def _item(
+        self,
+        kind: str,
+        queue: QueueRef,
+        item_id: str,
+        time: float,
+        recipients: list[str],
+        invitation: pb.Invitation | None = None,
+    ) -> None:
+        if not recipients:
+            return
+        key = (queue, item_id)
+        at = self._items.get(key)
+        entry = None if at is None else self._plan[at]
+        if not isinstance(entry, _Item) or entry.kind == REMOVED:
+            self._items[key] = len(self._plan)
+            self._plan.append(_Item(kind, queue, item_id, time, recipients, invitation))
+            return
+        if kind == REMOVED and entry.kind == ADDED:  # never seen: nothing to tell
+            self._plan[at] = None  # type: ignore[index]
+            del self._items[key]
+            return
+        if kind == REMOVED:
+            entry.kind = REMOVED
+        known = set(entry.recipients)
+        entry.recipients = [*entry.recipients, *(r for r in recipients if r not in known)]
+        entry.time = time
+
     def _on_SessionQueued(self, e: ev.SessionQueued) -> None:
-        session = self.engine.find_session(e.session_id)
-        audience = self.audience(e.queue)
-        if session is None or session.queue != e.queue or not audience:
-            return  # build nothing for nobody
-        item = convert.item_out(QueueItem(session.id, session))
-        self.send(
-            audience,
-            e.time,
-            queue_item_added=cpb.QueueItemAdded(queue=convert.queue_out(e.queue), item=item),
-        )
+        self._item(ADDED, e.queue, e.session_id, e.time, self.audience(e.queue))
 
     def _on_SessionDequeued(self, e: ev.SessionDequeued) -> None:
-        self.send(
-            self.audience(e.queue),
-            e.time,
-            queue_item_removed=cpb.QueueItemRemoved(
-                queue=convert.queue_out(e.queue), item_id=e.session_id
-            ),
-        )
+        self._item(REMOVED, e.queue, e.session_id, e.time, self.audience(e.queue))
 
-    def _changed(
-        self, session_id: str, time: float, skip: str = "", session_msg: pb.Session | None = None
-    ) -> None:
+    def _changed(self, session_id: str, time: float, skip: str = "") -> None:
         s = self.engine.find_session(session_id)
         if s is None or s.queue is None:
             return
         audience = [r for r in self.audience(s.queue) if r != skip]
-        if audience:
-            item = pb.QueueItem(session=session_msg or convert.session_out(s))
-            self.send(
-                audience,
-                time,
-                queue_item_changed=cpb.QueueItemChanged(
-                    queue=convert.queue_out(s.queue), item=item
-                ),
-            )
+        self._item(CHANGED, s.queue, session_id, time, audience)
 
     def _on_OfferMade(self, e: ev.OfferMade) -> None:
         if e.rep_id not in self.feeds:  # only a connected rep is offered anything
             return
-        session = convert.session_out(self.engine.session(e.session_id))
-        self.send(
-            [e.rep_id],
-            e.time,
-            offer_made=cpb.OfferMade(
+
+        def build() -> cpb.OfferMade | None:
+            s = self.engine.find_session(e.session_id)
+            if s is None:
+                return None
+            return cpb.OfferMade(
                 offer_id=e.offer_id,
-                session=session,
+                session=self.session_message(s),
                 deadline_time=convert.timestamp(e.deadline),
                 audible=e.audible,
-            ),
-        )
+            )
+
+        self._offers[e.offer_id] = self._out([e.rep_id], e.time, "offer_made", build)
         # The offered rep learns it from offer_made; the rest of the queue's audience
         # sees the item change state.
-        self._changed(e.session_id, e.time, skip=e.rep_id, session_msg=session)
+        self._changed(e.session_id, e.time, skip=e.rep_id)
 
     def _rescinded(self, e: ev.OfferRescinded | ev.OfferDeclined, reason: RescindReason) -> None:
-        self.send(
+        made = self._offers.pop(e.offer_id, None)
+        if made is not None:  # made and withdrawn in one command: never seen
+            self._plan[made] = None
+            return
+        self._out(
             [e.rep_id],
             e.time,
-            offer_rescinded=cpb.OfferRescinded(
+            "offer_rescinded",
+            cpb.OfferRescinded(
                 offer_id=e.offer_id,
                 session_id=e.session_id,
                 reason=convert.enum_out(cpb.RescindReason, "RESCIND_REASON_", reason),
@@ -337,80 +462,70 @@ class Hub:
         self._changed(e.session_id, e.time)
 
     def _on_SessionOverdue(self, e: ev.SessionOverdue) -> None:
-        self.send(
-            self.audience(e.queue),
-            e.time,
-            session_overdue=cpb.SessionOverdue(
-                session_id=e.session_id,
-                queue=convert.queue_out(e.queue),
-                rule_moves_exhausted=e.rule_moves_exhausted,
-            ),
-        )
+        audience = self.audience(e.queue)
+        if audience:
+            self._out(
+                audience,
+                e.time,
+                "session_overdue",
+                cpb.SessionOverdue(
+                    session_id=e.session_id,
+                    queue=convert.queue_out(e.queue),
+                    rule_moves_exhausted=e.rule_moves_exhausted,
+                ),
+            )
 
     def _on_InvitationCreated(self, e: ev.InvitationCreated) -> None:
         audience = self.audience(e.queue)
         if not audience:
             return
-        inv = self.engine.invitation(e.invitation_id)
-        self.send(
-            audience,
-            e.time,
-            invitation_received=cpb.InvitationReceived(invitation=convert.invitation_out(inv)),
-        )
-        self.send(
-            audience,
-            e.time,
-            queue_item_added=cpb.QueueItemAdded(
-                queue=convert.queue_out(e.queue),
-                item=pb.QueueItem(invitation=convert.invitation_out(inv)),
-            ),
-        )
+        inv = convert.invitation_out(self.engine.invitation(e.invitation_id))
+        self._out(audience, e.time, "invitation_received", cpb.InvitationReceived(invitation=inv))
+        self._item(ADDED, e.queue, e.invitation_id, e.time, audience, invitation=inv)
 
     def _on_InvitationRemoved(self, e: ev.InvitationRemoved) -> None:
-        self.send(
-            self.audience(e.queue),
-            e.time,
-            queue_item_removed=cpb.QueueItemRemoved(
-                queue=convert.queue_out(e.queue), item_id=e.invitation_id
-            ),
-        )
+        self._item(REMOVED, e.queue, e.invitation_id, e.time, self.audience(e.queue))
 
     def _on_ChatMessagePosted(self, e: ev.ChatMessagePosted) -> None:
         audience = self.audience(QueueRef(QueueKind.TEAM, e.team_id))
         if audience:
-            self.send(
+            self._out(
                 audience,
                 e.time,
-                chat_message=convert.chat_out(e.team_id, e.seq, e.rep_id, e.text, e.time),
+                "chat_message",
+                convert.chat_out(e.team_id, e.seq, e.rep_id, e.text, e.time),
             )
 
     def _on_EligibilityChanged(self, e: ev.EligibilityChanged) -> None:
         reasons = sorted(
             convert.enum_out(cpb.IneligibleReason, "INELIGIBLE_REASON_", r) for r in e.reasons
         )
-        self.send(
+        self._out(
             [e.rep_id],
             e.time,
-            eligibility_changed=cpb.EligibilityChanged(eligible=e.eligible, reasons=reasons),
+            "eligibility_changed",
+            cpb.EligibilityChanged(eligible=e.eligible, reasons=reasons),
         )
 
     def _on_OwnershipChanged(self, e: ev.OwnershipChanged) -> None:
-        s = self.engine.session(e.session_id)
-        self.send(
-            [e.to_rep],
-            e.time,
-            session_handed_over=cpb.SessionHandedOver(
-                session=convert.session_out(s), from_rep_id=e.from_rep, by_fallback=e.by_fallback
-            ),
-        )
+        def build() -> cpb.SessionHandedOver | None:
+            s = self.engine.find_session(e.session_id)
+            if s is None:
+                return None
+            return cpb.SessionHandedOver(
+                session=self.session_message(s),
+                from_rep_id=e.from_rep,
+                by_fallback=e.by_fallback,
+            )
+
+        self._out([e.to_rep], e.time, "session_handed_over", build)
 
     def _on_RepSettingsChanged(self, e: ev.RepSettingsChanged) -> None:
-        self.send(
+        self._out(
             [e.rep_id],
             e.time,
-            settings_changed=cpb.SettingsChanged(
-                auto_assign=e.auto_assign, audible_alerts=e.audible_alerts
-            ),
+            "settings_changed",
+            cpb.SettingsChanged(auto_assign=e.auto_assign, audible_alerts=e.audible_alerts),
         )
 
 

@@ -94,7 +94,8 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
             raise InvalidArgument("via", "name how the session starts")
         session = outcome.value
         return ipb.StartSessionResponse(
-            session=convert.session_out(session), position=self.engine.queue_position(session.id)
+            session=self.rt.session_message(session),
+            position=self.engine.queue_position(session.id),
         )
 
     @rpc
@@ -105,7 +106,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
             self._session(request.session_id)
             self.rt.command(self.engine.cancel_session, request.session_id)
             return ipb.CancelSessionResponse(
-                session=convert.session_out(self.engine.session(request.session_id))
+                session=self.rt.session_message(self.engine.session(request.session_id))
             )
 
         return self._once(request, cancel)
@@ -115,7 +116,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
         self, request: ipb.GetSessionStatusRequest, context: Any
     ) -> ipb.GetSessionStatusResponse:
         s = self._session(request.session_id)
-        out = convert.session_out(s)
+        out = self.rt.session_message(s)
         return ipb.GetSessionStatusResponse(
             state=out.state,
             queue=convert.queue_out(s.queue),

@@ -27,12 +27,14 @@ from dataclasses import asdict
 from typing import Any
 
 from assigncore.engine import Engine, Outcome
+from assigncore.model import Session
 from assigncore.records import encode
 
 from .auth import Gate, Principal, PrincipalKind, TokenStore
 from .config import Settings
 from .desk import load_desk
 from .durable import Desk, Idempotency, encode_entry, load
+from .gen.assigncore.v1 import common_pb2 as pb
 from .hub import Hub, StreamEnd
 from .journal import Journal, JournalError
 from .storage import Storage, write_snapshot
@@ -132,6 +134,11 @@ class Runtime:
     @property
     def hub(self) -> Hub:
         return self.desk.hub
+
+    def session_message(self, s: Session) -> pb.Session:
+        """A session's message, shared by every reply and event built before the next
+        command (see Hub.session_message)."""
+        return self.desk.hub.session_message(s)
 
     @property
     def tokens(self) -> TokenStore:
