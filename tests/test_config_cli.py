@@ -121,3 +121,45 @@ def test_hardening_limits_are_configurable_and_checked():
     ):
         with pytest.raises(config.ConfigError):
             config.parse(f"[server]\n{bad}\n", "t")
+
+
+def test_the_event_loop_is_uvloop_unless_configured_otherwise():
+    import uvloop
+
+    from server import cli, config
+
+    assert config.parse("", "t").event_loop == "uvloop"
+    assert cli._loop_factory(config.parse("", "t")) is uvloop.new_event_loop
+    plain = config.parse('[server]\nevent_loop = "asyncio"\n', "t")
+    assert cli._loop_factory(plain) is None
+    with pytest.raises(config.ConfigError, match="event_loop"):
+        config.parse('[server]\nevent_loop = "tokio"\n', "t")
+
+
+def test_gc_is_tuned_for_a_long_running_server():
+    import gc
+
+    from server import cli
+
+    before = gc.get_threshold()
+    try:
+        cli.tune_gc()
+        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # what was loaded is out of every collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_a_token_seen_before_is_one_lookup_and_revoking_it_takes_effect_at_once():
+    from server.auth import Principal, PrincipalKind, TokenStore
+
+    store = TokenStore()
+    record, secret = store.issue(Principal(PrincipalKind.REP, "ann"))
+    other, other_secret = store.issue(Principal(PrincipalKind.REP, "bob"))
+    assert store.principal(secret).rep_id == "ann"
+    assert store.principal(secret) is store.principal(secret)  # remembered
+    assert store.principal("not-a-token") is None
+    store.revoke(record.token_id)
+    assert store.principal(secret) is None  # even though it was remembered
+    assert store.principal(other_secret).rep_id == "bob"

@@ -11,6 +11,7 @@
     event_buffer = 1000           # events held per rep for resume_after
     outbox_limit = 500            # events queued for a console that is not reading
     shutdown_grace = 5.0          # seconds
+    event_loop = "uvloop"         # or "asyncio" (the standard library's loop)
     reconnect_grace = 30.0        # rule 11
     max_rule_moves = 10           # rule 8
     general_queue = true
@@ -73,6 +74,9 @@ class Settings:
     # so it must not exceed event_buffer.
     outbox_limit: int = 500
     shutdown_grace: float = 5.0
+    # The event loop `assigncore serve` runs on: uvloop (faster stream writes and
+    # callbacks) or the standard library's.
+    event_loop: str = "uvloop"
     idempotency_ttl: float = 24 * 3600.0
     # Keepalive suited to mobile consoles: the server pings an idle connection every
     # 60 s and drops it if no answer comes within 20 s; clients may ping every 30 s.
@@ -107,6 +111,7 @@ SERVER_KEYS = {
     "event_buffer",
     "outbox_limit",
     "shutdown_grace",
+    "event_loop",
 }
 ENGINE_KEYS = {
     "reconnect_grace": "reconnect_grace",
@@ -194,6 +199,8 @@ def check(settings: Settings, source: str = "config") -> None:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{source}: [server] {name} must be a positive number")
+    if settings.event_loop not in ("uvloop", "asyncio"):
+        raise ConfigError(f'{source}: [server] event_loop is "uvloop" or "asyncio"')
     if settings.outbox_limit > settings.event_buffer:
         raise ConfigError(f"{source}: [server] outbox_limit must not exceed event_buffer")
 

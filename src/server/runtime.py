@@ -16,6 +16,7 @@ refused is half-applied.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -56,6 +57,11 @@ class Recorder:
         self.open: asyncio.Future[int] | None = None
         self.last: asyncio.Future[int] | None = None
         self.entries = 0
+        # Entries the writer finished, for the loop to settle in order.
+        self.settled: collections.deque[tuple[Any, asyncio.Future[int], list[Any]]] = (
+            collections.deque()
+        )
+        self.waking = False
 
     def add(self, body: bytes) -> None:
         if self.open is None:
@@ -72,9 +78,21 @@ class Recorder:
         self.last = future
         self.entries += 1
         done = self.journal.append(encode_entry(bodies))
-        done.add_done_callback(
-            lambda d: self.loop.call_soon_threadsafe(self._settled, d, future, held)
-        )
+        done.add_done_callback(lambda d: self._written(d, future, held))
+
+    def _written(self, done: Any, future: asyncio.Future[int], held: list[Any]) -> None:
+        """In the writer's thread: the loop is woken once for all the entries one
+        commit made durable, not once per entry."""
+        self.settled.append((done, future, held))
+        if not self.waking:
+            self.waking = True
+            self.loop.call_soon_threadsafe(self._settle_all)
+
+    def _settle_all(self) -> None:
+        self.waking = False  # before draining: an entry added meanwhile wakes it again
+        settled = self.settled
+        while settled:
+            self._settled(*settled.popleft())
 
     def _settled(self, done: Any, future: asyncio.Future[int], held: list[Any]) -> None:
         error = done.exception()
@@ -91,8 +109,23 @@ class Recorder:
         """Returns once everything recorded so far is durable; JournalError if some of
         it could not be written."""
         future = self.open or self.last
-        if future is not None:
-            await asyncio.shield(future)
+        if future is None or (future.done() and future.exception() is None):
+            return
+        # Many callers wait on one entry's future: each waits on a future of its own,
+        # so that a caller cancelled meanwhile cannot cancel the entry's.
+        mine = self.loop.create_future()
+        future.add_done_callback(lambda f: _copy(f, mine))
+        await mine
+
+
+def _copy(source: asyncio.Future[int], target: asyncio.Future[int]) -> None:
+    if target.done():  # its waiter was cancelled
+        return
+    error = source.exception()
+    if error is None:
+        target.set_result(source.result())
+    else:
+        target.set_exception(error)
 
 
 class Runtime:
