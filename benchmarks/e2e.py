@@ -3,6 +3,7 @@
 - the empty-RPC floor: health Check round trips (p50/p99);
 - enqueue-to-offer latency: from sending StartSession through the intake service until
   the offer event arrives on the chosen rep's console stream (p50/p99);
+- the server's CPU for one empty unary call (64 in flight): the machine's floor;
 - sustained full lifecycles per second: start -> offer -> accept -> end, with many
   lifecycles in flight; once with the console answering and ending by unary calls,
   once with the same actions on its `Connect` stream; and the server's and the
@@ -220,6 +221,21 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
         await health.Check(health_pb2.HealthCheckRequest())
         floor.append(time.perf_counter() - t0)
 
+    # The server's CPU for an empty unary call (health Check, 64 in flight): the
+    # machine's floor, against which the CPU per lifecycle is also given.
+    checks = 0
+    stop_checks = time.perf_counter() + (2.0 if quick else 5.0)
+
+    async def checker() -> None:
+        nonlocal checks
+        while time.perf_counter() < stop_checks:
+            await health.Check(health_pb2.HealthCheckRequest())
+            checks += 1
+
+    cpu0 = cpu_seconds(server_pid)
+    await asyncio.gather(*(checker() for _ in range(64)))
+    floor_cpu = (cpu_seconds(server_pid) - cpu0) / checks
+
     offer_lat = []
     for k in range(samples // 2):
         i = (k * 7919) % n
@@ -284,6 +300,7 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
         "floor_p50_us": round(p50(floor) * 1e6, 1),
         "floor_p99_us": round(percentile(floor, 99) * 1e6, 1),
         "floor_p999_us": round(percentile(floor, 99.9) * 1e6, 1),
+        "floor_server_cpu_us_per_call": round(floor_cpu * 1e6, 1),
         "offer_p50_us": round(p50(offer_lat) * 1e6, 1),
         "offer_p99_us": round(percentile(offer_lat, 99) * 1e6, 1),
         "offer_p999_us": round(percentile(offer_lat, 99.9) * 1e6, 1),
@@ -292,6 +309,7 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
         "stream_lifecycles_per_s": stream["lifecycles_per_s"],
         "stream_server_cpu_ms_per_lifecycle": stream["server_cpu_ms"],
         "stream_client_cpu_ms_per_lifecycle": stream["client_cpu_ms"],
+        "stream_server_cpu_in_floor_calls": round(stream["server_cpu_ms"] / 1e3 / floor_cpu, 2),
         "stream_to_unary_lifecycles": round(
             stream["lifecycles_per_s"] / unary["lifecycles_per_s"], 2
         ),
