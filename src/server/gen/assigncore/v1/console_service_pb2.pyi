@@ -188,7 +188,14 @@ Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeResponse(_message.Message):
-    """One event on a rep's feed."""
+    """One event on a rep's feed.
+
+    The events one server step causes (a call, or timers falling due) arrive together,
+    with what changed more than once in the step merged: a queue item appears once, as it
+    is after the step (a session queued and offered at once arrives as
+    `queue_item_added` already offered; one queued and taken in the same step is not
+    announced), and an offer made and withdrawn in the same step is not sent.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
