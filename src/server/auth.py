@@ -71,7 +71,8 @@ class TokenStore:
         self._by_digest: dict[bytes, TokenRecord] = {}
         self._by_id: dict[str, TokenRecord] = {}  # in order of issue
         # Secrets presented before, to their principal: a call costs one dictionary hit.
-        # Only valid secrets enter; any revocation empties it.
+        # Only valid secrets enter (so it holds at most one per token); any revocation
+        # empties it.
         self._seen: dict[str, Principal] = {}
         self._clock = clock
         # Called with the revoked record, so open streams opened with it can be ended.
@@ -131,8 +132,6 @@ class TokenStore:
         record = self._by_digest.get(_digest(secret))
         if record is None:
             return None
-        if len(self._seen) >= len(self._by_digest) + 1024:  # never more than the tokens
-            self._seen.clear()
         self._seen[secret] = record.principal
         return record.principal
 

@@ -289,8 +289,8 @@ class Hub:
             self.push(f.stream, msg)
 
     def _overflow(self, stream: ConsoleStream) -> None:
-        # Called while an engine command runs (events come from its listener), so the
-        # disconnect it leads to runs right after it, on the loop.
+        # Called as an engine command ends (settle) or as a journal entry is released,
+        # so the disconnect it leads to (itself a command) runs next, on the loop.
         self.end(stream, StreamEnd.OVERFLOW, lost=False)
         if not self.draining:
             asyncio.get_running_loop().call_soon(self.on_lost, stream.rep_id)
@@ -412,6 +412,11 @@ class Hub:
     def _changed(self, session_id: str, time: float, skip: str = "") -> None:
         s = self.engine.find_session(session_id)
         if s is None or s.queue is None:
+            return
+        at = self._items.get((s.queue, session_id))
+        added = None if at is None else self._plan[at]
+        if isinstance(added, _Item) and added.kind == ADDED:
+            added.time = time  # its whole audience hears of it already, as it ends up
             return
         audience = [r for r in self.audience(s.queue) if r != skip]
         self._item(CHANGED, s.queue, session_id, time, audience)

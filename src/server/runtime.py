@@ -109,23 +109,8 @@ class Recorder:
         """Returns once everything recorded so far is durable; JournalError if some of
         it could not be written."""
         future = self.open or self.last
-        if future is None or (future.done() and future.exception() is None):
-            return
-        # Many callers wait on one entry's future: each waits on a future of its own,
-        # so that a caller cancelled meanwhile cannot cancel the entry's.
-        mine = self.loop.create_future()
-        future.add_done_callback(lambda f: _copy(f, mine))
-        await mine
-
-
-def _copy(source: asyncio.Future[int], target: asyncio.Future[int]) -> None:
-    if target.done():  # its waiter was cancelled
-        return
-    error = source.exception()
-    if error is None:
-        target.set_result(source.result())
-    else:
-        target.set_exception(error)
+        if future is not None:
+            await asyncio.shield(future)  # a waiter cancelled never cancels the entry
 
 
 class Runtime:
