@@ -177,6 +177,7 @@ class Hub:
         self.draining = False
         # With a journal, events wait here until their record is durable (release()).
         self.holding = False
+        self.woke = False  # a stream was woken since the last reply (Runtime.durable)
         self.held: list[tuple[Feed, Numbered]] = []
         # Told when a rep's feed is created (the journal's input; a replay creates it
         # again at the same point, so every event gets the same number).
@@ -273,6 +274,7 @@ class Hub:
         else:
             stream.outbox.append(item)
             stream.wake.set()
+            self.woke = True
 
     def take_held(self) -> list[tuple[Feed, Numbered]]:
         held, self.held = self.held, []

@@ -228,6 +228,11 @@ class Runtime:
             raise JournalError("the journal cannot be written")
         if self.recorder is not None:
             await self.recorder.durable()
+        elif self.hub.woke:
+            # Console streams this call woke write their events before the reply
+            # leaves: an offer reaches its rep as soon as the caller hears of it.
+            self.hub.woke = False
+            await asyncio.sleep(0)
 
     # ------------------------------------------------------------- failure
 
