@@ -71,6 +71,13 @@ def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
     c(v.seconds, "settings.offer_timeout", settings.offer_timeout, 1.0, 3600.0)
     c(v.seconds, "settings.wrap_up", settings.wrap_up, 0.0, 3600.0)
     c(
+        v.seconds,
+        "settings.service_level_threshold",
+        settings.service_level_threshold,
+        1.0,
+        86400.0,
+    )
+    c(
         v.integer,
         "settings.max_missed_offers",
         settings.max_missed_offers,
@@ -189,6 +196,7 @@ def delete_team(st: State, team_id: str) -> None:
     for rep_id in sorted(team.members):
         leave_team(st, team, st.reps[rep_id])
     del st.queues[queue]
+    st.stats.forget_queue(queue)
     del st.teams[team_id]
     st.team_by_ord[team.ordinal] = None
     st.team_index[team.ordinal] = None
@@ -363,6 +371,7 @@ def delete_rep(st: State, rep_id: str) -> None:
     for timer in (rep.idle_timer, rep.wrap_up_timer):
         st.timers.cancel(timer)
     del st.queues[personal_queue(rep_id)]
+    st.stats.forget_queue(personal_queue(rep_id))
     del st.reps[rep_id]
     st.reported.pop(rep_id, None)
     st.rep_by_ord[rep.ordinal] = None

@@ -32,6 +32,8 @@ from . import (
     presence,
     routing,
     sharing,
+    stats,
+    supervision,
     views,
     waiting_rules,
 )
@@ -189,6 +191,7 @@ class Engine:
         finally:
             self._busy = False
             st.events = []
+            st.stats.settle(st)
             if self.on_settled is not None:
                 self.on_settled()
         if record_it and self.on_command is not None:
@@ -259,6 +262,7 @@ class Engine:
         finally:
             self._busy = False
             st.events = []
+            st.stats.settle(st)
             if self.on_settled is not None:
                 self.on_settled()
         # Timers follow from state and time, but when they fire is an input: a pass
@@ -320,6 +324,12 @@ class Engine:
     end_session = command(routing.end_session)
     leave_session = command(sharing.leave_session)
     invite = command(sharing.invite)
+
+    # ------------------------------------------------------------------ supervision
+
+    force_transfer = command(supervision.force_transfer)
+    pull_session = command(supervision.pull_session)
+    switch_auto_assign = command(supervision.switch_auto_assign)
     accept_invitation = command(sharing.accept_invitation)
 
     # ------------------------------------------------------------------ chat, favourites
@@ -362,6 +372,7 @@ class Engine:
     search_teams = query(views.search_teams)
     search_reps = query(views.search_reps)
     snapshot = query(views.snapshot)
+    statistics = query(stats.statistics)
 
 
 BEFORE_TIMERS.add(presence.server_restarted)

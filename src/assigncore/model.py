@@ -148,6 +148,7 @@ class QueueSettings:
     waiting_rule: WaitingRule | None = None
     wrap_up: float = 0.0
     max_missed_offers: int = 0  # 0 = never switch auto-assign off
+    service_level_threshold: float = 20.0  # seconds: answered within it counts as served
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +260,16 @@ class Move:
     cause: Origin
 
 
+@dataclass(frozen=True, slots=True)
+class Decline:
+    """A rep let an offer of the session go: rejected it, or let it time out."""
+
+    rep_id: str
+    time: float
+    timed_out: bool
+    queue: QueueRef
+
+
 @dataclass(slots=True)
 class Session:
     id: str
@@ -290,6 +301,7 @@ class Session:
     overdue_alerted: bool = False
     invitations: tuple[str, ...] = ()  # in order of creation
     rule_timer: Timer | None = None
+    declines: tuple[Decline, ...] = ()  # every decline, in order (kept across transfers)
     portal: str = ""  # the intake portal that started it ("" if none): only it may see it
     first_queue: QueueRef | None = None
     first_origin: Origin | None = None

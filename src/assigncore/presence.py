@@ -79,6 +79,7 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
     available_since when it becomes eligible or its load changes; tell the console
     when the reasons it is ineligible change; ask for a pass when it is eligible."""
     table, o = st.reps_table, rep.ordinal
+    st.stats.touched.add(rep.id)
     was_eligible = rep.eligible
     flags = (
         (0 if rep.connected else FLAG_OFFLINE)
@@ -283,6 +284,18 @@ def report_activity(st: State, rep_id: str) -> None:
         sync_rep(st, rep)
 
 
+def set_auto_assign(st: State, rep: Rep, auto_assign: bool) -> None:
+    rep.auto_assign = auto_assign
+    rep.opted_out_by_missed_offers = False
+    rep.missed_offers = 0
+    announce_settings(st, rep)
+
+
+def announce_settings(st: State, rep: Rep) -> None:
+    st.emit(RepSettingsChanged(st.now, rep.id, rep.auto_assign, rep.audible_alerts))
+    sync_rep(st, rep)
+
+
 def update_settings(
     st: State, rep_id: str, auto_assign: bool | None = None, audible_alerts: bool | None = None
 ) -> Rep:
@@ -295,9 +308,7 @@ def update_settings(
         v.flag("audible_alerts", audible_alerts)
         rep.audible_alerts = audible_alerts
     if auto_assign is not None:
-        rep.auto_assign = auto_assign
-        rep.opted_out_by_missed_offers = False
-        rep.missed_offers = 0
-    st.emit(RepSettingsChanged(st.now, rep.id, rep.auto_assign, rep.audible_alerts))
-    sync_rep(st, rep)
+        set_auto_assign(st, rep, auto_assign)
+    else:
+        announce_settings(st, rep)
     return rep

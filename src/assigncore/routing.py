@@ -28,6 +28,7 @@ from .events import (
 from .model import (
     GENERAL_QUEUE,
     Algorithm,
+    Decline,
     EndReason,
     Offer,
     Origin,
@@ -181,6 +182,7 @@ def decline(st: State, offer: Offer, timed_out: bool) -> None:
     s.declined_by += (rep.id,)
     rep.missed_offers += 1
     assert s.queue is not None and s.queue.kind is QueueKind.TEAM
+    s.declines += (Decline(rep.id, st.now, timed_out, s.queue),)
     limit = st.teams[s.queue.owner].settings.max_missed_offers
     st.emit(OfferDeclined(st.now, offer.id, s.id, rep.id, timed_out))
     if limit and rep.missed_offers >= limit and rep.auto_assign:
@@ -351,6 +353,13 @@ def transfer_session(st: State, rep_id: str, session_id: str, target: QueueRef) 
             raise PermissionDenied(f"only the owner may transfer session {shown(session_id)}")
     else:
         waiting_visible(st, rep, s)
+    move(st, s, target)
+
+
+def move(st: State, s: Session, target: QueueRef) -> None:
+    """A manual transfer's effect: out of its queue (a pending offer withdrawn) or
+    away from its owner and sharers, into `target`; declines and rule moves start
+    again."""
     if s.queue is not None:
         rescind(st, s, RescindReason.TRANSFERRED)
         queue_order.dequeue(st, s)

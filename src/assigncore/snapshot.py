@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from . import columns, model, queue_order, state, timers
+from . import columns, model, queue_order, state, stats, timers
 from .state import State
 
 FORMAT = b"assigncore-snapshot/1\n"
@@ -38,7 +38,7 @@ FORMAT = b"assigncore-snapshot/1\n"
 def _layout() -> bytes:
     """A digest of the state's shape: the fields of every class a snapshot holds."""
     parts = []
-    for module in (model, state, timers, columns, queue_order):
+    for module in (model, state, timers, columns, queue_order, stats):
         for name in sorted(vars(module)):
             cls = getattr(module, name)
             if not isinstance(cls, type) or cls.__module__ != module.__name__:
@@ -61,6 +61,7 @@ _ALLOWED: dict[str, set[str] | None] = {
     "assigncore.timers": None,
     "assigncore.columns": None,
     "assigncore.queue_order": None,
+    "assigncore.stats": None,
     "assigncore.kernel": {"Kernel"},
     "builtins": {"set", "frozenset", "dict", "list", "tuple", "bytearray", "object"},
     "collections": {"deque", "OrderedDict"},

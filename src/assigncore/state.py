@@ -35,6 +35,7 @@ from .model import (
     Team,
 )
 from .queue_order import QueueIndex
+from .stats import Statistics
 from .timers import Timers
 
 # Ids that leave the engine (sessions, offers, invitations): a kind prefix and 100 random
@@ -56,6 +57,8 @@ class EngineConfig:
     general_queue_enabled: bool = True
     chat_history: int = 500
     ended_retention: float = 3600.0  # an ended session is forgotten this long after
+    time_zone: str = "UTC"  # where the desk's day starts (statistics' "today")
+    service_level_threshold: float = 20.0  # seconds; personal queues and the general one
 
 
 class KeyGuard:
@@ -158,6 +161,7 @@ class State:
         self.closed_offers: dict[str, float] = {}
         self.invitations: dict[str, Invitation] = {}
         self.reported: dict[str, frozenset[IneligibleReason]] = {}
+        self.stats = Statistics(config.time_zone)  # fed by emit, kept in snapshots
         # queue order
         self.queues: dict[QueueRef, QueueIndex] = {GENERAL_QUEUE: QueueIndex(GENERAL_QUEUE)}
         self.team_index: list[QueueIndex | None] = []  # by team ordinal
@@ -181,6 +185,7 @@ class State:
 
     def emit(self, event: Event) -> None:
         self.events.append(event)
+        self.stats.observe(self, event)
         if self.listener is not None:
             self.listener(event)
 

@@ -18,6 +18,8 @@
     ended_retention = 3600        # seconds an ended session stays queryable
     key_failures_per_address = 10 # wrong session keys per customer address per minute
     key_failures_per_portal = 1000  # ... and per intake portal per minute
+    time_zone = "UTC"             # where the statistics' day starts (an IANA zone name)
+    service_level_threshold = 20  # seconds; personal queues and the general queue
 
     [storage]
     mode = "file"                 # or "memory": nothing survives a stop (tests, demos)
@@ -27,6 +29,7 @@
     [[teams]]
     id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
     algorithm = "SKILLS_MATCH_LEAST_BUSY"  offer_timeout = 30  wrap_up = 0
+    service_level_threshold = 20  # seconds: answered within it counts as served
     max_missed_offers = 3
     waiting_rule = { overdue_after = 120, action = "TRANSFER", overflow = "team:helpdesk" }
 
@@ -47,6 +50,7 @@ from __future__ import annotations
 import os
 import time
 import tomllib
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -121,6 +125,8 @@ ENGINE_KEYS = {
     "ended_retention": "ended_retention",
     "key_failures_per_address": "key_failures_allowed",
     "key_failures_per_portal": "key_failures_per_portal",
+    "time_zone": "time_zone",
+    "service_level_threshold": "service_level_threshold",
 }
 DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
 
@@ -148,6 +154,7 @@ def parse(text: str, source: str = "config", path: Path | None = None) -> Settin
     engine_args = {ENGINE_KEYS[k]: server[k] for k in ENGINE_KEYS if k in server}
     defaults = {f.name: getattr(settings.engine, f.name) for f in fields(EngineConfig)}
     settings.engine = EngineConfig(**{**defaults, **engine_args})
+    statistics(settings.engine, source)
     settings.desk = {k: data.get(k, []) for k in DESK_KEYS}
     storage(settings, data.get("storage", {}), path, source)
     return settings
@@ -186,6 +193,23 @@ _POSITIVE_INTS = (
     "event_buffer",
     "outbox_limit",
 )
+
+
+def statistics(engine: EngineConfig, source: str) -> None:
+    """The desk's time zone must be one the zone database knows; the threshold a
+    number of seconds from 1 s to a day."""
+    try:
+        zoneinfo.ZoneInfo(engine.time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigError(
+            f"{source}: [server] time_zone {engine.time_zone!r} is not a known time zone "
+            '(an IANA name such as "Europe/Berlin")'
+        ) from None
+    threshold = engine.service_level_threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise ConfigError(f"{source}: [server] service_level_threshold must be a number")
+    if not 1 <= threshold <= 86400:
+        raise ConfigError(f"{source}: [server] service_level_threshold must be 1 to 86400 s")
 
 
 def check(settings: Settings, source: str = "config") -> None:

@@ -278,6 +278,7 @@ def settings_in(s: admin_pb.QueueSettings) -> model.QueueSettings:
         waiting_rule=rule,
         wrap_up=seconds_of(s.wrap_up),
         max_missed_offers=s.max_missed_offers,
+        service_level_threshold=seconds_of(s.service_level_threshold, 20.0),
     )
 
 
@@ -287,6 +288,7 @@ def settings_out(s: model.QueueSettings) -> admin_pb.QueueSettings:
         offer_timeout=duration(s.offer_timeout),
         wrap_up=duration(s.wrap_up),
         max_missed_offers=s.max_missed_offers,
+        service_level_threshold=duration(s.service_level_threshold),
     )
     if s.waiting_rule is not None:
         w = s.waiting_rule

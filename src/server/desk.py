@@ -62,6 +62,7 @@ def queue_settings(entry: dict[str, Any], where: str) -> QueueSettings:
         waiting_rule=rule,
         wrap_up=entry.get("wrap_up", 0.0),
         max_missed_offers=entry.get("max_missed_offers", 0),
+        service_level_threshold=entry.get("service_level_threshold", 20.0),
     )
 
 

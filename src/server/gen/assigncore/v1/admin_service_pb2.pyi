@@ -261,6 +261,7 @@ class QueueSettings(_message.Message):
     WAITING_RULE_FIELD_NUMBER: _builtins.int
     WRAP_UP_FIELD_NUMBER: _builtins.int
     MAX_MISSED_OFFERS_FIELD_NUMBER: _builtins.int
+    SERVICE_LEVEL_THRESHOLD_FIELD_NUMBER: _builtins.int
     algorithm: Global___Algorithm.ValueType
     """How sessions are assigned."""
     max_missed_offers: _builtins.int
@@ -279,6 +280,12 @@ class QueueSettings(_message.Message):
     def wrap_up(self) -> _duration_pb2.Duration:
         """Time after a session ends before its rep gets offers again (0 to 1 h)."""
 
+    @_builtins.property
+    def service_level_threshold(self) -> _duration_pb2.Duration:
+        """Statistics: a session answered within this long of entering the queue counts as
+        served in the service level (1 s to 24 h); unset means 20 s.
+        """
+
     def __init__(
         self,
         *,
@@ -287,10 +294,11 @@ class QueueSettings(_message.Message):
         waiting_rule: Global___WaitingRule | None = ...,
         wrap_up: _duration_pb2.Duration | None = ...,
         max_missed_offers: _builtins.int = ...,
+        service_level_threshold: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["offer_timeout", b"offer_timeout", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["offer_timeout", b"offer_timeout", "service_level_threshold", b"service_level_threshold", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "max_missed_offers", b"max_missed_offers", "offer_timeout", b"offer_timeout", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "max_missed_offers", b"max_missed_offers", "offer_timeout", b"offer_timeout", "service_level_threshold", b"service_level_threshold", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

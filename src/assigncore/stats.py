@@ -1,0 +1,393 @@
+"""Live statistics of a desk, kept from its own events (DESIGN.md 4.4).
+
+The counters are part of the engine's state: `State.emit` hands every event to
+`Statistics.observe`, so a desk rebuilt from its journal (or from a snapshot and the
+journal after it) has the same statistics as the desk that ran, and a replica that takes
+over has them too. Nothing here reads the wall clock: times are the events' own.
+
+Per queue it counts, in one-minute buckets for the sliding windows and since midnight
+in the desk's time zone (`EngineConfig.time_zone`):
+
+- arrived: sessions that entered the queue (started there, transferred or moved in);
+- offered / rejected / timed_out: offers made from it and how they were declined;
+- accepted: sessions answered from it (by offer or by hand), with their wait, measured
+  from the time they entered the queue;
+- abandoned: sessions the customer ended while they waited in it;
+- moved: sessions a waiting rule moved out of it to its overflow queue;
+- service level: of the sessions answered or abandoned, the share answered within the
+  queue's threshold (a team's `service_level_threshold`, the desk's for personal queues
+  and the general queue);
+- handled: sessions whose handling ended (ended, transferred away or returned to a
+  queue), with the time from their acceptance, counted against the queue they were
+  accepted from: the average handle time.
+
+A window of W minutes at time t holds the bucket of t's minute and the W - 1 minutes
+before it. Per rep it keeps the state the rep is in and since when; waiting counts and
+the longest current wait come from the queues themselves (`views.statistics`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from .events import (
+    Event,
+    OfferDeclined,
+    OfferMade,
+    SessionAccepted,
+    SessionDequeued,
+    SessionEnded,
+    SessionQueued,
+)
+from .model import (
+    GENERAL_QUEUE,
+    EndReason,
+    Origin,
+    QueueKind,
+    QueueRef,
+    Rep,
+    personal_queue,
+    team_queue,
+)
+
+if TYPE_CHECKING:
+    from .state import State
+
+BUCKET = 60.0  # seconds per bucket of the sliding windows
+WINDOWS = (15, 60)  # minutes
+HISTORY = max(WINDOWS)  # buckets kept per queue
+
+# Counter slots, per queue and bucket.
+(
+    ARRIVED,
+    OFFERED,
+    ACCEPTED,
+    REJECTED,
+    TIMED_OUT,
+    ABANDONED,
+    MOVED,
+    WITHIN_THRESHOLD,
+    WAIT_SUM,
+    HANDLED,
+    HANDLE_SUM,
+) = range(11)
+SLOTS = 11
+
+
+class RepState(Enum):
+    """What a rep is doing, as a wallboard shows it; the first that applies wins."""
+
+    OFFLINE = "OFFLINE"  # no console: RECONNECTING while the grace holds its sessions
+    OFFERED = "OFFERED"  # an offer is waiting for its answer
+    BUSY = "BUSY"  # owns or shares sessions
+    WRAP_UP = "WRAP_UP"
+    AWAY = "AWAY"  # connected, but not taking sessions (a reason says why)
+    AVAILABLE = "AVAILABLE"
+
+
+def rep_state(rep: Rep) -> tuple[RepState, str]:
+    """A rep's state and, for AWAY and OFFLINE, why."""
+    if not rep.connected:
+        return RepState.OFFLINE, "RECONNECTING" if rep.grace_timer is not None else "DISCONNECTED"
+    if rep.offer is not None:
+        return RepState.OFFERED, ""
+    if rep.owned or rep.participating:
+        return RepState.BUSY, ""
+    if rep.wrap_up_timer is not None:
+        return RepState.WRAP_UP, ""
+    if rep.locked:
+        return RepState.AWAY, "LOCKED"
+    if rep.idle:
+        return RepState.AWAY, "IDLE"
+    if not rep.auto_assign:
+        return RepState.AWAY, "MISSED_OFFERS" if rep.opted_out_by_missed_offers else "OPTED_OUT"
+    return RepState.AVAILABLE, ""
+
+
+@functools.lru_cache(maxsize=8)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def day_bounds(t: float, zone: str) -> tuple[float, float]:
+    """The midnights (as POSIX times) that begin and end t's day in the time zone."""
+    tz = _zone(zone)
+    day = datetime.datetime.fromtimestamp(t, tz).date()
+    start = datetime.datetime.combine(day, datetime.time(), tz)
+    end = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time(), tz)
+    return start.timestamp(), end.timestamp()
+
+
+class QueueCounters:
+    """One queue's counters: minute buckets for the windows, and today's."""
+
+    __slots__ = ("buckets", "day", "today")
+
+    def __init__(self) -> None:
+        self.buckets: deque[tuple[int, list[float]]] = deque()
+        self.day = 0.0  # the midnight `today` counts from
+        self.today = [0.0] * SLOTS
+
+    def add(self, minute: int, day: float, slot: int, amount: float) -> None:
+        buckets = self.buckets
+        if not buckets or buckets[-1][0] != minute:
+            buckets.append((minute, [0.0] * SLOTS))
+            while buckets[0][0] <= minute - HISTORY:
+                buckets.popleft()
+        buckets[-1][1][slot] += amount
+        if day != self.day:
+            self.day, self.today = day, [0.0] * SLOTS
+        self.today[slot] += amount
+
+    def window(self, minute: int, minutes: int) -> list[float]:
+        total = [0.0] * SLOTS
+        for m, counts in reversed(self.buckets):
+            if m <= minute - minutes:
+                break
+            if m <= minute:
+                for i, c in enumerate(counts):
+                    total[i] += c
+        return total
+
+
+class Statistics:
+    """A desk's counters, fed by its events (see the module's docstring)."""
+
+    def __init__(self, zone: str) -> None:
+        self.zone = zone
+        self.day_start = self.day_end = 0.0  # the day last seen, cached
+        self.queues: dict[QueueRef, QueueCounters] = {}
+        # Sessions waiting per queue: session id -> when it entered, in order of entry
+        # (the first is the longest waiting).
+        self.waiting: dict[QueueRef, dict[str, float]] = {}
+        # Who is handling what: session id -> (queue accepted from, when).
+        self.handling: dict[str, tuple[QueueRef, float]] = {}
+        # The session that left a queue last, until the next event says why it left.
+        self.left: tuple[str, QueueRef, float] | None = None
+        self.reps: dict[str, tuple[RepState, str, float]] = {}  # state, reason, since
+        self.touched: set[str] = set()  # reps whose state may have changed
+
+    def _day(self, t: float) -> float:
+        if not self.day_start <= t < self.day_end:
+            self.day_start, self.day_end = day_bounds(t, self.zone)
+        return self.day_start
+
+    def _add(self, queue: QueueRef, t: float, slot: int, amount: float = 1.0) -> None:
+        counters = self.queues.get(queue)
+        if counters is None:
+            counters = self.queues[queue] = QueueCounters()
+        counters.add(int(t // BUCKET), self._day(t), slot, amount)
+
+    def observe(self, st: State, e: Event) -> None:
+        kind = type(e)
+        if kind is SessionQueued:
+            assert isinstance(e, SessionQueued)
+            self._stop_handling(e.session_id, e.time)
+            if self.left is not None and self.left[0] == e.session_id:
+                if e.origin is Origin.WAITING_RULE:
+                    self._add(self.left[1], e.time, MOVED)
+                self.left = None
+            self.waiting.setdefault(e.queue, {})[e.session_id] = e.time
+            self._add(e.queue, e.time, ARRIVED)
+        elif kind is SessionDequeued:
+            assert isinstance(e, SessionDequeued)
+            waiting = self.waiting.get(e.queue)
+            entered = waiting.pop(e.session_id, e.time) if waiting else e.time
+            self.left = (e.session_id, e.queue, entered)
+        elif kind is OfferMade:
+            assert isinstance(e, OfferMade)
+            self._add(e.queue, e.time, OFFERED)
+        elif kind is OfferDeclined:
+            assert isinstance(e, OfferDeclined)
+            s = st.sessions.get(e.session_id)
+            if s is not None and s.queue is not None:
+                self._add(s.queue, e.time, TIMED_OUT if e.timed_out else REJECTED)
+        elif kind is SessionAccepted:
+            assert isinstance(e, SessionAccepted)
+            entered = e.time
+            if self.left is not None and self.left[0] == e.session_id:
+                entered, self.left = self.left[2], None
+            wait = e.time - entered
+            self._add(e.queue, e.time, ACCEPTED)
+            self._add(e.queue, e.time, WAIT_SUM, wait)
+            if wait <= self.threshold(st, e.queue):
+                self._add(e.queue, e.time, WITHIN_THRESHOLD)
+            self.handling[e.session_id] = (e.queue, e.time)
+        elif kind is SessionEnded:
+            assert isinstance(e, SessionEnded)
+            if self.left is not None and self.left[0] == e.session_id:
+                if e.reason is EndReason.ABANDONED:
+                    self._add(self.left[1], e.time, ABANDONED)
+                self.left = None
+            self._stop_handling(e.session_id, e.time)
+
+    def _stop_handling(self, session_id: str, t: float) -> None:
+        handled = self.handling.pop(session_id, None)
+        if handled is not None:
+            self._add(handled[0], t, HANDLED)
+            self._add(handled[0], t, HANDLE_SUM, t - handled[1])
+
+    @staticmethod
+    def threshold(st: State, queue: QueueRef) -> float:
+        if queue.kind is QueueKind.TEAM:
+            team = st.teams.get(queue.owner)
+            if team is not None:
+                return team.settings.service_level_threshold
+        return st.config.service_level_threshold
+
+    def settle(self, st: State) -> None:
+        """After a command: the state of each rep it touched, and since when."""
+        reps, now = self.reps, st.now
+        for rep_id in self.touched:
+            rep = st.reps.get(rep_id)
+            if rep is None:
+                reps.pop(rep_id, None)
+                continue
+            state, reason = rep_state(rep)
+            held = reps.get(rep_id)
+            if held is None or held[0] is not state or held[1] != reason:
+                reps[rep_id] = (state, reason, now)
+        self.touched.clear()
+
+    def forget_queue(self, queue: QueueRef) -> None:
+        """A deleted team's or rep's queue: its counters go with it."""
+        self.queues.pop(queue, None)
+        self.waiting.pop(queue, None)
+
+
+# ---------------------------------------------------------------------- read views
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A queue's counts over one window; the averages are None when nothing was
+    answered (or handled) in it, the service level when nothing was answered or
+    abandoned."""
+
+    arrived: int
+    offered: int
+    accepted: int
+    rejected: int
+    timed_out: int
+    abandoned: int
+    moved: int
+    service_level: float | None
+    average_speed_of_answer: float | None
+    average_handle_time: float | None
+
+    @classmethod
+    def of(cls, c: list[float]) -> Counts:
+        answered, handled = c[ACCEPTED], c[HANDLED]
+        served = answered + c[ABANDONED]
+        return cls(
+            int(c[ARRIVED]),
+            int(c[OFFERED]),
+            int(answered),
+            int(c[REJECTED]),
+            int(c[TIMED_OUT]),
+            int(c[ABANDONED]),
+            int(c[MOVED]),
+            c[WITHIN_THRESHOLD] / served if served else None,
+            c[WAIT_SUM] / answered if answered else None,
+            c[HANDLE_SUM] / handled if handled else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatistics:
+    queue: QueueRef
+    waiting: int
+    longest_wait: float  # seconds the longest waiting session has been in it (0: none)
+    threshold: float  # the service level's threshold, seconds
+    last_15_minutes: Counts
+    last_hour: Counts
+    today: Counts
+    arrivals: tuple[int, ...]  # per minute over the last hour, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class RepStatistics:
+    rep_id: str
+    name: str
+    state: RepState
+    reason: str  # for AWAY and OFFLINE
+    since: float
+    load: int
+    teams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TeamStatistics:
+    team_id: str
+    name: str
+    staffed: int  # members signed in
+    available: int
+    busy: int  # members handling sessions (an offer pending counts too)
+
+
+@dataclass(frozen=True, slots=True)
+class DeskStatistics:
+    time: float
+    day_start: float  # the midnight "today" counts from, in the desk's time zone
+    queues: tuple[QueueStatistics, ...]
+    reps: tuple[RepStatistics, ...]
+    teams: tuple[TeamStatistics, ...]
+
+
+def statistics(st: State, team_ids: frozenset[str] | None = None) -> DeskStatistics:
+    """The desk's statistics now; with `team_ids`, those teams, their queues, their
+    members and their members' personal queues (a supervisor's scope). Personal queues
+    are listed once anything happened in them."""
+    stats, now = st.stats, st.now
+    minute = int(now // BUCKET)
+    day, _ = day_bounds(now, stats.zone)
+    teams = [t for t in st.teams.values() if team_ids is None or t.id in team_ids]
+    members = [r for r in st.reps.values() if team_ids is None or not team_ids.isdisjoint(r.teams)]
+    refs = [team_queue(t.id) for t in teams]
+    refs += [
+        q
+        for q in map(personal_queue, (r.id for r in members))
+        if q in stats.queues or stats.waiting.get(q)
+    ]
+    if team_ids is None:
+        refs.append(GENERAL_QUEUE)
+    queues = []
+    for q in refs:
+        counters = stats.queues.get(q) or QueueCounters()
+        waiting = stats.waiting.get(q) or {}
+        oldest = next(iter(waiting.values()), None)
+        per_minute = {m: int(c[ARRIVED]) for m, c in counters.buckets}
+        queues.append(
+            QueueStatistics(
+                q,
+                len(waiting),
+                now - oldest if oldest is not None else 0.0,
+                stats.threshold(st, q),
+                Counts.of(counters.window(minute, WINDOWS[0])),
+                Counts.of(counters.window(minute, WINDOWS[1])),
+                Counts.of(counters.today if counters.day == day else [0.0] * SLOTS),
+                tuple(per_minute.get(m, 0) for m in range(minute - HISTORY + 1, minute + 1)),
+            )
+        )
+    reps = []
+    for r in members:
+        state, reason, since = stats.reps.get(r.id) or (*rep_state(r), now)
+        reps.append(
+            RepStatistics(r.id, r.name, state, reason, since, r.load, tuple(sorted(r.teams)))
+        )
+    counts = {t.id: [0, 0, 0] for t in teams}  # staffed, available, busy
+    for row in reps:
+        for team_id in row.teams:
+            c = counts.get(team_id)
+            if c is not None:
+                c[0] += row.state is not RepState.OFFLINE
+                c[1] += row.state is RepState.AVAILABLE
+                c[2] += row.state is RepState.BUSY or row.state is RepState.OFFERED
+    team_rows = [TeamStatistics(t.id, t.name, *counts[t.id]) for t in teams]
+    return DeskStatistics(now, day, tuple(queues), tuple(reps), tuple(team_rows))
