@@ -9,7 +9,12 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_status import rpc_status
 
-from server.gen.assigncore.v1 import admin_service_pb2, console_service_pb2, intake_service_pb2
+from server.gen.assigncore.v1 import (
+    admin_service_pb2,
+    console_service_pb2,
+    intake_service_pb2,
+    supervisor_service_pb2,
+)
 
 from .server_harness import ADMIN, INTAKE, auth, live_server, rep_token
 
@@ -18,6 +23,7 @@ SERVICES = [
     (console_service_pb2, "RepConsoleService", rep_token("ann")),
     (intake_service_pb2, "IntakeService", INTAKE),
     (admin_service_pb2, "AdminService", ADMIN),
+    (supervisor_service_pb2, "SupervisorService", ADMIN),
 ]
 
 

@@ -12,7 +12,7 @@ from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound, shown
 from assigncore.model import HelpLink, SupportButton
 
-from . import convert
+from . import audit, convert
 from .auth import Principal, PrincipalKind
 from .errors import rpc
 from .gen.assigncore.v1 import admin_service_pb2 as apb
@@ -76,6 +76,8 @@ def required(field: str, present: bool) -> None:
 
 
 class AdminServicer(agrpc.AdminServiceServicer):
+    SERVICE = "assigncore.v1.AdminService"
+
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
@@ -85,7 +87,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     # ------------------------------------------------------------- reps
 
-    @rpc(fields=REP_FIELDS)
+    @rpc(audited=True, fields=REP_FIELDS)
     async def CreateRep(self, request: apb.CreateRepRequest, context: Any) -> Any:
         required("rep", request.HasField("rep"))
         r = request.rep
@@ -108,7 +110,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         chunk, token = convert.page("", self.engine.reps(), request.page_size, request.page_token)
         return apb.ListRepsResponse(reps=[convert.rep_out(r) for r in chunk], next_page_token=token)
 
-    @rpc(fields=REP_FIELDS)
+    @rpc(audited=True, fields=REP_FIELDS)
     async def UpdateRep(self, request: apb.UpdateRepRequest, context: Any) -> Any:
         required("rep", request.HasField("rep"))
         r, paths = masked(
@@ -127,7 +129,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         ).value
         return apb.UpdateRepResponse(rep=convert.rep_out(rep))
 
-    @rpc
+    @rpc(audited=True)
     async def DeleteRep(self, request: apb.DeleteRepRequest, context: Any) -> Any:
         self.rt.command(self.engine.delete_rep, request.rep_id)
         self.rt.tokens.revoke_rep(request.rep_id)
@@ -135,7 +137,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     # ------------------------------------------------------------- teams
 
-    @rpc(fields=TEAM_FIELDS)
+    @rpc(audited=True, fields=TEAM_FIELDS)
     async def CreateTeam(self, request: apb.CreateTeamRequest, context: Any) -> Any:
         required("team", request.HasField("team"))
         t = request.team
@@ -159,7 +161,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             teams=[convert.team_out(t) for t in chunk], next_page_token=token
         )
 
-    @rpc(fields=TEAM_FIELDS)
+    @rpc(audited=True, fields=TEAM_FIELDS)
     async def UpdateTeam(self, request: apb.UpdateTeamRequest, context: Any) -> Any:
         required("team", request.HasField("team"))
         t, paths = masked(
@@ -177,14 +179,14 @@ class AdminServicer(agrpc.AdminServiceServicer):
         ).value
         return apb.UpdateTeamResponse(team=convert.team_out(team))
 
-    @rpc
+    @rpc(audited=True)
     async def DeleteTeam(self, request: apb.DeleteTeamRequest, context: Any) -> Any:
         self.rt.command(self.engine.delete_team, request.team_id)
         return apb.DeleteTeamResponse()
 
     # ------------------------------------------------------------- issue types
 
-    @rpc(fields=ISSUE_TYPE_FIELDS)
+    @rpc(audited=True, fields=ISSUE_TYPE_FIELDS)
     async def CreateIssueType(self, request: apb.CreateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
         it = self.rt.command(
@@ -207,7 +209,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             issue_types=[convert.issue_type_out(i) for i in chunk], next_page_token=token
         )
 
-    @rpc(fields=ISSUE_TYPE_FIELDS)
+    @rpc(audited=True, fields=ISSUE_TYPE_FIELDS)
     async def UpdateIssueType(self, request: apb.UpdateIssueTypeRequest, context: Any) -> Any:
         required("issue_type", request.HasField("issue_type"))
         updated, _ = masked(
@@ -219,7 +221,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         it = self.rt.command(self.engine.update_issue_type, convert.issue_type_in(updated)).value
         return apb.UpdateIssueTypeResponse(issue_type=convert.issue_type_out(it))
 
-    @rpc
+    @rpc(audited=True)
     async def DeleteIssueType(self, request: apb.DeleteIssueTypeRequest, context: Any) -> Any:
         self.rt.command(self.engine.delete_issue_type, request.issue_type_id)
         return apb.DeleteIssueTypeResponse()
@@ -249,7 +251,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
         )
         return self._entry_out(kind, self.rt.command(command, self._entry_in(kind, updated)).value)
 
-    @rpc(fields=BUTTON_FIELDS)
+    @rpc(audited=True, fields=BUTTON_FIELDS)
     async def CreateSupportButton(self, request: Any, context: Any) -> Any:
         required("support_button", request.HasField("support_button"))
         b = self.rt.command(
@@ -276,7 +278,7 @@ class AdminServicer(agrpc.AdminServiceServicer):
             next_page_token=token,
         )
 
-    @rpc(fields=BUTTON_FIELDS)
+    @rpc(audited=True, fields=BUTTON_FIELDS)
     async def UpdateSupportButton(self, request: Any, context: Any) -> Any:
         required("support_button", request.HasField("support_button"))
         return apb.UpdateSupportButtonResponse(
@@ -285,12 +287,12 @@ class AdminServicer(agrpc.AdminServiceServicer):
             )
         )
 
-    @rpc
+    @rpc(audited=True)
     async def DeleteSupportButton(self, request: Any, context: Any) -> Any:
         self.rt.command(self.engine.delete_support_button, request.support_button_id)
         return apb.DeleteSupportButtonResponse()
 
-    @rpc(fields=LINK_FIELDS)
+    @rpc(audited=True, fields=LINK_FIELDS)
     async def CreateHelpLink(self, request: Any, context: Any) -> Any:
         required("help_link", request.HasField("help_link"))
         x = self.rt.command(
@@ -313,14 +315,14 @@ class AdminServicer(agrpc.AdminServiceServicer):
             help_links=[self._entry_out("help_link", x) for x in chunk], next_page_token=token
         )
 
-    @rpc(fields=LINK_FIELDS)
+    @rpc(audited=True, fields=LINK_FIELDS)
     async def UpdateHelpLink(self, request: Any, context: Any) -> Any:
         required("help_link", request.HasField("help_link"))
         return apb.UpdateHelpLinkResponse(
             help_link=self._update_entry("help_link", request, self.engine.update_help_link)
         )
 
-    @rpc
+    @rpc(audited=True)
     async def DeleteHelpLink(self, request: Any, context: Any) -> Any:
         self.rt.command(self.engine.delete_help_link, request.help_link_id)
         return apb.DeleteHelpLinkResponse()
@@ -328,30 +330,97 @@ class AdminServicer(agrpc.AdminServiceServicer):
     # ------------------------------------------------------------- tokens
 
     def _token_out(self, record: Any) -> apb.AccessToken:
-        return apb.AccessToken(
+        out = apb.AccessToken(
             token_id=record.token_id,
             rep_id=record.principal.rep_id,
             kind=apb.PrincipalKind.Value("PRINCIPAL_KIND_" + record.principal.kind.value),
             description=record.description,
             create_time=convert.timestamp(record.created),
+            team_ids=sorted(record.principal.teams),
         )
+        if record.expires is not None:
+            out.expire_time.CopyFrom(convert.timestamp(record.expires))
+        return out
 
-    @rpc
+    def _lifetime(self, field: str, request: Any, default: float | None) -> float | None:
+        """When a token issued now with the request's `field` duration expires."""
+        if not request.HasField(field):
+            return default
+        ttl = convert.seconds_of(getattr(request, field))
+        if not 1 <= ttl <= 10 * 366 * 86400:
+            raise InvalidArgument(field, "must be 1 s to 10 years")
+        return self.rt.settings.clock() + ttl
+
+    @rpc(audited=True)
     async def IssueAccessToken(self, request: apb.IssueAccessTokenRequest, context: Any) -> Any:
         kind = convert.enum_in(
             "kind", apb.PrincipalKind, "PRINCIPAL_KIND_", PrincipalKind, request.kind
         )
         if len(request.description) > 200:
             raise InvalidArgument("description", "at most 200 characters")
-        rep_id = ""
-        if kind is PrincipalKind.REP:
+        rep_id, teams = "", frozenset(request.team_ids)
+        if kind is PrincipalKind.REP or (kind is PrincipalKind.SUPERVISOR and request.rep_id):
             rep_id = self.engine.rep(request.rep_id).id
         elif request.rep_id:
-            raise InvalidArgument("rep_id", "only for REP tokens")
-        record, secret = self.rt.tokens.issue(Principal(kind, rep_id), request.description)
+            raise InvalidArgument("rep_id", "only for REP and SUPERVISOR tokens")
+        if kind is PrincipalKind.SUPERVISOR:
+            if not teams:
+                raise InvalidArgument("team_ids", "a supervisor token names at least one team")
+            for i, team_id in enumerate(request.team_ids):
+                self.engine.team(v.ident(f"team_ids[{i}]", team_id))
+        elif teams:
+            raise InvalidArgument("team_ids", "only for SUPERVISOR tokens")
+        expires = self._lifetime("ttl", request, None)
+        record, secret = self.rt.tokens.issue(
+            Principal(kind, rep_id, teams=teams), request.description, expires
+        )
         return apb.IssueAccessTokenResponse(access_token=self._token_out(record), secret=secret)
 
+    @rpc(audited=True)
+    async def RotateAccessToken(self, request: apb.RotateAccessTokenRequest, context: Any) -> Any:
+        old = self.rt.tokens.get(v.ident("token_id", request.token_id))
+        if old is None:
+            raise NotFound("access token", request.token_id)
+        overlap = 0.0
+        if request.HasField("overlap"):
+            overlap = convert.seconds_of(request.overlap)
+            if not 0 <= overlap <= 86400:
+                raise InvalidArgument("overlap", "must be 0 to 1 day")
+        expires = self._lifetime("ttl", request, old.expires)
+        record, secret = self.rt.tokens.issue(old.principal, old.description, expires)
+        if overlap:
+            self.rt.tokens.set_expiry(old.token_id, self.rt.settings.clock() + overlap)
+        else:
+            self.rt.tokens.revoke(old.token_id)
+        return apb.RotateAccessTokenResponse(access_token=self._token_out(record), secret=secret)
+
     @rpc
+    async def ListAuditEntries(self, request: apb.ListAuditEntriesRequest, context: Any) -> Any:
+        since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else None
+        until = request.until.ToNanoseconds() / 1e9 if request.HasField("until") else None
+        if request.token_id:
+            v.ident("token_id", request.token_id)
+        if len(request.method) > 200:
+            raise InvalidArgument("method", "at most 200 characters")
+        method, size = request.method, convert.page_limit("page_size", request.page_size)
+        after = convert.cursor_in("page_token", request.page_token) or 0
+        chunk: list[audit.AuditEntry] = []
+        for e in self.rt.audit.after(after):
+            if (
+                (not request.token_id or e.token_id == request.token_id)
+                and (not method or e.method == method or e.method.rsplit("/", 1)[-1] == method)
+                and (since is None or e.time >= since)
+                and (until is None or e.time < until)
+            ):
+                if len(chunk) == size:
+                    return apb.ListAuditEntriesResponse(
+                        entries=[audit.entry_out(x) for x in chunk],
+                        next_page_token=convert.cursor_out(chunk[-1].seq),
+                    )
+                chunk.append(e)
+        return apb.ListAuditEntriesResponse(entries=[audit.entry_out(x) for x in chunk])
+
+    @rpc(audited=True)
     async def RevokeAccessToken(self, request: apb.RevokeAccessTokenRequest, context: Any) -> Any:
         if not self.rt.tokens.revoke(v.ident("token_id", request.token_id)):
             raise NotFound("access token", request.token_id)

@@ -13,12 +13,19 @@ from .admin import AdminServicer
 from .auth import AuthInterceptor, Limits
 from .config import Settings
 from .console import ConsoleServicer
-from .gen.assigncore.v1 import admin_service_pb2, console_service_pb2, intake_service_pb2
+from .gen.assigncore.v1 import (
+    admin_service_pb2,
+    console_service_pb2,
+    intake_service_pb2,
+    supervisor_service_pb2,
+)
 from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from .intake import IntakeServicer
 from .runtime import Runtime
+from .supervisor import SupervisorServicer
 
 log = logging.getLogger("assigncore.server")
 
@@ -28,6 +35,7 @@ SERVICES = [
         (console_service_pb2, "RepConsoleService"),
         (intake_service_pb2, "IntakeService"),
         (admin_service_pb2, "AdminService"),
+        (supervisor_service_pb2, "SupervisorService"),
     )
 ]
 
@@ -108,6 +116,7 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
     cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(runtime), server)
     igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(runtime), server)
     agrpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
+    sgrpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection_v1.enable(

@@ -40,13 +40,15 @@ class PrincipalKind(Enum):
     REP = "REP"
     INTAKE = "INTAKE"
     ADMIN = "ADMIN"
+    SUPERVISOR = "SUPERVISOR"
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     kind: PrincipalKind
-    rep_id: str = ""
+    rep_id: str = ""  # a rep's token; a supervisor's own rep, if it has one
     token_id: str = ""  # the token it came from: streams opened with it end when revoked
+    teams: frozenset[str] = frozenset()  # a supervisor's scope
 
 
 @dataclass(slots=True)
@@ -56,6 +58,7 @@ class TokenRecord:
     principal: Principal
     description: str
     created: float
+    expires: float | None = None  # not accepted from then on
 
 
 def _digest(secret: str) -> bytes:
@@ -73,7 +76,7 @@ class TokenStore:
         # Secrets presented before, to their principal: a call costs one dictionary hit.
         # Only valid secrets enter (so it holds at most one per token); any revocation
         # empties it.
-        self._seen: dict[str, Principal] = {}
+        self._seen: dict[str, TokenRecord] = {}
         self._clock = clock
         # Called with the revoked record, so open streams opened with it can be ended.
         self.on_revoke: Callable[[TokenRecord], None] | None = None
@@ -81,12 +84,20 @@ class TokenStore:
         # token id); never of a replayed one.
         self.on_change: Callable[[str, Any], None] | None = None
 
-    def add(self, secret: str, principal: Principal, description: str = "") -> TokenRecord:
+    def add(
+        self,
+        secret: str,
+        principal: Principal,
+        description: str = "",
+        expires: float | None = None,
+    ) -> TokenRecord:
         token_id = new_token_id()
         while token_id in self._by_id:  # pragma: no cover - 96 random bits
             token_id = new_token_id()
-        principal = Principal(principal.kind, principal.rep_id, token_id)
-        record = TokenRecord(token_id, _digest(secret), principal, description, self._clock())
+        principal = Principal(principal.kind, principal.rep_id, token_id, principal.teams)
+        record = TokenRecord(
+            token_id, _digest(secret), principal, description, self._clock(), expires
+        )
         self.put(record)
         if self.on_change is not None:
             self.on_change("issued", record)
@@ -100,9 +111,21 @@ class TokenStore:
     def has_secret(self, secret: str) -> bool:
         return _digest(secret) in self._by_digest
 
-    def issue(self, principal: Principal, description: str = "") -> tuple[TokenRecord, str]:
+    def issue(
+        self, principal: Principal, description: str = "", expires: float | None = None
+    ) -> tuple[TokenRecord, str]:
         secret = secrets.token_urlsafe(32)
-        return self.add(secret, principal, description), secret
+        return self.add(secret, principal, description, expires), secret
+
+    def get(self, token_id: str) -> TokenRecord | None:
+        return self._by_id.get(token_id)
+
+    def set_expiry(self, token_id: str, expires: float) -> None:
+        """A token is accepted until `expires` only (a rotation's overlap)."""
+        record = self._by_id[token_id]
+        record.expires = expires if record.expires is None else min(record.expires, expires)
+        if self.on_change is not None:
+            self.on_change("expires", (token_id, record.expires))
 
     def revoke(self, token_id: str) -> bool:
         record = self._by_id.pop(token_id, None)
@@ -124,15 +147,16 @@ class TokenStore:
         return list(self._by_id.values())
 
     def principal(self, secret: str) -> Principal | None:
-        known = self._seen.get(secret)
-        if known is not None:
-            return known
-        # The lookup is keyed by a SHA-256 of the secret: its timing says nothing useful
-        # about the secrets that exist.
-        record = self._by_digest.get(_digest(secret))
+        record = self._seen.get(secret)
         if record is None:
+            # The lookup is keyed by a SHA-256 of the secret: its timing says nothing
+            # useful about the secrets that exist.
+            record = self._by_digest.get(_digest(secret))
+            if record is None:
+                return None
+            self._seen[secret] = record
+        if record.expires is not None and self._clock() >= record.expires:
             return None
-        self._seen[secret] = record.principal
         return record.principal
 
 
@@ -144,6 +168,7 @@ SERVICE_ACCESS = {
     "assigncore.v1.RepConsoleService": {PrincipalKind.REP},
     "assigncore.v1.IntakeService": {PrincipalKind.INTAKE, PrincipalKind.ADMIN},
     "assigncore.v1.AdminService": {PrincipalKind.ADMIN},
+    "assigncore.v1.SupervisorService": {PrincipalKind.SUPERVISOR, PrincipalKind.ADMIN},
 }
 # Console streams: a rep holds a few at most; a quiet one is normal (see _wrap).
 CONSOLE_STREAMS = {
@@ -291,7 +316,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 break
         if principal is None:
             return _refusal(
-                handler, grpc.StatusCode.UNAUTHENTICATED, "missing, unknown or revoked access token"
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing, unknown, expired or revoked access token",
             )
         if principal.kind not in allowed:
             return _refusal(

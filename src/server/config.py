@@ -40,6 +40,7 @@
     [[issue_types]]   id, name, team, priority, required_skills = [["printers", 5]]
     [[support_buttons]] / [[help_links]]   id, name, and rep = "..." or team = "..."
     [[tokens]]        kind = "rep" | "intake" | "admin", rep = "ann", secret = "..."
+    [[tokens]]        kind = "supervisor", teams = ["printers"], rep = "sue" (optional), secret
 
 Every value is checked by the engine's own validation when the desk is loaded; a bad
 file fails at start with the offending entry named.

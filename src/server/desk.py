@@ -142,9 +142,21 @@ def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
         where = f"tokens[{i}]"
         kind = _enum(PrincipalKind, tok.get("kind"), where)
         rep_id = tok.get("rep", "")
-        if kind is PrincipalKind.REP:
+        if kind is PrincipalKind.REP or (kind is PrincipalKind.SUPERVISOR and rep_id):
             apply(where, engine.rep, rep_id)
+        teams = tok.get("teams", [])
+        if kind is PrincipalKind.SUPERVISOR:
+            if not isinstance(teams, list) or not teams:
+                raise ConfigError(f"{where}: a supervisor token lists its teams")
+            for team_id in teams:
+                apply(where, engine.team, team_id)
+        elif teams:
+            raise ConfigError(f"{where}: only supervisor tokens list teams")
         secret = tok.get("secret")
         if not isinstance(secret, str) or len(secret) < 16:
             raise ConfigError(f"{where}: secret must be a string of at least 16 characters")
-        tokens.add(secret, Principal(kind, rep_id), tok.get("description", "from config"))
+        tokens.add(
+            secret,
+            Principal(kind, rep_id, teams=frozenset(teams)),
+            tok.get("description", "from config"),
+        )

@@ -24,7 +24,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, astuple
 from typing import Any
 
 from google.protobuf import descriptor_pool, message_factory
@@ -34,6 +34,7 @@ from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError, InvalidArgument
 from assigncore.records import CommandRecord, RecordError, decode_many, encode
 
+from .audit import AuditEntry, AuditTrail
 from .auth import Principal, PrincipalKind, TokenRecord, TokenStore
 from .config import Settings
 from .gen.assigncore.v1 import console_service_pb2 as cpb
@@ -45,10 +46,13 @@ log = logging.getLogger("assigncore.server")
 
 # Records of the server's own state (the rest are engine commands).
 DESK_CREATED = "server.desk_created"  # (secret hex, engine config): the first record
-TOKEN_ISSUED = "server.token_issued"  # (id, sha-256 hex, kind, rep id, description)
+# (id, sha-256 hex, kind, rep id, description[, team ids, expiry or None])
+TOKEN_ISSUED = "server.token_issued"
 TOKEN_REVOKED = "server.token_revoked"  # (id,)
 IDEMPOTENT = "server.idempotent"  # (portal, request id, fingerprint hex, type, body base64)
 FEED_OPENED = "server.feed_opened"  # (rep id,): a rep's first console stream
+TOKEN_EXPIRES = "server.token_expires"  # (id, time): a rotated token's overlap
+AUDITED = "server.audited"  # an AuditEntry's fields, in order (server/audit.py)
 
 SNAPSHOT_FORMAT = b"assigncore-desk/2\n"
 
@@ -119,6 +123,7 @@ class Desk:
         self.tokens = TokenStore(settings.clock)
         self.tokens.on_revoke = lambda record: self.hub.end_token(record.token_id)
         self.idempotency = Idempotency(settings.idempotency_ttl, settings.clock)
+        self.audit = AuditTrail()
 
     @classmethod
     def create(cls, settings: Settings, secret: bytes, start: float) -> tuple[Desk, CommandRecord]:
@@ -142,6 +147,7 @@ class Desk:
         if sink is None:
             self.engine.on_command = None
             self.tokens.on_change = self.idempotency.on_store = self.hub.on_feed = None
+            self.audit.on_add = None
             return
         clock = self.engine.state
 
@@ -151,6 +157,8 @@ class Desk:
         def token(change: str, what: Any) -> None:
             if change == "revoked":
                 put(TOKEN_REVOKED, what)
+            elif change == "expires":
+                put(TOKEN_EXPIRES, *what)
             else:
                 p = what.principal
                 put(
@@ -160,6 +168,8 @@ class Desk:
                     p.kind.value,
                     p.rep_id,
                     what.description,
+                    sorted(p.teams),
+                    what.expires,
                 )
 
         def idempotent(key: tuple[str, str], fingerprint: bytes, time: float, result: Any) -> None:
@@ -176,6 +186,7 @@ class Desk:
         self.tokens.on_change = token
         self.idempotency.on_store = idempotent
         self.hub.on_feed = lambda rep_id: put(FEED_OPENED, rep_id)
+        self.audit.on_add = lambda entry: put(AUDITED, *astuple(entry))
 
     # ------------------------------------------------------------- replaying
 
@@ -184,11 +195,19 @@ class Desk:
         if not name.startswith("server."):
             self.engine.apply(record)
         elif name == TOKEN_ISSUED:
-            token_id, digest, kind, rep_id, description = args
-            principal = Principal(PrincipalKind(kind), rep_id, token_id)
+            token_id, digest, kind, rep_id, description, *more = args
+            teams = more[0] if more else []  # records written before supervisors had none
+            expires = more[1] if len(more) > 1 else None
+            principal = Principal(PrincipalKind(kind), rep_id, token_id, frozenset(teams))
             self.tokens.put(
-                TokenRecord(token_id, bytes.fromhex(digest), principal, description, record.time)
+                TokenRecord(
+                    token_id, bytes.fromhex(digest), principal, description, record.time, expires
+                )
             )
+        elif name == TOKEN_EXPIRES:
+            self.tokens.set_expiry(*args)
+        elif name == AUDITED:
+            self.audit.put(AuditEntry(*args))
         elif name == TOKEN_REVOKED:
             self.tokens.revoke(args[0])
         elif name == IDEMPOTENT:
@@ -219,9 +238,12 @@ class Desk:
                     r.principal.rep_id,
                     r.description,
                     r.created,
+                    sorted(r.principal.teams),
+                    r.expires,
                 )
                 for r in self.tokens.records()
             ],
+            "audit": self.audit.dump(),
             "idempotency": [
                 (
                     portal,
@@ -258,9 +280,12 @@ class Desk:
         except Exception as exc:
             raise snapshot.SnapshotError(f"unreadable desk snapshot: {exc}") from None
         desk = cls(Engine.restored(settings.clock, state), settings)
-        for token_id, digest, kind, rep_id, description, created in rest["tokens"]:
-            principal = Principal(PrincipalKind(kind), rep_id, token_id)
-            desk.tokens.put(TokenRecord(token_id, digest, principal, description, created))
+        for token_id, digest, kind, rep_id, description, created, *more in rest["tokens"]:
+            teams, expires = more if more else ([], None)
+            principal = Principal(PrincipalKind(kind), rep_id, token_id, frozenset(teams))
+            desk.tokens.put(TokenRecord(token_id, digest, principal, description, created, expires))
+        for fields_ in rest.get("audit", []):
+            desk.audit.put(AuditEntry(*fields_))
         pool = descriptor_pool.Default()
         for portal, request_id, fingerprint, stored, type_name, body in rest["idempotency"]:
             result = message_factory.GetMessageClass(pool.FindMessageTypeByName(type_name))

@@ -25,6 +25,7 @@ from assigncore.errors import (
     ResourceExhausted,
 )
 
+from .auth import current_principal
 from .journal import JournalError
 
 log = logging.getLogger("assigncore.server")
@@ -131,38 +132,78 @@ async def invoke(
     servicer: Any,
     request: Any,
     context: Any,
+    audited: bool = False,
 ) -> tuple[Any, status_pb2.Status | None]:
     """Runs a handler to its reply, made durable (write-ahead: nothing leaves before
     what it reflects is durable); or to the status it fails with. Used by unary calls
-    and by actions on the console stream alike."""
+    and by actions on the console stream alike. An audited call's entry is recorded
+    with what it did, before the reply waits for durability."""
+    status = None
     try:
         if servicer.rt.failed:
             raise JournalError("the journal cannot be written")
         reply = await method(servicer, request, context)
+        if audited:
+            audit(servicer, method, request, context, None)
         await servicer.rt.durable()
         return reply, None
     except JournalError:
         return None, _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
     except InvalidArgument as exc:
-        return None, _proto(renamed(exc, fields) if fields else exc)
+        status = _proto(renamed(exc, fields) if fields else exc)
     except DomainError as exc:
-        return None, _proto(exc)
+        status = _proto(exc)
     except Exception as exc:
         if is_abort(exc):
             raise
         log.exception("internal error in %s", method.__qualname__)
-        return None, _plain_proto(grpc.StatusCode.INTERNAL, "internal error")
+        status = _plain_proto(grpc.StatusCode.INTERNAL, "internal error")
+    if audited:
+        audit(servicer, method, request, context, status)
+    return None, status
 
 
-def rpc(method: Callable[..., Any] | None = None, *, fields: dict[str, str] | None = None) -> Any:
+def request_id(context: Any) -> str:
+    """The call's x-request-id, as the client sent it (or "")."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str):
+            return value[:128]
+    return ""
+
+
+def audit(
+    servicer: Any, method: Any, request: Any, context: Any, status: status_pb2.Status | None
+) -> None:
+    rt = servicer.rt
+    if rt.failed:
+        return
+    rt.audit.add(
+        rt.engine.now,
+        current_principal.get(),
+        f"/{servicer.SERVICE}/{method.__name__}",
+        request,
+        context.peer() or "",
+        0 if status is None else status.code,
+        "" if status is None else status.message,
+        request_id(context),
+    )
+
+
+def rpc(
+    method: Callable[..., Any] | None = None,
+    *,
+    fields: dict[str, str] | None = None,
+    audited: bool = False,
+) -> Any:
     """For unary handlers: a DomainError becomes its status; with `fields`, violation
-    paths are renamed to the request's (see `renamed`). The handler's `invoke` gives the
-    reply or the status without ending a call (the console stream's actions)."""
+    paths are renamed to the request's (see `renamed`); `audited` calls go to the audit
+    trail, whatever their outcome. The handler's `invoke` gives the reply or the status
+    without ending a call (the console stream's actions)."""
 
     def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            reply, status = await invoke(method, fields, self, request, context)
+            reply, status = await invoke(method, fields, self, request, context, audited)
             if status is not None:
                 await context.abort_with_status(rpc_status.to_status(status))
             return reply

@@ -193,6 +193,24 @@ class Hub:
         # shows a session shares one (the state only changes in commands).
         self._sessions: dict[str, pb.Session] = {}
         self._stamp_time, self._stamp_bytes = math.nan, b""
+        # Statistics watchers wait on one future, resolved when a command caused events
+        # (or a stream must end: revocation, draining).
+        self.generation = 0  # events so far
+        self._watch: asyncio.Future[None] | None = None
+        self._watch_generation = 0
+
+    def changed(self) -> asyncio.Future[None]:
+        """Resolved once events happened after this call (see WatchStatistics)."""
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().create_future()
+            self._watch_generation = self.generation
+        return self._watch
+
+    def wake_watchers(self) -> None:
+        if self._watch is not None:
+            if not self._watch.done():
+                self._watch.set_result(None)
+            self._watch = None
 
     def feed(self, rep_id: str) -> Feed:
         f = self.feeds.get(rep_id)
@@ -230,6 +248,7 @@ class Hub:
             self.on_lost(stream.rep_id)
 
     def end_token(self, token_id: str) -> None:
+        self.wake_watchers()
         for f in list(self.feeds.values()):
             if f.stream is not None and f.stream.token_id == token_id:
                 self.end(f.stream, StreamEnd.REVOKED, lost=True)
@@ -300,6 +319,7 @@ class Hub:
     def drain(self, why: StreamEnd = StreamEnd.DRAINING) -> None:
         """Ends every stream (the server stops, or this desk is being rebuilt)."""
         self.draining = True
+        self.wake_watchers()
         for f in self.feeds.values():
             if f.stream is not None:
                 f.stream.end(why)
@@ -330,6 +350,7 @@ class Hub:
     def on_event(self, e: ev.Event) -> None:
         """Told of each event while its command runs: what it means for consoles joins
         the command's plan (audiences are taken now, messages built at the end)."""
+        self.generation += 1
         kind = type(e)
         handler = _HANDLERS.get(kind)
         if handler is None:
@@ -342,6 +363,8 @@ class Hub:
         one event (added and then changed: added as it is now; added and then removed:
         nothing), and an offer made and withdrawn within it is not sent at all."""
         self._sessions.clear()  # the state may have changed
+        if self._watch is not None and self.generation != self._watch_generation:
+            self.wake_watchers()
         plan = self._plan
         if not plan:
             return

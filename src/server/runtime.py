@@ -31,6 +31,7 @@ from assigncore.engine import Engine, Outcome
 from assigncore.model import Session
 from assigncore.records import encode
 
+from .audit import AuditTrail
 from .auth import Gate, Principal, PrincipalKind, TokenStore
 from .config import Settings
 from .desk import load_desk
@@ -165,6 +166,10 @@ class Runtime:
     @property
     def idempotency(self) -> Idempotency:
         return self.desk.idempotency
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self.desk.audit
 
     def principal(self, secret: str) -> Principal | None:
         """The interceptor's token lookup (on whatever desk is current)."""

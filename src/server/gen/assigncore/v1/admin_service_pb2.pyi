@@ -126,6 +126,8 @@ class _PrincipalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Princip
     """A customer-facing intake portal."""
     PRINCIPAL_KIND_ADMIN: _PrincipalKind.ValueType  # 3
     """An administrator."""
+    PRINCIPAL_KIND_SUPERVISOR: _PrincipalKind.ValueType  # 4
+    """A supervisor of some teams (SupervisorService)."""
 
 class PrincipalKind(_PrincipalKind, metaclass=_PrincipalKindEnumTypeWrapper):
     """Who a token authenticates."""
@@ -138,6 +140,8 @@ PRINCIPAL_KIND_INTAKE: PrincipalKind.ValueType  # 2
 """A customer-facing intake portal."""
 PRINCIPAL_KIND_ADMIN: PrincipalKind.ValueType  # 3
 """An administrator."""
+PRINCIPAL_KIND_SUPERVISOR: PrincipalKind.ValueType  # 4
+"""A supervisor of some teams (SupervisorService)."""
 Global___PrincipalKind: _TypeAlias = PrincipalKind  # noqa: Y015
 
 @_typing.final
@@ -1666,6 +1670,8 @@ class AccessToken(_message.Message):
     REP_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    TEAM_IDS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
     """Server-assigned id, used to revoke it."""
     kind: Global___PrincipalKind.ValueType
@@ -1678,6 +1684,14 @@ class AccessToken(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was issued."""
 
+    @_builtins.property
+    def team_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SUPERVISOR tokens: the teams it supervises."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stops being accepted; unset: never."""
+
     def __init__(
         self,
         *,
@@ -1686,10 +1700,12 @@ class AccessToken(_message.Message):
         rep_id: _builtins.str = ...,
         description: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        team_ids: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "kind", b"kind", "rep_id", b"rep_id", "token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "expire_time", b"expire_time", "kind", b"kind", "rep_id", b"rep_id", "team_ids", b"team_ids", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1704,22 +1720,36 @@ class IssueAccessTokenRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     REP_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TEAM_IDS_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     kind: Global___PrincipalKind.ValueType
     """Who the token authenticates."""
     rep_id: _builtins.str
-    """The rep, for REP tokens."""
+    """The rep, for REP tokens; for SUPERVISOR tokens, optionally the supervisor's own rep
+    (PullSession hands sessions to it).
+    """
     description: _builtins.str
     """A note for humans, at most 200 characters."""
+    @_builtins.property
+    def team_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SUPERVISOR tokens: the teams it supervises (at least one)."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long it is accepted (1 s to 10 years); unset: until revoked."""
+
     def __init__(
         self,
         *,
         kind: Global___PrincipalKind.ValueType = ...,
         rep_id: _builtins.str = ...,
         description: _builtins.str = ...,
+        team_ids: _abc.Iterable[_builtins.str] | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "rep_id", b"rep_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "kind", b"kind", "rep_id", b"rep_id", "team_ids", b"team_ids", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1845,3 +1875,205 @@ class ListAccessTokensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAccessTokensResponse: _TypeAlias = ListAccessTokensResponse  # noqa: Y015
+
+@_typing.final
+class RotateAccessTokenRequest(_message.Message):
+    """Request of RotateAccessToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """The token id."""
+    @_builtins.property
+    def overlap(self) -> _duration_pb2.Duration:
+        """How long the old token stays accepted; unset: revoked at once."""
+
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the new one is accepted; unset: as long as the old one had left (or until
+        revoked, if the old one had no expiry).
+        """
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        overlap: _duration_pb2.Duration | None = ...,
+        ttl: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overlap", b"overlap", "ttl", b"ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overlap", b"overlap", "token_id", b"token_id", "ttl", b"ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateAccessTokenRequest: _TypeAlias = RotateAccessTokenRequest  # noqa: Y015
+
+@_typing.final
+class RotateAccessTokenResponse(_message.Message):
+    """Response of RotateAccessToken."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """The new secret; shown only here."""
+    @_builtins.property
+    def access_token(self) -> Global___AccessToken:
+        """The new token's record."""
+
+    def __init__(
+        self,
+        *,
+        access_token: Global___AccessToken | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateAccessTokenResponse: _TypeAlias = RotateAccessTokenResponse  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    """One audited action."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REP_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REQUEST_JSON_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Its position in the trail (increasing)."""
+    token_id: _builtins.str
+    """Who: the token's id and kind, and its rep, if any."""
+    kind: Global___PrincipalKind.ValueType
+    """The token's kind."""
+    rep_id: _builtins.str
+    """The token's rep, if any."""
+    method: _builtins.str
+    """The full method name, as "/assigncore.v1.SupervisorService/PullSession"."""
+    request_json: _builtins.str
+    """The request, as canonical JSON (protobuf's JSON mapping)."""
+    peer: _builtins.str
+    """The caller's address, as gRPC gives it ("ipv4:10.0.0.7:51234")."""
+    code: _builtins.int
+    """How it ended: a google.rpc.Code number (0 for OK)."""
+    message: _builtins.str
+    """The error message, if it failed."""
+    request_id: _builtins.str
+    """The call's request id (x-request-id)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        token_id: _builtins.str = ...,
+        kind: Global___PrincipalKind.ValueType = ...,
+        rep_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        request_json: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "kind", b"kind", "message", b"message", "method", b"method", "peer", b"peer", "rep_id", b"rep_id", "request_id", b"request_id", "request_json", b"request_json", "seq", b"seq", "time", b"time", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesRequest(_message.Message):
+    """Request of ListAuditEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """Only entries of this token."""
+    method: _builtins.str
+    """Only entries of this method (full name, or the method's short name)."""
+    page_size: _builtins.int
+    """At most this many (1-500; 0 means 50)."""
+    page_token: _builtins.str
+    """From a previous response."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only entries at or after this time."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only entries before this time."""
+
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["method", b"method", "page_size", b"page_size", "page_token", b"page_token", "since", b"since", "token_id", b"token_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesRequest: _TypeAlias = ListAuditEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEntriesResponse(_message.Message):
+    """Response of ListAuditEntries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEntriesResponse: _TypeAlias = ListAuditEntriesResponse  # noqa: Y015

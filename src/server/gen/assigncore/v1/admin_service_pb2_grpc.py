@@ -187,6 +187,16 @@ class AdminServiceStub:
                 request_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListAccessTokensRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListAccessTokensResponse.FromString,
                 _registered_method=True)
+        self.RotateAccessToken = channel.unary_unary(
+                '/assigncore.v1.AdminService/RotateAccessToken',
+                request_serializer=assigncore_dot_v1_dot_admin__service__pb2.RotateAccessTokenRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_admin__service__pb2.RotateAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/assigncore.v1.AdminService/ListAuditEntries',
+                request_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -408,6 +418,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateAccessToken(self, request, context):
+        """Replaces a token by a new one for the same principal, teams and description; the
+        old one stays accepted for `overlap` (0 to 1 day; unset: revoked at once), so
+        clients can switch without a gap. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEntries(self, request, context):
+        """Lists the audit trail: every call of AdminService and SupervisorService that
+        changes something, newest last. Errors: INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -550,6 +577,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAccessTokens,
                     request_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListAccessTokensRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListAccessTokensResponse.SerializeToString,
+            ),
+            'RotateAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateAccessToken,
+                    request_deserializer=assigncore_dot_v1_dot_admin__service__pb2.RotateAccessTokenRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_admin__service__pb2.RotateAccessTokenResponse.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1320,6 +1357,60 @@ class AdminService:
             '/assigncore.v1.AdminService/ListAccessTokens',
             assigncore_dot_v1_dot_admin__service__pb2.ListAccessTokensRequest.SerializeToString,
             assigncore_dot_v1_dot_admin__service__pb2.ListAccessTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.AdminService/RotateAccessToken',
+            assigncore_dot_v1_dot_admin__service__pb2.RotateAccessTokenRequest.SerializeToString,
+            assigncore_dot_v1_dot_admin__service__pb2.RotateAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.AdminService/ListAuditEntries',
+            assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
+            assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

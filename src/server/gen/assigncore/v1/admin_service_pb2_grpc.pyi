@@ -117,6 +117,15 @@ class AdminServiceStub:
     """
     ListAccessTokens: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccessTokensRequest, _admin_service_pb2.ListAccessTokensResponse]
     """Lists access tokens (never their secrets). Errors: INVALID_ARGUMENT."""
+    RotateAccessToken: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.RotateAccessTokenRequest, _admin_service_pb2.RotateAccessTokenResponse]
+    """Replaces a token by a new one for the same principal, teams and description; the
+    old one stays accepted for `overlap` (0 to 1 day; unset: revoked at once), so
+    clients can switch without a gap. Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
+    ListAuditEntries: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]
+    """Lists the audit trail: every call of AdminService and SupervisorService that
+    changes something, newest last. Errors: INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -206,6 +215,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListAccessTokens: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAccessTokensRequest, _admin_service_pb2.ListAccessTokensResponse]  # type: ignore[assignment]
     """Lists access tokens (never their secrets). Errors: INVALID_ARGUMENT."""
+    RotateAccessToken: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.RotateAccessTokenRequest, _admin_service_pb2.RotateAccessTokenResponse]  # type: ignore[assignment]
+    """Replaces a token by a new one for the same principal, teams and description; the
+    old one stays accepted for `overlap` (0 to 1 day; unset: revoked at once), so
+    clients can switch without a gap. Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
+    ListAuditEntries: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListAuditEntriesRequest, _admin_service_pb2.ListAuditEntriesResponse]  # type: ignore[assignment]
+    """Lists the audit trail: every call of AdminService and SupervisorService that
+    changes something, newest last. Errors: INVALID_ARGUMENT.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages the desk's directory: reps, teams and their queue settings,
@@ -460,5 +478,26 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListAccessTokensResponse, _abc.Awaitable[_admin_service_pb2.ListAccessTokensResponse]]:
         """Lists access tokens (never their secrets). Errors: INVALID_ARGUMENT."""
+
+    @_abc_1.abstractmethod
+    def RotateAccessToken(
+        self,
+        request: _admin_service_pb2.RotateAccessTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.RotateAccessTokenResponse, _abc.Awaitable[_admin_service_pb2.RotateAccessTokenResponse]]:
+        """Replaces a token by a new one for the same principal, teams and description; the
+        old one stays accepted for `overlap` (0 to 1 day; unset: revoked at once), so
+        clients can switch without a gap. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEntries(
+        self,
+        request: _admin_service_pb2.ListAuditEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListAuditEntriesResponse, _abc.Awaitable[_admin_service_pb2.ListAuditEntriesResponse]]:
+        """Lists the audit trail: every call of AdminService and SupervisorService that
+        changes something, newest last. Errors: INVALID_ARGUMENT.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
