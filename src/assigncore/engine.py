@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from . import (
     chat,
@@ -101,6 +102,15 @@ TIMER_HANDLERS: dict[TimerKind, Callable[[State, Any], None]] = {
 }
 
 
+class Timings(Protocol):
+    """Told how long each command and each assignment pass took (the server's
+    metrics); the engine only measures while one is set."""
+
+    def command(self, name: str, seconds: float) -> None: ...
+
+    def assignment(self, seconds: float) -> None: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -129,13 +139,14 @@ class Engine:
         # the listener has heard all of its events (the server's fan-out sends them as
         # one batch, with what changed more than once in it merged).
         self.on_settled: Callable[[], None] | None = None
+        self.timings: Timings | None = None
 
     @classmethod
     def restored(cls, clock: Callable[[], float], state: State) -> Engine:
         """An engine over a state restored from a snapshot (assigncore.snapshot)."""
         engine = cls.__new__(cls)
         engine._clock, engine.state, engine._busy = clock, state, False
-        engine.on_command = engine.on_settled = None
+        engine.on_command = engine.on_settled = engine.timings = None
         return engine
 
     # ------------------------------------------------------------------ plumbing
@@ -162,6 +173,8 @@ class Engine:
             raise RuntimeError("engine commands must not be re-entered (single writer)")
         self._busy = True
         st = self.state
+        timings = self.timings
+        started = time.perf_counter() if timings is not None else 0.0
         when = float(self._clock() if at is None else at)
         fired = 0
         try:
@@ -192,6 +205,8 @@ class Engine:
             self._busy = False
             st.events = []
             st.stats.settle(st)
+            if timings is not None:
+                timings.command(fn.__name__, time.perf_counter() - started)
             if self.on_settled is not None:
                 self.on_settled()
         if record_it and self.on_command is not None:
@@ -199,7 +214,13 @@ class Engine:
         return Outcome(events, value)
 
     def _assign(self) -> None:
+        timings = self.timings
+        if timings is None:
+            routing.assign(self.state)
+            return
+        started = time.perf_counter()
         routing.assign(self.state)
+        timings.assignment(time.perf_counter() - started)
 
     def _catch_up(self, now: float) -> int:
         """Fires the timers due by `now`, in deadline order; returns how many fired."""
@@ -253,6 +274,8 @@ class Engine:
             raise RuntimeError("engine commands must not be re-entered (single writer)")
         self._busy = True
         st = self.state
+        timings = self.timings
+        started = time.perf_counter() if timings is not None else 0.0
         events: list[Event] = []
         st.events = events
         try:
@@ -263,6 +286,8 @@ class Engine:
             self._busy = False
             st.events = []
             st.stats.settle(st)
+            if timings is not None:
+                timings.command(ADVANCE, time.perf_counter() - started)
             if self.on_settled is not None:
                 self.on_settled()
         # Timers follow from state and time, but when they fire is an input: a pass

@@ -52,6 +52,7 @@ from .model import (
     QueueKind,
     QueueRef,
     Rep,
+    Team,
     personal_queue,
     team_queue,
 )
@@ -159,6 +160,11 @@ class QueueCounters:
 class Statistics:
     """A desk's counters, fed by its events (see the module's docstring)."""
 
+    # Off (the server's `[server] statistics = false`, to measure what they cost),
+    # nothing is counted, and a desk that turns them on again counts from then. A class
+    # attribute: snapshots of desks written before it existed restore with it on.
+    enabled = True
+
     def __init__(self, zone: str) -> None:
         self.zone = zone
         self.day_start = self.day_end = 0.0  # the day last seen, cached
@@ -185,6 +191,8 @@ class Statistics:
         counters.add(int(t // BUCKET), self._day(t), slot, amount)
 
     def observe(self, st: State, e: Event) -> None:
+        if not self.enabled:
+            return
         kind = type(e)
         if kind is SessionQueued:
             assert isinstance(e, SessionQueued)
@@ -243,6 +251,9 @@ class Statistics:
 
     def settle(self, st: State) -> None:
         """After a command: the state of each rep it touched, and since when."""
+        if not self.enabled:
+            self.touched.clear()
+            return
         reps, now = self.reps, st.now
         for rep_id in self.touched:
             rep = st.reps.get(rep_id)
@@ -340,6 +351,59 @@ class DeskStatistics:
     teams: tuple[TeamStatistics, ...]
 
 
+def _add_up(rows: list[list[float]]) -> list[float]:
+    return [sum(column) for column in zip(*rows, strict=True)] if rows else [0.0] * SLOTS
+
+
+def _queue_row(
+    st: State, queue: QueueRef, parts: list[QueueRef], minute: int, day: float
+) -> QueueStatistics:
+    """The statistics of `queue`, made of the counters of the queues in `parts` (one,
+    or all personal queues together)."""
+    stats, now = st.stats, st.now
+    counters = [c for c in map(stats.queues.get, parts) if c is not None]
+    waitings = [w for w in map(stats.waiting.get, parts) if w]
+    oldest = min((next(iter(w.values())) for w in waitings), default=None)
+    arrivals = dict.fromkeys(range(minute - HISTORY + 1, minute + 1), 0)
+    for c in counters:
+        for m, counts in c.buckets:
+            if m in arrivals:
+                arrivals[m] += int(counts[ARRIVED])
+    return QueueStatistics(
+        queue,
+        sum(map(len, waitings)),
+        now - oldest if oldest is not None else 0.0,
+        stats.threshold(st, queue),
+        Counts.of(_add_up([c.window(minute, WINDOWS[0]) for c in counters])),
+        Counts.of(_add_up([c.window(minute, WINDOWS[1]) for c in counters])),
+        Counts.of(_add_up([c.today for c in counters if c.day == day])),
+        tuple(arrivals.values()),
+    )
+
+
+def _team_rows(teams: list[Team], reps: list[RepStatistics]) -> list[TeamStatistics]:
+    counts = {t.id: [0, 0, 0] for t in teams}  # staffed, available, busy
+    for row in reps:
+        for team_id in row.teams:
+            c = counts.get(team_id)
+            if c is not None:
+                c[0] += row.state is not RepState.OFFLINE
+                c[1] += row.state is RepState.AVAILABLE
+                c[2] += row.state is RepState.BUSY or row.state is RepState.OFFERED
+    return [TeamStatistics(t.id, t.name, *counts[t.id]) for t in teams]
+
+
+def _rep_rows(st: State, members: list[Rep]) -> list[RepStatistics]:
+    held, now = st.stats.reps, st.now
+    rows = []
+    for r in members:
+        state, reason, since = held.get(r.id) or (*rep_state(r), now)
+        rows.append(
+            RepStatistics(r.id, r.name, state, reason, since, r.load, tuple(sorted(r.teams)))
+        )
+    return rows
+
+
 def statistics(st: State, team_ids: frozenset[str] | None = None) -> DeskStatistics:
     """The desk's statistics now; with `team_ids`, those teams, their queues, their
     members and their members' personal queues (a supervisor's scope). Personal queues
@@ -357,37 +421,37 @@ def statistics(st: State, team_ids: frozenset[str] | None = None) -> DeskStatist
     ]
     if team_ids is None:
         refs.append(GENERAL_QUEUE)
-    queues = []
-    for q in refs:
-        counters = stats.queues.get(q) or QueueCounters()
-        waiting = stats.waiting.get(q) or {}
-        oldest = next(iter(waiting.values()), None)
-        per_minute = {m: int(c[ARRIVED]) for m, c in counters.buckets}
-        queues.append(
-            QueueStatistics(
-                q,
-                len(waiting),
-                now - oldest if oldest is not None else 0.0,
-                stats.threshold(st, q),
-                Counts.of(counters.window(minute, WINDOWS[0])),
-                Counts.of(counters.window(minute, WINDOWS[1])),
-                Counts.of(counters.today if counters.day == day else [0.0] * SLOTS),
-                tuple(per_minute.get(m, 0) for m in range(minute - HISTORY + 1, minute + 1)),
-            )
-        )
-    reps = []
-    for r in members:
-        state, reason, since = stats.reps.get(r.id) or (*rep_state(r), now)
-        reps.append(
-            RepStatistics(r.id, r.name, state, reason, since, r.load, tuple(sorted(r.teams)))
-        )
-    counts = {t.id: [0, 0, 0] for t in teams}  # staffed, available, busy
+    queues = tuple(_queue_row(st, q, [q], minute, day) for q in refs)
+    reps = _rep_rows(st, members)
+    return DeskStatistics(now, day, queues, tuple(reps), tuple(_team_rows(teams, reps)))
+
+
+ALL_PERSONAL = QueueRef(QueueKind.PERSONAL, "")  # every personal queue, added up
+
+
+@dataclass(frozen=True, slots=True)
+class DeskSummary:
+    """The whole desk in few numbers (the server's metrics): the teams' queues, the
+    general queue and every personal queue added up as one (ALL_PERSONAL); how many
+    reps are in each state; the teams."""
+
+    time: float
+    queues: tuple[QueueStatistics, ...]
+    reps: dict[RepState, int]
+    teams: tuple[TeamStatistics, ...]
+
+
+def summary(st: State) -> DeskSummary:
+    stats, now = st.stats, st.now
+    minute = int(now // BUCKET)
+    day, _ = day_bounds(now, stats.zone)
+    teams = list(st.teams.values())
+    personal = [q for q in {*stats.queues, *stats.waiting} if q.kind is QueueKind.PERSONAL]
+    queues = [_queue_row(st, team_queue(t.id), [team_queue(t.id)], minute, day) for t in teams]
+    queues.append(_queue_row(st, GENERAL_QUEUE, [GENERAL_QUEUE], minute, day))
+    queues.append(_queue_row(st, ALL_PERSONAL, personal, minute, day))
+    reps = _rep_rows(st, list(st.reps.values()))
+    states = dict.fromkeys(RepState, 0)
     for row in reps:
-        for team_id in row.teams:
-            c = counts.get(team_id)
-            if c is not None:
-                c[0] += row.state is not RepState.OFFLINE
-                c[1] += row.state is RepState.AVAILABLE
-                c[2] += row.state is RepState.BUSY or row.state is RepState.OFFERED
-    team_rows = [TeamStatistics(t.id, t.name, *counts[t.id]) for t in teams]
-    return DeskStatistics(now, day, tuple(queues), tuple(reps), tuple(team_rows))
+        states[row.state] += 1
+    return DeskSummary(now, tuple(queues), states, tuple(_team_rows(teams, reps)))

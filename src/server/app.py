@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from . import reflection_v1
 from .admin import AdminServicer
 from .auth import AuthInterceptor, Limits
+from .calls import Calls
 from .config import Settings
 from .console import ConsoleServicer
 from .gen.assigncore.v1 import (
@@ -53,8 +54,16 @@ class Server:
         self.runtime = runtime
         self.health = health_servicer
 
+    @property
+    def metrics_port(self) -> int:
+        """The metrics endpoint's port, once started (0: no metrics served)."""
+        return self.runtime.metrics.port if self.runtime.metrics is not None else 0
+
     async def start(self) -> None:
         await self.grpc.start()
+        metrics, listen = self.runtime.metrics, self.runtime.settings.metrics_listen
+        if metrics is not None and listen is not None:
+            metrics.serve(listen)
         self.runtime.start()
         for name in ["", *SERVICES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -68,6 +77,8 @@ class Server:
         self.runtime.hub.drain()
         await asyncio.sleep(0)  # let the streams send their last event
         await self.grpc.stop(grace)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.stop()
         await self.runtime.stop()
         await self.runtime.close(snapshot)
 
@@ -110,6 +121,7 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_open_streams=settings.max_open_streams,
         ),
+        Calls(runtime.metrics, settings.access_log),
     )
     runtime.gate = interceptor.gate
     server = grpc.aio.server(interceptors=[interceptor], options=options)

@@ -29,6 +29,8 @@ from typing import Any
 
 import grpc
 
+from .calls import REQUEST_ID, Calls, method_names
+
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICES = (
     "grpc.reflection.v1alpha.ServerReflection",
@@ -291,11 +293,15 @@ async def _timed_messages(
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Checks the bearer token on the headers before anything else happens, bounds how
     long a request message may take, decodes it, counts the call against its budget,
-    and makes the principal available to the handler through `current_principal`."""
+    and makes the principal available to the handler through `current_principal`.
+    Every call, refused or not, goes through `calls` (request id, metrics, access
+    log)."""
 
-    def __init__(self, tokens: Any, limits: Limits | None = None) -> None:
+    def __init__(self, tokens: Any, limits: Limits | None = None, calls: Calls | None = None):
         self.tokens = tokens  # anything with principal(secret) -> Principal | None
         self.gate = Gate(limits or Limits())
+        self.calls = calls or Calls(access_log="off")
+        self._names: dict[str, tuple[str, str, str]] = {}
 
     async def intercept_service(
         self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails
@@ -304,29 +310,40 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None  # grpc answers UNIMPLEMENTED
         method = details.method
-        service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else ""
-        allowed = SERVICE_ACCESS.get(service)
-        if allowed is None:  # health and reflection: no token; streams share a budget
-            return self._wrap(handler, None, console=False, counted=handler.response_streaming)
-        principal = None
+        names = self._names.get(method)
+        if names is None:
+            names = method_names(method, handler.request_streaming, handler.response_streaming)
+            self._names[method] = names
+        authorization = rid = ""
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
-                if isinstance(value, str) and value[:7].lower() == "bearer ":
-                    principal = self.tokens.principal(value[7:].strip())
-                break
+                authorization = value if isinstance(value, str) else ""
+            elif key == REQUEST_ID and isinstance(value, str):
+                rid = value
+        call = (names, rid)
+        allowed = SERVICE_ACCESS.get(names[1])
+        if allowed is None:  # health and reflection: no token; streams share a budget
+            counted = handler.response_streaming
+            return self._wrap(handler, call, None, console=False, counted=counted)
+        principal = None
+        if authorization[:7].lower() == "bearer ":
+            principal = self.tokens.principal(authorization[7:].strip())
         if principal is None:
-            return _refusal(
+            return self._refusal(
                 handler,
+                call,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing, unknown, expired or revoked access token",
             )
         if principal.kind not in allowed:
-            return _refusal(
+            return self._refusal(
                 handler,
+                call,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"a {principal.kind.value.lower()} token may not call {service}",
+                f"a {principal.kind.value.lower()} token may not call {names[1]}",
             )
-        return self._wrap(handler, principal, console=method in CONSOLE_STREAMS, counted=True)
+        console = method in CONSOLE_STREAMS
+        return self._wrap(handler, call, principal, console=console, counted=True)
 
     # ------------------------------------------------------------- budgets
 
@@ -368,6 +385,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(
         self,
         handler: grpc.RpcMethodHandler,
+        call: tuple[tuple[str, str, str], str],
         principal: Principal | None,
         console: bool,
         counted: bool,
@@ -377,6 +395,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         # Console streams write their messages encoded already (server/wire.py).
         serialize = None if console else handler.response_serializer
         admit, release = self._admit, self._release
+        begin, end = self.calls.begin, self.calls.end
+        names, rid = call
 
         unary_in = not handler.request_streaming
 
@@ -399,11 +419,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             inner_unary = handler.unary_unary or handler.stream_unary
 
             async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
-                request = await enter(requests, context)
+                began = begin(context, rid)
+                error = None
                 try:
-                    return await inner_unary(request, context)
+                    request = await enter(requests, context)
+                    try:
+                        return await inner_unary(request, context)
+                    finally:
+                        release(principal, console, counted)
+                except BaseException as exc:
+                    error = exc
+                    raise
                 finally:
-                    release(principal, console, counted)
+                    end(names, principal, context, error, began)
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, request_deserializer=None, response_serializer=serialize
@@ -412,31 +440,48 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         inner_stream = handler.unary_stream or handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
-            request = await enter(requests, context)
+            began = begin(context, rid)
+            error = None
             try:
-                async for response in inner_stream(request, context):
-                    yield response
+                request = await enter(requests, context)
+                try:
+                    async for response in inner_stream(request, context):
+                        yield response
+                finally:
+                    release(principal, console, counted)
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                release(principal, console, counted)
+                end(names, principal, context, error, began)
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, request_deserializer=None, response_serializer=serialize
         )
 
+    def _refusal(
+        self,
+        handler: grpc.RpcMethodHandler,
+        call: tuple[tuple[str, str, str], str],
+        code: grpc.StatusCode,
+        message: str,
+    ) -> grpc.RpcMethodHandler:
+        """A handler that ends the call with `code` without reading its message."""
+        begin, end = self.calls.begin, self.calls.end
+        names, rid = call
 
-def _refusal(
-    handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler:
-    """A handler that ends the call with `code` without reading its message."""
-    if handler.response_streaming:
+        async def refuse(requests: Any, context: Any) -> Any:
+            began = begin(context, rid)
+            try:
+                await _refuse(context, code, message)
+            finally:
+                end(names, None, context, None, began)
 
-        async def refuse_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
-            await _refuse(context, code, message)
-            yield  # pragma: no cover - abort raised
+        if handler.response_streaming:
 
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+            async def refuse_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+                await refuse(requests, context)
+                yield  # pragma: no cover - abort raised
 
-    async def refuse(requests: Any, context: Any) -> Any:
-        await _refuse(context, code, message)
-
-    return grpc.stream_unary_rpc_method_handler(refuse)
+            return grpc.stream_stream_rpc_method_handler(refuse_stream)
+        return grpc.stream_unary_rpc_method_handler(refuse)

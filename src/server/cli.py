@@ -21,7 +21,7 @@ import sys
 import zlib
 from typing import Any
 
-from . import durable, storage
+from . import durable, logs, storage
 from .app import create_server
 from .config import ConfigError, Settings, load
 from .journal import JournalError
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command != "serve":
         return _tool(args, settings)
+    logs.configure(settings.log_format, settings.log_level)
     if args.listen:
         settings.listen = args.listen
     try:

@@ -20,6 +20,20 @@
     key_failures_per_portal = 1000  # ... and per intake portal per minute
     time_zone = "UTC"             # where the statistics' day starts (an IANA zone name)
     service_level_threshold = 20  # seconds; personal queues and the general queue
+    statistics = true             # false: no statistics kept (to measure what they cost)
+
+    [metrics]
+    listen = "127.0.0.1:9464"     # Prometheus metrics over HTTP (default: none served)
+
+    [tls]                         # TLS on the gRPC port (default: plaintext)
+    cert = "server.pem"           # the server's certificate chain (PEM), relative to
+    key = "server.key"            #   this file; and its private key
+    client_ca = "clients.pem"     # optional: clients must present a certificate it signed
+
+    [logging]
+    format = "auto"               # "json" (JSON lines), "text", or auto: text on a terminal
+    level = "INFO"
+    access_log = "errors"         # a line per call: "all", "errors" (not OK), or "off"
 
     [storage]
     mode = "file"                 # or "memory": nothing survives a stop (tests, demos)
@@ -103,6 +117,16 @@ class Settings:
     storage_path: str = DEFAULT_DESK_FILE
     snapshot_every: int = 100_000  # journal entries; 0: snapshots at shutdown only
     source: str | None = None  # the config file these came from
+    # Statistics off: nothing is counted (to measure what they cost); GetStatistics and
+    # WatchStatistics answer FAILED_PRECONDITION.
+    statistics: bool = True
+    metrics_listen: str | None = None  # [metrics] listen; None: no metrics served
+    tls_cert: str | None = None  # [tls]: PEM files
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    log_format: str = "auto"  # [logging]
+    log_level: str = "INFO"
+    access_log: str = "errors"
 
 
 SERVER_KEYS = {
@@ -117,6 +141,7 @@ SERVER_KEYS = {
     "outbox_limit",
     "shutdown_grace",
     "event_loop",
+    "statistics",
 }
 ENGINE_KEYS = {
     "reconnect_grace": "reconnect_grace",
@@ -130,6 +155,10 @@ ENGINE_KEYS = {
     "service_level_threshold": "service_level_threshold",
 }
 DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
+SECTIONS = {"server", "storage", "metrics", "tls", "logging"}
+LOG_FORMATS = ("auto", "json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ACCESS_LOGS = ("all", "errors", "off")
 
 
 class ConfigError(ValueError):
@@ -141,7 +170,7 @@ def parse(text: str, source: str = "config", path: Path | None = None) -> Settin
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    unknown = set(data) - DESK_KEYS - {"server", "storage"}
+    unknown = set(data) - DESK_KEYS - SECTIONS
     if unknown:
         raise ConfigError(f"{source}: unknown sections {sorted(unknown)}")
     server = data.get("server", {})
@@ -158,7 +187,62 @@ def parse(text: str, source: str = "config", path: Path | None = None) -> Settin
     statistics(settings.engine, source)
     settings.desk = {k: data.get(k, []) for k in DESK_KEYS}
     storage(settings, data.get("storage", {}), path, source)
+    operations(settings, data, path, source)
     return settings
+
+
+def _table(data: dict[str, Any], name: str, keys: set[str], source: str) -> dict[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{name}] must be a table")
+    unknown = set(table) - keys
+    if unknown:
+        raise ConfigError(f"{source}: unknown [{name}] keys {sorted(unknown)}")
+    for key, value in table.items():
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{source}: [{name}] {key} must be a non-empty string")
+    return table
+
+
+def operations(settings: Settings, data: dict[str, Any], path: Path | None, source: str) -> None:
+    """[metrics], [tls] and [logging]. TLS files are relative to the config file."""
+    metrics = _table(data, "metrics", {"listen"}, source)
+    if "listen" in metrics:
+        settings.metrics_listen = metrics["listen"]
+        check_listen(metrics["listen"], "[metrics] listen", source)
+    tls = _table(data, "tls", {"cert", "key", "client_ca"}, source)
+    if tls and not {"cert", "key"} <= set(tls):
+        raise ConfigError(f"{source}: [tls] needs both cert and key")
+    base = path.resolve().parent if path is not None else Path.cwd()
+    settings.tls_cert, settings.tls_key, settings.tls_client_ca = (
+        str(base / tls[k]) if k in tls else None for k in ("cert", "key", "client_ca")
+    )
+    logs = _table(data, "logging", {"format", "level", "access_log"}, source)
+    settings.log_format = logs.get("format", settings.log_format)
+    settings.log_level = logs.get("level", settings.log_level).upper()
+    settings.access_log = logs.get("access_log", settings.access_log)
+    for key, value, allowed in (
+        ("format", settings.log_format, LOG_FORMATS),
+        ("level", settings.log_level, LOG_LEVELS),
+        ("access_log", settings.access_log, ACCESS_LOGS),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{source}: [logging] {key} is one of {', '.join(allowed)}")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """ "HOST:PORT" (an IPv6 host in brackets) as (host, port); ValueError if it is not."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_listen(listen: str, what: str, source: str) -> None:
+    try:
+        split_listen(listen)
+    except ValueError:
+        raise ConfigError(f"{source}: {what} must be HOST:PORT, not {listen!r}") from None
 
 
 def storage(settings: Settings, table: Any, path: Path | None, source: str) -> None:
@@ -224,6 +308,8 @@ def check(settings: Settings, source: str = "config") -> None:
         value = getattr(settings, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{source}: [server] {name} must be a positive number")
+    if not isinstance(settings.statistics, bool):
+        raise ConfigError(f"{source}: [server] statistics must be true or false")
     if settings.event_loop not in ("uvloop", "asyncio"):
         raise ConfigError(f'{source}: [server] event_loop is "uvloop" or "asyncio"')
     if settings.outbox_limit > settings.event_buffer:

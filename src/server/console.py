@@ -14,7 +14,7 @@ from assigncore.model import TeamKind
 
 from . import convert, wire
 from .auth import MalformedRequest, current_principal
-from .errors import abort, rpc
+from .errors import abort, abort_with, rpc
 from .gen.assigncore.v1 import console_service_pb2 as cpb
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from .hub import ConsoleStream, Numbered, StreamEnd, stream_end_status
@@ -171,7 +171,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     )
                     return
                 else:
-                    await context.abort_with_status(stream_end_status(item, feed))
+                    await abort_with(context, stream_end_status(item, feed))
         finally:
             if reader is not None:
                 reader.cancel()

@@ -26,6 +26,7 @@ from assigncore.errors import (
 )
 
 from .auth import current_principal
+from .calls import current_request_id
 from .journal import JournalError
 
 log = logging.getLogger("assigncore.server")
@@ -98,7 +99,14 @@ def info_status(
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
-    await context.abort_with_status(status_for(exc))
+    await abort_with(context, status_for(exc))
+
+
+async def abort_with(context: Any, status: grpc.Status) -> None:
+    """Ends the call with `status`, keeping the trailers set before it (the request
+    id): `abort_with_status` would replace them."""
+    kept = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, kept + tuple(status.trailing_metadata))
 
 
 UNAVAILABLE = (
@@ -163,14 +171,6 @@ async def invoke(
     return None, status
 
 
-def request_id(context: Any) -> str:
-    """The call's x-request-id, as the client sent it (or "")."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-request-id" and isinstance(value, str):
-            return value[:128]
-    return ""
-
-
 def audit(
     servicer: Any, method: Any, request: Any, context: Any, status: status_pb2.Status | None
 ) -> None:
@@ -185,7 +185,7 @@ def audit(
         context.peer() or "",
         0 if status is None else status.code,
         "" if status is None else status.message,
-        request_id(context),
+        current_request_id.get(),
     )
 
 
@@ -205,7 +205,7 @@ def rpc(
         async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             reply, status = await invoke(method, fields, self, request, context, audited)
             if status is not None:
-                await context.abort_with_status(rpc_status.to_status(status))
+                await abort_with(context, rpc_status.to_status(status))
             return reply
 
         handler.invoke = functools.partial(invoke, method, fields)  # type: ignore[attr-defined]

@@ -25,8 +25,9 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -81,6 +82,9 @@ class Journal:
         create_schema(self._conn)
         self.last_position = self._drop_torn_tail()
         self.broken: JournalError | None = None  # set by a failed write, until reset()
+        # Told, in the writer's thread, how long each commit took (its write and fsync)
+        # and how many records it made durable (the server's metrics).
+        self.on_commit: Callable[[float, int], None] | None = None
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
         self._writer.start()
@@ -158,6 +162,7 @@ class Journal:
         for body, _ in batch:
             position += 1
             rows.append((position, zlib.crc32(body), body))
+        started = time.perf_counter()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
@@ -176,6 +181,8 @@ class Journal:
         self.last_position = position
         self.stats.records += len(batch)
         self.stats.commits += 1
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started, len(batch))
         for (_, future), (pos, _, _) in zip(batch, rows, strict=True):
             future.set_result(pos)
 

@@ -39,6 +39,7 @@ from .durable import Desk, Idempotency, encode_entry, load
 from .gen.assigncore.v1 import common_pb2 as pb
 from .hub import Hub, StreamEnd
 from .journal import Journal, JournalError
+from .metrics import Metrics
 from .storage import Storage, write_snapshot
 
 log = logging.getLogger("assigncore.server")
@@ -120,8 +121,11 @@ class Runtime:
         self.clock = settings.clock
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving
         self.storage: Storage | None = None
+        self.metrics = Metrics(self) if settings.metrics_listen else None
         if settings.storage_mode == "file":
             self.storage = Storage(settings.storage_path)
+            if self.metrics is not None:
+                self.storage.journal.on_commit = self.metrics.journal_commit
             log.info("desk file (journal and snapshots): %s", os.path.abspath(self.storage.path))
         else:
             log.warning(
@@ -204,6 +208,8 @@ class Runtime:
         if self.storage is not None and startup:
             self.storage.journal.append(encode_entry(startup)).result()
         desk.record_to(self._record)
+        desk.engine.timings = self.metrics
+        desk.engine.state.stats.enabled = settings.statistics
         desk.hub.holding = self.storage is not None
         desk.hub.on_lost = self.lost
         return desk

@@ -15,7 +15,7 @@ from assigncore.model import QueueKind, QueueRef, Session, SessionState
 
 from . import convert
 from .auth import Principal, PrincipalKind, current_principal
-from .errors import rpc, status_for
+from .errors import abort, rpc
 from .gen.assigncore.v1 import common_pb2 as pb
 from .gen.assigncore.v1 import supervisor_service_pb2 as spb
 from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
@@ -157,13 +157,20 @@ class SupervisorServicer(sgrpc.SupervisorServiceServicer):
     def _scope(self) -> Scope:
         return Scope(self.engine, current_principal.get())
 
+    def _scope_of_statistics(self, team_ids: Any) -> frozenset[str] | None:
+        if not self.rt.settings.statistics:
+            raise FailedPrecondition(
+                "statistics are off on this server ([server] statistics = false)"
+            )
+        return self._scope().narrowed(team_ids)
+
     def _statistics(self, teams: frozenset[str] | None) -> spb.Statistics:
         self.rt.tick()  # timers due by now fire first: waits are as of now
         return statistics_out(self.engine.statistics(teams))
 
     @rpc
     async def GetStatistics(self, request: spb.GetStatisticsRequest, context: Any) -> Any:
-        teams = self._scope().narrowed(request.team_ids)
+        teams = self._scope_of_statistics(request.team_ids)
         return spb.GetStatisticsResponse(statistics=self._statistics(teams))
 
     async def WatchStatistics(
@@ -171,11 +178,11 @@ class SupervisorServicer(sgrpc.SupervisorServiceServicer):
     ) -> AsyncIterator[spb.WatchStatisticsResponse]:
         principal = current_principal.get()
         try:
-            teams = self._scope().narrowed(request.team_ids)
+            teams = self._scope_of_statistics(request.team_ids)
             interval = self._interval(request, "interval", 5.0, 1.0, 3600.0)
             least = self._interval(request, "min_interval", 1.0, 0.1, interval)
         except DomainError as exc:
-            await context.abort_with_status(status_for(exc))
+            await abort(context, exc)
             return
         loop = asyncio.get_running_loop()
         while True:
