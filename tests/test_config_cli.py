@@ -3,12 +3,14 @@ health checks and drains on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -53,6 +55,11 @@ def test_embedded_defaults_and_example_desk_load():
         ("[server]\nlisten = 1\nbogus = 2\n", "unknown [server] keys ['bogus']"),
         ("[[tokens]]\nkind = 'admin'\nsecret = 'short'\n", "at least 16 characters"),
         ("not toml at all [", "config"),
+        ("[metrics]\nlisten = 'nope'\n", "[metrics] listen must be HOST:PORT"),
+        ("[metrics]\nport = 9464\n", "unknown [metrics] keys ['port']"),
+        ("[logging]\nformat = 'xml'\n", "[logging] format is one of auto, json, text"),
+        ("[logging]\naccess_log = 'some'\n", "[logging] access_log is one of"),
+        ("[server]\nstatistics = 1\n", "statistics must be true or false"),
     ],
 )
 def test_bad_config_fails_with_the_entry_named(text, message):
@@ -63,7 +70,9 @@ def test_bad_config_fails_with_the_entry_named(text, message):
 
 def test_cli_serves_and_drains_on_sigterm(tmp_path):
     desk = tmp_path / "desk.toml"
-    desk.write_text("[server]\nshutdown_grace = 1\n[[teams]]\nid = 't'\n")
+    desk.write_text(
+        "[server]\nshutdown_grace = 1\n[metrics]\nlisten = '127.0.0.1:0'\n[[teams]]\nid = 't'\n"
+    )
     env = {**os.environ, "ASSIGNCORE_ADMIN_TOKEN": "cli-admin-token-0123456789"}
     proc = subprocess.Popen(
         [
@@ -81,13 +90,18 @@ def test_cli_serves_and_drains_on_sigterm(tmp_path):
         env=env,
     )
     try:
-        port = None
+        port = metrics = None
         deadline = time.monotonic() + 20
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        assert port, "the server never said where it listens"
+        while metrics is None and time.monotonic() < deadline:
+            line = json.loads(proc.stderr.readline())  # not a terminal: JSON lines
+            assert {"time", "level", "logger", "message"} <= set(line)
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line["message"])
+            port = int(found.group(1)) if found else port
+            found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", line["message"])
+            metrics = found.group(1) if found else None
+        assert port and metrics, "the server never said where it listens"
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            assert b"assigncore_desk_leader" in response.read()
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,7 +14,7 @@ from . import reflection_v1
 from .admin import AdminServicer
 from .auth import AuthInterceptor, Limits
 from .calls import Calls
-from .config import Settings
+from .config import ConfigError, Settings
 from .console import ConsoleServicer
 from .gen.assigncore.v1 import (
     admin_service_pb2,
@@ -98,6 +100,44 @@ async def create_server(settings: Settings, runtime: Runtime | None = None) -> t
         raise
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS for the gRPC port ([tls]): the server's certificate chain and key, and with
+    a client CA, mutual TLS (a client without a certificate that CA signed is refused
+    in the handshake). The files are checked here, so a bad one fails at start with its
+    name, not at a client's first handshake."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    files = {"cert": settings.tls_cert, "key": settings.tls_key}
+    if settings.tls_client_ca is not None:
+        files["client_ca"] = settings.tls_client_ca
+    pem = {}
+    for name, path in files.items():
+        try:
+            pem[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"[tls] {name}: cannot read {path}: {exc.strerror}") from None
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        check.load_cert_chain(files["cert"], files["key"])
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"[tls] cert {files['cert']} and key {files['key']} are not a PEM certificate "
+            f"chain and its private key ({exc.reason})"
+        ) from None
+    if "client_ca" in files:
+        try:
+            check.load_verify_locations(files["client_ca"])
+        except ssl.SSLError as exc:
+            raise ConfigError(
+                f"[tls] client_ca {files['client_ca']} is not PEM certificates ({exc.reason})"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(pem["key"], pem["cert"])],
+        root_certificates=pem.get("client_ca"),
+        require_client_auth="client_ca" in pem,
+    )
+
+
 def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -134,7 +174,11 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
     reflection_v1.enable(
         [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
-    port = server.add_insecure_port(settings.listen)
+    credentials = server_credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {settings.listen}")
     return Server(server, runtime, health_servicer), port

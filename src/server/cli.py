@@ -35,6 +35,9 @@ async def serve(settings: Settings, show_demo_tokens: bool) -> None:
     await server.start()
     host = settings.listen.rsplit(":", 1)[0]
     log.info("assigncore listening on %s:%d", host, port)
+    if server.metrics_port and settings.metrics_listen:
+        metrics_host = settings.metrics_listen.rsplit(":", 1)[0]
+        log.info("Prometheus metrics on http://%s:%d/metrics", metrics_host, server.metrics_port)
     rt = server.runtime
     if rt.generated_admin_token:
         log.info(

@@ -171,6 +171,16 @@ async def invoke(
     return None, status
 
 
+def peer_of(context: Any) -> str:
+    """Where a call came from: its address and, over mutual TLS, the subject of the
+    client's certificate."""
+    peer = context.peer() or ""
+    subject = (context.auth_context() or {}).get("x509_subject")
+    if subject:
+        peer += f" ({subject[0].decode(errors='replace')})"
+    return peer
+
+
 def audit(
     servicer: Any, method: Any, request: Any, context: Any, status: status_pb2.Status | None
 ) -> None:
@@ -182,7 +192,7 @@ def audit(
         current_principal.get(),
         f"/{servicer.SERVICE}/{method.__name__}",
         request,
-        context.peer() or "",
+        peer_of(context),
         0 if status is None else status.code,
         "" if status is None else status.message,
         current_request_id.get(),
