@@ -5,6 +5,7 @@ assigncore backup   [--config FILE | --path DESK_FILE] DEST    (while serving)
 assigncore restore  [--config FILE | --path DESK_FILE] BACKUP  (server stopped)
 assigncore journal  [--config FILE | --path DESK_FILE] [--from N] [--to N]
 assigncore snapshot [--config FILE | --path DESK_FILE]         (while serving)
+assigncore top      --server HOST:PORT --token TOKEN [--once]  (a terminal wallboard)
 """
 
 from __future__ import annotations
@@ -119,6 +120,22 @@ def snapshot_now(path: str, settings: Settings) -> int:
     return 0
 
 
+def add_top_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ASSIGNCORE_TOKEN"),
+        help="a supervisor's or admin's access token (default: $ASSIGNCORE_TOKEN)",
+    )
+    parser.add_argument("--team", action="append", default=[], help="only this team (repeat)")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between pushes")
+    parser.add_argument("--target", type=float, default=0.8, help="service level goal, 0-1")
+    parser.add_argument("--tls-ca", help="CA certificate (PEM) of the server: use TLS")
+    parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
+    parser.add_argument("--once", action="store_true", help="print the board once and exit")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assigncore", description="assigncore server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -140,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "journal":
             tool.add_argument("--from", dest="start", type=int, default=1)
             tool.add_argument("--to", dest="end", type=int, default=None)
+    board = sub.add_parser("top", help="a live terminal wallboard of a running server")
+    add_top_arguments(board)
     args = parser.parse_args(argv)
+    if args.command == "top":
+        from . import top  # Textual is only loaded for the wallboard
+
+        return top.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         settings = load(args.config)
