@@ -11,9 +11,13 @@
 
 The server runs as a separate process (`python -m server.cli serve`) with 1,000 team
 queues and 1,000 reps whose consoles are connected and streaming throughout. It runs
-twice in the same run, with the journal off (`[storage] mode = "memory"`) and on (the
-default: SQLite, synchronous=FULL, group commit); the figures of each and their ratios
-are reported, and with the journal on, the journal's bytes and entries per lifecycle.
+three times in the same run: with the journal off (`[storage] mode = "memory"`) and on
+(the default: SQLite, synchronous=FULL, group commit), both with statistics and
+Prometheus metrics on (and the metrics scraped every second, far more often than a
+Prometheus would); and once more with the journal on but statistics and metrics off
+(`[server] statistics = false`, no `[metrics]`), which gives what operating a desk
+costs. The figures of each and their ratios are reported; with the journal on, the
+journal's bytes and entries per lifecycle; with metrics on, the scrapes' count and time.
 
     python benchmarks/e2e.py --json            # full run
     python benchmarks/e2e.py --json --quick    # under 60 s
@@ -33,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -54,12 +59,15 @@ def rep_token(i: int) -> str:
     return f"bench-rep-{i}-token-0123456789"
 
 
-def desk(n: int, journal: bool) -> str:
+def desk(n: int, journal: bool, operations: bool) -> str:
     mode = "file" if journal else "memory"
     parts = [
-        "[server]\nmax_concurrent_rpcs = 50000\nshutdown_grace = 1\n",
+        "[server]\nmax_concurrent_rpcs = 50000\nshutdown_grace = 1\n"
+        f"statistics = {'true' if operations else 'false'}\n",
         f'[storage]\nmode = "{mode}"\nsnapshot_every = 0\n',
     ]
+    if operations:
+        parts.append('[metrics]\nlisten = "127.0.0.1:0"\n')
     for i in range(n):
         parts.append(
             f'[[teams]]\nid = "t{i}"\nalgorithm = "LEAST_BUSY"\noffer_timeout = 60\n'
@@ -322,10 +330,27 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     }
 
 
-def serve(tmp: str, reps: int, journal: bool, quick: bool) -> dict:
-    """Starts a server with the journal on or off, measures, stops it."""
-    config = Path(tmp) / f"bench-desk-{'on' if journal else 'off'}.toml"
-    config.write_text(desk(reps, journal))
+class Scraper(threading.Thread):
+    """Fetches the metrics every second while the benchmark runs."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.times, self.stopped = url, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(self.url, timeout=30) as response:
+                response.read()
+            self.times.append(time.perf_counter() - t0)
+
+
+def serve(tmp: str, reps: int, journal: bool, quick: bool, operations: bool = True) -> dict:
+    """Starts a server with the journal on or off (and statistics and metrics on or
+    off), measures, stops it."""
+    name = f"bench-desk-{'on' if journal else 'off'}-{'ops' if operations else 'bare'}"
+    config = Path(tmp) / f"{name}.toml"
+    config.write_text(desk(reps, journal, operations))
     server = subprocess.Popen(
         [
             sys.executable,
@@ -342,19 +367,30 @@ def serve(tmp: str, reps: int, journal: bool, quick: bool) -> dict:
         env={**os.environ, "ASSIGNCORE_ADMIN_TOKEN": "bench-admin-token-0123456789"},
     )
     try:
-        port = None
+        port = metrics = None
         deadline = time.monotonic() + 120
-        while port is None and time.monotonic() < deadline:
+        while (port is None or (operations and metrics is None)) and time.monotonic() < deadline:
             line = server.stderr.readline()
             if not line and server.poll() is not None:
                 sys.exit("the server exited before listening")
             found = re.search(r"listening on [\d.]+:(\d+)", line)
-            port = int(found.group(1)) if found else None
-        if port is None:
+            port = int(found.group(1)) if found else port
+            found = re.search(r"metrics on (http://[\d.]+:\d+/metrics)", line)
+            metrics = found.group(1) if found else metrics
+        if port is None or (operations and metrics is None):
             sys.exit("the server did not start in time")
         threading.Thread(target=server.stderr.read, daemon=True).start()  # never blocks
         desk_file = config.with_suffix(".sqlite3")
-        return asyncio.run(run(port, reps, quick, desk_file, server.pid))
+        scraper = Scraper(metrics) if metrics else None
+        if scraper is not None:
+            scraper.start()
+        result = asyncio.run(run(port, reps, quick, desk_file, server.pid))
+        if scraper is not None:
+            scraper.stopped.set()
+            scraper.join()
+            result["scrapes"] = len(scraper.times)
+            result["scrape_ms_p50"] = round(statistics.median(scraper.times) * 1e3, 1)
+        return result
     finally:
         server.terminate()
         try:
@@ -372,15 +408,24 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         off = serve(tmp, args.reps, journal=False, quick=args.quick)
+        bare = serve(tmp, args.reps, journal=True, quick=args.quick, operations=False)
         on = serve(tmp, args.reps, journal=True, quick=args.quick)
-    for part in (off, on):
+    for part in (off, on, bare):
         part.pop("reps_streaming"), part.pop("team_queues")
     off.pop("journal_bytes_per_lifecycle"), off.pop("journal_entries_per_lifecycle")
+
+    def cost(key: str) -> float:
+        """The share of lifecycles/s that statistics and metrics cost (journal on)."""
+        return round(1 - on[key] / bare[key], 3)
+
     result = {
         "reps_streaming": args.reps,
         "team_queues": args.reps,
         "journal_off": off,
         "journal_on": on,
+        "journal_on_statistics_and_metrics_off": bare,
+        "statistics_and_metrics_cost_unary": cost("lifecycles_per_s"),
+        "statistics_and_metrics_cost_stream": cost("stream_lifecycles_per_s"),
         "journal_on_to_off_lifecycles": round(on["lifecycles_per_s"] / off["lifecycles_per_s"], 2),
         "journal_on_to_off_offer_p50": round(on["offer_p50_us"] / off["offer_p50_us"], 2),
         "elapsed_s": round(time.perf_counter() - t0, 1),

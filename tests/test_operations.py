@@ -7,7 +7,9 @@ import asyncio
 import io
 import json
 import logging
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -23,6 +25,8 @@ from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
 from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from .server_harness import ADMIN, INTAKE, auth, live_server
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def scrape(live) -> dict[str, list]:
@@ -61,6 +65,7 @@ async def test_metrics_endpoint_reports_calls_queues_reps_engine_and_journal():
         offer = await ann.next("offer_made")
         await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
         await live.advance(10)
+        await ann.rpc("EndSession", cpb.EndSessionRequest(session_id=offer.session.id))
         with pytest.raises(grpc.aio.AioRpcError) as err:  # a refused call is counted too
             await live.intake.GetSessionStatus(
                 ipb.GetSessionStatusRequest(session_id="nope"), metadata=auth("wrong-token")
@@ -100,11 +105,14 @@ async def test_metrics_endpoint_reports_calls_queues_reps_engine_and_journal():
         assert value(m, level, queue="team/support", window="15m") == 1.0
         assert value(m, "assigncore_queue_speed_of_answer_seconds", queue="team/support",
                      window="today") == 0.0  # fmt: skip
-        # reps: ann handles the session, the others have no console
-        assert value(m, "assigncore_reps", state="busy") == 1
+        handled = "assigncore_queue_handle_time_seconds"
+        assert value(m, handled, queue="team/support", window="today") == 10
+        # reps: ann handled the session and is free again, the others have no console
+        assert value(m, "assigncore_reps", state="available") == 1
+        assert value(m, "assigncore_reps", state="busy") == 0
         assert value(m, "assigncore_reps", state="offline") == 3
         assert value(m, "assigncore_team_reps", team="support", state="staffed") == 1
-        assert value(m, "assigncore_team_reps", team="support", state="busy") == 1
+        assert value(m, "assigncore_team_reps", team="support", state="available") == 1
         assert value(m, "assigncore_team_reps", team="manual", state="staffed") == 0
         # the engine's commands and passes, the journal's commits
         command = "assigncore_engine_command_seconds_count"
@@ -128,6 +136,12 @@ async def test_metrics_endpoint_reports_calls_queues_reps_engine_and_journal():
         assert value(m, "assigncore_console_outbox_limit") == 500
         assert value(m, "assigncore_desk_leader", desk="desk.sqlite3") == 1
         assert value(m, "assigncore_rpcs_in_flight") == 1  # ann's stream
+        # the example Grafana dashboard only asks for series this server exports
+        exported = {sample.name for samples in m.values() for sample in samples}
+        dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+        asked = {n for e in exprs for n in re.findall(r"\b(?:assigncore|grpc_server)_\w+", e)}
+        assert len(exprs) >= 20 and asked and asked <= exported, asked - exported
     finally:
         await live.close()
 
