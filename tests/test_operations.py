@@ -41,7 +41,10 @@ async def scrape(live) -> dict[str, list]:
             return response.read().decode()
 
     text = await asyncio.to_thread(fetch)
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+    families = list(text_string_to_metric_families(text))
+    untyped = [f.name for f in families if f.type == "unknown"]
+    assert not untyped, f"families without a TYPE line of their own: {untyped}"
+    return {f.name: f.samples for f in families}
 
 
 def value(families: dict[str, list], sample: str, **labels: str) -> float:
@@ -101,12 +104,13 @@ async def test_metrics_endpoint_reports_calls_queues_reps_engine_and_journal():
         assert value(m, outcomes, queue="team/support", outcome="offered") == 1
         assert value(m, outcomes, queue="team/support", outcome="accepted") == 1
         assert value(m, outcomes, queue="personal", outcome="arrived") == 0
-        level = "assigncore_queue_service_level_ratio"
-        assert value(m, level, queue="team/support", window="15m") == 1.0
-        assert value(m, "assigncore_queue_speed_of_answer_seconds", queue="team/support",
-                     window="today") == 0.0  # fmt: skip
-        handled = "assigncore_queue_handle_time_seconds"
-        assert value(m, handled, queue="team/support", window="today") == 10
+        within = "assigncore_queue_answered_within_threshold_total"
+        assert value(m, within, queue="team/support") == 1  # answered at once
+        assert value(m, "assigncore_queue_wait_seconds_total", queue="team/support") == 0
+        assert value(m, "assigncore_queue_handled_sessions_total", queue="team/support") == 1
+        assert value(m, "assigncore_queue_handle_seconds_total", queue="team/support") == 10
+        threshold = "assigncore_queue_service_level_threshold_seconds"
+        assert value(m, threshold, queue="team/support") == 20
         # reps: ann handled the session and is free again, the others have no console
         assert value(m, "assigncore_reps", state="available") == 1
         assert value(m, "assigncore_reps", state="busy") == 0

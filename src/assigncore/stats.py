@@ -430,28 +430,66 @@ ALL_PERSONAL = QueueRef(QueueKind.PERSONAL, "")  # every personal queue, added u
 
 
 @dataclass(frozen=True, slots=True)
+class QueueTotals:
+    """A queue now and since midnight: the counter slots of `today` (ARRIVED ...
+    HANDLE_SUM), in the order of the module's slot constants."""
+
+    queue: QueueRef
+    waiting: int
+    longest_wait: float
+    today: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DeskSummary:
     """The whole desk in few numbers (the server's metrics): the teams' queues, the
     general queue and every personal queue added up as one (ALL_PERSONAL); how many
-    reps are in each state; the teams."""
+    reps are in each state; per team, members staffed, available and busy."""
 
     time: float
-    queues: tuple[QueueStatistics, ...]
+    queues: tuple[QueueTotals, ...]
     reps: dict[RepState, int]
-    teams: tuple[TeamStatistics, ...]
+    teams: dict[str, tuple[int, int, int]]
 
 
 def summary(st: State) -> DeskSummary:
+    """Cheap enough to take at every scrape of a desk of thousands of queues and reps:
+    no windows, no per-rep rows."""
     stats, now = st.stats, st.now
-    minute = int(now // BUCKET)
     day, _ = day_bounds(now, stats.zone)
-    teams = list(st.teams.values())
+
+    def totals(queue: QueueRef, parts: list[QueueRef]) -> QueueTotals:
+        counters = [c for c in map(stats.queues.get, parts) if c is not None and c.day == day]
+        waitings = [w for w in map(stats.waiting.get, parts) if w]
+        oldest = min((next(iter(w.values())) for w in waitings), default=None)
+        return QueueTotals(
+            queue,
+            sum(map(len, waitings)),
+            now - oldest if oldest is not None else 0.0,
+            tuple(_add_up([c.today for c in counters])),
+        )
+
     personal = [q for q in {*stats.queues, *stats.waiting} if q.kind is QueueKind.PERSONAL]
-    queues = [_queue_row(st, team_queue(t.id), [team_queue(t.id)], minute, day) for t in teams]
-    queues.append(_queue_row(st, GENERAL_QUEUE, [GENERAL_QUEUE], minute, day))
-    queues.append(_queue_row(st, ALL_PERSONAL, personal, minute, day))
-    reps = _rep_rows(st, list(st.reps.values()))
+    queues = [totals(team_queue(t), [team_queue(t)]) for t in st.teams]
+    queues.append(totals(GENERAL_QUEUE, [GENERAL_QUEUE]))
+    queues.append(totals(ALL_PERSONAL, personal))
     states = dict.fromkeys(RepState, 0)
-    for row in reps:
-        states[row.state] += 1
-    return DeskSummary(now, tuple(queues), states, tuple(_team_rows(teams, reps)))
+    teams = {t: [0, 0, 0] for t in st.teams}  # staffed, available, busy
+    held = stats.reps
+    for r in st.reps.values():
+        known = held.get(r.id)
+        state = known[0] if known is not None else rep_state(r)[0]
+        states[state] += 1
+        if state is RepState.OFFLINE:
+            continue
+        available = state is RepState.AVAILABLE
+        busy = state is RepState.BUSY or state is RepState.OFFERED
+        for team_id in r.teams:
+            c = teams.get(team_id)
+            if c is not None:
+                c[0] += 1
+                c[1] += available
+                c[2] += busy
+    return DeskSummary(
+        now, tuple(queues), states, {t: (c[0], c[1], c[2]) for t, c in teams.items()}
+    )

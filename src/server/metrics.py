@@ -13,14 +13,22 @@ writer thread):
 - `assigncore_journal_commit_seconds` and `assigncore_journal_commit_records`: each
   group commit's write and fsync, and how many records it made durable.
 
-Read from the desk when scraped (computed on the event loop, so they are consistent
-with each other and never race a command):
+Read from the desk when scraped (on the event loop, so they are consistent with each
+other and never race a command):
 
 - per queue (teams' queues, the general queue, and every personal queue added up as
-  `queue="personal"`): sessions waiting, the longest current wait, sessions by outcome
-  since midnight in the desk's time zone (a counter that resets at midnight, which
-  `rate()` handles like a restart), service level, average speed of answer and handle
-  time over 15 min, 1 h and today;
+  `queue="personal"`): sessions waiting, the longest current wait and the service-level
+  threshold (gauges); since midnight in the desk's time zone (counters that reset at
+  midnight, which `rate()` and `increase()` handle like a restart): sessions by outcome
+  (arrived, offered, accepted, rejected, timed_out, abandoned, moved), those answered
+  within the threshold, the waits of those answered and the handle times of those
+  handled, added up. Any window's service level, average speed of answer and handle
+  time follow from these, e.g. over 15 minutes:
+
+      increase(assigncore_queue_answered_within_threshold_total[15m])
+        / (increase(assigncore_queue_sessions_total{outcome="accepted"}[15m])
+           + increase(assigncore_queue_sessions_total{outcome="abandoned"}[15m]))
+
 - reps by state, and per team reps staffed, available and busy;
 - console streams open and the depths of their outboxes (a histogram over streams);
 - whether this process leads the desk (holds its file and serves it), the journal's
@@ -33,21 +41,23 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gzip
 import os
-from collections.abc import Iterable, Iterator
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from assigncore.stats import ALL_PERSONAL, Counts, QueueStatistics, summary
+from assigncore import stats
+from assigncore.stats import summary
 
 from .config import split_listen
 
@@ -74,9 +84,6 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 OUTBOX_BUCKETS = (0, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
 SCRAPE_TIMEOUT = 5.0  # seconds a scrape waits for the event loop
-
-OUTCOMES = ("arrived", "offered", "accepted", "rejected", "timed_out", "abandoned", "moved")
-WINDOWS = (("15m", "last_15_minutes"), ("1h", "last_hour"), ("today", "today"))
 
 
 class Metrics:
@@ -121,9 +128,8 @@ class Metrics:
         )
         self._rpc: dict[tuple[tuple[str, str, str], str], Any] = {}
         self._commands: dict[str, Any] = {}
-        self._collector = DeskCollector(runtime)
-        registry.register(self._collector)
-        self._httpd: Any = None
+        self.desk = DeskCollector(runtime)
+        self._httpd: ThreadingHTTPServer | None = None
         self.port = 0
 
     # ------------------------------------------------------------- observing
@@ -149,12 +155,38 @@ class Metrics:
 
     # ------------------------------------------------------------- serving
 
+    def exposition(self) -> bytes:
+        """Everything, as one scrape returns it: the histograms, then the desk."""
+        return generate_latest(self.registry) + self.desk.text()
+
     def serve(self, listen: str) -> int:
         """Starts the HTTP endpoint (a thread); returns its port (port 0 picks one)."""
-        self._collector.loop = asyncio.get_running_loop()
+        self.desk.loop = asyncio.get_running_loop()
         host, port = split_listen(listen)
-        self._httpd, _ = start_http_server(port, host, registry=self.registry)
-        self.port = self._httpd.server_port
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server name
+                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                    self.send_error(404, "the metrics are at /metrics")
+                    return
+                body = metrics.exposition()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                if "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body = gzip.compress(body, compresslevel=1)
+                    self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape every few seconds is not news
+
+        self._httpd = ThreadingHTTPServer((host or "0.0.0.0", port), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, name="metrics", daemon=True).start()
+        self.port = self._httpd.server_address[1]
         return self.port
 
     def stop(self) -> None:
@@ -164,176 +196,213 @@ class Metrics:
             self._httpd = None
 
 
-class DeskCollector(Collector):
-    """The series read from the desk at each scrape (see the module's docstring)."""
+class DeskCollector:
+    """The series read from the desk at each scrape (see the module's docstring),
+    written as exposition text directly: a desk of thousands of queues has tens of
+    thousands of them, and prometheus_client's generic writer would spend ~30 µs of
+    the event loop's interpreter on each."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def describe(self) -> Iterable[Any]:
-        return ()  # nothing to check for clashes at registration: computed per scrape
-
-    def collect(self) -> Iterator[Any]:
+    def text(self) -> bytes:
+        """The desk's series, read on the event loop (from another thread: waits for
+        it, at most SCRAPE_TIMEOUT); empty if the loop is gone or stuck."""
         loop = self.loop
         if loop is None or loop.is_closed():
-            return
+            return b""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            yield from self.gather()
-            return
+            return self.gather()
 
-        async def gather() -> list[Any]:
+        async def gather() -> bytes:
             return self.gather()
 
         future = asyncio.run_coroutine_threadsafe(gather(), loop)
         try:
-            families = future.result(SCRAPE_TIMEOUT)
+            return future.result(SCRAPE_TIMEOUT)
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
             future.cancel()  # the loop is stuck or stopping: this scrape has no desk series
-            return
-        yield from families
+            return b""
 
-    def gather(self) -> list[Any]:
+    def gather(self) -> bytes:
         """Every desk series, now (on the event loop)."""
         rt = self.runtime
-        families: list[Any] = []
+        out = Exposition()
         st = rt.engine.state
         if st.stats.enabled:
-            families += _desk_families(summary(st))
-        families += self._streams(rt)
+            _desk_series(out, summary(st), st)
+        _stream_series(out, rt)
         desk = os.path.basename(rt.storage.path) if rt.storage is not None else "memory"
-        leader = GaugeMetricFamily(
+        out.family(
             "assigncore_desk_leader",
-            "1 while this process holds the desk and serves it (0: refusing calls while "
-            "its journal cannot be written)",
-            labels=["desk"],
+            "gauge",
+            "1 while this process holds the desk and serves it (0: refusing calls while its "
+            "journal cannot be written)",
         )
-        leader.add_metric([desk], 0.0 if rt.failed else 1.0)
-        families.append(leader)
+        out.sample("assigncore_desk_leader", out.labels(desk=desk), 0 if rt.failed else 1)
         if rt.storage is not None:
             journal = rt.storage.journal
-            families.append(
-                GaugeMetricFamily(
-                    "assigncore_journal_position",
-                    "Position of the last durable journal record",
-                    value=journal.last_position,
-                )
+            out.single(
+                "assigncore_journal_position",
+                "gauge",
+                "Position of the last durable journal record",
+                journal.last_position,
             )
-            families.append(
-                CounterMetricFamily(
-                    "assigncore_journal_records",
-                    "Records made durable since the start",
-                    value=journal.stats.records,
-                )
+            out.single(
+                "assigncore_journal_records_total",
+                "counter",
+                "Records made durable since the start",
+                journal.stats.records,
             )
-            families.append(
-                CounterMetricFamily(
-                    "assigncore_journal_commits",
-                    "Journal commits (fsyncs) since the start",
-                    value=journal.stats.commits,
-                )
+            out.single(
+                "assigncore_journal_commits_total",
+                "counter",
+                "Journal commits (fsyncs) since the start",
+                journal.stats.commits,
             )
         if rt.gate is not None:
-            families.append(
-                GaugeMetricFamily(
-                    "assigncore_rpcs_in_flight",
-                    "Authenticated calls in flight, console streams included",
-                    value=rt.gate.authenticated,
-                )
+            out.single(
+                "assigncore_rpcs_in_flight",
+                "gauge",
+                "Authenticated calls in flight, console streams included",
+                rt.gate.authenticated,
             )
-        return families
+        return out.bytes()
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Exposition:
+    """Prometheus text format 0.0.4, written line by line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
     @staticmethod
-    def _streams(rt: Runtime) -> list[Any]:
-        hub = rt.hub
-        depths = sorted(len(f.stream.outbox) for f in hub.feeds.values() if f.stream is not None)
-        buckets, i = [], 0
-        for bound in OUTBOX_BUCKETS:
-            while i < len(depths) and depths[i] <= bound:
-                i += 1
-            buckets.append((floatToGoString(bound), i))
-        buckets.append(("+Inf", len(depths)))
-        outbox = HistogramMetricFamily(
-            "assigncore_console_outbox_events",
-            "Events waiting in each open console stream's outbox (a histogram over streams)",
-            buckets=buckets,
-            sum_value=sum(depths),
-        )
-        streams = GaugeMetricFamily(
-            "assigncore_console_streams", "Console streams open", value=len(depths)
-        )
-        limit = GaugeMetricFamily(
-            "assigncore_console_outbox_limit",
-            "Events an outbox holds before its stream ends (RESOURCE_EXHAUSTED)",
-            value=hub.outbox_limit,
-        )
-        return [streams, outbox, limit]
+    def labels(**labels: str) -> str:
+        return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+    def family(self, name: str, kind: str, help: str) -> None:
+        """HELP and TYPE of `name`, the samples' name (a counter's ends in _total: the
+        text format names a family as its samples, OpenMetrics without the suffix)."""
+        self.lines.append(f"# HELP {name} {help}\n# TYPE {name} {kind}\n")
+
+    def sample(self, name: str, labels: str, value: float) -> None:
+        self.lines.append(f"{name}{labels} {value!r}\n")  # finite ints and floats only
+
+    def single(self, name: str, kind: str, help: str, value: float) -> None:
+        self.family(name, kind, help)
+        self.sample(name, "", value)
+
+    def bytes(self) -> bytes:
+        return "".join(self.lines).encode()
 
 
-def _queue_label(q: QueueStatistics) -> str:
-    return "personal" if q.queue == ALL_PERSONAL else str(q.queue)
+def _stream_series(out: Exposition, rt: Runtime) -> None:
+    hub = rt.hub
+    depths = sorted(len(f.stream.outbox) for f in hub.feeds.values() if f.stream is not None)
+    out.single("assigncore_console_streams", "gauge", "Console streams open", len(depths))
+    name = "assigncore_console_outbox_events"
+    out.family(
+        name,
+        "histogram",
+        "Events waiting in each open console stream's outbox (a histogram over streams)",
+    )
+    i = 0
+    for bound in OUTBOX_BUCKETS:
+        while i < len(depths) and depths[i] <= bound:
+            i += 1
+        out.sample(f"{name}_bucket", f'{{le="{floatToGoString(bound)}"}}', i)
+    out.sample(f"{name}_bucket", '{le="+Inf"}', len(depths))
+    out.sample(f"{name}_sum", "", sum(depths))
+    out.sample(f"{name}_count", "", len(depths))
+    out.single(
+        "assigncore_console_outbox_limit",
+        "gauge",
+        "Events an outbox holds before its stream ends (RESOURCE_EXHAUSTED)",
+        hub.outbox_limit,
+    )
 
 
-def _desk_families(desk: Any) -> list[Any]:
-    waiting = GaugeMetricFamily(
-        "assigncore_queue_waiting_sessions", "Sessions waiting in the queue", labels=["queue"]
-    )
-    longest = GaugeMetricFamily(
-        "assigncore_queue_longest_wait_seconds",
-        "How long the longest waiting session has waited in the queue",
-        labels=["queue"],
-    )
-    outcomes = CounterMetricFamily(
-        "assigncore_queue_sessions",
-        "Sessions by outcome since midnight in the desk's time zone (resets then)",
-        labels=["queue", "outcome"],
-    )
-    level = GaugeMetricFamily(
-        "assigncore_queue_service_level_ratio",
-        "Share of the sessions answered or abandoned that were answered within the "
-        "queue's threshold",
-        labels=["queue", "window"],
-    )
-    answer = GaugeMetricFamily(
-        "assigncore_queue_speed_of_answer_seconds",
-        "Average wait of the sessions answered",
-        labels=["queue", "window"],
-    )
-    handle = GaugeMetricFamily(
-        "assigncore_queue_handle_time_seconds",
-        "Average handle time of the sessions whose handling ended",
-        labels=["queue", "window"],
-    )
-    for q in desk.queues:
-        name = _queue_label(q)
-        waiting.add_metric([name], q.waiting)
-        longest.add_metric([name], q.longest_wait)
-        today: Counts = q.today
-        for outcome in OUTCOMES:
-            outcomes.add_metric([name, outcome], getattr(today, outcome))
-        for window, field in WINDOWS:
-            counts: Counts = getattr(q, field)
-            for family, value in (
-                (level, counts.service_level),
-                (answer, counts.average_speed_of_answer),
-                (handle, counts.average_handle_time),
-            ):
-                if value is not None:
-                    family.add_metric([name, window], value)
-    reps = GaugeMetricFamily("assigncore_reps", "Reps by state", labels=["state"])
+# Per queue, since midnight in the desk's time zone (counters that reset then):
+# (series, help, slot), and the outcomes of assigncore_queue_sessions_total.
+OUTCOMES = (
+    ("arrived", stats.ARRIVED),
+    ("offered", stats.OFFERED),
+    ("accepted", stats.ACCEPTED),
+    ("rejected", stats.REJECTED),
+    ("timed_out", stats.TIMED_OUT),
+    ("abandoned", stats.ABANDONED),
+    ("moved", stats.MOVED),
+)
+QUEUE_COUNTERS = (
+    (
+        "assigncore_queue_answered_within_threshold_total",
+        "Sessions answered within the queue's service-level threshold",
+        stats.WITHIN_THRESHOLD,
+    ),
+    (
+        "assigncore_queue_wait_seconds_total",
+        "Waits of the sessions answered, added up (over accepted: the average speed of answer)",
+        stats.WAIT_SUM,
+    ),
+    (
+        "assigncore_queue_handled_sessions_total",
+        "Sessions whose handling ended (ended, transferred away, returned to a queue)",
+        stats.HANDLED,
+    ),
+    (
+        "assigncore_queue_handle_seconds_total",
+        "Handle times of the sessions handled, added up (over handled: the average handle time)",
+        stats.HANDLE_SUM,
+    ),
+)
+TODAY = " since midnight in the desk's time zone (resets then)"
+
+
+def _desk_series(out: Exposition, desk: stats.DeskSummary, st: Any) -> None:
+    queues = [
+        (q, out.labels(queue="personal" if q.queue == stats.ALL_PERSONAL else str(q.queue)))
+        for q in desk.queues
+    ]
+    out.family("assigncore_queue_waiting_sessions", "gauge", "Sessions waiting in the queue")
+    for q, labels in queues:
+        out.sample("assigncore_queue_waiting_sessions", labels, q.waiting)
+    name = "assigncore_queue_longest_wait_seconds"
+    out.family(name, "gauge", "How long the longest waiting session has waited in the queue")
+    for q, labels in queues:
+        out.sample(name, labels, q.longest_wait)
+    name = "assigncore_queue_service_level_threshold_seconds"
+    out.family(name, "gauge", "Answered within this counts toward the service level")
+    for q, labels in queues:
+        out.sample(name, labels, stats.Statistics.threshold(st, q.queue))
+    out.family("assigncore_queue_sessions_total", "counter", "Sessions by outcome" + TODAY)
+    for q, labels in queues:
+        head = labels[:-1]
+        for outcome, slot in OUTCOMES:
+            out.sample(
+                "assigncore_queue_sessions_total", f'{head},outcome="{outcome}"}}', q.today[slot]
+            )
+    for name, help, slot in QUEUE_COUNTERS:
+        out.family(name, "counter", help + TODAY)
+        for q, labels in queues:
+            out.sample(name, labels, q.today[slot])
+    out.family("assigncore_reps", "gauge", "Reps by state")
     for state, count in desk.reps.items():
-        reps.add_metric([state.value.lower()], count)
-    teams = GaugeMetricFamily(
-        "assigncore_team_reps",
-        "Team members signed in (staffed), available, and handling sessions (busy)",
-        labels=["team", "state"],
+        out.sample("assigncore_reps", out.labels(state=state.value.lower()), count)
+    name = "assigncore_team_reps"
+    out.family(
+        name, "gauge", "Team members signed in (staffed), available, and handling sessions (busy)"
     )
-    for t in desk.teams:
-        teams.add_metric([t.team_id, "staffed"], t.staffed)
-        teams.add_metric([t.team_id, "available"], t.available)
-        teams.add_metric([t.team_id, "busy"], t.busy)
-    return [waiting, longest, outcomes, level, answer, handle, reps, teams]
+    for team_id, (staffed, available, busy) in desk.teams.items():
+        head = out.labels(team=team_id)[:-1]
+        out.sample(name, f'{head},state="staffed"}}', staffed)
+        out.sample(name, f'{head},state="available"}}', available)
+        out.sample(name, f'{head},state="busy"}}', busy)
