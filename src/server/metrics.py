@@ -25,9 +25,9 @@ other and never race a command):
   handled, added up. Any window's service level, average speed of answer and handle
   time follow from these, e.g. over 15 minutes:
 
-      increase(assigncore_queue_answered_within_threshold_total[15m])
-        / (increase(assigncore_queue_sessions_total{outcome="accepted"}[15m])
-           + increase(assigncore_queue_sessions_total{outcome="abandoned"}[15m]))
+      sum by (queue) (increase(assigncore_queue_answered_within_threshold_total[15m]))
+        / sum by (queue) (increase(
+            assigncore_queue_sessions_total{outcome=~"accepted|abandoned"}[15m]))
 
 - reps by state, and per team reps staffed, available and busy;
 - console streams open and the depths of their outboxes (a histogram over streams);
