@@ -461,6 +461,13 @@ def main() -> None:
         "journal_off": off,
         "journal_on": on,
         "journal_on_statistics_and_metrics_off": bare,
+        "pairs_lifecycles_per_s": [
+            {
+                kind: {"unary": r["lifecycles_per_s"], "stream": r["stream_lifecycles_per_s"]}
+                for kind, r in (("off", b), ("on", o))
+            }
+            for b, o in pairs
+        ],
         "statistics_and_metrics_cost_unary": cost("lifecycles_per_s"),
         "statistics_and_metrics_cost_stream": cost("stream_lifecycles_per_s"),
         "journal_on_to_off_lifecycles": round(on["lifecycles_per_s"] / off["lifecycles_per_s"], 2),
