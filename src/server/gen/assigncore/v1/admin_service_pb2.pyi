@@ -1970,13 +1970,17 @@ class AuditEntry(_message.Message):
     request_json: _builtins.str
     """The request, as canonical JSON (protobuf's JSON mapping)."""
     peer: _builtins.str
-    """The caller's address, as gRPC gives it ("ipv4:10.0.0.7:51234")."""
+    """The caller's address, as gRPC gives it ("ipv4:10.0.0.7:51234"); over mutual
+    TLS followed by the subject of the client's certificate ("(CN=ops-laptop)").
+    """
     code: _builtins.int
     """How it ended: a google.rpc.Code number (0 for OK)."""
     message: _builtins.str
     """The error message, if it failed."""
     request_id: _builtins.str
-    """The call's request id (x-request-id)."""
+    """The call's request id: the x-request-id metadata it was sent with, or the one
+    the server made up (returned in the call's trailers either way).
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When."""
