@@ -79,7 +79,7 @@ class Thresholds:
 
     def level(self, counts: spb.WindowCounts) -> Text:
         if not counts.HasField("service_level"):
-            return Text("-", style="dim")
+            return Text("-", style="dim", justify="right")
         value = counts.service_level
         style = (
             "bold green"
@@ -88,19 +88,26 @@ class Thresholds:
             if value >= self.target - 0.2
             else "bold red"
         )
-        return Text(f"{value:.0%}", style=style)
+        return Text(f"{value:.0%}", style=style, justify="right")
 
     @staticmethod
     def wait(q: spb.QueueStatistics) -> Text:
         wait, limit = seconds_of(q.longest_wait), seconds_of(q.service_level_threshold)
         if not q.waiting:
-            return Text("-", style="dim")
+            return Text("-", style="dim", justify="right")
         style = "bold red" if wait > limit else "yellow" if wait > limit / 2 else "green"
-        return Text(clock(wait), style=style)
+        return Text(clock(wait), style=style, justify="right")
+
+
+def num(value: object, style: str = "") -> Text:
+    """A number's cell, right-aligned."""
+    return Text(str(value), style=style, justify="right")
 
 
 def average(d: object, present: bool) -> Text:
-    return Text(clock(seconds_of(d)), justify="right") if present else Text("-", style="dim")
+    if not present:
+        return Text("-", style="dim", justify="right")
+    return Text(clock(seconds_of(d)), justify="right")
 
 
 def queue_rows(stats: spb.Statistics, thresholds: Thresholds) -> list[tuple[str, list[Text]]]:
@@ -115,7 +122,7 @@ def queue_rows(stats: spb.Statistics, thresholds: Thresholds) -> list[tuple[str,
                 name,
                 [
                     Text(name),
-                    Text(str(q.waiting), style="bold" if q.waiting else ""),
+                    num(q.waiting, "bold" if q.waiting else ""),
                     thresholds.wait(q),
                     thresholds.level(fifteen),
                     thresholds.level(today),
@@ -124,9 +131,9 @@ def queue_rows(stats: spb.Statistics, thresholds: Thresholds) -> list[tuple[str,
                         fifteen.HasField("average_speed_of_answer"),
                     ),
                     average(hour.average_handle_time, hour.HasField("average_handle_time")),
-                    Text(str(today.offered)),
-                    Text(str(today.accepted)),
-                    Text(str(today.abandoned), style="red" if today.abandoned else ""),
+                    num(today.offered),
+                    num(today.accepted),
+                    num(today.abandoned, "red" if today.abandoned else ""),
                     Text(spark(list(q.arrivals_per_minute)[-15:]), style="cyan"),
                 ],
             )
@@ -174,8 +181,8 @@ def rep_rows(stats: spb.Statistics) -> list[tuple[str, list[Text]]]:
                 [
                     Text(r.display_name or r.rep_id),
                     Text(label, style=style.get(state, "")),
-                    Text(clock(now - since)),
-                    Text(str(r.load)),
+                    Text(clock(now - since), justify="right"),
+                    num(r.load),
                     Text(", ".join(r.team_ids), style="dim"),
                 ],
             )
@@ -190,9 +197,9 @@ def team_rows(stats: spb.Statistics) -> list[tuple[str, list[Text]]]:
             t.team_id,
             [
                 Text(t.display_name or t.team_id),
-                Text(str(t.staffed)),
-                Text(str(t.available), style="green" if t.available else "red"),
-                Text(str(t.busy)),
+                num(t.staffed),
+                num(t.available, "green" if t.available else "red"),
+                num(t.busy),
             ],
         )
         for t in stats.teams

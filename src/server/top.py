@@ -86,13 +86,13 @@ class Wallboard(App[None]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
         yield Static(f"connecting to {self.server} ...", id="status")
-        yield DataTable(id="queues", zebra_stripes=True, cursor_type="row")
+        yield DataTable(id="queues", zebra_stripes=True, cursor_type="none")
         yield Static(id="reps")
         yield Label("Arrivals per minute, last hour", id="arrivals-label")
         yield Sparkline([0] * 60, id="arrivals", summary_function=max)
         with Horizontal(id="lower"):
-            yield DataTable(id="teams", cursor_type="row")
-            yield DataTable(id="rep-list", zebra_stripes=True, cursor_type="row")
+            yield DataTable(id="teams", cursor_type="none")
+            yield DataTable(id="rep-list", zebra_stripes=True, cursor_type="none")
         yield Footer()
 
     def on_mount(self) -> None:
