@@ -4,7 +4,10 @@ server, and its one-shot text capture."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
+import os
+import sys
 
 import grpc
 import pytest
@@ -110,3 +113,29 @@ async def test_once_prints_a_text_capture(live):
     out = io.StringIO()
     assert await print_once(args, None, out) == 0
     assert "team/support" in out.getvalue() and "team/manual" not in out.getvalue()
+
+
+async def test_the_command_line(live):
+    """`assigncore top --once` as a user runs it, and its refusals."""
+
+    async def top(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "server.cli",
+            "top",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if k != "ASSIGNCORE_TOKEN"},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, out.decode(), err.decode()
+
+    server = f"127.0.0.1:{live.port}"
+    code, out, _ = await top("--server", server, "--token", ADMIN, "--once")
+    assert code == 0 and "team/support" in out and "Reps" in out
+    code, _, err = await top("--server", server, "--token", "wrong-token", "--once")
+    assert code == 1 and "UNAUTHENTICATED" in err
+    code, _, err = await top("--server", server, "--once")
+    assert code == 2 and "--token" in err
