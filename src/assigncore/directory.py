@@ -55,10 +55,13 @@ def skill_ordinal(st: State, name: str) -> int:
 
 
 def write_skills(st: State, rep: Rep) -> None:
+    # Every column first: a new skill name may widen the table, replacing its array, so
+    # no row of it is held across add_skill_column().
+    levels = [(skill_ordinal(st, name), level) for name, level in rep.skills.items()]
     row = st.reps_table.skills[rep.ordinal]
     row[:] = 0
-    for name, level in rep.skills.items():
-        row[skill_ordinal(st, name)] = level
+    for ordinal, level in levels:
+        row[ordinal] = level
 
 
 def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:

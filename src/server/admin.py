@@ -75,6 +75,9 @@ def required(field: str, present: bool) -> None:
         raise InvalidArgument(field, "required")
 
 
+MAX_TOKEN_TTL = 10 * 366 * 86400  # seconds: ten years
+
+
 class AdminServicer(agrpc.AdminServiceServicer):
     SERVICE = "assigncore.v1.AdminService"
 
@@ -342,35 +345,53 @@ class AdminServicer(agrpc.AdminServiceServicer):
             out.expire_time.CopyFrom(convert.timestamp(record.expires))
         return out
 
-    def _lifetime(self, field: str, request: Any, default: float | None) -> float | None:
-        """When a token issued now with the request's `field` duration expires."""
+    @staticmethod
+    def _seconds(
+        c: v.Checks, field: str, request: Any, lo: float, hi: float, why: str
+    ) -> float | None:
+        """A Duration field in seconds (None when unset), within [lo, hi]."""
         if not request.HasField(field):
-            return default
-        ttl = convert.seconds_of(getattr(request, field))
-        if not 1 <= ttl <= 10 * 366 * 86400:
-            raise InvalidArgument(field, "must be 1 s to 10 years")
-        return self.rt.settings.clock() + ttl
+            return None
+        value = convert.seconds_of(getattr(request, field))
+        if not lo <= value <= hi:
+            c.add(field, why)
+        return value
 
     @rpc(audited=True)
     async def IssueAccessToken(self, request: apb.IssueAccessTokenRequest, context: Any) -> Any:
-        kind = convert.enum_in(
-            "kind", apb.PrincipalKind, "PRINCIPAL_KIND_", PrincipalKind, request.kind
+        c = v.Checks()
+        kind = c(
+            convert.enum_in,
+            "kind",
+            apb.PrincipalKind,
+            "PRINCIPAL_KIND_",
+            PrincipalKind,
+            request.kind,
         )
         if len(request.description) > 200:
-            raise InvalidArgument("description", "at most 200 characters")
+            c.add("description", "at most 200 characters")
         rep_id, teams = "", frozenset(request.team_ids)
-        if kind is PrincipalKind.REP or (kind is PrincipalKind.SUPERVISOR and request.rep_id):
-            rep_id = self.engine.rep(request.rep_id).id
-        elif request.rep_id:
-            raise InvalidArgument("rep_id", "only for REP and SUPERVISOR tokens")
+        wants_rep = kind is PrincipalKind.REP or (
+            kind is PrincipalKind.SUPERVISOR and request.rep_id
+        )
+        if wants_rep:
+            c(v.ident, "rep_id", request.rep_id)
+        elif request.rep_id and kind is not None:
+            c.add("rep_id", "only for REP and SUPERVISOR tokens")
         if kind is PrincipalKind.SUPERVISOR:
             if not teams:
-                raise InvalidArgument("team_ids", "a supervisor token names at least one team")
+                c.add("team_ids", "a supervisor token names at least one team")
             for i, team_id in enumerate(request.team_ids):
-                self.engine.team(v.ident(f"team_ids[{i}]", team_id))
-        elif teams:
-            raise InvalidArgument("team_ids", "only for SUPERVISOR tokens")
-        expires = self._lifetime("ttl", request, None)
+                c(v.ident, f"team_ids[{i}]", team_id)
+        elif teams and kind is not None:
+            c.add("team_ids", "only for SUPERVISOR tokens")
+        ttl = self._seconds(c, "ttl", request, 1, MAX_TOKEN_TTL, "must be 1 s to 10 years")
+        c.done()
+        if wants_rep:
+            rep_id = self.engine.rep(request.rep_id).id
+        for team_id in request.team_ids if kind is PrincipalKind.SUPERVISOR else ():
+            self.engine.team(team_id)
+        expires = None if ttl is None else self.rt.settings.clock() + ttl
         record, secret = self.rt.tokens.issue(
             Principal(kind, rep_id, teams=teams), request.description, expires
         )
@@ -378,18 +399,19 @@ class AdminServicer(agrpc.AdminServiceServicer):
 
     @rpc(audited=True)
     async def RotateAccessToken(self, request: apb.RotateAccessTokenRequest, context: Any) -> Any:
-        old = self.rt.tokens.get(v.ident("token_id", request.token_id))
+        c = v.Checks()
+        c(v.ident, "token_id", request.token_id)
+        overlap = self._seconds(c, "overlap", request, 0, 86400, "must be 0 to 1 day") or 0.0
+        ttl = self._seconds(c, "ttl", request, 1, MAX_TOKEN_TTL, "must be 1 s to 10 years")
+        c.done()
+        old = self.rt.tokens.get(request.token_id)
         if old is None:
             raise NotFound("access token", request.token_id)
-        overlap = 0.0
-        if request.HasField("overlap"):
-            overlap = convert.seconds_of(request.overlap)
-            if not 0 <= overlap <= 86400:
-                raise InvalidArgument("overlap", "must be 0 to 1 day")
-        expires = self._lifetime("ttl", request, old.expires)
+        now = self.rt.settings.clock()
+        expires = old.expires if ttl is None else now + ttl
         record, secret = self.rt.tokens.issue(old.principal, old.description, expires)
         if overlap:
-            self.rt.tokens.set_expiry(old.token_id, self.rt.settings.clock() + overlap)
+            self.rt.tokens.set_expiry(old.token_id, now + overlap)
         else:
             self.rt.tokens.revoke(old.token_id)
         return apb.RotateAccessTokenResponse(access_token=self._token_out(record), secret=secret)

@@ -161,7 +161,7 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_open_streams=settings.max_open_streams,
         ),
-        Calls(runtime.metrics, settings.access_log),
+        Calls(runtime.metrics, settings.access_log, settings.tls_client_ca is not None),
     )
     runtime.gate = interceptor.gate
     server = grpc.aio.server(interceptors=[interceptor], options=options)

@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from google.protobuf import json_format
-
 from . import convert
 from .auth import Principal
 from .gen.assigncore.v1 import admin_service_pb2 as apb
@@ -50,15 +48,12 @@ class AuditTrail:
         time: float,
         principal: Principal,
         method: str,
-        request: Any,
+        body: str,
         peer: str,
         code: int,
         message: str,
         request_id: str,
     ) -> AuditEntry:
-        body = json_format.MessageToJson(
-            request, indent=None, sort_keys=True, preserving_proto_field_name=True
-        )
         entry = AuditEntry(
             self.seq + 1,
             time,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import inspect
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -415,16 +416,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 release(principal, console, counted)
                 raise
 
-        if not handler.response_streaming:
-            inner_unary = handler.unary_unary or handler.stream_unary
+        inner_stream = handler.unary_stream or handler.stream_stream
+        if not handler.response_streaming or inspect.iscoroutinefunction(inner_stream):
+            # A unary response, or responses written with context.write (health Watch):
+            # the handler is a coroutine, awaited whole.
+            inner = handler.unary_unary or handler.stream_unary or inner_stream
 
-            async def stream_unary(requests: AsyncIterator[bytes], context: Any) -> Any:
+            async def awaited(requests: AsyncIterator[bytes], context: Any) -> Any:
                 began = begin(context, rid)
                 error = None
                 try:
                     request = await enter(requests, context)
                     try:
-                        return await inner_unary(request, context)
+                        return await inner(request, context)
                     finally:
                         release(principal, console, counted)
                 except BaseException as exc:
@@ -433,11 +437,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     end(names, principal, context, error, began)
 
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, request_deserializer=None, response_serializer=serialize
+            make = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.response_streaming
+                else grpc.stream_unary_rpc_method_handler
             )
-
-        inner_stream = handler.unary_stream or handler.stream_stream
+            return make(awaited, request_deserializer=None, response_serializer=serialize)
 
         async def stream_stream(requests: AsyncIterator[bytes], context: Any) -> Any:
             began = begin(context, rid)

@@ -1,8 +1,8 @@
 """What is kept of every call: its request id, its duration in the metrics, and its
 line in the access log.
 
-The request id is the client's `x-request-id` metadata (printable ASCII, clipped to 128
-characters), or one generated here. It goes back in the call's trailers under the same
+The request id is the client's `x-request-id` metadata (if it is at most 64 characters
+of [A-Za-z0-9._:-]), or one generated here. It goes back in the call's trailers under the same
 key, whatever the outcome, is set in `current_request_id` for the call's handler (so
 every log line written during the call carries it, see server/logs.py), and is kept
 with the call's audit entry.
@@ -31,9 +31,35 @@ if TYPE_CHECKING:
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_request_id", default=""
 )
+# Where the call being served came from (its address and, over mutual TLS, the client
+# certificate's subject), read when the call began. A call's context must never be asked
+# for its peer later: once the call has ended (a client that dropped its stream), gRPC
+# core has freed the transport's peer string, and reading it crashes the process.
+current_peer: contextvars.ContextVar[str] = contextvars.ContextVar("current_peer", default="")
 
 REQUEST_ID = "x-request-id"
-MAX_REQUEST_ID = 128
+MAX_REQUEST_ID = 64
+_REQUEST_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+
+def request_id_of(sent: str) -> str:
+    """The client's request id if it is 1 to 64 characters of [A-Za-z0-9._:-] (it goes
+    into logs and trailers as it is), else a new one."""
+    if sent and len(sent) <= MAX_REQUEST_ID and _REQUEST_ID_CHARS.issuperset(sent):
+        return sent
+    return os.urandom(8).hex()
+
+
+def peer_of(context: Any, client_certificates: bool) -> str:
+    """Where a call comes from: its address and, when clients present certificates,
+    the subject of the client's. Only while the call is live (see current_peer)."""
+    peer = context.peer() or ""
+    if client_certificates:
+        subject = (context.auth_context() or {}).get("x509_subject")
+        if subject:
+            peer += f" ({subject[0].decode(errors='replace')})"
+    return peer
+
 
 access = logging.getLogger("assigncore.access")
 
@@ -70,17 +96,21 @@ def method_names(
 class Calls:
     """Begins and ends every call the interceptor lets through (or refuses)."""
 
-    def __init__(self, metrics: Any = None, access_log: str = "errors") -> None:
+    def __init__(
+        self, metrics: Any = None, access_log: str = "errors", client_certificates: bool = False
+    ) -> None:
         self.metrics = metrics  # server.metrics.Metrics, or None: nothing measured
         self.log_all = access_log == "all"
         self.log_errors = access_log in ("all", "errors")
+        self.client_certificates = client_certificates  # mutual TLS: subjects in the peer
 
-    @staticmethod
-    def begin(context: Any, sent: str) -> float:
+    def begin(self, context: Any, sent: str) -> float:
         """The call's request id (the client's, or a new one) set and put in its
-        trailers; returns when the call began."""
-        rid = sent[:MAX_REQUEST_ID] if sent else os.urandom(8).hex()
+        trailers, and its peer read while the call is live; returns when the call
+        began."""
+        rid = request_id_of(sent)
         current_request_id.set(rid)
+        current_peer.set(peer_of(context, self.client_certificates))
         context.set_trailing_metadata(((REQUEST_ID, rid),))
         return time.perf_counter()
 
@@ -99,7 +129,7 @@ class Calls:
         if self.log_all or (self.log_errors and code != "OK"):
             level = logging.WARNING if code in SERVER_SIDE else logging.INFO
             if access.isEnabledFor(level):
-                self._log(level, method, code, seconds, principal, context)
+                self._log(level, method, code, seconds, principal)
 
     @staticmethod
     def _log(
@@ -108,13 +138,12 @@ class Calls:
         code: str,
         seconds: float,
         principal: Principal | None,
-        context: Any,
     ) -> None:
         fields: dict[str, Any] = {
             "method": f"{method[1]}/{method[2]}",
             "code": code,
             "duration_ms": round(seconds * 1000, 3),
-            "peer": context.peer() or "",
+            "peer": current_peer.get(),
         }
         if principal is not None:
             fields["principal"] = principal.kind.value

@@ -342,3 +342,89 @@ def chat_out(team_id: str, seq: int, rep_id: str, text: str, time: float) -> cpb
     return cpb.ChatMessage(
         team_id=team_id, sequence=seq, rep_id=rep_id, text=text, time=timestamp(time)
     )
+
+
+# ----------------------------------------------------------------- well-known types
+
+# The ranges google/protobuf/duration.proto and timestamp.proto define. A value outside
+# them is not a Duration or Timestamp at all: it is refused before anything runs (the
+# protobuf runtime would otherwise normalise it silently, or fail to print it later).
+MAX_DURATION_SECONDS = 315_576_000_000
+MIN_TIMESTAMP_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
+MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_NANOS = 999_999_999
+
+_DURATION = "google.protobuf.Duration"
+_TIMESTAMP = "google.protobuf.Timestamp"
+# Per message type: its fields that are, or may hold, a Duration or a Timestamp, as
+# (name, is_repeated, kind) with kind a type name above or a nested message type.
+_PLANS: dict[str, list[tuple[str, bool, Any]]] = {}
+
+
+def _plan(desc: Any, visiting: frozenset[str] = frozenset()) -> list[tuple[str, bool, Any]]:
+    plan = _PLANS.get(desc.full_name)
+    if plan is not None:
+        return plan
+    plan = []
+    for f in desc.fields:
+        m = f.message_type
+        if m is None:
+            continue
+        if m.full_name in (_DURATION, _TIMESTAMP):
+            plan.append((f.name, f.is_repeated, m.full_name))
+        elif m.full_name not in visiting and _plan(m, visiting | {desc.full_name}):
+            plan.append((f.name, f.is_repeated, m))
+    if desc.full_name not in visiting:
+        _PLANS[desc.full_name] = plan
+    return plan
+
+
+def _time_value(field: str, kind: str, seconds: int, nanos: int) -> list[tuple[str, str]]:
+    out = []
+    if not -MAX_NANOS <= nanos <= MAX_NANOS or (kind == _TIMESTAMP and nanos < 0):
+        low = 0 if kind == _TIMESTAMP else -MAX_NANOS
+        out.append((f"{field}.nanos", f"must be from {low} to {MAX_NANOS}"))
+    if kind == _DURATION:
+        if not -MAX_DURATION_SECONDS <= seconds <= MAX_DURATION_SECONDS:
+            out.append((f"{field}.seconds", "out of the range of a google.protobuf.Duration"))
+        elif (seconds < 0 < nanos) or (nanos < 0 < seconds):
+            out.append((f"{field}.nanos", "must have the sign of seconds"))
+    elif not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+        out.append((f"{field}.seconds", "out of the range of a google.protobuf.Timestamp"))
+    return out
+
+
+def time_violations(msg: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Every Duration and Timestamp in `msg` (at any depth) outside its type's range,
+    as (field path, why); [] at the cost of one lookup for a message that has none."""
+    out: list[tuple[str, str]] = []
+    for name, repeated, kind in _plan(msg.DESCRIPTOR):
+        if repeated:
+            values = getattr(msg, name)
+            if not values:
+                continue
+            items = (
+                values.items()
+                if hasattr(values, "items")
+                else ((str(i), v) for i, v in enumerate(values))
+            )
+            found = [(f"{prefix}{name}[{key}]", value) for key, value in items]
+        elif msg.HasField(name):
+            found = [(prefix + name, getattr(msg, name))]
+        else:
+            continue
+        for path, value in found:
+            if not hasattr(value, "DESCRIPTOR"):
+                continue  # a map of scalars
+            if isinstance(kind, str):
+                out += _time_value(path, kind, value.seconds, value.nanos)
+            else:
+                out += time_violations(value, path + ".")
+    return out
+
+
+def check_times(msg: Any) -> None:
+    """INVALID_ARGUMENT listing every out-of-range Duration and Timestamp in `msg`."""
+    found = time_violations(msg)
+    if found:
+        raise InvalidArgument.of(found)

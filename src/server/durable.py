@@ -31,7 +31,7 @@ from google.protobuf import descriptor_pool, message_factory
 
 from assigncore import snapshot
 from assigncore.engine import Engine, EngineConfig
-from assigncore.errors import DomainError, InvalidArgument
+from assigncore.errors import InvalidArgument
 from assigncore.records import CommandRecord, RecordError, decode_many, encode
 
 from .audit import AuditEntry, AuditTrail
@@ -314,7 +314,7 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
             desk = Desk.restore(data, settings)
             del data
             break
-        except (snapshot.SnapshotError, KeyError, ValueError) as exc:
+        except Exception as exc:  # an older snapshot, or the journal alone, may do
             log.warning(
                 "snapshot %d of %s cannot be restored (%s); trying an older one",
                 position,
@@ -343,9 +343,10 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
                 entry = entry[1:]
             for record in entry:
                 desk.apply(record)
-        except (RecordError, DomainError, KeyError, TypeError, ValueError) as exc:
+        except Exception as exc:  # whatever it is, the start stops with the position
             raise JournalError(
-                f"journal record {at} of {path} cannot be replayed: {exc}; inspect it with "
+                f"journal record {at} of {path} cannot be replayed "
+                f"({type(exc).__name__}: {exc}); inspect it with "
                 f"`assigncore journal --path {path} --from {at}`",
                 at,
             ) from None

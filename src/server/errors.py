@@ -6,12 +6,13 @@ generic message — never UNKNOWN, never a stack trace on the wire."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, json_format, text_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,8 +26,9 @@ from assigncore.errors import (
     ResourceExhausted,
 )
 
+from . import convert
 from .auth import current_principal
-from .calls import current_request_id
+from .calls import current_peer, current_request_id
 from .journal import JournalError
 
 log = logging.getLogger("assigncore.server")
@@ -144,16 +146,24 @@ async def invoke(
 ) -> tuple[Any, status_pb2.Status | None]:
     """Runs a handler to its reply, made durable (write-ahead: nothing leaves before
     what it reflects is durable); or to the status it fails with. Used by unary calls
-    and by actions on the console stream alike. An audited call's entry is recorded
-    with what it did, before the reply waits for durability."""
+    and by actions on the console stream alike.
+
+    What can be refused is refused before the handler runs (every Duration and
+    Timestamp in range); an audited call's entry is encoded before too, and recorded
+    with what the call did before the reply waits for durability: nothing that can
+    fail runs after a change was applied."""
+    rt = servicer.rt
     status = None
+    body = audit_body(request) if audited else ""
+    applied = rt.applied
     try:
-        if servicer.rt.failed:
+        if rt.failed:
             raise JournalError("the journal cannot be written")
+        convert.check_times(request)
         reply = await method(servicer, request, context)
         if audited:
-            audit(servicer, method, request, context, None)
-        await servicer.rt.durable()
+            audit(servicer, method, body, None)
+        await rt.durable()
         return reply, None
     except JournalError:
         return None, _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
@@ -165,25 +175,35 @@ async def invoke(
         if is_abort(exc):
             raise
         log.exception("internal error in %s", method.__qualname__)
-        status = _plain_proto(grpc.StatusCode.INTERNAL, "internal error")
+        status = _plain_proto(grpc.StatusCode.INTERNAL, _internal(rt, applied))
     if audited:
-        audit(servicer, method, request, context, status)
+        audit(servicer, method, body, status)
     return None, status
 
 
-def peer_of(context: Any) -> str:
-    """Where a call came from: its address and, over mutual TLS, the subject of the
-    client's certificate."""
-    peer = context.peer() or ""
-    subject = (context.auth_context() or {}).get("x509_subject")
-    if subject:
-        peer += f" ({subject[0].decode(errors='replace')})"
-    return peer
+def _internal(rt: Any, applied: int) -> str:
+    """An internal error's message: whether the call changed the desk before it failed
+    (a client must know before it retries)."""
+    if rt.applied == applied:
+        return "internal error; nothing of this call was applied"
+    return (
+        "internal error after this call's change was applied (it is kept); look at the "
+        "desk before retrying"
+    )
 
 
-def audit(
-    servicer: Any, method: Any, request: Any, context: Any, status: status_pb2.Status | None
-) -> None:
+def audit_body(request: Any) -> str:
+    """A request as the audit trail keeps it (JSON); never fails, so it can be made
+    before a call applies anything."""
+    try:
+        return json_format.MessageToJson(
+            request, indent=None, sort_keys=True, preserving_proto_field_name=True
+        )
+    except Exception:  # a value JSON has no form for: keep the text form instead
+        return json.dumps({"text_format": text_format.MessageToString(request, as_one_line=True)})
+
+
+def audit(servicer: Any, method: Any, body: str, status: status_pb2.Status | None) -> None:
     rt = servicer.rt
     if rt.failed:
         return
@@ -191,8 +211,8 @@ def audit(
         rt.engine.now,
         current_principal.get(),
         f"/{servicer.SERVICE}/{method.__name__}",
-        request,
-        peer_of(context),
+        body,
+        current_peer.get(),
         0 if status is None else status.code,
         "" if status is None else status.message,
         current_request_id.get(),

@@ -10,6 +10,7 @@ from assigncore.errors import InvalidArgument, NotFound
 
 from . import convert
 from .auth import PrincipalKind, current_principal
+from .calls import current_peer
 from .errors import rpc
 from .gen.assigncore.v1 import intake_service_pb2 as ipb
 from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
@@ -67,7 +68,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
     async def StartSession(
         self, request: ipb.StartSessionRequest, context: Any
     ) -> ipb.StartSessionResponse:
-        return self._once(request, lambda: self._start(request, peer_host(context.peer())))
+        return self._once(request, lambda: self._start(request, peer_host(current_peer.get())))
 
     def _start(self, request: ipb.StartSessionRequest, peer: str) -> ipb.StartSessionResponse:
         customer = convert.customer_in(request.customer, request.HasField("customer"))

@@ -28,6 +28,7 @@ from dataclasses import asdict
 from typing import Any
 
 from assigncore.engine import Engine, Outcome
+from assigncore.errors import DomainError
 from assigncore.model import Session
 from assigncore.records import encode
 
@@ -134,6 +135,7 @@ class Runtime:
             )
         self.recorder: Recorder | None = None
         self.failed = False  # the journal cannot be written: refusing calls, recovering
+        self.applied = 0  # engine commands applied (a failed call tells if it changed things)
         self.generated_admin_token: str | None = None
         try:
             self.desk = self._open()
@@ -247,6 +249,20 @@ class Runtime:
 
     # ------------------------------------------------------------- failure
 
+    def torn(self, error: BaseException) -> None:
+        """An engine command or timer pass failed midway (a bug, never a refusal): part
+        of it may be applied, and none of it is in the journal. With a desk file, the
+        desk is rebuilt from what is durable (calls are refused with UNAVAILABLE until
+        then), so nothing half-done stays; in memory there is nothing to rebuild from."""
+        log.error("an engine command failed midway", exc_info=error)
+        if self.storage is None:
+            log.critical(
+                "STORAGE MODE IS MEMORY: the desk cannot be rebuilt; it may now hold part "
+                "of the failed command"
+            )
+            return
+        self._journal_failed(error)
+
     def _journal_failed(self, error: BaseException) -> None:
         if self.failed:
             return
@@ -283,8 +299,17 @@ class Runtime:
 
     def command(self, fn: Any, *args: Any, **kwargs: Any) -> Outcome:
         """Run an engine command and let the timer task re-plan (it may have scheduled
-        an earlier deadline)."""
-        outcome: Outcome = fn(*args, **kwargs)
+        an earlier deadline). A command refused (a DomainError) changed nothing; one that
+        failed any other way (a bug) may have changed part of the desk, which is then
+        rebuilt from its journal (see torn)."""
+        try:
+            outcome: Outcome = fn(*args, **kwargs)
+        except DomainError:
+            raise
+        except Exception as exc:
+            self.torn(exc)
+            raise
+        self.applied += 1
         deadline = self.engine.next_deadline()
         if deadline is not None and deadline < self._sleeping_until:
             self._wake.set()  # the timer task sleeps past a new, earlier deadline
@@ -316,8 +341,8 @@ class Runtime:
                 continue
             try:
                 self.engine.advance()
-            except Exception:  # pragma: no cover - a bug; keep serving
-                log.exception("timer processing failed")
+            except Exception as exc:  # a bug: the desk is rebuilt from its journal
+                self.torn(exc)
 
     def tick(self) -> None:
         """With a manual clock: the time moved; fire what is due now."""

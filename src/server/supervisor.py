@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from assigncore import stats as st
+from assigncore import validation as v
 from assigncore.engine import Engine
 from assigncore.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from assigncore.model import QueueKind, QueueRef, Session, SessionState
@@ -178,9 +179,12 @@ class SupervisorServicer(sgrpc.SupervisorServiceServicer):
     ) -> AsyncIterator[spb.WatchStatisticsResponse]:
         principal = current_principal.get()
         try:
+            convert.check_times(request)
+            c = v.Checks()
+            interval = c(self._interval, request, "interval", 5.0, 1.0, 3600.0) or 5.0
+            least = c(self._interval, request, "min_interval", 1.0, 0.1, interval)
+            c.done()
             teams = self._scope_of_statistics(request.team_ids)
-            interval = self._interval(request, "interval", 5.0, 1.0, 3600.0)
-            least = self._interval(request, "min_interval", 1.0, 0.1, interval)
         except DomainError as exc:
             await abort(context, exc)
             return

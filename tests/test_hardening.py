@@ -1,0 +1,316 @@
+"""Defects a misbehaving client found, each kept caught: a console dropping its stream
+(the peer read after the call ended), out-of-range well-known types applied and then
+answered UNKNOWN, a new skill name past the skill matrix's first allocation, health
+Watch, and request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from assigncore.engine import Engine
+from server.gen.assigncore.v1 import admin_service_pb2 as apb
+from server.gen.assigncore.v1 import common_pb2 as pb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+
+from .conftest import T0, Desk, ManualClock
+from .server_harness import ADMIN, auth, live_server, rep_token
+
+
+def violations(exc: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(exc)
+    from google.rpc import error_details_pb2
+
+    out = []
+    for detail in status.details if status else ():
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            out += [v.field for v in bad.field_violations]
+    return out
+
+
+async def audit_count(live) -> int:
+    trail = await live.admin.ListAuditEntries(
+        apb.ListAuditEntriesRequest(page_size=500), metadata=auth(ADMIN)
+    )
+    return len(trail.entries)
+
+
+# ------------------------------------------------------------- skill columns
+
+
+def test_skill_names_past_the_first_allocation_engine(desk: Desk) -> None:
+    desk.team("t")
+    names = [f"skill{i}" for i in range(40)]  # the matrix starts 8 wide: grows twice
+    for i, name in enumerate(names):
+        desk.rep(f"r{i}", ["t"], skills={name: 3, "common": 1})
+    table = desk.engine.reps_table
+    for i, name in enumerate(names):
+        rep = desk.engine.rep(f"r{i}")
+        assert table.skills[rep.ordinal][desk.engine.state.skills[name]] == 3
+        assert table.skills[rep.ordinal][desk.engine.state.skills["common"]] == 1
+    desk.engine.update_rep("r0", skills={f"new{i}": 2 for i in range(20)})
+    row = table.skills[desk.engine.rep("r0").ordinal]
+    assert sorted(int(x) for x in row[: table.n_skills] if x) == [2] * 20
+
+
+def test_skill_names_past_the_first_allocation_replay() -> None:
+    clock = ManualClock()
+    engine = Engine(clock, secret=b"k" * 32)
+    records = []
+    engine.on_command = records.append
+    engine.create_team("t", "T")
+    for i in range(20):
+        engine.create_rep(f"r{i}", f"R {i}", teams=["t"], skills={f"s{i}": 4})
+        clock.tick(1)
+    replay = Engine(ManualClock(), secret=b"k" * 32, start=T0)
+    for record in records:
+        replay.apply(record)
+    assert [r.skills for r in replay.reps()] == [r.skills for r in engine.reps()]
+    a, b = engine.reps_table, replay.reps_table
+    assert (a.skills[: a.n, : a.n_skills] == b.skills[: b.n, : b.n_skills]).all()
+
+
+async def test_ninth_skill_over_the_api_and_a_restart() -> None:
+    live = await live_server()
+    path = live.server.runtime.settings.storage_path
+    try:
+        for i in range(12):
+            await live.admin.CreateRep(
+                apb.CreateRepRequest(
+                    rep=apb.Rep(id=f"sk{i}", display_name=f"Sk {i}", skills={f"skill-{i}": 5})
+                ),
+                metadata=auth(ADMIN),
+            )
+        got = await live.admin.GetRep(apb.GetRepRequest(rep_id="sk11"), metadata=auth(ADMIN))
+        assert dict(got.rep.skills) == {"skill-11": 5}
+    finally:
+        await live.channel.close()
+        await live.server.stop(0.2, snapshot=False)  # the restart replays the journal
+    again = await live_server(storage_path=path)
+    try:
+        got = await again.admin.GetRep(apb.GetRepRequest(rep_id="sk11"), metadata=auth(ADMIN))
+        assert dict(got.rep.skills) == {"skill-11": 5}
+    finally:
+        await again.close()
+        live.scratch and __import__("shutil").rmtree(live.scratch, ignore_errors=True)
+
+
+# ------------------------------------------------------------- durations
+
+
+BAD_DURATIONS = [
+    ({"seconds": 1, "nanos": 2_000_000_000}, "nanos"),
+    ({"seconds": 2**63 - 1}, "seconds"),
+    ({"seconds": 10**12}, "seconds"),
+    ({"seconds": 5, "nanos": -3}, "nanos"),
+]
+
+
+@pytest.mark.parametrize("value,part", BAD_DURATIONS)
+async def test_out_of_range_durations_are_refused_before_anything_applies(value, part) -> None:
+    live = await live_server()
+    try:
+        before = await audit_count(live)
+        calls = [
+            (
+                "CreateTeam",
+                apb.CreateTeamRequest(
+                    team=apb.Team(
+                        id="t-new",
+                        display_name="New",
+                        queue_settings=apb.QueueSettings(wrap_up=pb_duration(value)),
+                    )
+                ),
+                "team.queue_settings.wrap_up." + part,
+            ),
+            (
+                "IssueAccessToken",
+                apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_ADMIN, ttl=pb_duration(value)),
+                "ttl." + part,
+            ),
+            (
+                "UpdateRep",
+                apb.UpdateRepRequest(
+                    rep=apb.Rep(
+                        id="ann", permissions=pb.PermissionProfile(idle_timeout=pb_duration(value))
+                    ),
+                    update_mask={"paths": ["permissions.idle_timeout"]},
+                ),
+                "rep.permissions.idle_timeout." + part,
+            ),
+        ]
+        tokens = await live.admin.ListAccessTokens(
+            apb.ListAccessTokensRequest(), metadata=auth(ADMIN)
+        )
+        calls.append(
+            (
+                "RotateAccessToken",
+                apb.RotateAccessTokenRequest(
+                    token_id=tokens.access_tokens[0].token_id, overlap=pb_duration(value)
+                ),
+                "overlap." + part,
+            )
+        )
+        for method, request, field in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await getattr(live.admin, method)(request, metadata=auth(ADMIN))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert field in violations(caught.value), (method, violations(caught.value))
+        after = await live.admin.ListAccessTokens(
+            apb.ListAccessTokensRequest(), metadata=auth(ADMIN)
+        )
+        assert [t.token_id for t in after.access_tokens] == [
+            t.token_id for t in tokens.access_tokens
+        ]
+        assert all(not t.HasField("expire_time") for t in after.access_tokens)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await live.admin.GetTeam(apb.GetTeamRequest(team_id="t-new"), metadata=auth(ADMIN))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        rep = await live.admin.GetRep(apb.GetRepRequest(rep_id="ann"), metadata=auth(ADMIN))
+        assert rep.rep.permissions.idle_timeout.ToNanoseconds() == 0
+        # each refusal is in the audit trail, once
+        assert await audit_count(live) == before + len(calls)
+    finally:
+        await live.close()
+
+
+def pb_duration(value: dict) -> object:
+    from google.protobuf import duration_pb2
+
+    return duration_pb2.Duration(**value)
+
+
+async def test_watch_statistics_refuses_bad_intervals_naming_each() -> None:
+    from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
+    from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+
+    live = await live_server()
+    try:
+        stub = sgrpc.SupervisorServiceStub(live.channel)
+        call = stub.WatchStatistics(
+            spb.WatchStatisticsRequest(
+                interval=pb_duration({"seconds": 1, "nanos": -1}),
+                min_interval=pb_duration({"seconds": 10**13}),
+            ),
+            metadata=auth(ADMIN),
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(violations(caught.value)) == {"interval.nanos", "min_interval.seconds"}
+    finally:
+        await live.close()
+
+
+# ------------------------------------------------------------- health Watch
+
+
+async def test_health_watch_streams_serving() -> None:
+    live = await live_server()
+    try:
+        stub = health_pb2_grpc.HealthStub(live.channel)
+        call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await asyncio.wait_for(anext(call.__aiter__()), 5)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        call.cancel()
+    finally:
+        await live.close()
+
+
+# ------------------------------------------------------------- request ids
+
+
+@pytest.mark.parametrize(
+    "sent,kept",
+    [
+        ("abc-123.x:y_z", True),
+        ("a" * 64, True),
+        ("a" * 65, False),
+        ("has space", False),
+        ("<b>markup</b>", False),
+    ],
+)
+async def test_request_id_used_only_when_well_formed(sent: str, kept: bool) -> None:
+    live = await live_server()
+    try:
+        call = live.admin.ListTeams(
+            apb.ListTeamsRequest(),
+            metadata=(*auth(ADMIN), ("x-request-id", sent)),
+        )
+        await call
+        trailers = dict(await call.trailing_metadata())
+        rid = trailers["x-request-id"]
+        if kept:
+            assert rid == sent
+        else:
+            assert rid != sent and len(rid) == 16
+    finally:
+        await live.close()
+
+
+# ------------------------------------------------------------- dropped streams
+
+DROPPER = r"""
+import asyncio, random, sys
+import grpc
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import console_service_pb2_grpc as cg
+
+async def one(channel, token, connect):
+    stub = cg.RepConsoleServiceStub(channel)
+    md = (("authorization", "Bearer " + token),)
+    if connect:
+        call = stub.Connect(metadata=md)
+        await call.write(cpb.ConnectRequest())
+    else:
+        call = stub.Subscribe(cpb.SubscribeRequest(), metadata=md)
+    await asyncio.sleep(random.random() * 0.03)
+    call.cancel()
+
+async def main():
+    random.seed(5)
+    for _ in range(int(sys.argv[2])):
+        async with grpc.aio.insecure_channel("127.0.0.1:" + sys.argv[1]) as channel:
+            await asyncio.gather(*(
+                one(channel, random.choice(sys.argv[3:]), random.random() < 0.5)
+                for _ in range(20)
+            ))
+
+asyncio.run(main())
+"""
+
+
+async def test_consoles_dropping_their_streams_do_not_crash_the_server() -> None:
+    """The server logs every ended stream (access_log = "all") while consoles cancel
+    theirs at random moments: the peer is read when a call begins, never after."""
+    live = await live_server(access_log="all")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DROPPER,
+            str(live.port),
+            "40",
+            rep_token("ann"),
+            rep_token("bob"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 50)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        stub = cgrpc.RepConsoleServiceStub(live.channel)
+        profile = await stub.GetMyProfile(
+            cpb.GetMyProfileRequest(), metadata=auth(rep_token("ann"))
+        )
+        assert profile.profile.rep_id == "ann"
+    finally:
+        await live.close()
