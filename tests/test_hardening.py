@@ -268,12 +268,15 @@ from server.gen.assigncore.v1 import console_service_pb2_grpc as cg
 async def one(channel, token, connect):
     stub = cg.RepConsoleServiceStub(channel)
     md = (("authorization", "Bearer " + token),)
-    if connect:
-        call = stub.Connect(metadata=md)
-        await call.write(cpb.ConnectRequest())
-    else:
-        call = stub.Subscribe(cpb.SubscribeRequest(), metadata=md)
-    await asyncio.sleep(random.random() * 0.03)
+    call = stub.Connect(metadata=md) if connect else stub.Subscribe(
+        cpb.SubscribeRequest(), metadata=md
+    )
+    try:
+        if connect:
+            await call.write(cpb.ConnectRequest())
+        await asyncio.sleep(random.random() * 0.03)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass  # the server ended it first (a newer stream of the rep replaced it)
     call.cancel()
 
 async def main():
@@ -312,5 +315,103 @@ async def test_consoles_dropping_their_streams_do_not_crash_the_server() -> None
             cpb.GetMyProfileRequest(), metadata=auth(rep_token("ann"))
         )
         assert profile.profile.rep_id == "ann"
+    finally:
+        await live.close()
+
+
+# ------------------------------------------------------------- every violation first
+
+
+async def test_every_violation_before_any_lookup() -> None:
+    from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+
+    from .server_harness import INTAKE
+
+    live = await live_server()
+    try:
+        cases = [
+            (
+                live.intake.StartSession(
+                    ipb.StartSessionRequest(
+                        request_id="r" * 65,
+                        customer=pb.Customer(name=""),
+                        customer_address="not-an-address",
+                        issue_type_id="bad id!",
+                    ),
+                    metadata=auth(INTAKE),
+                ),
+                {"request_id", "customer.name", "customer_address", "issue_type_id"},
+            ),
+            (
+                live.intake.StartSession(
+                    ipb.StartSessionRequest(
+                        request_id="",
+                        customer_address="1" * 101,
+                        undesignated=ipb.Undesignated(),
+                    ),
+                    metadata=auth(INTAKE),
+                ),
+                {"request_id", "customer", "customer_address"},
+            ),
+        ]
+        stub = cgrpc.RepConsoleServiceStub(live.channel)
+        ann = auth(rep_token("ann"))
+        cases += [
+            (
+                stub.TransferSession(
+                    cpb.TransferSessionRequest(
+                        session_id="ses_nonexistent", target=pb.Target(team_id="bad id!")
+                    ),
+                    metadata=ann,
+                ),
+                {"target.team_id"},
+            ),
+            (
+                stub.InviteToSession(
+                    cpb.InviteToSessionRequest(session_id="", target=pb.Target()),
+                    metadata=ann,
+                ),
+                {"session_id", "target"},
+            ),
+            (
+                stub.ListQueueItems(
+                    cpb.ListQueueItemsRequest(
+                        queue=pb.QueueRef(kind=pb.QUEUE_KIND_TEAM, owner_id="bad id!"),
+                        page_size=100_000,
+                        page_token="garbage",
+                    ),
+                    metadata=ann,
+                ),
+                {"queue.owner_id", "page_size", "page_token"},
+            ),
+        ]
+        for call, fields in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert set(violations(caught.value)) == fields
+        # addresses that are addresses
+        for address in ("10.0.0.7", "2001:db8::1"):
+            await live.intake.StartSession(
+                ipb.StartSessionRequest(
+                    request_id=f"ok-{address}",
+                    customer=pb.Customer(name="Carol"),
+                    customer_address=address,
+                    undesignated=ipb.Undesignated(),
+                ),
+                metadata=auth(INTAKE),
+            )
+    finally:
+        await live.close()
+
+
+async def test_a_deleted_reps_calls_are_unauthenticated_as_documented() -> None:
+    live = await live_server()
+    try:
+        stub = cgrpc.RepConsoleServiceStub(live.channel)
+        await live.admin.DeleteRep(apb.DeleteRepRequest(rep_id="cat"), metadata=auth(ADMIN))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetMyProfile(cpb.GetMyProfileRequest(), metadata=auth(rep_token("cat")))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await live.close()

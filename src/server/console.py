@@ -8,9 +8,10 @@ from typing import Any
 import grpc
 from google.rpc import code_pb2
 
+from assigncore import validation as v
 from assigncore.engine import Engine
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
-from assigncore.model import TeamKind
+from assigncore.model import QueueRef, TeamKind
 
 from . import convert, wire
 from .auth import MalformedRequest, current_principal
@@ -43,6 +44,18 @@ ACTIONS = {
     "send_team_chat_message": "SendTeamChatMessage",
     "mark_team_chat_read": "MarkTeamChatRead",
 }
+
+
+def target_checked(request: Any) -> QueueRef:
+    """A transfer's or an invitation's target and session id, every violation of both
+    reported before anything is looked up."""
+    c = v.Checks()
+    c(v.ident, "session_id", request.session_id)
+    target = c(convert.target_queue, "target", request.target)
+    if target is not None:
+        c(v.ident, f"target.{request.target.WhichOneof('target')}", target.owner)
+    c.done()
+    return target
 
 
 class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
@@ -240,11 +253,18 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     async def ListQueueItems(
         self, request: cpb.ListQueueItemsRequest, context: Any
     ) -> cpb.ListQueueItemsResponse:
+        c = v.Checks()
+        queue = None
         if not request.HasField("queue"):
-            raise InvalidArgument("queue", "required")
-        queue = convert.queue_in("queue", request.queue)
-        size = convert.page_limit("page_size", request.page_size)
-        after = convert.cursor_in("page_token", request.page_token)
+            c.add("queue", "required")
+        else:
+            queue = c(convert.queue_in, "queue", request.queue)
+            if queue is not None and queue.owner:
+                c(v.ident, "queue.owner_id", queue.owner)
+        size = c(convert.page_limit, "page_size", request.page_size)
+        after = c(convert.cursor_in, "page_token", request.page_token)
+        c.done()
+        assert queue is not None and size is not None
         items, cursor = self.engine.queue_page(queue, after, size)  # NOT_FOUND first
         if not self.engine.can_see(self.engine.rep(me()), queue):
             raise PermissionDenied(f"you cannot see queue {queue}")
@@ -300,7 +320,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     async def TransferSession(
         self, request: cpb.TransferSessionRequest, context: Any
     ) -> cpb.TransferSessionResponse:
-        target = convert.target_queue("target", request.target)
+        target = target_checked(request)
         self.rt.command(self.engine.transfer_session, me(), request.session_id, target)
         return cpb.TransferSessionResponse(
             session=self.rt.session_message(self.engine.session(request.session_id))
@@ -324,7 +344,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
     async def InviteToSession(
         self, request: cpb.InviteToSessionRequest, context: Any
     ) -> cpb.InviteToSessionResponse:
-        target = convert.target_queue("target", request.target)
+        target = target_checked(request)
         inv = self.rt.command(self.engine.invite, me(), request.session_id, target).value
         return cpb.InviteToSessionResponse(invitation=convert.invitation_out(inv))
 

@@ -60,6 +60,9 @@ SNAPSHOT_FORMAT = b"assigncore-desk/2\n"
 IDEMPOTENCY_CAPACITY = 100_000
 
 
+MAX_REQUEST_ID = 64  # characters of an idempotency key
+
+
 class Idempotency:
     """request_id -> (fingerprint of the request, result), for retried intake calls."""
 
@@ -80,8 +83,8 @@ class Idempotency:
     def lookup(self, key: tuple[str, str], request: Any) -> Any:
         """The stored result of an earlier call with this (portal, request_id), or None."""
         request_id = key[1]
-        if not request_id or len(request_id) > 64:
-            raise InvalidArgument("request_id", "required, at most 64 characters")
+        if not request_id or len(request_id) > MAX_REQUEST_ID:
+            raise InvalidArgument("request_id", f"required, at most {MAX_REQUEST_ID} characters")
         self._expire()
         entry = self.entries.get(key)
         if entry is None:

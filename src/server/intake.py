@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from assigncore import validation as v
 from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound
+from assigncore.intake import check_customer
 
 from . import convert
 from .auth import PrincipalKind, current_principal
 from .calls import current_peer
+from .durable import MAX_REQUEST_ID
 from .errors import rpc
 from .gen.assigncore.v1 import intake_service_pb2 as ipb
 from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
@@ -27,6 +31,37 @@ def portal() -> str:
     """The portal a call comes from: its intake token; '' for an admin (sees all)."""
     principal = current_principal.get()
     return principal.token_id if principal.kind is PrincipalKind.INTAKE else ""
+
+
+MAX_CUSTOMER_ADDRESS = 100
+# How each way of starting names its id, and the rule for it.
+VIA_FIELDS = ("public_rep_id", "support_button_id", "issue_type_id", "help_link_id")
+
+
+def check_start(request: ipb.StartSessionRequest) -> None:
+    """Every field of a StartSession request, all violations together, before the
+    request id or anything else is looked up."""
+    c = v.Checks()
+    if not request.request_id or len(request.request_id) > MAX_REQUEST_ID:
+        c.add("request_id", f"required, at most {MAX_REQUEST_ID} characters")
+    check_customer(convert.customer_in(request.customer, request.HasField("customer")), c)
+    address = request.customer_address
+    if address:
+        if len(address) > MAX_CUSTOMER_ADDRESS:
+            c.add("customer_address", f"at most {MAX_CUSTOMER_ADDRESS} characters")
+        else:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                c.add("customer_address", "must be an IPv4 or IPv6 address")
+    via = request.WhichOneof("via")
+    if via is None:
+        c.add("via", "name how the session starts")
+    elif via in VIA_FIELDS:
+        c(v.ident, via, getattr(request, via))
+    elif via == "session_key" and len(request.session_key) > v.MAX_SESSION_KEY_LEN:
+        c.add("session_key", f"at most {v.MAX_SESSION_KEY_LEN} characters")
+    c.done()
 
 
 class IntakeServicer(igrpc.IntakeServiceServicer):
@@ -68,6 +103,7 @@ class IntakeServicer(igrpc.IntakeServiceServicer):
     async def StartSession(
         self, request: ipb.StartSessionRequest, context: Any
     ) -> ipb.StartSessionResponse:
+        check_start(request)
         return self._once(request, lambda: self._start(request, peer_host(current_peer.get())))
 
     def _start(self, request: ipb.StartSessionRequest, peer: str) -> ipb.StartSessionResponse:

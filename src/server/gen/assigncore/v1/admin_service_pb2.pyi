@@ -1978,8 +1978,9 @@ class AuditEntry(_message.Message):
     message: _builtins.str
     """The error message, if it failed."""
     request_id: _builtins.str
-    """The call's request id: the x-request-id metadata it was sent with, or the one
-    the server made up (returned in the call's trailers either way).
+    """The call's request id: the x-request-id metadata it was sent with (when that is
+    at most 64 characters of [A-Za-z0-9._:-]), or else one the server made up
+    (returned in the call's trailers either way).
     """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:

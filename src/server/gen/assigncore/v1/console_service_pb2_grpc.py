@@ -288,7 +288,8 @@ class RepConsoleServiceServicer:
 
     def GetMyProfile(self, request, context):
         """Who the calling rep is: id, name, teams, skills, settings and permissions.
-        Errors: NOT_FOUND (the rep was deleted).
+        Errors: UNAUTHENTICATED once the rep is deleted (deleting a rep revokes its
+        tokens, so no call of a deleted rep gets further).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -430,7 +431,8 @@ class RepConsoleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTeamChatMessages(self, request, context):
-        """Lists a team's chat messages after a sequence number. Errors: INVALID_ARGUMENT,
+        """Lists a team's chat messages after a sequence number. The server keeps each
+        team's newest 500 messages; older ones are gone. Errors: INVALID_ARGUMENT,
         NOT_FOUND, PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

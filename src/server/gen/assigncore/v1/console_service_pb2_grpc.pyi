@@ -102,7 +102,8 @@ class RepConsoleServiceStub:
     """
     GetMyProfile: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.GetMyProfileRequest, _console_service_pb2.GetMyProfileResponse]
     """Who the calling rep is: id, name, teams, skills, settings and permissions.
-    Errors: NOT_FOUND (the rep was deleted).
+    Errors: UNAUTHENTICATED once the rep is deleted (deleting a rep revokes its
+    tokens, so no call of a deleted rep gets further).
     """
     ListMyQueues: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.ListMyQueuesRequest, _console_service_pb2.ListMyQueuesResponse]
     """Lists the rep's queues: personal, favourite teams, other teams, and the general
@@ -176,7 +177,8 @@ class RepConsoleServiceStub:
     PERMISSION_DENIED (not a member).
     """
     ListTeamChatMessages: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.ListTeamChatMessagesRequest, _console_service_pb2.ListTeamChatMessagesResponse]
-    """Lists a team's chat messages after a sequence number. Errors: INVALID_ARGUMENT,
+    """Lists a team's chat messages after a sequence number. The server keeps each
+    team's newest 500 messages; older ones are gone. Errors: INVALID_ARGUMENT,
     NOT_FOUND, PERMISSION_DENIED.
     """
     MarkTeamChatRead: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.MarkTeamChatReadRequest, _console_service_pb2.MarkTeamChatReadResponse]
@@ -261,7 +263,8 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     """
     GetMyProfile: _aio.UnaryUnaryMultiCallable[_console_service_pb2.GetMyProfileRequest, _console_service_pb2.GetMyProfileResponse]  # type: ignore[assignment]
     """Who the calling rep is: id, name, teams, skills, settings and permissions.
-    Errors: NOT_FOUND (the rep was deleted).
+    Errors: UNAUTHENTICATED once the rep is deleted (deleting a rep revokes its
+    tokens, so no call of a deleted rep gets further).
     """
     ListMyQueues: _aio.UnaryUnaryMultiCallable[_console_service_pb2.ListMyQueuesRequest, _console_service_pb2.ListMyQueuesResponse]  # type: ignore[assignment]
     """Lists the rep's queues: personal, favourite teams, other teams, and the general
@@ -335,7 +338,8 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     PERMISSION_DENIED (not a member).
     """
     ListTeamChatMessages: _aio.UnaryUnaryMultiCallable[_console_service_pb2.ListTeamChatMessagesRequest, _console_service_pb2.ListTeamChatMessagesResponse]  # type: ignore[assignment]
-    """Lists a team's chat messages after a sequence number. Errors: INVALID_ARGUMENT,
+    """Lists a team's chat messages after a sequence number. The server keeps each
+    team's newest 500 messages; older ones are gone. Errors: INVALID_ARGUMENT,
     NOT_FOUND, PERMISSION_DENIED.
     """
     MarkTeamChatRead: _aio.UnaryUnaryMultiCallable[_console_service_pb2.MarkTeamChatReadRequest, _console_service_pb2.MarkTeamChatReadResponse]  # type: ignore[assignment]
@@ -441,7 +445,8 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_console_service_pb2.GetMyProfileResponse, _abc.Awaitable[_console_service_pb2.GetMyProfileResponse]]:
         """Who the calling rep is: id, name, teams, skills, settings and permissions.
-        Errors: NOT_FOUND (the rep was deleted).
+        Errors: UNAUTHENTICATED once the rep is deleted (deleting a rep revokes its
+        tokens, so no call of a deleted rep gets further).
         """
 
     @_abc_1.abstractmethod
@@ -617,7 +622,8 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _console_service_pb2.ListTeamChatMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_console_service_pb2.ListTeamChatMessagesResponse, _abc.Awaitable[_console_service_pb2.ListTeamChatMessagesResponse]]:
-        """Lists a team's chat messages after a sequence number. Errors: INVALID_ARGUMENT,
+        """Lists a team's chat messages after a sequence number. The server keeps each
+        team's newest 500 messages; older ones are gone. Errors: INVALID_ARGUMENT,
         NOT_FOUND, PERMISSION_DENIED.
         """
 
