@@ -415,3 +415,106 @@ async def test_a_deleted_reps_calls_are_unauthenticated_as_documented() -> None:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await live.close()
+
+
+# ------------------------------------------------------------- starting
+
+
+def test_a_port_in_use_stops_serve_before_any_desk_file(tmp_path) -> None:
+    import socket
+
+    from server.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        for table, listener in (("server", "gRPC"), ("metrics", "metrics")):
+            config = tmp_path / f"{table}.toml"
+            other = "127.0.0.1:0"
+            lines = [
+                "[server]",
+                f'listen = "{f"127.0.0.1:{port}" if table == "server" else other}"',
+                "[storage]",
+                'path = "desk.sqlite3"',
+                "[metrics]",
+                f'listen = "{f"127.0.0.1:{port}" if table == "metrics" else other}"',
+            ]
+            config.write_text("\n".join(lines) + "\n")
+            done = subprocess.run(
+                [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 1, done.stderr
+            last = done.stderr.strip().splitlines()[-1]
+            assert f"127.0.0.1:{port}" in last and listener in last, done.stderr
+            assert not (tmp_path / "desk.sqlite3").exists()
+        assert main is not None
+    finally:
+        taken.close()
+
+
+async def test_health_is_not_serving_while_the_desk_loads(tmp_path, caplog) -> None:
+    import threading
+
+    from server import config, durable
+    from server.app import create_server
+
+    from .server_harness import DESK, INTAKE
+
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
+    for _ in range(30):
+        await live.start(issue_type_id="manual-help")
+    await live.close(snapshot=False)
+
+    settings = config.parse(DESK, "test desk")
+    settings.storage_path, settings.clock, settings.manual_clock = path, live.clock, True
+    server, port = await create_server(settings)
+    release = threading.Event()
+    load = server.runtime._load
+
+    def held_load():
+        release.wait(30)
+        return load()
+
+    server.runtime._load = held_load
+    durable_progress = durable.PROGRESS_FROM
+    durable.PROGRESS_FROM = 10
+    starting = asyncio.get_running_loop().create_task(server.start())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(200):
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.01)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+            from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await igrpc.IntakeServiceStub(channel).GetSessionStatus(
+                    ipb.GetSessionStatusRequest(session_id="ses_x"), metadata=auth(INTAKE)
+                )
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "loading" in caught.value.details()
+            with caplog.at_level("INFO", logger="assigncore.server"):
+                release.set()
+                await asyncio.wait_for(starting, 30)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert len(server.runtime.engine.sessions()) == 30
+        progress = [r.getMessage() for r in caplog.records if "journal entries (" in r.getMessage()]
+        assert progress and progress[-1].endswith("(100%)"), progress
+    finally:
+        durable.PROGRESS_FROM = durable_progress
+        release.set()
+        if not starting.done():
+            await starting
+        await server.stop(0.2)

@@ -42,6 +42,14 @@ async def test_backup_while_serving_and_restore_bring_the_desk_back(tmp_path):
         assert kept.id in ids and later.id not in ids
     finally:
         await live.close()
+    # The desk file the restore replaced is kept, whole: it opens with both sessions.
+    (replaced,) = [p for p in tmp_path.iterdir() if ".replaced-" in p.name and "-wal" not in p.name]
+    live = await live_server(storage_path=str(replaced), clock=live.clock)
+    try:
+        ids = {s.id for s in live.server.runtime.engine.sessions()}
+        assert {kept.id, later.id} <= ids
+    finally:
+        await live.close()
     assert cli("backup", "--path", path, str(tmp_path / "backup.sqlite3")).returncode == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from . import reflection_v1
 from .admin import AdminServicer
 from .auth import AuthInterceptor, Limits
 from .calls import Calls
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, split_listen
 from .console import ConsoleServicer
 from .gen.assigncore.v1 import (
     admin_service_pb2,
@@ -62,10 +63,29 @@ class Server:
         return self.runtime.metrics.port if self.runtime.metrics is not None else 0
 
     async def start(self) -> None:
+        """Serves health at once (NOT_SERVING) and the metrics, then loads the desk
+        (calls other than health are refused with UNAVAILABLE meanwhile), then serves
+        everything."""
+        for name in ["", *SERVICES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
         metrics, listen = self.runtime.metrics, self.runtime.settings.metrics_listen
-        if metrics is not None and listen is not None:
-            metrics.serve(listen)
+        try:
+            if metrics is not None and listen is not None:
+                try:
+                    metrics.serve(listen)
+                except OSError as exc:
+                    raise OSError(
+                        f"cannot listen for metrics ([metrics] listen) on {listen}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
+            if not self.runtime.ready:
+                await self.runtime.open_async()
+        except BaseException:
+            await self.grpc.stop(None)
+            if metrics is not None:
+                metrics.stop()
+            raise
         self.runtime.start()
         for name in ["", *SERVICES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -76,6 +96,9 @@ class Server:
         records are made durable and (with `snapshot`) a snapshot is written."""
         grace = self.runtime.settings.shutdown_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if not self.runtime.ready:
+            await self.grpc.stop(None)
+            return
         self.runtime.hub.drain()
         await asyncio.sleep(0)  # let the streams send their last event
         await self.grpc.stop(grace)
@@ -90,14 +113,38 @@ class Server:
 
 async def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[Server, int]:
     """Build (not start) a server listening on `settings.listen` (port 0 picks a free
-    port, returned): the desk is loaded from its file (or created) first. Call
-    `await server.start()`."""
-    runtime = runtime or Runtime(settings)
+    port, returned). The desk is loaded from its file (or created) by `await
+    server.start()`, once the port is bound: a port in use stops the start before any
+    desk file is created."""
+    runtime = runtime or Runtime(settings, open=False)
     try:
         return _build(settings, runtime)
     except BaseException:
         runtime.close_storage()
         raise
+
+
+def check_free(listen: str, listener: str) -> None:
+    """OSError naming the address and the listener if something listens on it already
+    (asked before gRPC tries, whose own failure says less, and says it on stderr)."""
+    host, port = split_listen(listen)
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen for {listener} on {listen}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen for {listener} on {listen}: {exc.strerror or exc}"
+            ) from None
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -162,6 +209,7 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
             max_open_streams=settings.max_open_streams,
         ),
         Calls(runtime.metrics, settings.access_log, settings.tls_client_ca is not None),
+        ready=lambda: runtime.ready,
     )
     runtime.gate = interceptor.gate
     server = grpc.aio.server(interceptors=[interceptor], options=options)
@@ -175,10 +223,14 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
         [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
     )
     credentials = server_credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    check_free(settings.listen, "gRPC ([server] listen)")
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise OSError(f"cannot listen for gRPC ([server] listen) on {settings.listen}")
     return Server(server, runtime, health_servicer), port

@@ -298,8 +298,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     Every call, refused or not, goes through `calls` (request id, metrics, access
     log)."""
 
-    def __init__(self, tokens: Any, limits: Limits | None = None, calls: Calls | None = None):
+    def __init__(
+        self,
+        tokens: Any,
+        limits: Limits | None = None,
+        calls: Calls | None = None,
+        ready: Callable[[], bool] | None = None,
+    ):
         self.tokens = tokens  # anything with principal(secret) -> Principal | None
+        # False while the desk loads: calls that need it are refused with UNAVAILABLE.
+        self.ready = ready or (lambda: True)
         self.gate = Gate(limits or Limits())
         self.calls = calls or Calls(access_log="off")
         self._names: dict[str, tuple[str, str, str]] = {}
@@ -326,6 +334,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if allowed is None:  # health and reflection: no token; streams share a budget
             counted = handler.response_streaming
             return self._wrap(handler, call, None, console=False, counted=counted)
+        if not self.ready():
+            return self._refusal(
+                handler,
+                call,
+                grpc.StatusCode.UNAVAILABLE,
+                "the server is loading its desk; retry shortly",
+            )
         principal = None
         if authorization[:7].lower() == "bearer ":
             principal = self.tokens.principal(authorization[7:].strip())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.metadata
 import json
 import logging
 import os
@@ -32,9 +33,12 @@ log = logging.getLogger("assigncore.server")
 
 async def serve(settings: Settings, show_demo_tokens: bool) -> None:
     server, port = await create_server(settings)
-    tune_gc()
-    await server.start()
     host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "assigncore %s on %s:%d: loading the desk (health: NOT_SERVING)", version(), host, port
+    )
+    await server.start()
+    tune_gc()
     log.info("assigncore listening on %s:%d", host, port)
     if server.metrics_port and settings.metrics_listen:
         metrics_host = settings.metrics_listen.rsplit(":", 1)[0]
@@ -120,6 +124,14 @@ def snapshot_now(path: str, settings: Settings) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version."""
+    try:
+        return importlib.metadata.version("assigncore")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
+
+
 def add_top_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
     parser.add_argument(
@@ -138,6 +150,7 @@ def add_top_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assigncore", description="assigncore server")
+    parser.add_argument("--version", action="version", version=f"assigncore {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("serve", help="run the gRPC server")
     run.add_argument("--config", help="desk and server TOML (default: embedded demo desk)")
@@ -205,8 +218,10 @@ def _tool(args: argparse.Namespace, settings: Settings) -> int:
             last = storage.backup(path, args.file)
             print(f"backed up {path} to {args.file} (journal position {last})")
         elif args.command == "restore":
-            last = storage.restore(args.file, path)
+            last, kept = storage.restore(args.file, path)
             print(f"restored {path} from {args.file} (journal position {last})")
+            if kept is not None:
+                print(f"the desk file it replaced is kept as {kept}")
         elif args.command == "journal":
             return journal_dump(path, args.start, args.end)
         else:

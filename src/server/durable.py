@@ -39,7 +39,7 @@ from .auth import Principal, PrincipalKind, TokenRecord, TokenStore
 from .config import Settings
 from .gen.assigncore.v1 import console_service_pb2 as cpb
 from .hub import Feed, Hub, Numbered
-from .journal import JournalError, read_records
+from .journal import JournalError, last_position, read_records
 from .storage import valid_snapshots
 
 log = logging.getLogger("assigncore.server")
@@ -302,6 +302,9 @@ class Desk:
         return desk
 
 
+PROGRESS_FROM = 10_000  # journal entries to replay from which a start logs its progress
+
+
 def load(path: str, settings: Settings) -> tuple[Desk | None, int]:
     """The desk stored at `path` (its newest valid snapshot, then the journal after it)
     and the journal position it reflects; (None, 0) for a new file."""
@@ -332,8 +335,21 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
             time.perf_counter() - started,
         )
     started, replayed = time.perf_counter(), 0
+    total = max(0, last_position(path) - position)
+    step, next_report = max(1, total // 10), 0
+    if total >= PROGRESS_FROM:
+        log.info("replaying %d journal entries after position %d", total, position)
+        next_report = min(step, total)
     for at, body in read_records(path, after=position):
         replayed += 1
+        if replayed == next_report:
+            log.info(
+                "replayed %d of %d journal entries (%d%%)",
+                replayed,
+                total,
+                100 * replayed // total,
+            )
+            next_report = min(next_report + step, total)
         try:
             entry = decode_many(body)
             if desk is None:

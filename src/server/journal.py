@@ -207,6 +207,15 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def last_position(path: str) -> int:
+    """The position of the last record in the file at `path` (0: none)."""
+    reader = connect(path)
+    try:
+        return int(reader.execute("SELECT MAX(position) FROM records").fetchone()[0] or 0)
+    finally:
+        reader.close()
+
+
 def read_records(
     path: str, after: int = 0, until: int | None = None
 ) -> Iterator[tuple[int, bytes]]:

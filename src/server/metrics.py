@@ -232,6 +232,8 @@ class DeskCollector:
     def gather(self) -> bytes:
         """Every desk series, now (on the event loop)."""
         rt = self.runtime
+        if not rt.ready:
+            return b""  # the desk is still loading
         out = Exposition()
         st = rt.engine.state
         if st.stats.enabled:

@@ -117,12 +117,36 @@ class Recorder:
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    """A desk and what serves it. `Runtime(settings)` opens the desk at once (tools,
+    tests); the server makes it with `open=False` and calls `open_async()` once its
+    ports are bound (so a port in use stops the start before any desk file exists),
+    answering health with NOT_SERVING while a large desk loads."""
+
+    def __init__(self, settings: Settings, open: bool = True) -> None:
         self.settings = settings
         self.clock = settings.clock
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving
         self.storage: Storage | None = None
         self.metrics = Metrics(self) if settings.metrics_listen else None
+        self.recorder: Recorder | None = None
+        self.failed = False  # the journal cannot be written: refusing calls, recovering
+        self.applied = 0  # engine commands applied (a failed call tells if it changed things)
+        self.generated_admin_token: str | None = None
+        self.ready = False  # the desk is loaded: calls other than health are served
+        self.desk: Desk
+        self._wake = asyncio.Event()
+        self._sleeping_until = math.inf  # the deadline the timer task sleeps until
+        self._task: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._snapshotter: asyncio.subprocess.Process | None = None
+        self._entries_at_snapshot = 0
+        self._closing = False
+        if open:
+            self._open_storage()
+            self._opened(self._load())
+
+    def _open_storage(self) -> None:
+        settings = self.settings
         if settings.storage_mode == "file":
             self.storage = Storage(settings.storage_path)
             if self.metrics is not None:
@@ -133,22 +157,25 @@ class Runtime:
                 "STORAGE MODE IS MEMORY: nothing is written to disk, and everything this "
                 "server is told (sessions, reps, teams, tokens) is lost when it stops"
             )
-        self.recorder: Recorder | None = None
-        self.failed = False  # the journal cannot be written: refusing calls, recovering
-        self.applied = 0  # engine commands applied (a failed call tells if it changed things)
-        self.generated_admin_token: str | None = None
+
+    def _opened(self, loaded: tuple[Desk | None, int]) -> None:
         try:
-            self.desk = self._open()
+            self.desk = self._open(loaded)
         except BaseException:
             self.close_storage()
             raise
-        self._wake = asyncio.Event()
-        self._sleeping_until = math.inf  # the deadline the timer task sleeps until
-        self._task: asyncio.Task[None] | None = None
-        self._recovery: asyncio.Task[None] | None = None
-        self._snapshotter: asyncio.subprocess.Process | None = None
-        self._entries_at_snapshot = 0
-        self._closing = False
+        self.ready = True
+
+    async def open_async(self) -> None:
+        """Opens the desk file and loads the desk in a thread: the event loop goes on
+        serving (health answers NOT_SERVING, other calls UNAVAILABLE) meanwhile."""
+        self._open_storage()
+        try:
+            loaded = await asyncio.to_thread(self._load)
+        except BaseException:
+            self.close_storage()
+            raise
+        self._opened(loaded)
 
     # ------------------------------------------------------------- the desk
 
@@ -181,17 +208,21 @@ class Runtime:
         """The interceptor's token lookup (on whatever desk is current)."""
         return self.desk.tokens.principal(secret)
 
-    def _open(self) -> Desk:
-        """The desk from its file (newest snapshot, then the journal), or a new one from
-        the config; then what a start records (a restart, the admin token), made durable
-        before anything is served."""
+    def _load(self) -> tuple[Desk | None, int]:
+        """The desk in the file and its journal position; (None, 0) for a new file."""
+        if self.storage is None:
+            return None, 0
+        return load(self.storage.path, self.settings)
+
+    def _open(self, loaded: tuple[Desk | None, int]) -> Desk:
+        """The desk loaded from its file (newest snapshot, then the journal), or a new
+        one from the config; then what a start records (a restart, the admin token),
+        made durable before anything is served."""
         settings = self.settings
         startup: list[bytes] = []
-        desk = None
-        if self.storage is not None:
-            desk, position = load(self.storage.path, settings)
-            if desk is not None:
-                log.info("recovered the desk at journal position %d", position)
+        desk, position = loaded
+        if desk is not None:
+            log.info("recovered the desk at journal position %d", position)
         if desk is None:
             desk, created = Desk.create(settings, secrets.token_bytes(32), self.clock())
             startup.append(encode(created))  # the desk's creation comes first
@@ -279,7 +310,7 @@ class Runtime:
             self.recorder = None
             try:
                 await asyncio.wrap_future(self.storage.journal.reset())
-                desk = self._open()
+                desk = self._open(self._load())
             except (JournalError, OSError) as exc:
                 log.warning("the journal still cannot be written (%s)", exc)
                 continue

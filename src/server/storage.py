@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import sqlite3
 import time
 import zlib
@@ -207,17 +208,25 @@ def backup(path: str, dest: str) -> int:
         source.close()
 
 
-def restore(backup_path: str, path: str) -> int:
+def restore(backup_path: str, path: str) -> tuple[int, str | None]:
     """Replaces the desk file at `path` with a backup (the server must be stopped: its
-    lock is taken for the duration). The backup is checked record by record first.
-    Returns the last journal position restored."""
+    lock is taken for the duration). The backup is checked record by record first, and
+    the desk file it replaces is kept beside it, byte for byte with its -wal file
+    (`<path>.replaced-<UTC time>`), so a restore of the wrong backup can be undone.
+    Returns the last journal position restored and where the replaced file was kept."""
     from .journal import read_records
 
     last = 0
     for position, _ in read_records(backup_path):  # every checksum, before anything is replaced
         last = position
     handle = lock(path)
+    kept = None
     try:
+        if os.path.exists(path):
+            kept = f"{path}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            for suffix in ("", "-wal"):
+                if os.path.exists(path + suffix):
+                    shutil.copy2(path + suffix, kept + suffix)
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path + suffix)
@@ -234,4 +243,4 @@ def restore(backup_path: str, path: str) -> int:
         os.replace(tmp, path)
     finally:
         handle.close()
-    return last
+    return last, kept
