@@ -169,3 +169,45 @@ async def test_tls_files_are_checked_at_start(pki):
     not_a_ca = 'cert = "server.pem"\nkey = "server.key"\nclient_ca = "server.key"'
     assert "client_ca" in await start(not_a_ca)
     assert "unknown [tls] keys" in await start('cert = "a"\nkey = "b"\nciphers = "c"')
+
+
+def test_grpc_core_lines_join_the_json_log(pki, tmp_path):
+    """gRPC's C core writes a failed handshake to descriptor 2 itself: with JSON logs
+    it arrives as a JSON record (logger "grpc"), and stderr stays JSON lines."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = pki["dir"] / "json-desk.toml"
+    desk = tls_desk(pki["dir"], client_ca=False).replace(
+        'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'
+    )
+    path.write_text(desk + '\n[storage]\nmode = "memory"\n[logging]\nformat = "json"\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "GRPC_VERBOSITY": "INFO", "PYTHONFAULTHANDLER": "1"},
+    )
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as plain:
+                    plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64)
+                    plain.recv(100)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    lines = [line for line in err.splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert any(r["logger"] == "grpc" for r in records), lines[:20]
