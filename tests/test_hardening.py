@@ -518,3 +518,32 @@ async def test_health_is_not_serving_while_the_desk_loads(tmp_path, caplog) -> N
         if not starting.done():
             await starting
         await server.stop(0.2)
+
+
+async def test_the_readme_example_runs_twice_against_the_default_desk(tmp_path) -> None:
+    import re
+    from pathlib import Path
+
+    from server import config
+    from server.app import create_server
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"```python\n(import asyncio\n.*?)```", readme, re.S).group(1)
+    settings = config.load(None)
+    settings.listen, settings.storage_path = "127.0.0.1:0", str(tmp_path / "desk.sqlite3")
+    server, port = await create_server(settings)
+    await server.start()
+    try:
+        script = tmp_path / "example.py"
+        script.write_text(code.replace("127.0.0.1:50051", f"127.0.0.1:{port}"))
+        for _ in range(2):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err.decode()
+            assert "now SESSION_STATE_ACTIVE" in out.decode() and "ended" in out.decode()
+        ann = server.runtime.engine.rep("ann")
+        assert ann.load == 0  # both sessions ended
+    finally:
+        await server.stop(0.2)
