@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from assigncore.columns import INELIGIBLE, LOAD_SHIFT
 from assigncore.engine import Engine, EngineConfig
@@ -42,6 +42,9 @@ from .conftest import ManualClock
 REPS = ["r0", "r1", "r2", "r3", "r4"]
 TEAMS = ["least", "skills", "best", "manual"]
 SKILLS = ["win", "mac", "net"]
+# Skill names beyond the first allocation of the skill matrix (8 columns).
+EXTRA_SKILLS = [f"extra-{i}" for i in range(40)]
+GROWN_REPS = 22  # reps a `grow` step adds: three steps pass the rep columns' first 64
 
 
 # The journals of the runs so far (for the cross-process replay test).
@@ -294,10 +297,29 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         rep=st.sampled_from(REPS),
-        levels=st.dictionaries(st.sampled_from(SKILLS), st.integers(1, 10), max_size=3),
+        levels=st.dictionaries(
+            st.sampled_from(SKILLS + EXTRA_SKILLS), st.integers(1, 10), max_size=3
+        ),
     )
     def reskill(self, rep, levels):
         self.run(self.engine.update_rep, rep, skills=levels)
+
+    @precondition(lambda self: getattr(self, "grown", 0) < 3)
+    @rule()
+    def grow(self):
+        """A new team of reps with skill names of their own: every growable structure
+        (rep columns, skill columns, teams) passes its first allocation in a run. These
+        commands cannot be refused, so they run without run()'s before/after snapshot."""
+        n = self.grown = getattr(self, "grown", 0) + 1
+        team = f"grown-{n}"
+        e = self.engine
+        e.advance()
+        e.create_team(team, team.title(), settings=QueueSettings())
+        for i in range(GROWN_REPS):
+            rep_id = f"g{n}-{i}"
+            skill = EXTRA_SKILLS[(n * GROWN_REPS + i) % len(EXTRA_SKILLS)]
+            e.create_rep(rep_id, rep_id, skills={skill: 5, "win": 1 + i % 9}, teams=[team])
+            e.connect(rep_id)
 
     @rule(
         garbage=st.sampled_from(
