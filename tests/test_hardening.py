@@ -547,3 +547,40 @@ async def test_the_readme_example_runs_twice_against_the_default_desk(tmp_path) 
         assert ann.load == 0  # both sessions ended
     finally:
         await server.stop(0.2)
+
+
+async def test_a_command_failing_midway_leaves_no_trace(monkeypatch) -> None:
+    """A bug inside an engine command (here: after the rep is registered, before its
+    skills are written) is answered INTERNAL saying nothing was applied; the desk is
+    rebuilt from its journal, so the half-made rep is gone and a retry succeeds."""
+    from assigncore import directory
+
+    live = await live_server()
+    try:
+        real = directory.write_skills
+
+        def broken(st, rep):
+            raise IndexError("a bug in the middle of a command")
+
+        monkeypatch.setattr(directory, "write_skills", broken)
+        request = apb.CreateRepRequest(
+            rep=apb.Rep(id="half", display_name="Half", skills={"x": 3}, team_ids=["support"])
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await live.admin.CreateRep(request, metadata=auth(ADMIN))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        assert "nothing of this call was applied" in caught.value.details()
+        monkeypatch.setattr(directory, "write_skills", real)
+        runtime = live.server.runtime
+
+        async def rebuilt() -> None:
+            while runtime.failed:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(rebuilt(), 20)
+        assert runtime.engine.find_rep("half") is None
+        assert "half" not in runtime.engine.team("support").members
+        created = await live.admin.CreateRep(request, metadata=auth(ADMIN))
+        assert created.rep.id == "half" and dict(created.rep.skills) == {"x": 3}
+    finally:
+        await live.close()
