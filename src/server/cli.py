@@ -188,16 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     if args.listen:
         settings.listen = args.listen
+    error, code = "", 0
     try:
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
             runner.run(serve(settings, show_demo_tokens=args.config is None))
     except ConfigError as exc:
-        print(f"assigncore: {exc}", file=sys.stderr)
-        return 2
+        error, code = str(exc), 2
     except (OSError, storage.StorageError, JournalError) as exc:
-        print(f"assigncore: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        error, code = str(exc), 1
+    finally:
+        logs.release_stderr()  # the last lines are written before the process ends
+    if error:
+        print(f"assigncore: {error}", file=sys.stderr)
+    return code
 
 
 def _loop_factory(settings: Settings) -> Any:

@@ -82,9 +82,13 @@ _GRPC_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ [^\]]+\] ?(.*)$")
 _GRPC_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
 
 
+_captured: tuple[IO[str], threading.Thread] | None = None
+
+
 def capture_stderr() -> IO[str]:
     """Puts a pipe on file descriptor 2, read by a thread that logs each line as a
     record; returns a stream on the real stderr for the log handler itself."""
+    global _captured
     sys.stderr.flush()
     real = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
     read_end, write_end = os.pipe()
@@ -93,8 +97,23 @@ def capture_stderr() -> IO[str]:
     sys.stderr = os.fdopen(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
     if faulthandler.is_enabled():
         faulthandler.enable(file=real)
-    threading.Thread(target=_relay, args=(read_end,), name="stderr-relay", daemon=True).start()
+    relay = threading.Thread(target=_relay, args=(read_end,), name="stderr-relay", daemon=True)
+    relay.start()
+    _captured = real, relay
     return real
+
+
+def release_stderr() -> None:
+    """Puts the real stderr back on descriptor 2 and lets the relay log what was still
+    in the pipe (before the process exits: what is printed last must not be lost)."""
+    global _captured
+    if _captured is None:
+        return
+    real, relay = _captured
+    _captured = None
+    sys.stderr.flush()
+    os.dup2(real.fileno(), 2)  # the pipe's only writer is gone: the relay reads its end
+    relay.join(5)
 
 
 def _relay(fd: int) -> None:
