@@ -6,6 +6,7 @@ Watch, and request ids."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 
@@ -584,3 +585,38 @@ async def test_a_command_failing_midway_leaves_no_trace(monkeypatch) -> None:
         assert created.rep.id == "half" and dict(created.rep.skills) == {"x": 3}
     finally:
         await live.close()
+
+
+async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
+    tmp_path, monkeypatch
+) -> None:
+    """Whatever the error inside a replayed command (here an IndexError, as the old
+    skill-matrix bug raised), the start stops with the record's position and the
+    command that shows it, never a traceback."""
+    from assigncore import directory
+    from server import config, durable
+    from server.journal import JournalError
+
+    from .server_harness import DESK
+
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
+    await live.close(snapshot=False)
+
+    def broken(st, rep):
+        raise IndexError("index 8 is out of bounds for axis 1 with size 8")
+
+    monkeypatch.setattr(directory, "write_skills", broken)
+    settings = config.parse(DESK, "test desk")
+    with pytest.raises(JournalError) as caught:
+        durable.load(path, settings)
+    message = str(caught.value)
+    assert f"assigncore journal --path {path} --from 1" in message
+    assert "IndexError" in message and caught.value.position == 1
+
+
+def test_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "--version"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and re.fullmatch(r"assigncore \d+\.\d+\.\d+\n", done.stdout)
