@@ -178,6 +178,12 @@ async def invoke(
         status = _plain_proto(grpc.StatusCode.INTERNAL, _internal(rt, applied))
     if audited:
         audit(servicer, method, body, status)
+    try:
+        # A refusal reads the desk as well: it waits for what it read to be durable,
+        # as a reply does (a client must never hear of a state a crash could undo).
+        await rt.durable()
+    except JournalError:
+        return None, _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
     return None, status
 
 

@@ -6,14 +6,14 @@ commit (group commit): appends queue up while it writes, and it takes all of the
 next transaction. `append()` returns a future that resolves, in append order, to the
 record's position once it is durable; callers release replies and events only then.
 
-Every record carries a CRC-32 of its body. Reading back, a bad checksum on the last
-record is a torn write (the crash happened mid-record): it is dropped, and said so. A bad
-checksum anywhere else stops the read with an error that names the position; nothing
-after it is silently lost. When the disk is full or the file unwritable, the appends of
-that transaction fail, and so does every append after them until `reset()`: a record
-may never land behind one that was lost, since it may depend on it. The caller refuses
-the commands (nothing is half-applied), rebuilds its state from what is durable, and
-resets; appends succeed again once space returns.
+Every record carries a CRC-32 of its body. SQLite commits a transaction whole, so a
+crash never leaves half a record: a bad checksum is damage wherever it is, the last
+record included, and stops the read with an error that names the position and the
+command that shows it; nothing is silently dropped. When the disk is full or the file
+unwritable, the appends of that transaction fail, and so does every append after them
+until `reset()`: a record may never land behind one that was lost, since it may depend
+on it. The caller refuses the commands (nothing is half-applied), rebuilds its state
+from what is durable, and resets; appends succeed again once space returns.
 
 The same file holds the desk's snapshots (server/storage.py), in their own tables.
 """
@@ -80,7 +80,7 @@ class Journal:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         create_schema(self._conn)
-        self.last_position = self._drop_torn_tail()
+        self.last_position = self._last_position()
         self.broken: JournalError | None = None  # set by a failed write, until reset()
         # Told, in the writer's thread, how long each commit took (its write and fsync)
         # and how many records it made durable (the server's metrics).
@@ -89,9 +89,10 @@ class Journal:
         self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
         self._writer.start()
 
-    def _drop_torn_tail(self) -> int:
-        """The last position, after removing a last record whose checksum is bad (a
-        crash mid-write): appends must never land behind a torn record."""
+    def _last_position(self) -> int:
+        """The last position. SQLite commits a batch whole, so a record whose checksum
+        is bad is damage, last or not: it stops the start, never silently dropped (its
+        change was acknowledged, and its position would be handed out again)."""
         row = self._conn.execute(
             "SELECT position, checksum, body FROM records ORDER BY position DESC LIMIT 1"
         ).fetchone()
@@ -99,11 +100,9 @@ class Journal:
             snap = self._conn.execute("SELECT MAX(position) FROM snapshots").fetchone()[0]
             return int(snap or 0)
         position, checksum, body = row
-        if zlib.crc32(bytes(body)) == checksum:
-            return int(position)
-        log.warning("journal: dropped a torn last record at %d", position)
-        self._conn.execute("DELETE FROM records WHERE position = ?", (position,))
-        return int(position) - 1
+        if zlib.crc32(bytes(body)) != checksum:
+            raise corrupt(self.path, int(position))
+        return int(position)
 
     # ------------------------------------------------------------- writing
 
@@ -189,8 +188,8 @@ class Journal:
     # ------------------------------------------------------------- reading
 
     def records(self, after: int = 0) -> Iterator[tuple[int, bytes]]:
-        """(position, body) of every record after `after`, in order. A bad checksum on
-        the last record drops it (a torn write); anywhere else it raises JournalError."""
+        """(position, body) of every record after `after`, in order; a bad checksum
+        anywhere raises JournalError."""
         return read_records(self.path, after)
 
     def close(self) -> None:
@@ -205,6 +204,15 @@ def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+def corrupt(path: str, position: int) -> JournalError:
+    return JournalError(
+        f"journal record {position} of {path} is corrupt (checksum mismatch); nothing "
+        f"after it was read; inspect it with `assigncore journal --path {path} --from "
+        f"{position}`, or restore a backup (`assigncore restore`)",
+        position,
+    )
 
 
 def last_position(path: str) -> int:
@@ -232,15 +240,7 @@ def read_records(
         for position, checksum, body in cursor:
             body = bytes(body)
             if zlib.crc32(body) != checksum:
-                if position == last:
-                    log.warning("journal: dropped a torn last record at %d", position)
-                    return
-                raise JournalError(
-                    f"journal record {position} of {path} is corrupt (checksum mismatch); "
-                    "the records after it are kept, and were not read; inspect it with "
-                    f"`assigncore journal --path {path} --from {position}`",
-                    position,
-                )
+                raise corrupt(path, position)
             yield position, body
     finally:
         reader.close()
