@@ -4,11 +4,13 @@ restart; what a restart must not blame on reps, it does not."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.assigncore.v1 import admin_service_pb2 as apb
 from server.gen.assigncore.v1 import common_pb2 as pb
@@ -270,8 +272,17 @@ async def test_a_full_disk_refuses_calls_applies_nothing_and_recovers(tmp_path):
                 ipb.GetSessionStatusRequest(session_id=kept.id), metadata=auth(INTAKE)
             )
         assert also.value.code() == grpc.StatusCode.UNAVAILABLE
+        health = health_pb2_grpc.HealthStub(live.channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING  # not a lie
         journal._conn.execute("PRAGMA max_page_count = 1073741823")  # space returns
         await until(lambda: not runtime.failed, seconds=30)
+        for _ in range(100):
+            reply = await health.Check(health_pb2.HealthCheckRequest())
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.01)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
         waiting = [s.customer.name for s in runtime.engine.sessions()]
         # The refused call left nothing behind: its request id is free, and it starts a
         # session now.

@@ -56,6 +56,7 @@ class Server:
         self.grpc = grpc_server
         self.runtime = runtime
         self.health = health_servicer
+        self._health_task: asyncio.Task[None] | None = None
 
     @property
     def metrics_port(self) -> int:
@@ -87,14 +88,29 @@ class Server:
                 metrics.stop()
             raise
         self.runtime.start()
+        await self._serving(True)
+        self.runtime.on_serving = self._tell_serving
+
+    def _tell_serving(self, serving: bool) -> None:
+        """The runtime's journal failed (False) or recovered (True): health says so."""
+        task = asyncio.get_running_loop().create_task(self._serving(serving))
+        self._health_task = task  # kept until done
+
+    async def _serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *SERVICES]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def stop(self, grace: float | None = None, snapshot: bool = True) -> None:
         """Graceful stop: health says NOT_SERVING, console streams are told the server is
         draining and end, then RPCs in flight get `grace` seconds to finish; the last
         records are made durable and (with `snapshot`) a snapshot is written."""
         grace = self.runtime.settings.shutdown_grace if grace is None else grace
+        self.runtime.on_serving = None
         await self.health.enter_graceful_shutdown()
         if not self.runtime.ready:
             await self.grpc.stop(None)

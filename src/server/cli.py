@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(settings, show_demo_tokens=args.config is None))
     except ConfigError as exc:
         error, code = str(exc), 2
-    except (OSError, storage.StorageError, JournalError) as exc:
+    except (OSError, storage.StorageError, JournalError, sqlite3.Error) as exc:
         error, code = str(exc), 1
     finally:
         logs.release_stderr()  # the last lines are written before the process ends

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 from dataclasses import asdict
@@ -41,7 +42,7 @@ from .gen.assigncore.v1 import common_pb2 as pb
 from .hub import Hub, StreamEnd
 from .journal import Journal, JournalError
 from .metrics import Metrics
-from .storage import Storage, write_snapshot
+from .storage import Storage, StorageError, snapshots, write_snapshot
 
 log = logging.getLogger("assigncore.server")
 
@@ -116,6 +117,14 @@ class Recorder:
             await asyncio.shield(future)  # a waiter cancelled never cancels the entry
 
 
+def no_desk(path: str, why: str) -> str:
+    return (
+        f"{path} exists but holds no desk ({why}; a deleted -wal file does this too); "
+        "a desk is created only where no file exists: restore a backup with `assigncore "
+        f"restore --path {path} BACKUP`, or move the file away to start a new desk"
+    )
+
+
 class Runtime:
     """A desk and what serves it. `Runtime(settings)` opens the desk at once (tools,
     tests); the server makes it with `open=False` and calls `open_async()` once its
@@ -133,13 +142,17 @@ class Runtime:
         self.applied = 0  # engine commands applied (a failed call tells if it changed things)
         self.generated_admin_token: str | None = None
         self.ready = False  # the desk is loaded: calls other than health are served
+        self._file_existed = False
+        # Told whether calls are served (health): False while the journal cannot be
+        # written, True again once the desk is rebuilt.
+        self.on_serving: Any = None
         self.desk: Desk
         self._wake = asyncio.Event()
         self._sleeping_until = math.inf  # the deadline the timer task sleeps until
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._snapshotter: asyncio.subprocess.Process | None = None
-        self._entries_at_snapshot = 0
+        self._snapshot_position = 0  # journal position of the newest snapshot
         self._closing = False
         if open:
             self._open_storage()
@@ -148,7 +161,11 @@ class Runtime:
     def _open_storage(self) -> None:
         settings = self.settings
         if settings.storage_mode == "file":
-            self.storage = Storage(settings.storage_path)
+            path = settings.storage_path
+            self._file_existed = os.path.exists(path)
+            if self._file_existed and os.path.getsize(path) == 0:
+                raise StorageError(no_desk(path, "it is empty (0 bytes)"))
+            self.storage = Storage(path)
             if self.metrics is not None:
                 self.storage.journal.on_commit = self.metrics.journal_commit
             log.info("desk file (journal and snapshots): %s", os.path.abspath(self.storage.path))
@@ -209,10 +226,24 @@ class Runtime:
         return self.desk.tokens.principal(secret)
 
     def _load(self) -> tuple[Desk | None, int]:
-        """The desk in the file and its journal position; (None, 0) for a new file."""
+        """The desk in the file and its journal position; (None, 0) for a new file. A
+        file that existed but holds no desk is refused: a desk is created only where
+        there was no file (an empty file, or one whose -wal was lost, is damage)."""
         if self.storage is None:
             return None, 0
-        return load(self.storage.path, self.settings)
+        path = self.storage.path
+        try:
+            loaded = load(path, self.settings)
+            snapshot_at = snapshots(path)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(
+                f"{path} is damaged ({exc}); restore a backup with `assigncore restore "
+                f"--path {path} BACKUP` (the damaged file is kept beside it)"
+            ) from None
+        if loaded[0] is None and self._file_existed:
+            raise StorageError(no_desk(path, "it has no journal records and no snapshot"))
+        self._snapshot_position = max((p for p, _, done in snapshot_at if done), default=0)
+        return loaded
 
     def _open(self, loaded: tuple[Desk | None, int]) -> Desk:
         """The desk loaded from its file (newest snapshot, then the journal), or a new
@@ -299,6 +330,8 @@ class Runtime:
             return
         self.failed = True
         log.error("the journal cannot be written (%s): refusing calls until it can", error)
+        if self.on_serving is not None:
+            self.on_serving(False)
         self.hub.drain(StreamEnd.UNAVAILABLE)
         self._recovery = asyncio.get_running_loop().create_task(self._recover())
 
@@ -316,6 +349,8 @@ class Runtime:
                 continue
             self.desk, self.failed = desk, False
             self._wake.set()
+            if self.on_serving is not None:
+                self.on_serving(True)
             log.info("the journal is writable again: the desk was rebuilt, serving")
             return
 
@@ -389,11 +424,12 @@ class Runtime:
         every = self.settings.snapshot_every
         if not every or self.recorder is None or self.storage is None or self._closing:
             return
-        if self.recorder.entries - self._entries_at_snapshot < every:
+        position = self.storage.journal.last_position
+        if position - self._snapshot_position < every:
             return
         if self._snapshotter is not None and self._snapshotter.returncode is None:
             return
-        self._entries_at_snapshot = self.recorder.entries
+        self._snapshot_position = position
         args = [sys.executable, "-m", "server.cli", "snapshot", "--path", self.storage.path]
         if self.settings.source:
             args += ["--config", self.settings.source]

@@ -64,7 +64,11 @@ class Storage:
             self.journal = Journal(path)
         except (sqlite3.Error, JournalError) as exc:
             self._lock.close()
-            raise StorageError(f"{path} is not a usable desk file: {exc}") from None
+            raise StorageError(
+                f"{path} is not a usable desk file ({exc}); restore a backup with "
+                f"`assigncore restore --path {path} BACKUP` (the damaged file is kept "
+                "beside it)"
+            ) from None
 
     def close(self) -> None:
         self.journal.close()

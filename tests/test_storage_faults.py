@@ -1,0 +1,124 @@
+"""The desk file under faults (what an outside fault-injection run found): each test
+injects the fault into a real file or a real server and checks what the server does."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+
+import grpc
+import pytest
+
+from server import storage
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.journal import Journal
+from server.storage import StorageError
+
+from .server_harness import live_server
+
+
+async def test_a_refusal_waits_for_the_state_it_read_to_be_durable(monkeypatch) -> None:
+    """With the journal's writer held back, bob's accept is applied but not durable:
+    cat's accept of the same session is refused (it is ACTIVE), and that refusal must
+    not leave before bob's accept is durable (a crash now would undo it)."""
+    live = await live_server()
+    try:
+        bob, cat = await live.console("bob"), await live.console("cat")
+        session = await live.start(issue_type_id="manual-help")
+        gate = threading.Event()
+        write = Journal._write
+
+        def held(self, batch):
+            gate.wait(30)
+            return write(self, batch)
+
+        monkeypatch.setattr(Journal, "_write", held)
+        accepted = asyncio.ensure_future(
+            bob.rpc("AcceptSession", cpb.AcceptSessionRequest(session_id=session.id))
+        )
+        await asyncio.sleep(0.1)
+        refused = asyncio.ensure_future(
+            cat.rpc("AcceptSession", cpb.AcceptSessionRequest(session_id=session.id))
+        )
+        await asyncio.sleep(0.5)
+        assert not accepted.done() and not refused.done()
+        gate.set()
+        await asyncio.wait_for(accepted, 10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(refused, 10)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        gate.set()
+        await live.close()
+
+
+async def test_a_file_that_holds_no_desk_is_refused_not_replaced(tmp_path) -> None:
+    """A desk is created only where no file exists: an empty file, or the main file of
+    a desk whose -wal was lost, stops the start and is left as it was."""
+    empty = tmp_path / "empty.sqlite3"
+    empty.write_bytes(b"")
+    with pytest.raises(StorageError, match="holds no desk") as refused:
+        await live_server(storage_path=str(empty))
+    assert "assigncore restore" in str(refused.value)
+    assert empty.stat().st_size == 0
+
+    # A desk whose -wal file is gone: its main file has the tables and no records.
+    path = tmp_path / "desk.sqlite3"
+    live = await live_server(storage_path=str(path))
+    await live.start(issue_type_id="manual-help")
+    lost_wal = tmp_path / "lost-wal.sqlite3"
+    lost_wal.write_bytes(path.read_bytes())  # the main file only, as a crash left it
+    await live.close()
+    assert not (tmp_path / "lost-wal.sqlite3-wal").exists()
+    with pytest.raises(StorageError, match="holds no desk"):
+        await live_server(storage_path=str(lost_wal))
+
+
+async def test_a_damaged_page_gives_one_clear_message(tmp_path) -> None:
+    path = tmp_path / "desk.sqlite3"
+    live = await live_server(storage_path=str(path))
+    for _ in range(30):
+        await live.start(issue_type_id="manual-help")
+    await live.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    for offset in range(page, len(data), page):  # every page but the header's
+        data[offset : offset + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+    done = subprocess.run(
+        [sys.executable, "-m", "server.cli", "serve", "--config", str(config(tmp_path, path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(path) in last and "restore" in last, done.stderr
+
+
+def config(folder, path) -> object:
+    toml = folder / "desk.toml"
+    toml.write_text(f'[server]\nlisten = "127.0.0.1:0"\n[storage]\npath = "{path}"\n')
+    return toml
+
+
+async def test_snapshot_cadence_counts_from_the_last_snapshot_across_restarts(tmp_path):
+    """A server that restarts often still takes its periodic snapshot: the count runs
+    from the journal position of the newest snapshot, not from the process start."""
+    path = str(tmp_path / "desk.sqlite3")
+    for life in range(3):  # three short lives, 5 entries each, snapshot_every = 10
+        live = await live_server(storage_path=path, snapshot_every=10)
+        live._request = 100 * life  # request ids of its own: each start is new
+        for _ in range(4):
+            await live.start(issue_type_id="manual-help")
+        runtime = live.server.runtime
+        for _ in range(100):  # the snapshot process is started by a task of the loop
+            if runtime._snapshotter is not None:
+                await asyncio.wait_for(runtime._snapshotter.wait(), 60)
+                break
+            await asyncio.sleep(0.01)
+        await live.close(snapshot=False)  # a crash: no snapshot at the stop
+    assert storage.snapshots(path), "no periodic snapshot was ever taken"
