@@ -4,9 +4,11 @@ injects the fault into a real file or a real server and checks what the server d
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import grpc
 import pytest
@@ -122,3 +124,80 @@ async def test_snapshot_cadence_counts_from_the_last_snapshot_across_restarts(tm
             await asyncio.sleep(0.01)
         await live.close(snapshot=False)  # a crash: no snapshot at the stop
     assert storage.snapshots(path), "no periodic snapshot was ever taken"
+
+
+async def test_the_lock_is_on_the_file_whatever_its_path(tmp_path) -> None:
+    """Every path to the desk file conflicts: a symlink, a hard link; and a restore
+    through one of them is refused while the server runs."""
+    path = tmp_path / "desk.sqlite3"
+    live = await live_server(storage_path=str(path))
+    try:
+        (tmp_path / "symlink.sqlite3").symlink_to(path)
+        os.link(path, tmp_path / "hardlink.sqlite3")
+        for other in ("symlink.sqlite3", "hardlink.sqlite3"):
+            with pytest.raises(StorageError, match="in use"):
+                await live_server(storage_path=str(tmp_path / other))
+        backup = tmp_path / "backup.sqlite3"
+        storage.backup(str(path), str(backup))
+        with pytest.raises(StorageError, match="in use"):
+            storage.restore(str(backup), str(tmp_path / "hardlink.sqlite3"))
+        assert not list(tmp_path.glob("*.replaced-*"))
+    finally:
+        await live.close()
+
+
+async def test_restore_into_a_path_that_does_not_exist_yet(tmp_path) -> None:
+    path = tmp_path / "desk.sqlite3"
+    live = await live_server(storage_path=str(path))
+    kept = await live.start(issue_type_id="manual-help")
+    storage.backup(str(path), str(tmp_path / "backup.sqlite3"))
+    await live.close()
+    fresh = tmp_path / "elsewhere" / "desk.sqlite3"
+    fresh.parent.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "restore",
+            "--path",
+            str(fresh),
+            str(tmp_path / "backup.sqlite3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replaced" not in done.stdout  # nothing was there to keep
+    live = await live_server(storage_path=str(fresh), clock=live.clock)
+    try:
+        assert kept.id in {s.id for s in live.server.runtime.engine.sessions()}
+    finally:
+        await live.close()
+
+
+async def test_a_damaged_wal_that_ends_the_journal_early_is_detected(tmp_path) -> None:
+    """SQLite ends WAL recovery at the first bad frame, silently. The desk's durable
+    position is kept beside the file: a journal that ends before it stops the start."""
+    path = tmp_path / "desk.sqlite3"
+    live = await live_server(storage_path=str(path))
+    try:
+        for _ in range(30):
+            await live.start(issue_type_id="manual-help")
+        # The files as a crash would leave them, copied while the server runs.
+        crashed = tmp_path / "crashed.sqlite3"
+        for suffix in ("", "-wal", ".durable"):
+            Path(str(crashed) + suffix).write_bytes(Path(str(path) + suffix).read_bytes())
+    finally:
+        await live.close()
+    wal = Path(str(crashed) + "-wal")
+    data = bytearray(wal.read_bytes())
+    assert len(data) > 40_000, "the records are expected in the -wal file"
+    middle = len(data) // 2
+    data[middle : middle + 512] = os.urandom(512)  # a damaged frame half-way
+    wal.write_bytes(bytes(data))
+    with pytest.raises(StorageError) as refused:
+        await live_server(storage_path=str(crashed))
+    message = str(refused.value)
+    assert "-wal" in message and "made position" in message and "restore" in message

@@ -213,7 +213,7 @@ def _loop_factory(settings: Settings) -> Any:
 
 def _tool(args: argparse.Namespace, settings: Settings) -> int:
     path = _desk_file(args, settings)
-    if not os.path.exists(path):
+    if not os.path.exists(path) and args.command != "restore":
         print(f"assigncore: no desk file at {path}", file=sys.stderr)
         return 2
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -81,6 +82,19 @@ class Journal:
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         create_schema(self._conn)
         self.last_position = self._last_position()
+        known = read_mark(path)
+        if known is not None and known > self.last_position:
+            self._conn.close()
+            raise JournalError(
+                f"the journal of {path} ends at position {self.last_position}, but this "
+                f"desk had made position {known} durable ({path}{MARK}): its -wal file is "
+                "damaged or was lost, and SQLite stopped reading it there. Nothing was "
+                f"changed; restore a backup with `assigncore restore --path {path} BACKUP`",
+                self.last_position + 1,
+            )
+        # The last durable position, kept outside the database (see MARK).
+        self._mark = os.open(path + MARK, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._put_mark(self.last_position)
         self.broken: JournalError | None = None  # set by a failed write, until reset()
         # Told, in the writer's thread, how long each commit took (its write and fsync)
         # and how many records it made durable (the server's metrics).
@@ -178,6 +192,7 @@ class Journal:
                 future.set_exception(self.broken)
             return
         self.last_position = position
+        self._put_mark(position)
         self.stats.records += len(batch)
         self.stats.commits += 1
         if self.on_commit is not None:
@@ -192,10 +207,17 @@ class Journal:
         anywhere raises JournalError."""
         return read_records(self.path, after)
 
+    def _put_mark(self, position: int) -> None:
+        """After the commit that made `position` durable (so the mark is never ahead of
+        the journal; if this write is lost in a crash, the mark only lags)."""
+        with contextlib.suppress(OSError):  # a full disk: the next commit tries again
+            os.pwrite(self._mark, b"%020d\n" % position, 0)
+
     def close(self) -> None:
         self._queue.put(_STOP)
         self._writer.join()
         self._conn.close()
+        os.close(self._mark)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -204,6 +226,26 @@ def connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+# Beside the desk file: the last position its journal made durable. SQLite ends WAL
+# recovery at the first bad frame without an error; a journal that ends before this mark
+# lost durable records, and the start stops instead of serving without them.
+MARK = ".durable"
+
+
+def read_mark(path: str) -> int | None:
+    try:
+        with open(path + MARK, "rb") as mark:
+            text = mark.read(64).strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def write_mark(path: str, position: int) -> None:
+    with open(path + MARK, "wb") as mark:
+        mark.write(b"%020d\n" % position)
 
 
 def corrupt(path: str, position: int) -> JournalError:

@@ -8,8 +8,9 @@ desk. Compaction deletes the records that no kept snapshot needs: those at or be
 older of the two newest snapshots (so the newest may be damaged and recovery still has
 everything it needs).
 
-The server holds an exclusive lock on `<file>.lock` for as long as it runs: a second
-server on the same desk file refuses to start, and so does a restore.
+The server holds an exclusive lock (flock) on the desk file itself for as long as it
+runs, so on its inode: a second server on the same file, by any path (a symlink, a hard
+link), refuses to start, and so does a restore.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import zlib
 from collections.abc import Iterator
 from typing import IO
 
-from .journal import Journal, JournalError, connect, create_schema
+from .journal import Journal, JournalError, connect, create_schema, write_mark
 
 log = logging.getLogger("assigncore.storage")
 
@@ -38,16 +39,19 @@ class StorageError(Exception):
     """The desk file cannot be used (locked by another server, not a desk file...)."""
 
 
-def lock(path: str) -> IO[str]:
-    """An exclusive lock on the desk file, held by the returned file until closed."""
-    handle = open(path + ".lock", "a+")  # noqa: SIM115 - held for the server's life
+def lock(path: str) -> IO[bytes]:
+    """An exclusive lock on the desk file itself, held by the returned file until
+    closed. It is taken on the file's inode (flock), so every path to the file (a
+    symlink, a hard link) conflicts, and deleting some other file cannot release it.
+    The file is created (empty) if it does not exist. SQLite's own locks are POSIX
+    record locks, which flock does not touch; this descriptor stays open until the
+    journal's connection is closed (closing it earlier would drop SQLite's locks)."""
+    handle = open(path, "ab")  # noqa: SIM115 - held for the server's life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise StorageError(
-            f"{path} is in use by another assigncore server (it holds {path}.lock)"
-        ) from None
+        raise StorageError(f"{path} is in use by another assigncore server") from None
     return handle
 
 
@@ -223,10 +227,11 @@ def restore(backup_path: str, path: str) -> tuple[int, str | None]:
     last = 0
     for position, _ in read_records(backup_path):  # every checksum, before anything is replaced
         last = position
+    existed = os.path.exists(path)  # a restore may create the desk file
     handle = lock(path)
     kept = None
     try:
-        if os.path.exists(path):
+        if existed:
             kept = f"{path}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             for suffix in ("", "-wal"):
                 if os.path.exists(path + suffix):
@@ -245,6 +250,12 @@ def restore(backup_path: str, path: str) -> tuple[int, str | None]:
             target.close()
             source.close()
         os.replace(tmp, path)
+        write_mark(path, last)  # what this desk has made durable is now the backup's
+    except BaseException:
+        if not existed:  # leave no empty desk file behind
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        raise
     finally:
         handle.close()
     return last, kept
