@@ -201,3 +201,133 @@ async def test_a_damaged_wal_that_ends_the_journal_early_is_detected(tmp_path) -
         await live_server(storage_path=str(crashed))
     message = str(refused.value)
     assert "-wal" in message and "made position" in message and "restore" in message
+
+
+STALL_DESK = """
+[server]
+listen = "127.0.0.1:{port}"
+
+[storage]
+path = "desk.sqlite3"
+
+[[teams]]
+id = "support"
+name = "Support"
+algorithm = "LEAST_BUSY"
+offer_timeout = 2
+
+[[reps]]
+id = "ann"
+name = "Ann"
+teams = ["support"]
+
+[[issue_types]]
+id = "help"
+name = "Help"
+team = "support"
+
+[[tokens]]
+kind = "intake"
+secret = "stall-intake-token-0123456789"
+
+[[tokens]]
+kind = "rep"
+rep = "ann"
+secret = "stall-ann-token-0123456789"
+"""
+
+
+async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) -> None:
+    """The server process is frozen (SIGSTOP) with an offer running; the rep answers
+    1 s into the freeze, the freeze outlasts the offer's deadline; when the server runs
+    again the answer is taken: a stall, like a restart, is not the rep's fault."""
+    import signal
+    import socket
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server.gen.assigncore.v1 import common_pb2 as pb
+    from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+    from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+    from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+    from .server_harness import auth
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "desk.toml").write_text(STALL_DESK.format(port=port))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--config", "desk.toml"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(300):
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+            console = cgrpc.RepConsoleServiceStub(channel)
+            ann = auth("stall-ann-token-0123456789")
+            feed = console.Subscribe(cpb.SubscribeRequest(), metadata=ann)
+            events = feed.__aiter__()
+            await anext(events)  # welcome
+            await igrpc.IntakeServiceStub(channel).StartSession(
+                ipb.StartSessionRequest(
+                    request_id="stall-1",
+                    customer=pb.Customer(name="Carol"),
+                    issue_type_id="help",
+                ),
+                metadata=auth("stall-intake-token-0123456789"),
+            )
+            while True:
+                event = await asyncio.wait_for(anext(events), 10)
+                if event.WhichOneof("event") == "offer_made":
+                    offer = event.offer_made
+                    break
+            proc.send_signal(signal.SIGSTOP)
+            await asyncio.sleep(1.0)
+            answer = asyncio.ensure_future(
+                console.AnswerOffer(
+                    cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True), metadata=ann
+                )
+            )
+            await asyncio.sleep(3.0)  # the offer's 2 s deadline passes while frozen
+            proc.send_signal(signal.SIGCONT)
+            accepted = await asyncio.wait_for(answer, 10)
+            assert accepted.session.owner_rep_id == "ann"
+            feed.cancel()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert b"stalled for" in err  # the log says so
+
+
+async def test_the_stall_clock_subtracts_only_gaps_past_its_bound() -> None:
+    from server.stall import StallClock
+
+    now = {"wall": 1000.0, "mono": 50.0}
+    clock = StallClock(lambda: now["wall"], lambda: now["mono"], tick=0.1, bound=1.0)
+    clock.start()
+    try:
+        for _ in range(5):  # a busy loop, heartbeats late but within the bound
+            now["wall"] += 0.9
+            now["mono"] += 0.9
+            assert clock() == pytest.approx(now["wall"])
+        now["wall"] += 10.0  # frozen for 10 s
+        now["mono"] += 10.0
+        assert clock() == pytest.approx(now["wall"] - 9.9)  # stood still but for a tick
+        assert clock.stalls == 1
+        now["wall"] += 0.5
+        now["mono"] += 0.5
+        assert clock() == pytest.approx(now["wall"] - 9.9)  # and goes on from there
+    finally:
+        clock.stop()

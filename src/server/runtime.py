@@ -42,6 +42,7 @@ from .gen.assigncore.v1 import common_pb2 as pb
 from .hub import Hub, StreamEnd
 from .journal import Journal, JournalError
 from .metrics import Metrics
+from .stall import StallClock
 from .storage import Storage, StorageError, snapshots, write_snapshot
 
 log = logging.getLogger("assigncore.server")
@@ -133,6 +134,9 @@ class Runtime:
 
     def __init__(self, settings: Settings, open: bool = True) -> None:
         self.settings = settings
+        if not settings.manual_clock and not isinstance(settings.clock, StallClock):
+            # Desk time stands still while the loop is stalled (see server/stall.py).
+            settings.clock = StallClock(settings.clock)
         self.clock = settings.clock
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving
         self.storage: Storage | None = None
@@ -384,9 +388,13 @@ class Runtime:
     # ------------------------------------------------------------- timers
 
     def start(self) -> None:
+        if isinstance(self.clock, StallClock):
+            self.clock.start()
         self._task = asyncio.get_running_loop().create_task(self._run_timers())
 
     async def stop(self) -> None:
+        if isinstance(self.clock, StallClock):
+            self.clock.stop()
         for task in (self._task, self._recovery):
             if task is not None:
                 task.cancel()
