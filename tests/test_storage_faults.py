@@ -331,3 +331,53 @@ async def test_the_stall_clock_subtracts_only_gaps_past_its_bound() -> None:
         assert clock() == pytest.approx(now["wall"] - 9.9)  # and goes on from there
     finally:
         clock.stop()
+
+
+SPAWNER = r"""
+import subprocess, sys, os, time
+child = subprocess.Popen([sys.executable, "-m", "server.cli", "snapshot", "--path", sys.argv[1],
+                          "--parent", str(os.getpid())])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] == "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return True
+
+
+async def test_the_snapshot_process_ends_with_its_server(tmp_path) -> None:
+    """A snapshot process whose server is killed ends too (PR_SET_PDEATHSIG): it never
+    writes and compacts beside the next server. Its desk takes seconds to replay, and
+    its parent is killed with SIGKILL while it does."""
+    import signal
+    import time
+
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
+    await live.start(issue_type_id="manual-help")
+    await live.close(snapshot=False)
+    journal = Journal(path)
+    body = [b for _, b in journal.records() if b'"start_from_issue"' in b][0]
+    for _ in range(80):
+        futures = [journal.append(body) for _ in range(1000)]
+        futures[-1].result(60)
+    journal.close()
+    spawner = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER, path], stdout=subprocess.PIPE, text=True
+    )
+    child = int(spawner.stdout.readline())
+    time.sleep(2.0)  # the child is replaying (it would have failed to start by now)
+    assert not gone(child)
+    spawner.send_signal(signal.SIGKILL)
+    spawner.wait()
+    deadline = time.monotonic() + 10
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(child), "the snapshot process outlived its server"
+    time.sleep(0.5)
+    assert storage.snapshots(path) == []  # it was killed before it wrote anything

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import importlib.metadata
 import json
@@ -112,6 +113,22 @@ def journal_dump(path: str, start: int, end: int | None, out: Any = sys.stdout) 
     return 1 if bad else 0
 
 
+def end_with_parent(parent: int) -> bool:
+    """This process is killed when its parent ends (Linux: PR_SET_PDEATHSIG), so a
+    snapshot process never outlives the server that started it (a killed server's next
+    start must not meet its predecessor's snapshot writer). False if the parent is
+    already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent check below still holds
+        pass
+    return os.getppid() == parent
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def snapshot_now(path: str, settings: Settings) -> int:
     """Replays the desk file (newest snapshot, then the journal) in this process and
     writes a snapshot at the position reached: the server never pauses for it."""
@@ -167,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         tool.add_argument("--path", help="the desk file itself")
         if name in ("backup", "restore"):
             tool.add_argument("file", help="the backup file")
+        if name == "snapshot":
+            tool.add_argument(
+                "--parent",
+                type=int,
+                default=0,
+                help="end when this process (the server that started it) ends",
+            )
         if name == "journal":
             tool.add_argument("--from", dest="start", type=int, default=1)
             tool.add_argument("--to", dest="end", type=int, default=None)
@@ -228,6 +252,11 @@ def _tool(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "journal":
             return journal_dump(path, args.start, args.end)
         else:
+            if args.parent and not end_with_parent(args.parent):
+                print(
+                    "assigncore: the server that asked for this snapshot is gone", file=sys.stderr
+                )
+                return 1
             return snapshot_now(path, settings)
     except (storage.StorageError, JournalError, sqlite3.Error, OSError) as exc:
         print(f"assigncore: {exc}", file=sys.stderr)

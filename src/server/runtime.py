@@ -439,6 +439,7 @@ class Runtime:
             return
         self._snapshot_position = position
         args = [sys.executable, "-m", "server.cli", "snapshot", "--path", self.storage.path]
+        args += ["--parent", str(os.getpid())]  # it ends if this server ends
         if self.settings.source:
             args += ["--config", self.settings.source]
         asyncio.get_running_loop().create_task(self._spawn_snapshot(args))
