@@ -381,3 +381,133 @@ async def test_the_snapshot_process_ends_with_its_server(tmp_path) -> None:
     assert gone(child), "the snapshot process outlived its server"
     time.sleep(0.5)
     assert storage.snapshots(path) == []  # it was killed before it wrote anything
+
+
+TINY_DESK = """
+[server]
+listen = "127.0.0.1:{port}"
+[storage]
+path = "{path}"
+snapshot_every = 0
+[[teams]]
+id = "support"
+name = "Support"
+algorithm = "NONE"
+[[issue_types]]
+id = "help"
+name = "Help"
+team = "support"
+[[tokens]]
+kind = "intake"
+secret = "tiny-intake-token-0123456789"
+"""
+
+
+def test_a_tiny_volume_serves_again_once_space_is_freed(tmp_path) -> None:
+    """A 3 MiB volume (tmpfs: this machine lets root mount one) with a 1 MiB file of
+    something else on it. The desk fills it: calls get UNAVAILABLE and health says
+    NOT_SERVING. The other file is deleted: the desk serves again, by itself. Killed
+    with SIGKILL on the full volume, it starts again. The -wal file stays bounded."""
+    import signal
+    import socket
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from server.gen.assigncore.v1 import common_pb2 as pb
+    from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+    from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(volume)],
+        capture_output=True,
+        text=True,
+    )
+    assert mounted.returncode == 0, f"this test mounts a 3 MiB tmpfs: {mounted.stderr}"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        filler = volume / "other-data"
+        filler.write_bytes(b"\0" * (1 << 20))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        config = tmp_path / "desk.toml"
+        config.write_text(TINY_DESK.format(port=port, path=volume / "desk.sqlite3"))
+
+        def serve() -> None:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        health = health_pb2_grpc.HealthStub(channel)
+        intake = igrpc.IntakeServiceStub(channel)
+        md = (("authorization", "Bearer tiny-intake-token-0123456789"),)
+        n = 0
+
+        def start() -> grpc.StatusCode:
+            nonlocal n
+            n += 1
+            try:
+                intake.StartSession(
+                    ipb.StartSessionRequest(
+                        request_id=f"r{n}",
+                        customer=pb.Customer(name="Carol", details="d" * 2000),
+                        issue_type_id="help",
+                    ),
+                    metadata=md,
+                    timeout=10,
+                )
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+
+        def status() -> int:
+            try:
+                return health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            except grpc.RpcError:
+                return -1
+
+        def until(condition, seconds: float = 30) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if condition():
+                    return True
+                time.sleep(0.1)
+            return False
+
+        serving = health_pb2.HealthCheckResponse.SERVING
+        serve()
+        assert until(lambda: status() == serving)
+        codes = [start()]
+        while codes[-1] == grpc.StatusCode.OK and n < 5000:  # until the volume is full
+            codes.append(start())
+        assert grpc.StatusCode.OK in codes and codes[-1] == grpc.StatusCode.UNAVAILABLE
+        assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        wal = volume / "desk.sqlite3-wal"
+        assert wal.stat().st_size <= 2 << 20  # bounded, not the whole volume
+
+        filler.unlink()  # space is freed
+        assert until(lambda: status() == serving), "it did not serve again"
+        assert start() == grpc.StatusCode.OK
+
+        while start() == grpc.StatusCode.OK and n < 8000:
+            pass  # full again, now with nothing else to free
+        procs[-1].send_signal(signal.SIGKILL)
+        procs[-1].wait()
+        serve()  # a restart on the full volume
+        assert until(lambda: status() in (serving, health_pb2.HealthCheckResponse.NOT_SERVING))
+        assert procs[-1].poll() is None, "the server did not start on the full volume"
+        channel.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["umount", "-l", str(volume)], capture_output=True)

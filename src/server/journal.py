@@ -80,6 +80,14 @@ class Journal:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        # The -wal file is bounded: checkpointed every WAL_PAGES pages, and cut back to
+        # WAL_LIMIT bytes after each checkpoint (SQLite's default lets it grow to 4 MB
+        # and keeps it at its largest: on a small volume that alone filled the disk).
+        self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+        self._conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
+        self._reserve = Reserve(path + RESERVE)
+        self._reserve.release()  # room for the checkpoint below, on a full volume
+        self._truncate_wal()
         create_schema(self._conn)
         self.last_position = self._last_position()
         known = read_mark(path)
@@ -92,6 +100,7 @@ class Journal:
                 f"changed; restore a backup with `assigncore restore --path {path} BACKUP`",
                 self.last_position + 1,
             )
+        self._reserve.make()
         # The last durable position, kept outside the database (see MARK).
         self._mark = os.open(path + MARK, os.O_WRONLY | os.O_CREAT, 0o644)
         self._put_mark(self.last_position)
@@ -166,6 +175,7 @@ class Journal:
                 self._write(records)
             if cut < len(batch):
                 self.broken = None
+                self._truncate_wal()  # space back from the -wal before writing again
                 batch[cut][1].set_result(self.last_position)
             batch = batch[cut + 1 :]
 
@@ -186,6 +196,8 @@ class Journal:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             log.error("journal write failed (%s): %d records refused", exc, len(batch))
+            if self._reserve.release():  # room to checkpoint and go on, once rebuilt
+                log.warning("journal: released the reserve file (%s) for recovery", exc)
             self.broken = JournalError(f"the journal cannot be written: {exc}")
             self.stats.failed += len(batch)
             for _, future in batch:
@@ -193,6 +205,8 @@ class Journal:
             return
         self.last_position = position
         self._put_mark(position)
+        if not self._reserve.held:
+            self._reserve.make()  # space came back: hold the reserve again
         self.stats.records += len(batch)
         self.stats.commits += 1
         if self.on_commit is not None:
@@ -206,6 +220,14 @@ class Journal:
         """(position, body) of every record after `after`, in order; a bad checksum
         anywhere raises JournalError."""
         return read_records(self.path, after)
+
+    def _truncate_wal(self) -> None:
+        """Checkpoints the -wal file into the database and truncates it (best effort: a
+        reader may hold it, or the disk may be too full; the next one tries again)."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("journal: the -wal file could not be checkpointed (%s)", exc)
 
     def _put_mark(self, position: int) -> None:
         """After the commit that made `position` durable (so the mark is never ahead of
@@ -232,6 +254,44 @@ def connect(path: str) -> sqlite3.Connection:
 # recovery at the first bad frame without an error; a journal that ends before this mark
 # lost durable records, and the start stops instead of serving without them.
 MARK = ".durable"
+
+
+WAL_PAGES = 256  # pages (1 MiB): the -wal file is checkpointed at this size
+WAL_LIMIT = 1 << 20  # bytes the -wal file is cut back to after a checkpoint
+# Beside the desk file: space held back so that a full volume can still checkpoint its
+# -wal file and serve again (released when a write fails for want of space).
+RESERVE = ".reserve"
+RESERVE_BYTES = 1 << 20
+
+
+class Reserve:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.held = os.path.exists(path)
+
+    def make(self) -> None:
+        """Takes the reserve: min(1 MiB, an eighth of the volume), best effort."""
+        try:
+            stat = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            size = min(RESERVE_BYTES, stat.f_frsize * stat.f_blocks // 8)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+            self.held = True
+        except OSError:  # no space for it now: try again after the next commit
+            self.release()
+
+    def release(self) -> bool:
+        """Frees the reserve's space; whether there was one."""
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            self.held = False
+            return False
+        self.held = False
+        return True
 
 
 def read_mark(path: str) -> int | None:
