@@ -10,7 +10,11 @@ many as asked for). Checked after each restart:
 - every acknowledged accept left its session ACTIVE (or ENDED, if its end was
   acknowledged too), and every acknowledged end left it ENDED;
 - no session is owned twice: the reps' loads add up to the active sessions;
-- every acknowledged revocation holds; every acknowledged token works.
+- every acknowledged revocation holds; every acknowledged token works;
+- every acknowledged transfer is in its session's history (a move by TRANSFER);
+- every acknowledged invitation of a session still active is in the team's queue;
+- every acknowledged team chat message is there, in its team's chat;
+- every acknowledged session key still starts a session, in its rep's personal queue.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ class Acknowledged:
     issued: set[str] = field(default_factory=set)
     unknown: set[str] = field(default_factory=set)  # request ids sent, reply not seen
     live: set[str] = field(default_factory=set)  # sessions not known to have ended
+    transferred: set[str] = field(default_factory=set)  # sessions, transfer acknowledged
+    moving: set[str] = field(default_factory=set)  # a transfer sent, outcome not known
+    invited: dict[str, str] = field(default_factory=dict)  # invitation id -> session id
+    chat: list[str] = field(default_factory=list)  # texts of acknowledged messages
+    keys: dict[str, str] = field(default_factory=dict)  # session key -> its rep
     requests: int = 0  # request ids handed out (acknowledged or not)
     checked: int = 0  # acknowledged starts checked in full so far
 
@@ -164,21 +173,65 @@ async def load(port: int, acked: Acknowledged, rng: random.Random) -> None:
                 )
                 acked.accepted.add(offer.session.id)
                 ending = asyncio.get_running_loop().create_task(
-                    end_later(stub, rep, offer.session.id)
+                    after_accept(stub, rep, offer.session.id)
                 )
                 endings.add(ending)
                 ending.add_done_callback(endings.discard)
 
-        async def end_later(stub: cgrpc.RepConsoleServiceStub, rep: str, session_id: str) -> None:
+        async def after_accept(stub: cgrpc.RepConsoleServiceStub, rep: str, sid: str) -> None:
+            """The owner transfers the session back to the team (1 in 5), or invites
+            the team and then ends it (1 in 5), or ends it."""
+            token = md(rep_token(rep))
             await asyncio.sleep(rng.random() * 0.3)  # some are still active at the kill
+            roll = rng.random()
             try:
-                await stub.EndSession(
-                    cpb.EndSessionRequest(session_id=session_id), metadata=md(rep_token(rep))
-                )
+                if roll < 0.2:
+                    acked.accepted.discard(sid)  # from now on it may be waiting again
+                    acked.moving.add(sid)
+                    await stub.TransferSession(
+                        cpb.TransferSessionRequest(
+                            session_id=sid, target=pb.Target(team_id="support")
+                        ),
+                        metadata=token,
+                    )
+                    acked.moving.discard(sid)
+                    acked.transferred.add(sid)
+                    return
+                if roll < 0.4:
+                    invited = await stub.InviteToSession(
+                        cpb.InviteToSessionRequest(
+                            session_id=sid, target=pb.Target(team_id="support")
+                        ),
+                        metadata=token,
+                    )
+                    acked.invited[invited.invitation.id] = sid
+                    await asyncio.sleep(rng.random() * 0.3)
+                await stub.EndSession(cpb.EndSessionRequest(session_id=sid), metadata=token)
             except grpc.aio.AioRpcError:
-                return  # the server died: whether it ended is unknown
-            acked.ended.add(session_id)
-            acked.live.discard(session_id)
+                return  # the server died (or the session moved): the outcome is unknown
+            acked.ended.add(sid)
+            acked.live.discard(sid)
+
+        async def chat() -> None:
+            stub = cgrpc.RepConsoleServiceStub(channel)
+            while True:
+                text = f"message {len(acked.chat)}-{rng.random():.6f}"
+                await stub.SendTeamChatMessage(
+                    cpb.SendTeamChatMessageRequest(team_id="support", text=text),
+                    metadata=md(rep_token(rng.choice(REPS))),
+                )
+                acked.chat.append(text)
+                await asyncio.sleep(0.02)
+
+        async def keys() -> None:
+            stub = cgrpc.RepConsoleServiceStub(channel)
+            while True:
+                rep = rng.choice(REPS)
+                reply = await stub.GenerateSessionKey(
+                    cpb.GenerateSessionKeyRequest(), metadata=md(rep_token(rep))
+                )
+                acked.keys[reply.session_key] = rep
+                await asyncio.sleep(0.05)
 
         async def tokens() -> None:
             while True:
@@ -196,7 +249,8 @@ async def load(port: int, acked: Acknowledged, rng: random.Random) -> None:
                 await asyncio.sleep(0.02)
 
         endings: set[asyncio.Task[None]] = set()
-        tasks = [customers(), customers(), tokens(), *(console(r) for r in REPS)]
+        tasks = [customers(), customers(), tokens(), chat(), keys()]
+        tasks += [console(r) for r in REPS]
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -237,7 +291,7 @@ async def check(port: int, acked: Acknowledged, rng: random.Random) -> dict[str,
                 ipb.GetSessionStatusRequest(session_id=session_id), metadata=md(INTAKE)
             )
             states[session_id] = status.state
-        for sid in acked.accepted - acked.ended:
+        for sid in acked.accepted - acked.ended - acked.moving:
             # ENDED: its end may have been applied without its reply getting out.
             assert states[sid] in (pb.SESSION_STATE_ACTIVE, pb.SESSION_STATE_ENDED), (
                 f"accepted {sid} is {states[sid]}"
@@ -269,7 +323,76 @@ async def check(port: int, acked: Acknowledged, rng: random.Random) -> dict[str,
                 )
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() == grpc.StatusCode.NOT_FOUND, f"issued token: {exc.details()}"
-        return {"sessions": len(acked.started), "active": active, "revoked": len(acked.revoked)}
+        await check_sharing(channel, acked, states)
+        return {
+            "sessions": len(acked.started),
+            "active": active,
+            "revoked": len(acked.revoked),
+            "transfers": len(acked.transferred),
+            "invitations": len(acked.invited),
+            "chat_messages": len(acked.chat),
+            "session_keys": len(acked.keys),
+        }
+
+
+async def check_sharing(channel: grpc.aio.Channel, acked: Acknowledged, states: dict) -> None:
+    """Transfers, invitations, team chat and session keys (see the module's docstring)."""
+    from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
+    from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+
+    sup = sgrpc.SupervisorServiceStub(channel)
+    for sid in sorted(acked.transferred)[-50:]:
+        seen = await sup.InspectSession(
+            spb.InspectSessionRequest(session_id=sid), metadata=md(ADMIN)
+        )
+        causes = [move.cause for move in seen.session.history]
+        assert pb.ORIGIN_TRANSFER in causes, f"the transfer of {sid} was lost"
+    console = cgrpc.RepConsoleServiceStub(channel)
+    r0 = md(rep_token(REPS[0]))
+    listed: set[str] = set()
+    token = ""
+    while True:
+        page = await console.ListQueueItems(
+            cpb.ListQueueItemsRequest(
+                queue=pb.QueueRef(kind=pb.QUEUE_KIND_TEAM, owner_id="support"),
+                page_size=500,
+                page_token=token,
+            ),
+            metadata=r0,
+        )
+        listed |= {i.invitation.id for i in page.items if i.WhichOneof("item") == "invitation"}
+        token = page.next_page_token
+        if not token:
+            break
+    for invitation_id, sid in acked.invited.items():
+        still = states.get(sid) == pb.SESSION_STATE_ACTIVE and sid not in acked.moving
+        if still and sid not in acked.transferred:
+            assert invitation_id in listed, f"invitation {invitation_id} of {sid} was lost"
+    texts: set[str] = set()
+    after = ""
+    while True:
+        page = await console.ListTeamChatMessages(
+            cpb.ListTeamChatMessagesRequest(team_id="support", page_size=500, page_token=after),
+            metadata=r0,
+        )
+        texts |= {m.text for m in page.messages}
+        after = page.next_page_token
+        if not after:
+            break
+    kept = acked.chat[-400:]  # the team keeps its newest 500
+    assert set(kept) <= texts, f"{len(set(kept) - texts)} acknowledged chat messages lost"
+    intake = igrpc.IntakeServiceStub(channel)
+    for key, rep in sorted(acked.keys.items()):
+        redeemed = await intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id=f"key-{key}", customer=pb.Customer(name="keyed"), session_key=key
+            ),
+            metadata=md(INTAKE),
+        )
+        queue = redeemed.session.queue
+        assert queue.kind == pb.QUEUE_KIND_PERSONAL and queue.owner_id == rep, key
+        acked.live.add(redeemed.session.id)
+    acked.keys.clear()
 
 
 async def run(workdir: Path, cycles: int, seed: int = 1, snapshot_every: int = 200) -> dict:

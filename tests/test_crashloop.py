@@ -18,3 +18,6 @@ async def test_every_acknowledged_command_survives_kill_9(tmp_path):
     # The load really ran: work was acknowledged and checked across the kills.
     assert result["acknowledged_starts"] > CYCLES
     assert result["acknowledged_accepts"] > 0 and result["revoked"] > 0
+    # Sharing and the rest of the console's state ran under the kills too.
+    assert min(result["transfers"], result["invitations"], result["chat_messages"]) > 0
+    assert result["session_keys"] == 0  # every acknowledged key was redeemed in a check

@@ -620,3 +620,38 @@ def test_version() -> None:
         [sys.executable, "-m", "server.cli", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and re.fullmatch(r"assigncore \d+\.\d+\.\d+\n", done.stdout)
+
+
+async def test_an_ended_session_can_be_inspected_by_admins_and_its_supervisors() -> None:
+    """Found by the crash loop: an ended session has no queue and no owner, and was
+    NOT_FOUND even for an admin. Its history says where it was."""
+    from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
+    from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+
+    live = await live_server()
+    try:
+        bob = await live.console("bob")
+        session = await live.start(issue_type_id="manual-help")
+        await bob.rpc("AcceptSession", cpb.AcceptSessionRequest(session_id=session.id))
+        await bob.rpc("EndSession", cpb.EndSessionRequest(session_id=session.id))
+        issued = await live.admin.IssueAccessToken(
+            apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_SUPERVISOR, team_ids=["manual"]),
+            metadata=auth(ADMIN),
+        )
+        other = await live.admin.IssueAccessToken(
+            apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_SUPERVISOR, team_ids=["front"]),
+            metadata=auth(ADMIN),
+        )
+        sup = sgrpc.SupervisorServiceStub(live.channel)
+        for token in (ADMIN, issued.secret):
+            seen = await sup.InspectSession(
+                spb.InspectSessionRequest(session_id=session.id), metadata=auth(token)
+            )
+            assert seen.session.state == pb.SESSION_STATE_ENDED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await sup.InspectSession(
+                spb.InspectSessionRequest(session_id=session.id), metadata=auth(other.secret)
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # not in its scope
+    finally:
+        await live.close()

@@ -132,10 +132,16 @@ class Scope:
         return q.kind is QueueKind.PERSONAL and self.has_rep(q.owner)
 
     def has_session(self, s: Session) -> bool:
+        """In scope: an admin sees every session; a supervisor one that is, or was, in
+        a queue of its teams, or is with one of its reps (an ended session has no queue
+        and no owner any more: its history still says where it was)."""
+        if self.teams is None:
+            return True
         return (
             self.has_queue(s.queue)
             or self.has_rep(s.owner)
             or any(self.has_rep(r) for r in s.participants)
+            or any(self.has_queue(m.queue) for m in s.history)
         )
 
     def session(self, session_id: str) -> Session:
