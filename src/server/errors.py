@@ -178,6 +178,8 @@ async def invoke(
         status = _plain_proto(grpc.StatusCode.INTERNAL, _internal(rt, applied))
     if audited:
         audit(servicer, method, body, status)
+    if rt.failed and status.code == code_pb2.INTERNAL:
+        return None, status  # a command failed midway: the desk is being rebuilt
     try:
         # A refusal reads the desk as well: it waits for what it read to be durable,
         # as a reply does (a client must never hear of a state a crash could undo).
