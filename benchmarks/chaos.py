@@ -2,7 +2,7 @@
 normal lifecycle load, while other clients misbehave beside it:
 
 - consoles that open Subscribe or Connect and cancel at random moments (some after
-  accepting an offer, some in the middle of an action);
+  accepting an offer, some with Connect actions still on their way);
 - unary calls cancelled in flight;
 - HTTP/2 streams that send their headers and half a message, then hang or reset;
 - connections reset with RST (SO_LINGER 0), slow readers, and garbage bytes.
@@ -220,6 +220,9 @@ class Chaos:
                 async with asyncio.timeout(life):
                     if connect:
                         await call.write(cpb.ConnectRequest(subscribe=cpb.SubscribeRequest()))
+                        for _ in range(rng.randrange(4)):  # actions, then maybe gone
+                            await call.write(self.random_action(rng))
+                            self.f.connect_actions += 1
                     async for message in call:
                         event = message.event if connect else message
                         if event.WhichOneof("event") != "offer_made" or rng.random() < 0.5:
@@ -249,6 +252,37 @@ class Chaos:
             call.cancel()
             self.f.streams_dropped += 1
             await asyncio.sleep(rng.random() * 0.05)
+
+    @staticmethod
+    def random_action(rng: random.Random) -> cpb.ConnectRequest:
+        """A console action on Connect: presence, Get Next, chat, or one on a session
+        that may not exist."""
+        action_id = f"a{rng.random():.6f}"
+        kind = rng.randrange(5)
+        if kind == 0:
+            presence = rng.choice([1, 2, 3])  # lock, unlock, activity
+            return cpb.ConnectRequest(
+                action_id=action_id, report_presence=cpb.ReportPresenceRequest(action=presence)
+            )
+        if kind == 1:
+            return cpb.ConnectRequest(
+                action_id=action_id, get_next_session=cpb.GetNextSessionRequest()
+            )
+        if kind == 2:
+            return cpb.ConnectRequest(
+                action_id=action_id,
+                send_team_chat_message=cpb.SendTeamChatMessageRequest(
+                    team_id="support", text="chaos"
+                ),
+            )
+        session_id = "ses_" + "0" * 25
+        if kind == 3:
+            return cpb.ConnectRequest(
+                action_id=action_id, end_session=cpb.EndSessionRequest(session_id=session_id)
+            )
+        return cpb.ConnectRequest(
+            action_id=action_id, accept_session=cpb.AcceptSessionRequest(session_id=session_id)
+        )
 
     async def cancelled_calls(self, channel: grpc.aio.Channel, rng: random.Random) -> None:
         intake = igrpc.IntakeServiceStub(channel)
