@@ -79,9 +79,9 @@ def test_skill_names_past_the_first_allocation_replay() -> None:
     assert (a.skills[: a.n, : a.n_skills] == b.skills[: b.n, : b.n_skills]).all()
 
 
-async def test_ninth_skill_over_the_api_and_a_restart() -> None:
-    live = await live_server()
-    path = live.server.runtime.settings.storage_path
+async def test_ninth_skill_over_the_api_and_a_restart(tmp_path) -> None:
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
     try:
         for i in range(12):
             await live.admin.CreateRep(
@@ -93,15 +93,13 @@ async def test_ninth_skill_over_the_api_and_a_restart() -> None:
         got = await live.admin.GetRep(apb.GetRepRequest(rep_id="sk11"), metadata=auth(ADMIN))
         assert dict(got.rep.skills) == {"skill-11": 5}
     finally:
-        await live.channel.close()
-        await live.server.stop(0.2, snapshot=False)  # the restart replays the journal
+        await live.close(snapshot=False)  # the restart replays the journal
     again = await live_server(storage_path=path)
     try:
         got = await again.admin.GetRep(apb.GetRepRequest(rep_id="sk11"), metadata=auth(ADMIN))
         assert dict(got.rep.skills) == {"skill-11": 5}
     finally:
         await again.close()
-        live.scratch and __import__("shutil").rmtree(live.scratch, ignore_errors=True)
 
 
 # ------------------------------------------------------------- durations
