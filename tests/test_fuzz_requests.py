@@ -348,7 +348,6 @@ class ServerThread:
                 rt.engine.snapshot(),
                 tokens,
                 sorted(rt.idempotency.entries),
-                rt.applied,
             )
 
         return self.on_loop(read)

@@ -653,3 +653,43 @@ async def test_an_ended_session_can_be_inspected_by_admins_and_its_supervisors()
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # not in its scope
     finally:
         await live.close()
+
+
+async def test_an_internal_error_after_a_change_says_it_was_applied(monkeypatch) -> None:
+    """A failure after the change (here: building the reply) answers INTERNAL saying
+    the change is kept, for an engine command and for a token alike; never UNKNOWN."""
+    from server import admin, convert
+
+    live = await live_server()
+    try:
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a bug while building the reply")
+
+        before = await live.admin.ListAccessTokens(
+            apb.ListAccessTokensRequest(), metadata=auth(ADMIN)
+        )
+        monkeypatch.setattr(convert, "rep_out", broken)
+        monkeypatch.setattr(admin.AdminServicer, "_token_out", broken)
+        calls = [
+            live.admin.CreateRep(
+                apb.CreateRepRequest(rep=apb.Rep(id="kept", display_name="Kept")),
+                metadata=auth(ADMIN),
+            ),
+            live.admin.IssueAccessToken(
+                apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_INTAKE), metadata=auth(ADMIN)
+            ),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            assert "change was applied (it is kept)" in caught.value.details()
+        monkeypatch.undo()
+        assert live.server.runtime.engine.find_rep("kept") is not None
+        after = await live.admin.ListAccessTokens(
+            apb.ListAccessTokensRequest(), metadata=auth(ADMIN)
+        )
+        assert len(after.access_tokens) == len(before.access_tokens) + 1
+    finally:
+        await live.close()

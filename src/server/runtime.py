@@ -143,7 +143,9 @@ class Runtime:
         self.metrics = Metrics(self) if settings.metrics_listen else None
         self.recorder: Recorder | None = None
         self.failed = False  # the journal cannot be written: refusing calls, recovering
-        self.applied = 0  # engine commands applied (a failed call tells if it changed things)
+        # Changes recorded (commands, tokens, idempotency entries, audit entries): a call
+        # that fails tells its client whether it changed anything before it failed.
+        self.applied = 0
         self.generated_admin_token: str | None = None
         self.ready = False  # the desk is loaded: calls other than health are served
         self._file_existed = False
@@ -293,6 +295,7 @@ class Runtime:
             tokens.add(admin, Principal(PrincipalKind.ADMIN), "first admin token")
 
     def _record(self, body: bytes) -> None:
+        self.applied += 1
         if self.storage is None:
             return
         if self.recorder is None:
@@ -379,7 +382,6 @@ class Runtime:
         except Exception as exc:
             self.torn(exc)
             raise
-        self.applied += 1
         deadline = self.engine.next_deadline()
         if deadline is not None and deadline < self._sleeping_until:
             self._wake.set()  # the timer task sleeps past a new, earlier deadline
