@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 from typing import Any
 
@@ -138,6 +139,13 @@ INTAKE = "test-intake-token-0123456789"
 
 def rep_token(rep: str) -> str:
     return f"test-{rep}-token-0123456789"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server in another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def until(condition: Any, seconds: float = 20.0) -> None:

@@ -18,7 +18,7 @@ from server.gen.assigncore.v1 import console_service_pb2 as cpb
 from server.journal import Journal
 from server.storage import StorageError
 
-from .server_harness import live_server
+from .server_harness import free_port, live_server
 
 
 async def test_a_refusal_waits_for_the_state_it_read_to_be_durable(monkeypatch) -> None:
@@ -203,12 +203,15 @@ async def test_a_damaged_wal_that_ends_the_journal_early_is_detected(tmp_path) -
     assert "-wal" in message and "made position" in message and "restore" in message
 
 
-STALL_DESK = """
+# The desk of the tests that run a real server process: a team whose offers run 2 s,
+# one rep, an issue type and the tokens.
+PROCESS_DESK = """
 [server]
 listen = "127.0.0.1:{port}"
 
 [storage]
-path = "desk.sqlite3"
+path = "{path}"
+snapshot_every = 0
 
 [[teams]]
 id = "support"
@@ -228,12 +231,12 @@ team = "support"
 
 [[tokens]]
 kind = "intake"
-secret = "stall-intake-token-0123456789"
+secret = "process-intake-token-0123456789"
 
 [[tokens]]
 kind = "rep"
 rep = "ann"
-secret = "stall-ann-token-0123456789"
+secret = "process-ann-token-0123456789"
 """
 
 
@@ -242,7 +245,6 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
     1 s into the freeze, the freeze outlasts the offer's deadline; when the server runs
     again the answer is taken: a stall, like a restart, is not the rep's fault."""
     import signal
-    import socket
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -253,10 +255,8 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
 
     from .server_harness import auth
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    (tmp_path / "desk.toml").write_text(STALL_DESK.format(port=port))
+    port = free_port()
+    (tmp_path / "desk.toml").write_text(PROCESS_DESK.format(port=port, path="desk.sqlite3"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--config", "desk.toml"],
         cwd=tmp_path,
@@ -275,7 +275,7 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
                     pass
                 await asyncio.sleep(0.1)
             console = cgrpc.RepConsoleServiceStub(channel)
-            ann = auth("stall-ann-token-0123456789")
+            ann = auth("process-ann-token-0123456789")
             feed = console.Subscribe(cpb.SubscribeRequest(), metadata=ann)
             events = feed.__aiter__()
             await anext(events)  # welcome
@@ -285,7 +285,7 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
                     customer=pb.Customer(name="Carol"),
                     issue_type_id="help",
                 ),
-                metadata=auth("stall-intake-token-0123456789"),
+                metadata=auth("process-intake-token-0123456789"),
             )
             while True:
                 event = await asyncio.wait_for(anext(events), 10)
@@ -383,33 +383,12 @@ async def test_the_snapshot_process_ends_with_its_server(tmp_path) -> None:
     assert storage.snapshots(path) == []  # it was killed before it wrote anything
 
 
-TINY_DESK = """
-[server]
-listen = "127.0.0.1:{port}"
-[storage]
-path = "{path}"
-snapshot_every = 0
-[[teams]]
-id = "support"
-name = "Support"
-algorithm = "NONE"
-[[issue_types]]
-id = "help"
-name = "Help"
-team = "support"
-[[tokens]]
-kind = "intake"
-secret = "tiny-intake-token-0123456789"
-"""
-
-
 def test_a_tiny_volume_serves_again_once_space_is_freed(tmp_path) -> None:
     """A 3 MiB volume (tmpfs: this machine lets root mount one) with a 1 MiB file of
     something else on it. The desk fills it: calls get UNAVAILABLE and health says
     NOT_SERVING. The other file is deleted: the desk serves again, by itself. Killed
     with SIGKILL on the full volume, it starts again. The -wal file stays bounded."""
     import signal
-    import socket
     import time
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -430,11 +409,9 @@ def test_a_tiny_volume_serves_again_once_space_is_freed(tmp_path) -> None:
     try:
         filler = volume / "other-data"
         filler.write_bytes(b"\0" * (1 << 20))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         config = tmp_path / "desk.toml"
-        config.write_text(TINY_DESK.format(port=port, path=volume / "desk.sqlite3"))
+        config.write_text(PROCESS_DESK.format(port=port, path=volume / "desk.sqlite3"))
 
         def serve() -> None:
             procs.append(
@@ -448,7 +425,7 @@ def test_a_tiny_volume_serves_again_once_space_is_freed(tmp_path) -> None:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         health = health_pb2_grpc.HealthStub(channel)
         intake = igrpc.IntakeServiceStub(channel)
-        md = (("authorization", "Bearer tiny-intake-token-0123456789"),)
+        md = (("authorization", "Bearer process-intake-token-0123456789"),)
         n = 0
 
         def start() -> grpc.StatusCode:

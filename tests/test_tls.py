@@ -19,7 +19,7 @@ from server.app import create_server
 from server.gen.assigncore.v1 import admin_service_pb2 as apb
 from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 
-from .server_harness import ADMIN, DESK, auth
+from .server_harness import ADMIN, DESK, auth, free_port
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -180,9 +180,7 @@ def test_grpc_core_lines_join_the_json_log(pki, tmp_path):
     import sys
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     path = pki["dir"] / "json-desk.toml"
     desk = tls_desk(pki["dir"], client_ca=False).replace(
         'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"'

@@ -56,7 +56,7 @@ class Server:
         self.grpc = grpc_server
         self.runtime = runtime
         self.health = health_servicer
-        self._health_task: asyncio.Task[None] | None = None
+        self._health_tasks: set[asyncio.Task[None]] = set()  # held until done
 
     @property
     def metrics_port(self) -> int:
@@ -94,7 +94,8 @@ class Server:
     def _tell_serving(self, serving: bool) -> None:
         """The runtime's journal failed (False) or recovered (True): health says so."""
         task = asyncio.get_running_loop().create_task(self._serving(serving))
-        self._health_task = task  # kept until done
+        self._health_tasks.add(task)  # a task nobody holds may be collected mid-way
+        task.add_done_callback(self._health_tasks.discard)
 
     async def _serving(self, serving: bool) -> None:
         status = (
