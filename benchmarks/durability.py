@@ -26,8 +26,10 @@ from pathlib import Path
 
 from assigncore.model import Algorithm, Customer, IssueType, QueueSettings
 from assigncore.records import encode
-from server import config, durable, storage
-from server.journal import Journal
+from server import config
+from server.desk import durable
+from server.storage import files as storage
+from server.storage.journal import Journal
 
 BODY = (
     b'[{"a":["r1","off_0123456789abcdef012345678",true],"c":"answer_offer","k":{},"t":1.5,"v":1}]'
@@ -125,7 +127,8 @@ def build_desk(path: Path, reps: int, sessions: int, tail: int) -> dict:
 
 _RECOVER = """
 import json, time
-from server import config, durable
+from server import config
+from server.desk import durable
 settings = config.Settings(storage_mode="file", storage_path={path!r})
 t0 = time.perf_counter()
 desk, position = durable.load({path!r}, settings)

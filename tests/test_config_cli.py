@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server import config
-from server.runtime import Runtime
+from server.desk.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,7 @@ def test_gc_is_tuned_for_a_long_running_server():
 
 
 def test_a_token_seen_before_is_one_lookup_and_revoking_it_takes_effect_at_once():
-    from server.auth import Principal, PrincipalKind, TokenStore
+    from server.desk.tokens import Principal, PrincipalKind, TokenStore
 
     store = TokenStore()
     record, secret = store.issue(Principal(PrincipalKind.REP, "ann"))

@@ -220,7 +220,7 @@ async def test_an_offer_that_ran_out_while_the_server_was_down_is_withdrawn_not_
 
 
 async def test_a_second_server_on_the_same_desk_file_refuses_to_start(tmp_path):
-    from server.storage import StorageError
+    from server.storage.files import StorageError
 
     path = str(tmp_path / "desk.sqlite3")
     live = await live_server(storage_path=path)
@@ -305,7 +305,7 @@ async def test_a_full_disk_refuses_calls_applies_nothing_and_recovers(tmp_path):
 
 
 async def test_a_corrupt_middle_record_stops_the_start_and_names_its_position(tmp_path):
-    from server.journal import JournalError
+    from server.storage.journal import JournalError
 
     path = str(tmp_path / "desk.sqlite3")
     live = await live_server(storage_path=path)
@@ -326,7 +326,7 @@ async def test_a_corrupt_middle_record_stops_the_start_and_names_its_position(tm
 async def test_a_corrupt_last_record_stops_the_start(tmp_path):
     """An acknowledged change in a damaged last record is not dropped: the server does
     not start, and says which record and how to inspect it."""
-    from server.storage import StorageError
+    from server.storage.files import StorageError
 
     path = str(tmp_path / "desk.sqlite3")
     live = await live_server(storage_path=path)

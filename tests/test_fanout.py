@@ -7,10 +7,10 @@ import asyncio
 
 from assigncore import events as ev
 from assigncore.model import Algorithm, RescindReason, team_queue
+from server.api.wire import body, connect_event, numbered, stamp, varint
+from server.desk.hub import Hub
 from server.gen.assigncore.v1 import common_pb2 as pb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.hub import Hub
-from server.wire import body, connect_event, numbered, stamp, varint
 
 from .conftest import Desk
 from .server_harness import live_server

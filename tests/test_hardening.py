@@ -459,8 +459,9 @@ def test_a_port_in_use_stops_serve_before_any_desk_file(tmp_path) -> None:
 async def test_health_is_not_serving_while_the_desk_loads(tmp_path, caplog) -> None:
     import threading
 
-    from server import config, durable
+    from server import config
     from server.app import create_server
+    from server.desk import durable
 
     from .server_harness import DESK, INTAKE
 
@@ -592,8 +593,9 @@ async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
     skill-matrix bug raised), the start stops with the record's position and the
     command that shows it, never a traceback."""
     from assigncore import directory
-    from server import config, durable
-    from server.journal import JournalError
+    from server import config
+    from server.desk import durable
+    from server.storage.journal import JournalError
 
     from .server_harness import DESK
 
@@ -658,7 +660,7 @@ async def test_an_ended_session_can_be_inspected_by_admins_and_its_supervisors()
 async def test_an_internal_error_after_a_change_says_it_was_applied(monkeypatch) -> None:
     """A failure after the change (here: building the reply) answers INTERNAL saying
     the change is kept, for an engine command and for a token alike; never UNKNOWN."""
-    from server import admin, convert
+    from server.api import admin, convert
 
     live = await live_server()
     try:

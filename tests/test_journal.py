@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from server.journal import Journal, JournalError
+from server.storage.journal import Journal, JournalError
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import sqlite3
 import subprocess
 import sys
 
-from server import storage
 from server.cli import journal_dump, main
+from server.storage import files as storage
 
 from .server_harness import live_server, until
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server import storage
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.journal import Journal
-from server.storage import StorageError
+from server.storage import files as storage
+from server.storage.files import StorageError
+from server.storage.journal import Journal
 
 from .server_harness import free_port, live_server
 
@@ -312,7 +312,7 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
 
 
 async def test_the_stall_clock_subtracts_only_gaps_past_its_bound() -> None:
-    from server.stall import StallClock
+    from server.desk.stall import StallClock
 
     now = {"wall": 1000.0, "mono": 50.0}
     clock = StallClock(lambda: now["wall"], lambda: now["mono"], tick=0.1, bound=1.0)

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Sparkline, Static
 from server.cli import add_top_arguments
 from server.gen.assigncore.v1 import admin_service_pb2 as apb
 from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.top import Wallboard, print_once
+from server.ops.top import Wallboard, print_once
 
 from .server_harness import ADMIN, auth, live_server, until
 

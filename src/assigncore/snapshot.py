@@ -8,7 +8,7 @@ is the fastest exact one Python has, pickle, fenced on three sides:
   unreadable, and recovery falls back to an older snapshot or the journal from its start;
 - loading resolves only the classes on an allow-list (the engine's own, numpy arrays,
   sorted lists, a few builtins), so the bytes cannot name anything that runs code;
-- the caller stores a checksum with the bytes (server/storage.py).
+- the caller stores a checksum with the bytes (server/storage/files.py).
 
 Objects shared across the state stay shared (a timer held by a rep and by the heap is
 one timer after a restore). The kernel is not saved: the restored tables bind to a new

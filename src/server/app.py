@@ -11,12 +11,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import reflection_v1
-from .admin import AdminServicer
-from .auth import AuthInterceptor, Limits
-from .calls import Calls
+from .api import reflection_v1
+from .api.admin import AdminServicer
+from .api.auth import AuthInterceptor, Limits
+from .api.calls import Calls
+from .api.console import ConsoleServicer
+from .api.intake import IntakeServicer
+from .api.supervisor import SupervisorServicer
 from .config import ConfigError, Settings, split_listen
-from .console import ConsoleServicer
+from .desk.runtime import Runtime
 from .gen.assigncore.v1 import (
     admin_service_pb2,
     console_service_pb2,
@@ -27,9 +30,6 @@ from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
-from .intake import IntakeServicer
-from .runtime import Runtime
-from .supervisor import SupervisorServicer
 
 log = logging.getLogger("assigncore.server")
 

@@ -24,10 +24,12 @@ import sys
 import zlib
 from typing import Any
 
-from . import durable, logs, storage
 from .app import create_server
 from .config import ConfigError, Settings, load
-from .journal import JournalError
+from .desk import durable
+from .ops import logs
+from .storage import files as storage
+from .storage.journal import JournalError
 
 log = logging.getLogger("assigncore.server")
 
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     add_top_arguments(board)
     args = parser.parse_args(argv)
     if args.command == "top":
-        from . import top  # Textual is only loaded for the wallboard
+        from .ops import top  # Textual is only loaded for the wallboard
 
         return top.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -1,6 +1,6 @@
 """The audit trail: every call of AdminService and SupervisorService that changes
 something (who, what, when, from where, how it ended), kept in the journal as the
-desk's own records (server/durable.py, AUDITED) and so in snapshots too.
+desk's own records (server/desk/durable.py, AUDITED) and so in snapshots too.
 
 The most recent AUDIT_CAPACITY entries are held for ListAuditEntries; the journal
 keeps all of them until compaction drops records older than its snapshots.
@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from . import convert
-from .auth import Principal
-from .gen.assigncore.v1 import admin_service_pb2 as apb
+from ..api import convert
+from ..desk.tokens import Principal
+from ..gen.assigncore.v1 import admin_service_pb2 as apb
 
 AUDIT_CAPACITY = 100_000
 

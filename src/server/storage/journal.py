@@ -15,7 +15,7 @@ until `reset()`: a record may never land behind one that was lost, since it may 
 on it. The caller refuses the commands (nothing is half-applied), rebuilds its state
 from what is durable, and resets; appends succeed again once space returns.
 
-The same file holds the desk's snapshots (server/storage.py), in their own tables.
+The same file holds the desk's snapshots (server/storage/files.py), in their own tables.
 """
 
 from __future__ import annotations

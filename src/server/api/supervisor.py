@@ -14,14 +14,15 @@ from assigncore.engine import Engine
 from assigncore.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from assigncore.model import QueueKind, QueueRef, Session, SessionState
 
+from ..desk.hub import StreamEnd
+from ..desk.runtime import Runtime
+from ..desk.tokens import Principal, PrincipalKind
+from ..gen.assigncore.v1 import common_pb2 as pb
+from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
+from ..gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from . import convert
-from .auth import Principal, PrincipalKind, current_principal
+from .auth import current_principal
 from .errors import abort, rpc
-from .gen.assigncore.v1 import common_pb2 as pb
-from .gen.assigncore.v1 import supervisor_service_pb2 as spb
-from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
-from .hub import StreamEnd
-from .runtime import Runtime
 
 LIVE = (SessionState.WAITING, SessionState.OFFERED, SessionState.ACTIVE)
 

@@ -12,12 +12,13 @@ from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound, shown
 from assigncore.model import HelpLink, SupportButton
 
-from . import audit, convert
-from .auth import Principal, PrincipalKind
+from ..desk.runtime import Runtime
+from ..desk.tokens import Principal, PrincipalKind
+from ..gen.assigncore.v1 import admin_service_pb2 as apb
+from ..gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from ..ops import audit
+from . import convert
 from .errors import rpc
-from .gen.assigncore.v1 import admin_service_pb2 as apb
-from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
-from .runtime import Runtime
 
 TEAM_FIELDS = {
     "team_id": "team.id",

@@ -59,10 +59,10 @@ from prometheus_client.utils import floatToGoString
 from assigncore import stats
 from assigncore.stats import summary
 
-from .config import split_listen
+from ..config import split_listen
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..desk.runtime import Runtime
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ENGINE_BUCKETS = (

@@ -11,14 +11,15 @@ from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound
 from assigncore.intake import check_customer
 
+from ..desk.durable import MAX_REQUEST_ID
+from ..desk.runtime import Runtime
+from ..desk.tokens import PrincipalKind
+from ..gen.assigncore.v1 import intake_service_pb2 as ipb
+from ..gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from . import convert
-from .auth import PrincipalKind, current_principal
+from .auth import current_principal
 from .calls import current_peer
-from .durable import MAX_REQUEST_ID
 from .errors import rpc
-from .gen.assigncore.v1 import intake_service_pb2 as ipb
-from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
-from .runtime import Runtime
 
 
 def peer_host(peer: str | None) -> str:

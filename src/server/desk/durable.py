@@ -34,13 +34,13 @@ from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import InvalidArgument
 from assigncore.records import CommandRecord, RecordError, decode_many, encode
 
-from .audit import AuditEntry, AuditTrail
-from .auth import Principal, PrincipalKind, TokenRecord, TokenStore
-from .config import Settings
-from .gen.assigncore.v1 import console_service_pb2 as cpb
+from ..config import Settings
+from ..gen.assigncore.v1 import console_service_pb2 as cpb
+from ..ops.audit import AuditEntry, AuditTrail
+from ..storage.files import valid_snapshots
+from ..storage.journal import JournalError, last_position, read_records
 from .hub import Feed, Hub, Numbered
-from .journal import JournalError, last_position, read_records
-from .storage import valid_snapshots
+from .tokens import Principal, PrincipalKind, TokenRecord, TokenStore
 
 log = logging.getLogger("assigncore.server")
 
@@ -52,7 +52,7 @@ TOKEN_REVOKED = "server.token_revoked"  # (id,)
 IDEMPOTENT = "server.idempotent"  # (portal, request id, fingerprint hex, type, body base64)
 FEED_OPENED = "server.feed_opened"  # (rep id,): a rep's first console stream
 TOKEN_EXPIRES = "server.token_expires"  # (id, time): a rotated token's overlap
-AUDITED = "server.audited"  # an AuditEntry's fields, in order (server/audit.py)
+AUDITED = "server.audited"  # an AuditEntry's fields, in order (server/ops/audit.py)
 
 SNAPSHOT_FORMAT = b"assigncore-desk/2\n"
 

@@ -23,8 +23,8 @@ from assigncore.model import (
     team_queue,
 )
 
-from .auth import Principal, PrincipalKind, TokenStore
-from .config import ConfigError
+from ..config import ConfigError
+from .tokens import Principal, PrincipalKind, TokenStore
 
 
 def _enum(cls: Any, value: Any, where: str) -> Any:

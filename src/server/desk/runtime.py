@@ -26,24 +26,27 @@ import sqlite3
 import subprocess
 import sys
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assigncore.engine import Engine, Outcome
 from assigncore.errors import DomainError
 from assigncore.model import Session
 from assigncore.records import encode
 
-from .audit import AuditTrail
-from .auth import Gate, Principal, PrincipalKind, TokenStore
-from .config import Settings
-from .desk import load_desk
+from ..config import Settings
+from ..gen.assigncore.v1 import common_pb2 as pb
+from ..ops.audit import AuditTrail
+from ..ops.metrics import Metrics
+from ..storage.files import Storage, StorageError, snapshots, write_snapshot
+from ..storage.journal import Journal, JournalError
 from .durable import Desk, Idempotency, encode_entry, load
-from .gen.assigncore.v1 import common_pb2 as pb
 from .hub import Hub, StreamEnd
-from .journal import Journal, JournalError
-from .metrics import Metrics
+from .seed import load_desk
 from .stall import StallClock
-from .storage import Storage, StorageError, snapshots, write_snapshot
+from .tokens import Principal, PrincipalKind, TokenStore
+
+if TYPE_CHECKING:
+    from ..api.auth import Gate
 
 log = logging.getLogger("assigncore.server")
 
@@ -135,7 +138,7 @@ class Runtime:
     def __init__(self, settings: Settings, open: bool = True) -> None:
         self.settings = settings
         if not settings.manual_clock and not isinstance(settings.clock, StallClock):
-            # Desk time stands still while the loop is stalled (see server/stall.py).
+            # Desk time stands still while the loop is stalled (see server/desk/stall.py).
             settings.clock = StallClock(settings.clock)
         self.clock = settings.clock
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving

@@ -13,13 +13,13 @@ from assigncore.engine import Engine
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
 from assigncore.model import QueueRef, TeamKind
 
+from ..desk.hub import ConsoleStream, Numbered, StreamEnd, stream_end_status
+from ..desk.runtime import Runtime
+from ..gen.assigncore.v1 import console_service_pb2 as cpb
+from ..gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from . import convert, wire
 from .auth import MalformedRequest, current_principal
 from .errors import abort, abort_with, rpc
-from .gen.assigncore.v1 import console_service_pb2 as cpb
-from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from .hub import ConsoleStream, Numbered, StreamEnd, stream_end_status
-from .runtime import Runtime
 
 
 def me() -> str:

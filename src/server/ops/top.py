@@ -5,7 +5,7 @@
 
 It follows SupervisorService.WatchStatistics (a supervisor's token shows its teams, an
 admin's the whole desk) and redraws on every push: queues with waiting sessions,
-longest wait and service level in colour (see server/board.py), reps by state, a
+longest wait and service level in colour (see server/ops/board.py), reps by state, a
 sparkline of arrivals per minute over the last hour, and the teams. A lost connection
 is retried with backoff (the status line says so); a refused token or scope ends it.
 `--once` prints the board a single time (GetStatistics) and exits, for scripts.
@@ -28,9 +28,9 @@ from textual.app import App, ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
+from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
+from ..gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from . import board
-from .gen.assigncore.v1 import supervisor_service_pb2 as spb
-from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 # Refusals that retrying cannot mend: the board says why and stops following.
 FINAL = {

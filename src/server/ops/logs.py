@@ -3,7 +3,7 @@
 A JSON line has `time` (ISO 8601, UTC), `level`, `logger` and `message`, the fields a
 record was given (the access log's method, code, duration_ms, peer, principal,
 token_id, rep_id), and `request_id` when it was written during a call (see
-server/calls.py). `format = "auto"` writes text to a terminal and JSON lines otherwise
+server/api/calls.py). `format = "auto"` writes text to a terminal and JSON lines otherwise
 (a service manager, a container, a log shipper).
 
 What is logged at INFO never holds a customer's details: calls are logged by method
@@ -29,7 +29,7 @@ from typing import IO
 
 from pythonjsonlogger.json import JsonFormatter
 
-from .calls import current_request_id
+from ..api.calls import current_request_id
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 

@@ -26,10 +26,10 @@ from assigncore.errors import (
     ResourceExhausted,
 )
 
+from ..storage.journal import JournalError
 from . import convert
 from .auth import current_principal
 from .calls import current_peer, current_request_id
-from .journal import JournalError
 
 log = logging.getLogger("assigncore.server")
 

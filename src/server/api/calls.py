@@ -4,7 +4,7 @@ line in the access log.
 The request id is the client's `x-request-id` metadata (if it is at most 64 characters
 of [A-Za-z0-9._:-]), or one generated here. It goes back in the call's trailers under the same
 key, whatever the outcome, is set in `current_request_id` for the call's handler (so
-every log line written during the call carries it, see server/logs.py), and is kept
+every log line written during the call carries it, see server/ops/logs.py), and is kept
 with the call's audit entry.
 
 The access log (logger `assigncore.access`) has one line per call: method, status
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 if TYPE_CHECKING:
-    from .auth import Principal
+    from ..desk.tokens import Principal
 
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
     "current_request_id", default=""

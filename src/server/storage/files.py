@@ -1,4 +1,4 @@
-"""A desk's file: its journal (server/journal.py) and its snapshots, in one SQLite file.
+"""A desk's file: its journal (server/storage/journal.py) and its snapshots, in one SQLite file.
 
 A snapshot is stored in chunks (each its own short transaction, so a snapshot written by
 another process never holds the server's writer for long) and marked complete last; a
