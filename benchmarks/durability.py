@@ -129,9 +129,10 @@ _RECOVER = """
 import json, time
 from server import config
 from server.desk import durable
+from server.storage.files import FileView
 settings = config.Settings(storage_mode="file", storage_path={path!r})
 t0 = time.perf_counter()
-desk, position = durable.load({path!r}, settings)
+desk, position = durable.load(FileView({path!r}), settings)
 elapsed = time.perf_counter() - t0
 waiting = sum(1 for s in desk.engine.sessions() if s.state.value == "WAITING")
 print(json.dumps([elapsed, waiting]))

@@ -595,6 +595,7 @@ async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
     from assigncore import directory
     from server import config
     from server.desk import durable
+    from server.storage.files import FileView
     from server.storage.journal import JournalError
 
     from .server_harness import DESK
@@ -609,7 +610,7 @@ async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
     monkeypatch.setattr(directory, "write_skills", broken)
     settings = config.parse(DESK, "test desk")
     with pytest.raises(JournalError) as caught:
-        durable.load(path, settings)
+        durable.load(FileView(path), settings)
     message = str(caught.value)
     assert f"assigncore journal --path {path} --from 1" in message
     assert "IndexError" in message and caught.value.position == 1

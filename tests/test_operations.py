@@ -138,7 +138,10 @@ async def test_metrics_endpoint_reports_calls_queues_reps_engine_and_journal():
         assert value(m, "assigncore_console_outbox_events_count") == 1
         assert value(m, "assigncore_console_outbox_events_bucket", le="+Inf") == 1
         assert value(m, "assigncore_console_outbox_limit") == 500
-        assert value(m, "assigncore_desk_leader", desk="desk.sqlite3") == 1
+        assert value(m, "assigncore_desk_leader", desk="default") == 1
+        assert (
+            value(m, "assigncore_queue_waiting_sessions", desk="default", queue="team/manual") == 1
+        )
         assert value(m, "assigncore_rpcs_in_flight") == 1  # ann's stream
         # the example Grafana dashboard only asks for series this server exports
         exported = {sample.name for samples in m.values() for sample in samples}

@@ -19,6 +19,7 @@ from .api.console import ConsoleServicer
 from .api.intake import IntakeServicer
 from .api.supervisor import SupervisorServicer
 from .config import ConfigError, Settings, split_listen
+from .desk.host import Host
 from .desk.runtime import Runtime
 from .gen.assigncore.v1 import (
     admin_service_pb2,
@@ -30,6 +31,7 @@ from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+from .ops.metrics import Metrics
 
 log = logging.getLogger("assigncore.server")
 
@@ -45,32 +47,45 @@ SERVICES = [
 
 
 class Server:
-    """A running assigncore server: the gRPC server plus the runtime behind it."""
+    """A running assigncore server: the gRPC server plus the desks behind it."""
 
     def __init__(
         self,
         grpc_server: grpc.aio.Server,
-        runtime: Runtime,
+        host: Host,
         health_servicer: health.aio.HealthServicer,
+        metrics: Metrics | None,
+        address: str,
     ) -> None:
         self.grpc = grpc_server
-        self.runtime = runtime
+        self.host = host
         self.health = health_servicer
+        self.metrics = metrics
+        self.address = address  # HOST:PORT clients are sent to (a standby's answers)
         self._health_tasks: set[asyncio.Task[None]] = set()  # held until done
+        self._serving_now: bool | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The first desk's runtime (the only one, without [[desks]])."""
+        return self.host.runtimes[0]
 
     @property
     def metrics_port(self) -> int:
         """The metrics endpoint's port, once started (0: no metrics served)."""
-        return self.runtime.metrics.port if self.runtime.metrics is not None else 0
+        return self.metrics.port if self.metrics is not None else 0
 
     async def start(self) -> None:
-        """Serves health at once (NOT_SERVING) and the metrics, then loads the desk
-        (calls other than health are refused with UNAVAILABLE meanwhile), then serves
-        everything."""
+        """Serves health at once (NOT_SERVING) and the metrics, then loads the desks
+        (calls other than health are refused with UNAVAILABLE meanwhile), then serves.
+        On PostgreSQL a desk is led or stood by for, as its lease goes; health says
+        SERVING while this process leads at least one desk."""
         for name in ["", *SERVICES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc.start()
-        metrics, listen = self.runtime.metrics, self.runtime.settings.metrics_listen
+        listen = self.runtime.settings.metrics_listen
+        metrics = self.metrics
+        runtimes = self.host.runtimes
         try:
             if metrics is not None and listen is not None:
                 try:
@@ -80,24 +95,33 @@ class Server:
                         f"cannot listen for metrics ([metrics] listen) on {listen}: "
                         f"{exc.strerror or exc}"
                     ) from None
-            if not self.runtime.ready:
-                await self.runtime.open_async()
+            for rt in runtimes:
+                rt.address = rt.address or self.address
+            await asyncio.gather(*(rt.open_async() for rt in runtimes if not rt.ready))
         except BaseException:
+            for rt in runtimes:
+                rt.close_storage()
             await self.grpc.stop(None)
             if metrics is not None:
                 metrics.stop()
             raise
-        self.runtime.start()
-        await self._serving(True)
-        self.runtime.on_serving = self._tell_serving
+        for rt in runtimes:
+            rt.start()
+        await self._serving(self.host.leads_any())
+        for rt in runtimes:
+            rt.on_serving = self._tell_serving
 
     def _tell_serving(self, serving: bool) -> None:
-        """The runtime's journal failed (False) or recovered (True): health says so."""
-        task = asyncio.get_running_loop().create_task(self._serving(serving))
+        """A desk's journal failed or recovered, or its leadership changed: health says
+        whether this process serves any desk now."""
+        task = asyncio.get_running_loop().create_task(self._serving(self.host.leads_any()))
         self._health_tasks.add(task)  # a task nobody holds may be collected mid-way
         task.add_done_callback(self._health_tasks.discard)
 
     async def _serving(self, serving: bool) -> None:
+        if serving == self._serving_now:
+            return
+        self._serving_now = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -109,20 +133,23 @@ class Server:
     async def stop(self, grace: float | None = None, snapshot: bool = True) -> None:
         """Graceful stop: health says NOT_SERVING, console streams are told the server is
         draining and end, then RPCs in flight get `grace` seconds to finish; the last
-        records are made durable and (with `snapshot`) a snapshot is written."""
+        records are made durable, (with `snapshot`) a snapshot is written, and leases
+        are given up so that a standby takes over at once."""
         grace = self.runtime.settings.shutdown_grace if grace is None else grace
-        self.runtime.on_serving = None
+        runtimes = self.host.runtimes
+        for rt in runtimes:
+            rt.on_serving = None
         await self.health.enter_graceful_shutdown()
-        if not self.runtime.ready:
-            await self.grpc.stop(None)
-            return
-        self.runtime.hub.drain()
+        for rt in runtimes:
+            if rt.loaded:
+                rt.hub.drain()
         await asyncio.sleep(0)  # let the streams send their last event
         await self.grpc.stop(grace)
-        if self.runtime.metrics is not None:
-            self.runtime.metrics.stop()
-        await self.runtime.stop()
-        await self.runtime.close(snapshot)
+        if self.metrics is not None:
+            self.metrics.stop()
+        for rt in runtimes:
+            await rt.stop()
+            await rt.close(snapshot)
 
     async def wait_for_termination(self) -> None:
         await self.grpc.wait_for_termination()
@@ -130,15 +157,39 @@ class Server:
 
 async def create_server(settings: Settings, runtime: Runtime | None = None) -> tuple[Server, int]:
     """Build (not start) a server listening on `settings.listen` (port 0 picks a free
-    port, returned). The desk is loaded from its file (or created) by `await
-    server.start()`, once the port is bound: a port in use stops the start before any
-    desk file is created."""
-    runtime = runtime or Runtime(settings, open=False)
+    port, returned), for the desks of `settings` (its [[desks]], or itself). The desks
+    are loaded (or created) by `await server.start()`, once the port is bound: a port in
+    use stops the start before any desk file is created."""
+    if runtime is not None:
+        runtimes, metrics = [runtime], runtime.metrics
+    else:
+        metrics = None
+        if settings.metrics_listen:
+            holder: list[Runtime] = []
+            metrics = Metrics(lambda: holder)
+        runtimes = [
+            Runtime(desk, open=False, metrics=metrics) for desk in settings.desks or [settings]
+        ]
+        if metrics is not None:
+            holder.extend(runtimes)
+    host = Host(runtimes)
     try:
-        return _build(settings, runtime)
+        return _build(settings, host, metrics)
     except BaseException:
-        runtime.close_storage()
+        for rt in runtimes:
+            rt.close_storage()
         raise
+
+
+def advertised(settings: Settings, port: int) -> str:
+    """The address clients are sent to: [ha] advertise, else the listen address with
+    the bound port (and this host's name for a wildcard host)."""
+    if settings.advertise:
+        return settings.advertise
+    host, _ = split_listen(settings.listen)
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_free(listen: str, listener: str) -> None:
@@ -202,7 +253,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
+def _build(settings: Settings, host: Host, metrics: Metrics | None) -> tuple[Server, int]:
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", 4 * settings.max_message_bytes),
@@ -219,21 +270,21 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
     # No grpc-level maximum_concurrent_rpcs: it cannot spare health checks. The
     # interceptor keeps budgets per class of call instead (see auth.py).
     interceptor = AuthInterceptor(
-        runtime,
+        host,
         Limits(
             message_timeout=settings.message_timeout,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_open_streams=settings.max_open_streams,
         ),
-        Calls(runtime.metrics, settings.access_log, settings.tls_client_ca is not None),
-        ready=lambda: runtime.ready,
+        Calls(metrics, settings.access_log, settings.tls_client_ca is not None),
     )
-    runtime.gate = interceptor.gate
+    for rt in host.runtimes:
+        rt.gate = interceptor.gate
     server = grpc.aio.server(interceptors=[interceptor], options=options)
-    cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(runtime), server)
-    igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(runtime), server)
-    agrpc.add_AdminServiceServicer_to_server(AdminServicer(runtime), server)
-    sgrpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
+    cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(), server)
+    igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(), server)
+    agrpc.add_AdminServiceServicer_to_server(AdminServicer(), server)
+    sgrpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection_v1.enable(
@@ -250,4 +301,4 @@ def _build(settings: Settings, runtime: Runtime) -> tuple[Server, int]:
         port = 0
     if port == 0:
         raise OSError(f"cannot listen for gRPC ([server] listen) on {settings.listen}")
-    return Server(server, runtime, health_servicer), port
+    return Server(server, host, health_servicer, metrics, advertised(settings, port)), port

@@ -29,7 +29,9 @@ from .config import ConfigError, Settings, load
 from .desk import durable
 from .ops import logs
 from .storage import files as storage
-from .storage.journal import JournalError
+from .storage import postgres as pg
+from .storage import transfer
+from .storage.base import JournalError, StorageError, Store
 
 log = logging.getLogger("assigncore.server")
 
@@ -81,10 +83,6 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _desk_file(args: argparse.Namespace, settings: Settings) -> str:
-    return str(args.path or settings.storage_path)
-
-
 def journal_dump(path: str, start: int, end: int | None, out: Any = sys.stdout) -> int:
     """Every record from `start` to `end` as one JSON line each, for support and audits.
     A record whose checksum does not match is shown as such (with its first bytes) and
@@ -131,15 +129,144 @@ def end_with_parent(parent: int) -> bool:
 PR_SET_PDEATHSIG = 1
 
 
-def snapshot_now(path: str, settings: Settings) -> int:
-    """Replays the desk file (newest snapshot, then the journal) in this process and
-    writes a snapshot at the position reached: the server never pauses for it."""
-    desk, position = durable.load(path, settings)
+def snapshot_now(store: Store, settings: Settings) -> int:
+    """Replays the desk (newest snapshot, then the journal) in this process and writes
+    a snapshot at the position reached: the server never pauses for it."""
+    desk, position = durable.load(store, settings)
     if desk is None:
-        print(f"assigncore: {path} holds no desk yet", file=sys.stderr)
+        print(f"assigncore: {store.name} holds no desk yet", file=sys.stderr)
         return 1
-    storage.write_snapshot(path, position, desk.dump())
-    log.info("wrote a snapshot of %s at journal position %d", path, position)
+    store.write_snapshot(position, desk.dump())
+    log.info("wrote a snapshot of %s at journal position %d", store.name, position)
+    return 0
+
+
+def desk_settings(settings: Settings, desk: str | None) -> Settings:
+    """The settings of desk `desk` ([[desks]] id, or the config's own desk)."""
+    if not settings.desks:
+        if desk is not None and settings.storage_mode == "postgresql":
+            settings.desk_id = desk
+        return settings
+    for entry in settings.desks:
+        if desk is None or entry.desk_id == desk:
+            return entry
+    raise ConfigError(f"no desk {desk!r} in the config's [[desks]]")
+
+
+def open_store(args: argparse.Namespace, settings: Settings) -> Store:
+    """The storage a tool reads (never the server's writer): the desk file, or the
+    desk's rows in PostgreSQL."""
+    if getattr(args, "path", None):
+        return storage.FileView(args.path)
+    own = desk_settings(settings, getattr(args, "desk", None))
+    if own.storage_mode == "postgresql":
+        assert own.storage_url is not None
+        return pg.PgStore(own.storage_url, own.desk_id, writer=False)
+    if own.storage_mode == "memory":
+        raise ConfigError("this config keeps its desk in memory: there is nothing to read")
+    return storage.FileView(own.storage_path)
+
+
+def status(args: argparse.Namespace, settings: Settings, out: Any = sys.stdout) -> int:
+    """Per desk: its storage, leader, epoch, lease expiry, journal position, and each
+    standby's position and lag (PostgreSQL); `--json` for machines."""
+    entries = settings.desks or [settings]
+    if args.desk is not None:
+        entries = [desk_settings(settings, args.desk)]
+    report: list[dict[str, Any]] = []
+    for own in entries:
+        if own.storage_mode == "postgresql":
+            assert own.storage_url is not None
+            conn = pg.connect(own.storage_url, "status")
+            try:
+                ids = [own.desk_id]
+                if args.all:
+                    ids = pg.desks(conn)
+                for desk_id in ids:
+                    info = pg.lease_info(conn, desk_id)
+                    report.append(
+                        {
+                            "desk": desk_id,
+                            "storage": pg.redact(own.storage_url),
+                            "leader": info.holder if info.expires_in > 0 else "",
+                            "address": info.address if info.expires_in > 0 else "",
+                            "epoch": info.epoch,
+                            "lease_expires_in": round(info.expires_in, 3)
+                            if info.expires_in > -1e9
+                            else None,
+                            "position": info.last_position,
+                            "standbys": [
+                                {
+                                    "holder": h,
+                                    "address": a,
+                                    "position": p,
+                                    "lag": max(0, info.last_position - p),
+                                    "seen_ago": round(ago, 3),
+                                }
+                                for h, a, p, ago in info.standbys
+                            ],
+                        }
+                    )
+            finally:
+                conn.close()
+        elif own.storage_mode == "file":
+            path = own.storage_path
+            position = journal_last(path) if os.path.exists(path) else 0
+            report.append(
+                {"desk": own.desk_id, "storage": path, "position": position, "standbys": []}
+            )
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    for desk in report:
+        out.write(f"desk {desk['desk']}  ({desk['storage']})\n")
+        out.write(f"  journal position {desk['position']}\n")
+        if "epoch" in desk:
+            if desk["leader"]:
+                out.write(
+                    f"  leader {desk['leader']} at {desk['address']}, epoch {desk['epoch']}, "
+                    f"lease expires in {desk['lease_expires_in']:.2f} s\n"
+                )
+            else:
+                out.write(f"  no leader now (last epoch {desk['epoch']})\n")
+            for standby in desk["standbys"]:
+                out.write(
+                    f"  standby {standby['holder']} at {standby['address']}: position "
+                    f"{standby['position']}, lag {standby['lag']} records\n"
+                )
+    return 0
+
+
+def journal_last(path: str) -> int:
+    from .storage.journal import last_position
+
+    return last_position(path)
+
+
+def migrate(args: argparse.Namespace) -> int:
+    """Moves a desk file into PostgreSQL (the desk there must be empty), or, without
+    --from, brings the database's schema to this version."""
+    url = args.to or os.environ.get("ASSIGNCORE_DATABASE_URL")
+    if not url or not pg.is_url(url):
+        print("assigncore: --to must be a postgresql:// URL", file=sys.stderr)
+        return 2
+    if args.source is None:
+        conn = pg.connect(url, "migrate")
+        try:
+            version = pg.migrate(conn)
+        finally:
+            conn.close()
+        print(f"{pg.redact(url)}: assigncore schema version {version}")
+        return 0
+    if not os.path.exists(args.source):
+        print(f"assigncore: no desk file at {args.source}", file=sys.stderr)
+        return 2
+    source = storage.FileView(args.source)
+    last = transfer.to_postgres(source, url, args.desk)
+    print(
+        f"migrated {args.source} to desk {args.desk!r} in {pg.redact(url)} (journal "
+        f"position {last}); serve it with [storage] url and desk = {args.desk!r}"
+    )
     return 0
 
 
@@ -175,15 +302,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="desk and server TOML (default: embedded demo desk)")
     run.add_argument("--listen", help="HOST:PORT to listen on (overrides the config)")
     tools = {
-        "backup": "copy the desk file, consistently, while the server runs",
+        "backup": "copy the desk (file or PostgreSQL) to a desk file, while the server runs",
         "restore": "replace the desk file with a backup (the server must be stopped)",
         "journal": "dump journal records as JSON lines (support, audits, inspection)",
         "snapshot": "write a snapshot now, from a separate process",
+        "status": "each desk's leader, epoch, lease and standbys' lag",
     }
     for name, text in tools.items():
         tool = sub.add_parser(name, help=text)
-        tool.add_argument("--config", help="the server's TOML (locates the desk file)")
+        tool.add_argument("--config", help="the server's TOML (locates the desk's storage)")
         tool.add_argument("--path", help="the desk file itself")
+        tool.add_argument("--desk", help="the desk's id ([[desks]], or in PostgreSQL)")
+        if name == "status":
+            tool.add_argument("--json", action="store_true", help="as JSON")
+            tool.add_argument("--all", action="store_true", help="every desk in the database")
         if name in ("backup", "restore"):
             tool.add_argument("file", help="the backup file")
         if name == "snapshot":
@@ -196,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "journal":
             tool.add_argument("--from", dest="start", type=int, default=1)
             tool.add_argument("--to", dest="end", type=int, default=None)
+    move = sub.add_parser("migrate", help="move a desk file into PostgreSQL, or migrate the schema")
+    move.add_argument("--from", dest="source", help="the desk file (SQLite) to move")
+    move.add_argument("--to", help="postgresql:// URL (default: $ASSIGNCORE_DATABASE_URL)")
+    move.add_argument("--desk", default="default", help="the desk's id there")
     board = sub.add_parser("top", help="a live terminal wallboard of a running server")
     add_top_arguments(board)
     args = parser.parse_args(argv)
@@ -204,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return top.run(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command == "migrate":
+        try:
+            return migrate(args)
+        except (OSError, StorageError, JournalError, sqlite3.Error) as exc:
+            print(f"assigncore: {exc}", file=sys.stderr)
+            return 1
     try:
         settings = load(args.config)
     except ConfigError as exc:
@@ -220,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(settings, show_demo_tokens=args.config is None))
     except ConfigError as exc:
         error, code = str(exc), 2
-    except (OSError, storage.StorageError, JournalError, sqlite3.Error) as exc:
+    except (OSError, StorageError, JournalError, sqlite3.Error) as exc:
         error, code = str(exc), 1
     finally:
         logs.release_stderr()  # the last lines are written before the process ends
@@ -238,7 +380,64 @@ def _loop_factory(settings: Settings) -> Any:
 
 
 def _tool(args: argparse.Namespace, settings: Settings) -> int:
-    path = _desk_file(args, settings)
+    try:
+        if args.command == "status":
+            return status(args, settings)
+        own = desk_settings(settings, args.desk)
+        if args.path or own.storage_mode != "postgresql":
+            return _file_tool(args, args.path or own.storage_path, own)
+        if args.command == "restore":
+            print(
+                "assigncore: a desk on PostgreSQL is restored with `assigncore migrate --from "
+                "BACKUP --to URL --desk ID` into an empty desk (or with the database's own "
+                "backups)",
+                file=sys.stderr,
+            )
+            return 2
+        store = open_store(args, settings)
+        try:
+            if args.command == "backup":
+                last = transfer.to_file(store, args.file)
+                print(f"backed up {store.name} to {args.file} (journal position {last})")
+            elif args.command == "journal":
+                return dump_records(store, args.start, args.end)
+            else:
+                if args.parent and not end_with_parent(args.parent):
+                    print(
+                        "assigncore: the server that asked for this snapshot is gone",
+                        file=sys.stderr,
+                    )
+                    return 1
+                return snapshot_now(store, own)
+        finally:
+            store.close()
+    except (StorageError, JournalError, sqlite3.Error, OSError, pg.psycopg.Error) as exc:
+        print(f"assigncore: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"assigncore: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def dump_records(store: Store, start: int, end: int | None, out: Any = sys.stdout) -> int:
+    """Journal records of a store, as journal_dump writes them (a corrupt record stops
+    the dump, with its position)."""
+    try:
+        for position, body in store.records(after=start - 1, until=end):
+            line: dict[str, Any] = {"position": position}
+            try:
+                line["records"] = json.loads(body)
+            except ValueError:
+                line["error"] = "not JSON"
+            out.write(json.dumps(line, sort_keys=True) + "\n")
+    except JournalError as exc:
+        out.write(json.dumps({"position": exc.position, "error": str(exc)}) + "\n")
+        return 1
+    return 0
+
+
+def _file_tool(args: argparse.Namespace, path: str, settings: Settings) -> int:
     if not os.path.exists(path) and args.command != "restore":
         print(f"assigncore: no desk file at {path}", file=sys.stderr)
         return 2
@@ -259,8 +458,8 @@ def _tool(args: argparse.Namespace, settings: Settings) -> int:
                     "assigncore: the server that asked for this snapshot is gone", file=sys.stderr
                 )
                 return 1
-            return snapshot_now(path, settings)
-    except (storage.StorageError, JournalError, sqlite3.Error, OSError) as exc:
+            return snapshot_now(storage.FileView(path), settings)
+    except (StorageError, JournalError, sqlite3.Error, OSError) as exc:
         print(f"assigncore: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -38,7 +38,22 @@
     [storage]
     mode = "file"                 # or "memory": nothing survives a stop (tests, demos)
     path = "desk.sqlite3"         # default: next to this file, named after it
+    url = "postgresql://..."      # instead of a file: PostgreSQL (high availability);
+                                  #   default $ASSIGNCORE_DATABASE_URL if no path is set
+    desk = "default"              # the desk's id (PostgreSQL holds many desks)
     snapshot_every = 100000       # journal entries between snapshots (0: at shutdown only)
+
+    [ha]                          # PostgreSQL only: the lease on the desk
+    lease_ttl = 2.0               # seconds a leader's lease lasts unless renewed
+    renew_every = 0.5             # seconds between renewals (at most lease_ttl / 3)
+    poll_every = 0.25             # seconds between a standby's looks at the lease
+    advertise = "10.0.0.5:50051"  # the address clients are sent to (default: listen,
+                                  #   with this host's name for a wildcard host)
+
+    [[desks]]                     # several desks in one process, instead of the above:
+    id = "berlin"                 # each with its id, its storage and its desk: a
+    url = "postgresql://..."      # PostgreSQL URL or a file path, and the desk's TOML
+    config = "berlin.toml"        # (its [server] routing keys, teams, reps, tokens...)
 
     [[teams]]
     id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
@@ -62,7 +77,9 @@ file fails at start with the offending entry named.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import time
 import tomllib
 import zoneinfo
@@ -75,7 +92,23 @@ from typing import Any
 from assigncore.engine import EngineConfig
 
 DEFAULT_DESK_FILE = "assigncore-desk.sqlite3"  # in the working directory, without a config
-STORAGE_KEYS = {"mode", "path", "snapshot_every"}
+STORAGE_KEYS = {"mode", "path", "url", "desk", "snapshot_every"}
+HA_KEYS = {"lease_ttl", "renew_every", "poll_every", "advertise"}
+DESK_ENTRY_KEYS = {"id", "url", "path", "config", "admin_token", "snapshot_every"}
+DATABASE_URL = "ASSIGNCORE_DATABASE_URL"
+
+
+@dataclass
+class LeaseSettings:
+    """[ha]: a desk's lease on PostgreSQL. A leader renews every `renew_every` and stops
+    serving `MARGIN` of `ttl` before its lease could lapse; a standby looks at the lease
+    every `poll_every` and takes it once it lapsed. A takeover after a crash takes about
+    ttl - renew_every/2 + poll_every/2; a shorter ttl is a faster takeover and more
+    renewals, and a leader stalled for longer than ttl loses the desk."""
+
+    ttl: float = 2.0
+    renew_every: float = 0.5
+    poll_every: float = 0.25
 
 
 @dataclass
@@ -116,6 +149,12 @@ class Settings:
     storage_mode: str = "file"
     storage_path: str = DEFAULT_DESK_FILE
     snapshot_every: int = 100_000  # journal entries; 0: snapshots at shutdown only
+    storage_url: str | None = None  # storage_mode "postgresql": the database
+    desk_id: str = "default"  # the desk's id in its storage, metrics and logs
+    lease: LeaseSettings = field(default_factory=LeaseSettings)
+    advertise: str = ""  # HOST:PORT clients are sent to; "": from listen
+    # [[desks]]: the desks this process serves, each its own Settings (empty: just this)
+    desks: list[Settings] = field(default_factory=list)
     source: str | None = None  # the config file these came from
     # Statistics off: nothing is counted (to measure what they cost); GetStatistics and
     # WatchStatistics answer FAILED_PRECONDITION.
@@ -155,7 +194,7 @@ ENGINE_KEYS = {
     "service_level_threshold": "service_level_threshold",
 }
 DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
-SECTIONS = {"server", "storage", "metrics", "tls", "logging"}
+SECTIONS = {"server", "storage", "metrics", "tls", "logging", "ha", "desks"}
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ACCESS_LOGS = ("all", "errors", "off")
@@ -188,7 +227,101 @@ def parse(text: str, source: str = "config", path: Path | None = None) -> Settin
     settings.desk = {k: data.get(k, []) for k in DESK_KEYS}
     storage(settings, data.get("storage", {}), path, source)
     operations(settings, data, path, source)
+    high_availability(settings, data.get("ha", {}), source)
+    several_desks(settings, data.get("desks"), path, source)
     return settings
+
+
+def high_availability(settings: Settings, table: Any, source: str) -> None:
+    """[ha]: the lease's timing and the address clients are sent to."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [ha] must be a table")
+    unknown = set(table) - HA_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown [ha] keys {sorted(unknown)}")
+    lease = settings.lease
+    for key, attr in (
+        ("lease_ttl", "ttl"),
+        ("renew_every", "renew_every"),
+        ("poll_every", "poll_every"),
+    ):
+        if key in table:
+            value = table[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{source}: [ha] {key} must be a positive number of seconds")
+            setattr(lease, attr, float(value))
+    if lease.renew_every > lease.ttl / 3:
+        raise ConfigError(
+            f"{source}: [ha] renew_every must be at most a third of lease_ttl (a renewal "
+            "may fail and be retried before the lease runs out)"
+        )
+    if lease.poll_every > lease.ttl:
+        raise ConfigError(f"{source}: [ha] poll_every must not exceed lease_ttl")
+    if "advertise" in table:
+        check_listen(table["advertise"], "[ha] advertise", source)
+        settings.advertise = table["advertise"]
+
+
+def several_desks(settings: Settings, entries: Any, path: Path | None, source: str) -> None:
+    """[[desks]]: each entry a desk of its own (id, storage, desk TOML), sharing this
+    file's [server] limits, [tls], [metrics], [logging] and [ha]."""
+    if entries is None:
+        return
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: [[desks]] must be a list of tables")
+    if any(settings.desk.get(k) for k in DESK_KEYS):
+        raise ConfigError(
+            f"{source}: with [[desks]], teams, reps and tokens go in each desk's config"
+        )
+    base = path.resolve().parent if path is not None else Path.cwd()
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        where = f"{source}: [[desks]] entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(entry) - DESK_ENTRY_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+        desk_id = entry.get("id")
+        if not isinstance(desk_id, str) or not DESK_ID.fullmatch(desk_id):
+            raise ConfigError(f"{where}: id must be 1-64 letters, digits, '.', '_' or '-'")
+        if desk_id in seen:
+            raise ConfigError(f"{where}: desk {desk_id!r} is listed twice")
+        seen.add(desk_id)
+        own = Settings()
+        if "config" in entry:
+            file = base / str(entry["config"])
+            try:
+                text = file.read_text()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot read {file}: {exc.strerror}") from None
+            own = parse(text, str(file), file)
+            if own.desks:
+                raise ConfigError(f"{file}: a desk's config cannot list [[desks]]")
+        desk = dataclasses.replace(
+            settings,
+            desk=own.desk,
+            engine=own.engine,
+            statistics=own.statistics,
+            admin_token=entry.get("admin_token", own.admin_token),
+            desk_id=desk_id,
+            desks=[],
+            snapshot_every=entry.get("snapshot_every", settings.snapshot_every),
+            lease=dataclasses.replace(settings.lease),
+        )
+        if "url" in entry:
+            url = entry["url"]
+            if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError(f"{where}: url must be a postgresql:// URL")
+            desk.storage_mode, desk.storage_url = "postgresql", url
+        elif "path" in entry:
+            desk.storage_mode, desk.storage_path = "file", str(base / str(entry["path"]))
+        else:
+            raise ConfigError(f"{where}: needs url (PostgreSQL) or path (a desk file)")
+        settings.desks.append(desk)
+
+
+DESK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _table(data: dict[str, Any], name: str, keys: set[str], source: str) -> dict[str, Any]:
@@ -262,6 +395,23 @@ def storage(settings: Settings, table: Any, path: Path | None, source: str) -> N
     file = table.get("path")
     if file is not None and (not isinstance(file, str) or not file):
         raise ConfigError(f"{source}: [storage] path must be a file name")
+    desk_id = table.get("desk", "default")
+    if not isinstance(desk_id, str) or not DESK_ID.fullmatch(desk_id):
+        raise ConfigError(f"{source}: [storage] desk must be 1-64 letters, digits, '.', '_', '-'")
+    settings.desk_id = desk_id
+    url = table.get("url")
+    if url is None and file is None and "mode" not in table:
+        url = os.environ.get(DATABASE_URL) or None
+    if url is not None:
+        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"{source}: [storage] url must be a postgresql:// URL")
+        if file is not None or "mode" in table:
+            raise ConfigError(f"{source}: [storage] url replaces path and mode: give one")
+        settings.storage_mode, settings.storage_url = "postgresql", url
+        settings.snapshot_every = every
+        if path is not None:
+            settings.source = str(path)
+        return
     if path is not None:
         base = path.resolve().parent
         file = str(base / file) if file else str(base / (path.stem + ".sqlite3"))

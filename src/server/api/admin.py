@@ -18,6 +18,7 @@ from ..gen.assigncore.v1 import admin_service_pb2 as apb
 from ..gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from ..ops import audit
 from . import convert
+from .calls import current_runtime
 from .errors import rpc
 
 TEAM_FIELDS = {
@@ -82,8 +83,9 @@ MAX_TOKEN_TTL = 10 * 366 * 86400  # seconds: ten years
 class AdminServicer(agrpc.AdminServiceServicer):
     SERVICE = "assigncore.v1.AdminService"
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    @property
+    def rt(self) -> Runtime:
+        return current_runtime.get()  # the runtime of the desk the call's token is of
 
     @property
     def engine(self) -> Engine:

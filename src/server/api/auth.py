@@ -18,16 +18,20 @@ before it reads a message), so that:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from ..desk.tokens import Principal, PrincipalKind
-from .calls import REQUEST_ID, Calls, method_names
+from .calls import REQUEST_ID, Calls, current_principal, current_runtime, method_names
+from .errors import UNAVAILABLE, not_leader_status
+
+if TYPE_CHECKING:
+    from ..desk.host import Host
+    from ..desk.runtime import Runtime
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 REFLECTION_SERVICES = (
@@ -35,9 +39,6 @@ REFLECTION_SERVICES = (
     "grpc.reflection.v1.ServerReflection",
 )
 
-
-# The principal of the call being served; set by AuthInterceptor for the handler.
-current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 
 # Which principals may call which service; services not listed need no token.
 SERVICE_ACCESS = {
@@ -173,14 +174,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(
         self,
-        tokens: Any,
+        host: Host,
         limits: Limits | None = None,
         calls: Calls | None = None,
-        ready: Callable[[], bool] | None = None,
     ):
-        self.tokens = tokens  # anything with principal(secret) -> Principal | None
-        # False while the desk loads: calls that need it are refused with UNAVAILABLE.
-        self.ready = ready or (lambda: True)
+        self.host = host  # the desks: each call's runtime is found by its token
         self.gate = Gate(limits or Limits())
         self.calls = calls or Calls(access_log="off")
         self._names: dict[str, tuple[str, str, str]] = {}
@@ -207,23 +205,28 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if allowed is None:  # health and reflection: no token; streams share a budget
             counted = handler.response_streaming
             return self._wrap(handler, call, None, console=False, counted=counted)
-        if not self.ready():
-            return self._refusal(
-                handler,
-                call,
-                grpc.StatusCode.UNAVAILABLE,
-                "the server is loading its desk; retry shortly",
-            )
-        principal = None
+        found = None
         if authorization[:7].lower() == "bearer ":
-            principal = self.tokens.principal(authorization[7:].strip())
-        if principal is None:
+            found = self.host.find(authorization[7:].strip())
+        if found is None:
+            if not self.host.loaded():  # the token may be of a desk still loading
+                return self._refusal(
+                    handler,
+                    call,
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is loading its desk; retry shortly",
+                )
             return self._refusal(
                 handler,
                 call,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing, unknown, expired or revoked access token",
             )
+        runtime, principal = found
+        if not runtime.leading():
+            if runtime.ha:
+                return self._refusal(handler, call, status=not_leader_status(runtime.not_leader()))
+            return self._refusal(handler, call, grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
         if principal.kind not in allowed:
             return self._refusal(
                 handler,
@@ -232,7 +235,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"a {principal.kind.value.lower()} token may not call {names[1]}",
             )
         console = method in CONSOLE_STREAMS
-        return self._wrap(handler, call, principal, console=console, counted=True)
+        return self._wrap(handler, call, principal, console=console, counted=True, rt=runtime)
 
     # ------------------------------------------------------------- budgets
 
@@ -278,6 +281,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         principal: Principal | None,
         console: bool,
         counted: bool,
+        rt: Runtime | None = None,
     ) -> grpc.RpcMethodHandler:
         timeout = self.gate.limits.message_timeout
         deserialize = handler.request_deserializer
@@ -296,6 +300,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 await _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refused)
             if principal is not None:
                 current_principal.set(principal)
+                current_runtime.set(rt)  # type: ignore[arg-type]
             try:
                 if unary_in:
                     return await _first_message(requests, context, deserialize, timeout)
@@ -356,16 +361,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self,
         handler: grpc.RpcMethodHandler,
         call: tuple[tuple[str, str, str], str],
-        code: grpc.StatusCode,
-        message: str,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        message: str = "",
+        status: grpc.Status | None = None,
     ) -> grpc.RpcMethodHandler:
-        """A handler that ends the call with `code` without reading its message."""
+        """A handler that ends the call with `code` (or `status`, with its details)
+        without reading its message."""
         begin, end = self.calls.begin, self.calls.end
         names, rid = call
 
         async def refuse(requests: Any, context: Any) -> Any:
             began = begin(context, rid)
             try:
+                if status is not None:
+                    await context.abort(status.code, status.details, status.trailing_metadata)
                 await _refuse(context, code, message)
             finally:
                 end(names, None, context, None, began)

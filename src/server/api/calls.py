@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 if TYPE_CHECKING:
+    from ..desk.runtime import Runtime
     from ..desk.tokens import Principal
 
 current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -36,6 +37,10 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 # for its peer later: once the call has ended (a client that dropped its stream), gRPC
 # core has freed the transport's peer string, and reading it crashes the process.
 current_peer: contextvars.ContextVar[str] = contextvars.ContextVar("current_peer", default="")
+# The principal of the call being served, and the runtime of the desk its token belongs
+# to; set by the interceptor (server/api/auth.py) for the handler.
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+current_runtime: contextvars.ContextVar[Runtime] = contextvars.ContextVar("runtime")
 
 REQUEST_ID = "x-request-id"
 MAX_REQUEST_ID = 64

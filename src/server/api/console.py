@@ -18,7 +18,8 @@ from ..desk.runtime import Runtime
 from ..gen.assigncore.v1 import console_service_pb2 as cpb
 from ..gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from . import convert, wire
-from .auth import MalformedRequest, current_principal
+from .auth import MalformedRequest
+from .calls import current_principal, current_runtime
 from .errors import abort, abort_with, rpc
 
 
@@ -59,8 +60,9 @@ def target_checked(request: Any) -> QueueRef:
 
 
 class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    @property
+    def rt(self) -> Runtime:
+        return current_runtime.get()  # the runtime of the desk the call's token is of
 
     @property
     def engine(self) -> Engine:
@@ -184,7 +186,7 @@ class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
                     )
                     return
                 else:
-                    await abort_with(context, stream_end_status(item, feed))
+                    await abort_with(context, stream_end_status(item, feed, hub.not_leader))
         finally:
             if reader is not None:
                 reader.cancel()

@@ -28,8 +28,7 @@ from assigncore.errors import (
 
 from ..storage.journal import JournalError
 from . import convert
-from .auth import current_principal
-from .calls import current_peer, current_request_id
+from .calls import current_peer, current_principal, current_request_id
 
 log = logging.getLogger("assigncore.server")
 
@@ -87,17 +86,49 @@ def plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(_plain_proto(code, message))
 
 
-def info_status(
+def _info_proto(
     code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]
-) -> grpc.Status:
-    """A status with google.rpc.ErrorInfo: a machine-readable reason for clients."""
+) -> status_pb2.Status:
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     detail = any_pb2.Any()
     detail.Pack(
         error_details_pb2.ErrorInfo(reason=reason, domain="assigncore.v1", metadata=metadata)
     )
     status.details.append(detail)
-    return rpc_status.to_status(status)
+    return status
+
+
+def info_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]
+) -> grpc.Status:
+    """A status with google.rpc.ErrorInfo: a machine-readable reason for clients."""
+    return rpc_status.to_status(_info_proto(code, message, reason, metadata))
+
+
+# ErrorInfo.reason of a call that reached a process that does not lead its desk (it
+# stands by, or was deposed); metadata: "desk", "leader" (HOST:PORT of the leader, empty
+# while a takeover is under way) and "epoch" (the leadership term that process knows).
+NOT_LEADER = "NOT_LEADER"
+
+
+def _not_leader_proto(metadata: dict[str, str]) -> status_pb2.Status:
+    leader = metadata.get("leader", "")
+    where = f"its leader is at {leader}" if leader else "a standby is taking it over; retry shortly"
+    message = f"this server does not lead desk {metadata.get('desk', '')!r} now: {where}"
+    return _info_proto(grpc.StatusCode.UNAVAILABLE, message, NOT_LEADER, metadata)
+
+
+def not_leader_status(metadata: dict[str, str]) -> grpc.Status:
+    """UNAVAILABLE with ErrorInfo(reason NOT_LEADER): retry at the leader's address."""
+    return rpc_status.to_status(_not_leader_proto(metadata))
+
+
+def unavailable(rt: Any) -> status_pb2.Status:
+    """Why a call was refused for want of a writable journal: on PostgreSQL, this
+    process no longer leads the desk (and who does); else the journal's failure."""
+    if rt.ha:
+        return _not_leader_proto(rt.not_leader())
+    return _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: DomainError) -> None:
@@ -157,8 +188,8 @@ async def invoke(
     body = audit_body(request) if audited else ""
     applied = rt.applied
     try:
-        if rt.failed:
-            raise JournalError("the journal cannot be written")
+        if not rt.leading():
+            raise JournalError("this desk is not served here now")
         convert.check_times(request)
         reply = await method(servicer, request, context)
         if audited:
@@ -166,7 +197,7 @@ async def invoke(
         await rt.durable()
         return reply, None
     except JournalError:
-        return None, _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+        return None, unavailable(rt)
     except InvalidArgument as exc:
         status = _proto(renamed(exc, fields) if fields else exc)
     except DomainError as exc:
@@ -185,7 +216,7 @@ async def invoke(
         # as a reply does (a client must never hear of a state a crash could undo).
         await rt.durable()
     except JournalError:
-        return None, _plain_proto(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+        return None, unavailable(rt)
     return None, status
 
 

@@ -17,8 +17,7 @@ from ..desk.tokens import PrincipalKind
 from ..gen.assigncore.v1 import intake_service_pb2 as ipb
 from ..gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from . import convert
-from .auth import current_principal
-from .calls import current_peer
+from .calls import current_peer, current_principal, current_runtime
 from .errors import rpc
 
 
@@ -66,8 +65,9 @@ def check_start(request: ipb.StartSessionRequest) -> None:
 
 
 class IntakeServicer(igrpc.IntakeServiceServicer):
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    @property
+    def rt(self) -> Runtime:
+        return current_runtime.get()  # the runtime of the desk the call's token is of
 
     @property
     def engine(self) -> Engine:

@@ -21,7 +21,7 @@ from ..gen.assigncore.v1 import common_pb2 as pb
 from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
 from ..gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from . import convert
-from .auth import current_principal
+from .calls import current_principal, current_runtime
 from .errors import abort, rpc
 
 LIVE = (SessionState.WAITING, SessionState.OFFERED, SessionState.ACTIVE)
@@ -155,8 +155,9 @@ class Scope:
 class SupervisorServicer(sgrpc.SupervisorServiceServicer):
     SERVICE = "assigncore.v1.SupervisorService"
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    @property
+    def rt(self) -> Runtime:
+        return current_runtime.get()  # the runtime of the desk the call's token is of
 
     @property
     def engine(self) -> Engine:

@@ -37,8 +37,7 @@ from assigncore.records import CommandRecord, RecordError, decode_many, encode
 from ..config import Settings
 from ..gen.assigncore.v1 import console_service_pb2 as cpb
 from ..ops.audit import AuditEntry, AuditTrail
-from ..storage.files import valid_snapshots
-from ..storage.journal import JournalError, last_position, read_records
+from ..storage.base import JournalError, Store
 from .hub import Feed, Hub, Numbered
 from .tokens import Principal, PrincipalKind, TokenRecord, TokenStore
 
@@ -305,17 +304,17 @@ class Desk:
 PROGRESS_FROM = 10_000  # journal entries to replay from which a start logs its progress
 
 
-def load(path: str, settings: Settings) -> tuple[Desk | None, int]:
-    """The desk stored at `path` (its newest valid snapshot, then the journal after it)
-    and the journal position it reflects; (None, 0) for a new file."""
+def load(store: Store, settings: Settings) -> tuple[Desk | None, int]:
+    """The desk in `store` (its newest valid snapshot, then the journal after it) and
+    the journal position it reflects; (None, 0) for an empty store."""
     with snapshot.no_gc():
-        return _load(path, settings)
+        return _load(store, settings)
 
 
-def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
+def _load(store: Store, settings: Settings) -> tuple[Desk | None, int]:
     desk, position = None, 0
     started = time.perf_counter()
-    for position, data in valid_snapshots(path):
+    for position, data in store.valid_snapshots():
         try:
             desk = Desk.restore(data, settings)
             del data
@@ -324,7 +323,7 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
             log.warning(
                 "snapshot %d of %s cannot be restored (%s); trying an older one",
                 position,
-                path,
+                store.name,
                 exc,
             )
             desk, position = None, 0
@@ -335,12 +334,12 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
             time.perf_counter() - started,
         )
     started, replayed = time.perf_counter(), 0
-    total = max(0, last_position(path) - position)
+    total = max(0, store.last_record() - position)
     step, next_report = max(1, total // 10), 0
     if total >= PROGRESS_FROM:
         log.info("replaying %d journal entries after position %d", total, position)
         next_report = min(step, total)
-    for at, body in read_records(path, after=position):
+    for at, body in store.records(after=position):
         replayed += 1
         if replayed == next_report:
             log.info(
@@ -350,26 +349,34 @@ def _load(path: str, settings: Settings) -> tuple[Desk | None, int]:
                 100 * replayed // total,
             )
             next_report = min(next_report + step, total)
-        try:
-            entry = decode_many(body)
-            if desk is None:
-                if not entry or entry[0].command != DESK_CREATED:
-                    raise RecordError(
-                        "the journal does not start with the desk's creation (was it "
-                        "compacted, and its snapshots lost?)"
-                    )
-                desk = Desk._from_record(entry[0], settings)
-                entry = entry[1:]
-            for record in entry:
-                desk.apply(record)
-        except Exception as exc:  # whatever it is, the start stops with the position
-            raise JournalError(
-                f"journal record {at} of {path} cannot be replayed "
-                f"({type(exc).__name__}: {exc}); inspect it with "
-                f"`assigncore journal --path {path} --from {at}`",
-                at,
-            ) from None
+        desk = replay(desk, at, body, settings, store)
         position = at
     if replayed:
         log.info("replayed %d journal entries in %.1f s", replayed, time.perf_counter() - started)
     return desk, position
+
+
+def replay(desk: Desk | None, at: int, body: bytes, settings: Settings, store: Store) -> Desk:
+    """Applies the journal entry at position `at` to `desk` (None: the entry must be the
+    desk's creation) and returns the desk. Whatever goes wrong is a JournalError naming
+    the position and the command that shows it."""
+    try:
+        entry = decode_many(body)
+        if desk is None:
+            if not entry or entry[0].command != DESK_CREATED:
+                raise RecordError(
+                    "the journal does not start with the desk's creation (was it "
+                    "compacted, and its snapshots lost?)"
+                )
+            desk = Desk._from_record(entry[0], settings)
+            entry = entry[1:]
+        for record in entry:
+            desk.apply(record)
+    except Exception as exc:  # whatever it is, the start stops with the position
+        raise JournalError(
+            f"journal record {at} of {store.name} cannot be replayed "
+            f"({type(exc).__name__}: {exc}); inspect it with "
+            f"`{store.inspect} --from {at}`",
+            at,
+        ) from None
+    return desk

@@ -29,7 +29,7 @@ from assigncore.engine import Engine
 from assigncore.model import QueueKind, QueueRef, RescindReason, Session
 
 from ..api import convert, wire
-from ..api.errors import info_status, plain_status
+from ..api.errors import info_status, not_leader_status, plain_status
 from ..gen.assigncore.v1 import common_pb2 as pb
 from ..gen.assigncore.v1 import console_service_pb2 as cpb
 
@@ -43,6 +43,7 @@ class StreamEnd(Enum):
     REVOKED = "REVOKED"  # its token was revoked, or the rep deleted
     OVERFLOW = "OVERFLOW"  # the console stopped reading and its outbox filled
     UNAVAILABLE = "UNAVAILABLE"  # the journal cannot be written: the desk is rebuilt
+    DEPOSED = "DEPOSED"  # this process no longer leads the desk (hub.not_leader says who)
     MALFORMED = "MALFORMED"  # Connect: the console sent bytes that are not a request
 
 
@@ -74,7 +75,9 @@ class ConsoleStream:
             await self.wake.wait()
 
 
-def stream_end_status(why: StreamEnd, feed: Feed) -> grpc.Status:
+def stream_end_status(
+    why: StreamEnd, feed: Feed, not_leader: dict[str, str] | None = None
+) -> grpc.Status:
     """The status a stream ended from outside ends with (not SIGNED_OUT or DRAINING)."""
     oldest = feed.buffer[0].sequence if feed.buffer else feed.seq + 1
     if why is StreamEnd.REPLACED:
@@ -83,6 +86,8 @@ def stream_end_status(why: StreamEnd, feed: Feed) -> grpc.Status:
         )
     if why is StreamEnd.REVOKED:
         return plain_status(grpc.StatusCode.UNAUTHENTICATED, "the access token was revoked")
+    if why is StreamEnd.DEPOSED:
+        return not_leader_status(not_leader or {})
     if why is StreamEnd.UNAVAILABLE:
         return plain_status(
             grpc.StatusCode.UNAVAILABLE,
@@ -176,6 +181,8 @@ class Hub:
         self.outbox_limit = outbox_limit or buffer_size
         self.feeds: dict[str, Feed] = {}
         self.draining = False
+        # Who leads the desk, for streams ended because this process no longer does.
+        self.not_leader: dict[str, str] = {}
         # With a journal, events wait here until their record is durable (release()).
         self.holding = False
         self.woke = False  # a stream was woken since the last reply (Runtime.durable)

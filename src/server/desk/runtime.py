@@ -11,6 +11,14 @@ hub until their entry is durable. When the journal cannot be written (a full dis
 every call is refused with UNAVAILABLE, the console streams end, and the desk is rebuilt
 from the file (what was durable) as soon as a write succeeds again: nothing that was
 refused is half-applied.
+
+On PostgreSQL (DESIGN.md 4.3) a runtime leads its desk or stands by for it. Standing by,
+it applies the records its keeper thread (server/desk/leadership.py) reads from the
+journal to a warm desk, and serves nothing of it. When it wins the lease it records the
+takeover like a restart and serves. Leading, every append carries its epoch; when an
+append is fenced, a renewal is refused, or the lease's local deadline passes without a
+renewal, it steps down at once: calls and console streams end with UNAVAILABLE naming the
+leader, and the desk is read again from the database (what was durable) to stand by.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+import time
+import zlib
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -37,10 +47,12 @@ from ..config import Settings
 from ..gen.assigncore.v1 import common_pb2 as pb
 from ..ops.audit import AuditTrail
 from ..ops.metrics import Metrics
-from ..storage.files import Storage, StorageError, snapshots, write_snapshot
-from ..storage.journal import Journal, JournalError
-from .durable import Desk, Idempotency, encode_entry, load
+from ..storage import postgres as pg
+from ..storage.base import Fenced, JournalError, StorageError, Store
+from ..storage.files import Storage, no_desk
+from .durable import Desk, Idempotency, encode_entry, load, replay
 from .hub import Hub, StreamEnd
+from .leadership import Keeper
 from .seed import load_desk
 from .stall import StallClock
 from .tokens import Principal, PrincipalKind, TokenStore
@@ -57,7 +69,7 @@ class Recorder:
     """The open journal entry of this turn of the loop, and the futures of the entries
     on their way to disk (they resolve in order)."""
 
-    def __init__(self, journal: Journal, hub: Hub, on_failure: Any, on_durable: Any) -> None:
+    def __init__(self, journal: Any, hub: Hub, on_failure: Any, on_durable: Any) -> None:
         self.journal, self.hub = journal, hub
         self.on_failure, self.on_durable = on_failure, on_durable
         self.loop = asyncio.get_running_loop()
@@ -121,41 +133,54 @@ class Recorder:
             await asyncio.shield(future)  # a waiter cancelled never cancels the entry
 
 
-def no_desk(path: str, why: str) -> str:
-    return (
-        f"{path} exists but holds no desk ({why}; a deleted -wal file does this too); "
-        "a desk is created only where no file exists: restore a backup with `assigncore "
-        f"restore --path {path} BACKUP`, or move the file away to start a new desk"
-    )
-
-
 class Runtime:
     """A desk and what serves it. `Runtime(settings)` opens the desk at once (tools,
-    tests); the server makes it with `open=False` and calls `open_async()` once its
-    ports are bound (so a port in use stops the start before any desk file exists),
-    answering health with NOT_SERVING while a large desk loads."""
+    tests; not on PostgreSQL); the server makes it with `open=False` and calls
+    `open_async()` once its ports are bound (so a port in use stops the start before
+    any desk file exists), answering health with NOT_SERVING while a large desk loads."""
 
-    def __init__(self, settings: Settings, open: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, open: bool = True, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
+        self.desk_id = settings.desk_id
         if not settings.manual_clock and not isinstance(settings.clock, StallClock):
             # Desk time stands still while the loop is stalled (see server/desk/stall.py).
             settings.clock = StallClock(settings.clock)
         self.clock = settings.clock
         self.gate: Gate | None = None  # the interceptor's call budgets, once serving
-        self.storage: Storage | None = None
-        self.metrics = Metrics(self) if settings.metrics_listen else None
+        self.storage: Store | None = None
+        if metrics is None and settings.metrics_listen:
+            metrics = Metrics(lambda: [self])
+        self.metrics = metrics
+        self.timings = metrics.for_desk(self.desk_id) if metrics is not None else None
         self.recorder: Recorder | None = None
         self.failed = False  # the journal cannot be written: refusing calls, recovering
         # Changes recorded (commands, tokens, idempotency entries, audit entries): a call
         # that fails tells its client whether it changed anything before it failed.
         self.applied = 0
         self.generated_admin_token: str | None = None
-        self.ready = False  # the desk is loaded: calls other than health are served
-        self._file_existed = False
+        self.ready = False  # leading a loaded desk: calls other than health are served
+        self.loaded = False  # a desk is in memory (leading or standing by): tokens known
         # Told whether calls are served (health): False while the journal cannot be
-        # written, True again once the desk is rebuilt.
+        # written or this process stands by, True once it serves the desk.
         self.on_serving: Any = None
         self.desk: Desk
+        # High availability (PostgreSQL): this process's role, the epoch it leads under
+        # (or last saw), until when its lease surely holds (monotonic), the leader's
+        # address as last seen, and a standby's lag in records.
+        self.role = "loading"  # "leader", "standby"
+        self.epoch = 0
+        self.lease_deadline = math.inf
+        self.leader_address = ""
+        self.lag = 0
+        self.address = settings.advertise  # given to clients by standbys; set by the server
+        self.keeper: Keeper | None = None
+        self.holder = pg.new_holder()
+        self._applied_position = 0  # standing by: the last record applied
+        self._decided: asyncio.Event | None = None
+        self._lease_check: asyncio.TimerHandle | None = None
+        self._reloading: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._sleeping_until = math.inf  # the deadline the timer task sleeps until
         self._task: asyncio.Task[None] | None = None
@@ -164,25 +189,44 @@ class Runtime:
         self._snapshot_position = 0  # journal position of the newest snapshot
         self._closing = False
         if open:
+            if settings.storage_mode == "postgresql":
+                raise StorageError("a desk on PostgreSQL is opened by the server (open_async)")
             self._open_storage()
             self._opened(self._load())
+
+    @property
+    def ha(self) -> bool:
+        """The desk is on PostgreSQL: led under a lease, with standbys."""
+        return isinstance(self.storage, pg.PgStore)
+
+    @property
+    def serving(self) -> bool:
+        """This process leads the desk and serves it now."""
+        return self.ready and not self.failed and self.role == "leader"
+
+    @property
+    def position(self) -> int:
+        """The last journal position this process holds (durable, or applied)."""
+        if self.role == "leader" and self.storage is not None:
+            return self.storage.journal.last_position
+        return self._applied_position
 
     def _open_storage(self) -> None:
         settings = self.settings
         if settings.storage_mode == "file":
-            path = settings.storage_path
-            self._file_existed = os.path.exists(path)
-            if self._file_existed and os.path.getsize(path) == 0:
-                raise StorageError(no_desk(path, "it is empty (0 bytes)"))
-            self.storage = Storage(path)
-            if self.metrics is not None:
-                self.storage.journal.on_commit = self.metrics.journal_commit
-            log.info("desk file (journal and snapshots): %s", os.path.abspath(self.storage.path))
+            self.storage = Storage(settings.storage_path)
+            log.info("desk file (journal and snapshots): %s", os.path.abspath(self.storage.name))
+        elif settings.storage_mode == "postgresql":
+            assert settings.storage_url is not None
+            self.storage = pg.PgStore(settings.storage_url, self.desk_id, holder=self.holder)
+            log.info("desk %s: journal, snapshots and lease in %s", self.desk_id, self.storage.name)
         else:
             log.warning(
                 "STORAGE MODE IS MEMORY: nothing is written to disk, and everything this "
                 "server is told (sessions, reps, teams, tokens) is lost when it stops"
             )
+        if self.storage is not None and self.timings is not None:
+            self.storage.journal.on_commit = self.timings.journal_commit
 
     def _opened(self, loaded: tuple[Desk | None, int]) -> None:
         try:
@@ -190,18 +234,25 @@ class Runtime:
         except BaseException:
             self.close_storage()
             raise
-        self.ready = True
+        self.role = "leader"
+        self.ready = self.loaded = True
 
     async def open_async(self) -> None:
-        """Opens the desk file and loads the desk in a thread: the event loop goes on
-        serving (health answers NOT_SERVING, other calls UNAVAILABLE) meanwhile."""
-        self._open_storage()
+        """Opens the desk's storage and loads the desk in a thread: the event loop goes
+        on serving (health answers NOT_SERVING, other calls UNAVAILABLE) meanwhile. On
+        PostgreSQL, returns once this process leads the desk or stands by for it."""
+        await asyncio.to_thread(self._open_storage)
         try:
             loaded = await asyncio.to_thread(self._load)
         except BaseException:
             self.close_storage()
             raise
-        self._opened(loaded)
+        if not self.ha:
+            self._opened(loaded)
+            return
+        self._stand_by(loaded)
+        assert self._decided is not None
+        await self._decided.wait()
 
     # ------------------------------------------------------------- the desk
 
@@ -232,37 +283,39 @@ class Runtime:
 
     def principal(self, secret: str) -> Principal | None:
         """The interceptor's token lookup (on whatever desk is current)."""
-        return self.desk.tokens.principal(secret)
+        return self.desk.tokens.principal(secret) if self.loaded else None
 
     def _load(self) -> tuple[Desk | None, int]:
-        """The desk in the file and its journal position; (None, 0) for a new file. A
+        """The desk in storage and its journal position; (None, 0) for a new one. A
         file that existed but holds no desk is refused: a desk is created only where
         there was no file (an empty file, or one whose -wal was lost, is damage)."""
-        if self.storage is None:
+        store = self.storage
+        if store is None:
             return None, 0
-        path = self.storage.path
         try:
-            loaded = load(path, self.settings)
-            snapshot_at = snapshots(path)
+            loaded = load(store, self.settings)
+            snapshot_at = store.snapshots()
         except sqlite3.DatabaseError as exc:
             raise StorageError(
-                f"{path} is damaged ({exc}); restore a backup with `assigncore restore "
-                f"--path {path} BACKUP` (the damaged file is kept beside it)"
+                f"{store.name} is damaged ({exc}); restore a backup with `assigncore restore "
+                f"--path {store.name} BACKUP` (the damaged file is kept beside it)"
             ) from None
-        if loaded[0] is None and self._file_existed:
-            raise StorageError(no_desk(path, "it has no journal records and no snapshot"))
+        except pg.psycopg.Error as exc:
+            raise StorageError(f"{store.name} cannot be read: {exc}") from None
+        if loaded[0] is None and store.existed and not self.ha:
+            raise StorageError(no_desk(store.name, "it has no journal records and no snapshot"))
         self._snapshot_position = max((p for p, _, done in snapshot_at if done), default=0)
         return loaded
 
     def _open(self, loaded: tuple[Desk | None, int]) -> Desk:
-        """The desk loaded from its file (newest snapshot, then the journal), or a new
+        """The desk loaded from storage (newest snapshot, then the journal), or a new
         one from the config; then what a start records (a restart, the admin token),
         made durable before anything is served."""
         settings = self.settings
         startup: list[bytes] = []
         desk, position = loaded
         if desk is not None:
-            log.info("recovered the desk at journal position %d", position)
+            log.info("desk %s: recovered at journal position %d", self.desk_id, position)
         if desk is None:
             desk, created = Desk.create(settings, secrets.token_bytes(32), self.clock())
             startup.append(encode(created))  # the desk's creation comes first
@@ -281,7 +334,7 @@ class Runtime:
         if self.storage is not None and startup:
             self.storage.journal.append(encode_entry(startup)).result()
         desk.record_to(self._record)
-        desk.engine.timings = self.metrics
+        desk.engine.timings = self.timings
         desk.engine.state.stats.enabled = settings.statistics
         desk.hub.holding = self.storage is not None
         desk.hub.on_lost = self.lost
@@ -311,6 +364,8 @@ class Runtime:
         """Waits until everything done so far is durable (a reply may leave then)."""
         if self.failed:
             raise JournalError("the journal cannot be written")
+        if self.ha and self.role != "leader":
+            raise Fenced("this process does not lead the desk now")
         if self.recorder is not None:
             await self.recorder.durable()
         elif self.hub.woke:
@@ -319,13 +374,203 @@ class Runtime:
             self.hub.woke = False
             await asyncio.sleep(0)
 
+    # ------------------------------------------------------------- leading, standing by
+
+    def leading(self) -> bool:
+        """Serving, and the lease surely holds now (else this steps down at once)."""
+        if not self.serving:
+            return False
+        if self.ha and time.monotonic() >= self.lease_deadline:
+            self.deposed(self.epoch, "the lease could not be renewed before it ran out")
+            return False
+        return True
+
+    def not_leader(self) -> dict[str, str]:
+        """What a refused call is told: this desk, its leader's address when known."""
+        return {
+            "desk": self.desk_id,
+            "leader": self.leader_address if self.leader_address != self.address else "",
+            "epoch": str(self.epoch),
+        }
+
+    def _stand_by(self, loaded: tuple[Desk | None, int]) -> None:
+        """Hold `loaded` as a warm standby desk (not served) and let the keeper tail
+        the journal from its position and try for the lease."""
+        desk, position = loaded
+        self.role, self.ready = "standby", False
+        if desk is not None:
+            desk.record_to(None)
+            desk.hub.holding = False
+            self.desk, self.loaded = desk, True
+        self._applied_position = position
+        if self._decided is None:
+            self._decided = asyncio.Event()
+        if self.keeper is None:
+            assert isinstance(self.storage, pg.PgStore)
+            self.keeper = Keeper(
+                self.storage.url,
+                self.desk_id,
+                self.holder,
+                lambda: self.address,
+                self.settings.lease,
+                asyncio.get_running_loop(),
+                self,
+            )
+        self.keeper.start_standby(position)
+
+    def tail(self, batch: list[tuple[int, int, bytes]]) -> None:
+        """On the loop: records the keeper read, applied to the standby desk."""
+        if self.role != "standby" or self._reloading is not None:
+            return
+        desk = self.desk if self.loaded else None
+        assert self.storage is not None
+        for at, checksum, body in batch:
+            if at != self._applied_position + 1:
+                return  # a stale batch (from before a reload)
+            try:
+                if zlib.crc32(body) != checksum:
+                    raise JournalError(f"journal record {at} is corrupt (checksum mismatch)", at)
+                desk = replay(desk, at, body, self.settings, self.storage)
+            except JournalError as exc:
+                log.critical("desk %s: standing by, cannot apply: %s", self.desk_id, exc)
+                self._reload()
+                return
+            self._applied_position = at
+            if not self.loaded:
+                desk.record_to(None)
+                desk.hub.holding = False
+                self.desk, self.loaded = desk, True
+
+    def lease_seen(self, info: pg.LeaseInfo) -> None:
+        """On the loop: the lease row as the standby's keeper last read it."""
+        live = info.expires_in > 0
+        self.leader_address = info.address if live else ""
+        self.lag = max(0, info.last_position - self._applied_position)
+        if self.role == "standby":
+            self.epoch = info.epoch
+        if live and info.holder != self.holder and self._decided is not None:
+            self._decided.set()  # another process leads: the start is done, standing by
+
+    def won(self, epoch: int, last: int, deadline: float) -> None:
+        """On the loop: the keeper took the lease (epoch) with the journal read to
+        `last`; the takeover is recorded like a restart, then the desk is served."""
+        if self._closing or self.role != "standby" or self._reloading is not None:
+            return
+        assert self.storage is not None and self.keeper is not None
+        if self._applied_position != last:
+            self._give_up(epoch, f"the standby desk is at {self._applied_position}, not {last}")
+            return
+        self.epoch, self.lease_deadline = epoch, deadline
+        journal = self.storage.journal
+        assert isinstance(journal, pg.PgJournal)
+        journal.fence(epoch, last)
+        try:
+            journal.reset().result()
+            desk = self._open((self.desk if self.loaded else None, last))
+        except JournalError as exc:
+            self._give_up(epoch, f"recording the takeover failed: {exc}")
+            return
+        self.desk, self.loaded, self.failed, self.recorder = desk, True, False, None
+        self.role, self.ready, self.lag = "leader", True, 0
+        self.leader_address = self.address
+        self.keeper.start_leading(epoch)
+        self._schedule_lease_check()
+        self._wake.set()
+        log.warning(
+            "desk %s: leading at epoch %d (journal position %d)",
+            self.desk_id,
+            epoch,
+            journal.last_position,
+        )
+        if self._decided is not None:
+            self._decided.set()
+        if self.on_serving is not None:
+            self.on_serving(True)
+
+    def _give_up(self, epoch: int, why: str) -> None:
+        """A takeover that could not complete: the lease is released, the desk read again."""
+        log.error("desk %s: cannot take over at epoch %d: %s", self.desk_id, epoch, why)
+        self.role = "leader"  # so that deposed() runs its course
+        self.epoch = epoch
+        self.deposed(epoch, why)
+
+    def lease_renewed(self, epoch: int, deadline: float) -> None:
+        if self.role == "leader" and epoch == self.epoch:
+            self.lease_deadline = deadline
+
+    def _schedule_lease_check(self) -> None:
+        if self._lease_check is not None:
+            self._lease_check.cancel()
+        every = self.settings.lease.renew_every / 2
+        self._lease_check = asyncio.get_running_loop().call_later(every, self._check_lease)
+
+    def _check_lease(self) -> None:
+        self._lease_check = None
+        if self.role == "leader" and self.leading():
+            self._schedule_lease_check()
+
+    def deposed(self, epoch: int, why: str) -> None:
+        """Stop serving the desk at once: this process no longer (surely) leads it.
+        Calls are refused and console streams end with UNAVAILABLE naming the leader;
+        the desk is read again from the database and this process stands by."""
+        if self.role != "leader" or epoch != self.epoch or not self.ha:
+            return
+        log.error("desk %s: stepping down from epoch %d: %s", self.desk_id, epoch, why)
+        self.role, self.ready, self.lease_deadline = "standby", False, math.inf
+        if self.leader_address == self.address:
+            self.leader_address = ""
+        if self._lease_check is not None:
+            self._lease_check.cancel()
+            self._lease_check = None
+        if self.on_serving is not None:
+            self.on_serving(False)
+        if self.loaded:
+            self.hub.not_leader = self.not_leader()
+            self.hub.drain(StreamEnd.DEPOSED)
+        self.recorder = None
+        assert self.keeper is not None
+        self.keeper.step_down(epoch)
+        self._reload()
+
+    def fell_behind(self, position: int, first: int) -> None:
+        log.warning(
+            "desk %s: standing by at %d, but the journal now starts at %d (compacted): "
+            "reading the desk again from its newest snapshot",
+            self.desk_id,
+            position,
+            first,
+        )
+        self._reload()
+
+    def _reload(self) -> None:
+        """Reads the desk again (newest snapshot, then the journal) and stands by."""
+        if self._reloading is not None or self._closing:
+            return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload_desk())
+
+    async def _reload_desk(self) -> None:
+        while not self._closing:
+            try:
+                loaded = await asyncio.to_thread(self._load)
+            except (StorageError, JournalError) as exc:
+                log.error("desk %s: cannot read the desk again: %s", self.desk_id, exc)
+                await asyncio.sleep(RECOVERY_RETRY)
+                continue
+            self._reloading = None
+            if self.loaded:
+                self.hub.not_leader = self.not_leader()
+                self.hub.drain(StreamEnd.DEPOSED)  # streams opened meanwhile end too
+            self.loaded = False
+            self._stand_by(loaded)
+            return
+
     # ------------------------------------------------------------- failure
 
     def torn(self, error: BaseException) -> None:
         """An engine command or timer pass failed midway (a bug, never a refusal): part
-        of it may be applied, and none of it is in the journal. With a desk file, the
-        desk is rebuilt from what is durable (calls are refused with UNAVAILABLE until
-        then), so nothing half-done stays; in memory there is nothing to rebuild from."""
+        of it may be applied, and none of it is in the journal. With storage, the desk
+        is rebuilt from what is durable (calls are refused with UNAVAILABLE until then),
+        so nothing half-done stays; in memory there is nothing to rebuild from."""
         log.error("an engine command failed midway", exc_info=error)
         if self.storage is None:
             log.critical(
@@ -336,6 +581,11 @@ class Runtime:
         self._journal_failed(error)
 
     def _journal_failed(self, error: BaseException) -> None:
+        if self.ha:
+            # On PostgreSQL any failure to append ends this leadership: the desk is read
+            # again from the database, and whichever process wins the lease serves it.
+            self.deposed(self.epoch, f"the journal cannot be written ({error})")
+            return
         if self.failed:
             return
         self.failed = True
@@ -370,7 +620,7 @@ class Runtime:
         """A rep's console stream is gone without a sign-out: the connection-lost path
         (rule 11), unless the server is draining (a restart is not the rep's fault)."""
         rep = self.engine.find_rep(rep_id)
-        if rep is not None and rep.connected and not self.hub.draining and not self.failed:
+        if rep is not None and rep.connected and not self.hub.draining and self.serving:
             self.command(self.engine.disconnect, rep_id)
 
     def command(self, fn: Any, *args: Any, **kwargs: Any) -> Outcome:
@@ -395,12 +645,16 @@ class Runtime:
     def start(self) -> None:
         if isinstance(self.clock, StallClock):
             self.clock.start()
+        if self.role == "leader" and self.ha:
+            self._schedule_lease_check()
         self._task = asyncio.get_running_loop().create_task(self._run_timers())
 
     async def stop(self) -> None:
         if isinstance(self.clock, StallClock):
             self.clock.stop()
-        for task in (self._task, self._recovery):
+        if self._lease_check is not None:
+            self._lease_check.cancel()
+        for task in (self._task, self._recovery, self._reloading):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -408,7 +662,7 @@ class Runtime:
 
     async def _run_timers(self) -> None:
         while True:
-            deadline = None if self.failed else self.engine.next_deadline()
+            deadline = self.engine.next_deadline() if self.serving else None
             self._sleeping_until = math.inf if deadline is None else deadline
             timeout = None
             if deadline is not None and not self.settings.manual_clock:
@@ -416,7 +670,7 @@ class Runtime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
-            if self.failed:
+            if not self.serving:
                 continue
             try:
                 self.engine.advance()
@@ -425,15 +679,15 @@ class Runtime:
 
     def tick(self) -> None:
         """With a manual clock: the time moved; fire what is due now."""
-        if not self.failed:
+        if self.serving:
             self.engine.advance()
         self._wake.set()
 
     # ------------------------------------------------------------- snapshots, closing
 
     def _maybe_snapshot(self) -> None:
-        """Every `snapshot_every` journal entries, a separate process replays the file
-        and writes a snapshot (the serving loop never pauses for one)."""
+        """Every `snapshot_every` journal entries, a separate process replays the
+        storage and writes a snapshot (the serving loop never pauses for one)."""
         every = self.settings.snapshot_every
         if not every or self.recorder is None or self.storage is None or self._closing:
             return
@@ -443,22 +697,28 @@ class Runtime:
         if self._snapshotter is not None and self._snapshotter.returncode is None:
             return
         self._snapshot_position = position
-        args = [sys.executable, "-m", "server.cli", "snapshot", "--path", self.storage.path]
-        args += ["--parent", str(os.getpid())]  # it ends if this server ends
+        args = [sys.executable, "-m", "server.cli", "snapshot", "--parent", str(os.getpid())]
+        env = None
+        if isinstance(self.storage, pg.PgStore):
+            # The URL (it may hold a password) goes by the environment, not argv.
+            env = {**os.environ, "ASSIGNCORE_DATABASE_URL": self.storage.url}
+            args += ["--desk", self.desk_id]
+        else:
+            args += ["--path", self.storage.name]
         if self.settings.source:
             args += ["--config", self.settings.source]
-        asyncio.get_running_loop().create_task(self._spawn_snapshot(args))
+        asyncio.get_running_loop().create_task(self._spawn_snapshot(args, env))
 
-    async def _spawn_snapshot(self, args: list[str]) -> None:
+    async def _spawn_snapshot(self, args: list[str], env: dict[str, str] | None) -> None:
         self._snapshotter = await asyncio.create_subprocess_exec(
-            *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
         if await self._snapshotter.wait() != 0:
             log.warning("the snapshot process failed (exit %s)", self._snapshotter.returncode)
 
     async def close(self, snapshot: bool = True) -> None:
         """After serving: the last entries made durable, a snapshot written (the loop
-        serves nobody by now), the desk file closed."""
+        serves nobody by now), the lease given up, the storage closed."""
         if self.storage is None:
             return
         self._closing = True  # no snapshot process starts from here on
@@ -470,13 +730,34 @@ class Runtime:
             with contextlib.suppress(ProcessLookupError):
                 self._snapshotter.kill()
             await self._snapshotter.wait()
-        if snapshot and not self.failed:
+        if snapshot and self.serving:
             position = self.storage.journal.last_position
-            write_snapshot(self.storage.path, position, self.desk.dump())
-            log.info("wrote a snapshot at journal position %d", position)
+            try:
+                await asyncio.to_thread(self.storage.write_snapshot, position, self.desk.dump())
+                log.info("wrote a snapshot at journal position %d", position)
+            except (JournalError, StorageError, OSError, sqlite3.Error, pg.psycopg.Error) as exc:
+                log.warning("no snapshot at shutdown: %s", exc)
+        if self.keeper is not None:
+            await asyncio.to_thread(self.keeper.stop)
+        if self.ha and self.role == "leader":
+            with contextlib.suppress(pg.psycopg.Error, StorageError):
+                await asyncio.to_thread(self._release_lease)
+        self.role, self.ready = "stopped", False
         self.close_storage()
 
+    def _release_lease(self) -> None:
+        assert isinstance(self.storage, pg.PgStore)
+        conn = pg.connect(self.storage.url, self.holder)
+        try:
+            pg.release(conn, self.desk_id, self.epoch)
+            pg.forget_standby(conn, self.desk_id, self.holder)
+        finally:
+            conn.close()
+
     def close_storage(self) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+            self.keeper = None
         if self.storage is not None:
             self.storage.close()
             self.storage = None

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gzip
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -62,7 +61,7 @@ from assigncore.stats import summary
 from ..config import split_listen
 
 if TYPE_CHECKING:
-    from ..desk.runtime import Runtime
+    from collections.abc import Callable, Sequence
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ENGINE_BUCKETS = (
@@ -90,7 +89,7 @@ class Metrics:
     """The server's registry, the histograms it observes, and the HTTP endpoint.
     Passed to the engine as its `timings` and to the journal as its `on_commit`."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, desks: Callable[[], Sequence[Any]]) -> None:
         disable_created_metrics()  # no `_created` series: they double what is scraped
         self.registry = CollectorRegistry(auto_describe=False)
         registry = self.registry
@@ -104,31 +103,33 @@ class Metrics:
         self.commands = Histogram(
             "assigncore_engine_command_seconds",
             "Engine commands, their assignment passes included (advance: a pass of timers)",
-            ["command"],
+            ["desk", "command"],
             buckets=ENGINE_BUCKETS,
             registry=registry,
         )
         self.assignment_pass = Histogram(
             "assigncore_engine_assignment_pass_seconds",
             "Assignment passes",
+            ["desk"],
             buckets=ENGINE_BUCKETS,
             registry=registry,
         )
         self.commit = Histogram(
             "assigncore_journal_commit_seconds",
             "Journal group commits: writing their records and the fsync",
+            ["desk"],
             buckets=COMMIT_BUCKETS,
             registry=registry,
         )
         self.batch = Histogram(
             "assigncore_journal_commit_records",
             "Records made durable per journal commit",
+            ["desk"],
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
         self._rpc: dict[tuple[tuple[str, str, str], str], Any] = {}
-        self._commands: dict[str, Any] = {}
-        self.desk = DeskCollector(runtime)
+        self.desk = DeskCollector(desks)
         self._httpd: ThreadingHTTPServer | None = None
         self.port = 0
 
@@ -140,18 +141,9 @@ class Metrics:
             child = self._rpc[method, code] = self.rpc.labels(*method, code)
         child.observe(seconds)
 
-    def command(self, name: str, seconds: float) -> None:
-        child = self._commands.get(name)
-        if child is None:
-            child = self._commands[name] = self.commands.labels(name)
-        child.observe(seconds)
-
-    def assignment(self, seconds: float) -> None:
-        self.assignment_pass.observe(seconds)
-
-    def journal_commit(self, seconds: float, records: int) -> None:
-        self.commit.observe(seconds)
-        self.batch.observe(records)
+    def for_desk(self, desk: str) -> DeskTimings:
+        """What one desk's engine and journal observe, labelled with the desk."""
+        return DeskTimings(self, desk)
 
     # ------------------------------------------------------------- serving
 
@@ -196,14 +188,39 @@ class Metrics:
             self._httpd = None
 
 
+class DeskTimings:
+    """The engine's `timings` and the journal's `on_commit` of one desk."""
+
+    def __init__(self, metrics: Metrics, desk: str) -> None:
+        self.desk = desk
+        self._commands: dict[str, Any] = {}
+        self._commands_family = metrics.commands
+        self._pass = metrics.assignment_pass.labels(desk)
+        self._commit = metrics.commit.labels(desk)
+        self._batch = metrics.batch.labels(desk)
+
+    def command(self, name: str, seconds: float) -> None:
+        child = self._commands.get(name)
+        if child is None:
+            child = self._commands[name] = self._commands_family.labels(self.desk, name)
+        child.observe(seconds)
+
+    def assignment(self, seconds: float) -> None:
+        self._pass.observe(seconds)
+
+    def journal_commit(self, seconds: float, records: int) -> None:
+        self._commit.observe(seconds)
+        self._batch.observe(records)
+
+
 class DeskCollector:
     """The series read from the desk at each scrape (see the module's docstring),
     written as exposition text directly: a desk of thousands of queues has tens of
     thousands of them, and prometheus_client's generic writer would spend ~30 µs of
     the event loop's interpreter on each."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, desks: Callable[[], Sequence[Any]]) -> None:
+        self.desks = desks
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def text(self) -> bytes:
@@ -230,49 +247,68 @@ class DeskCollector:
             return b""
 
     def gather(self) -> bytes:
-        """Every desk series, now (on the event loop)."""
-        rt = self.runtime
-        if not rt.ready:
-            return b""  # the desk is still loading
+        """Every desk series, now (on the event loop), each labelled with its desk."""
         out = Exposition()
-        st = rt.engine.state
-        if st.stats.enabled:
-            _desk_series(out, summary(st), st)
-        _stream_series(out, rt)
-        desk = os.path.basename(rt.storage.path) if rt.storage is not None else "memory"
-        out.family(
-            "assigncore_desk_leader",
-            "gauge",
-            "1 while this process holds the desk and serves it (0: refusing calls while its "
-            "journal cannot be written)",
-        )
-        out.sample("assigncore_desk_leader", out.labels(desk=desk), 0 if rt.failed else 1)
-        if rt.storage is not None:
-            journal = rt.storage.journal
-            out.single(
-                "assigncore_journal_position",
+        gate = None
+        for rt in self.desks():
+            gate = gate or rt.gate
+            out.desk = rt.desk_id
+            out.family(
+                "assigncore_desk_leader",
                 "gauge",
-                "Position of the last durable journal record",
-                journal.last_position,
+                "1 while this process leads the desk and serves it (0: standing by, "
+                "loading, or refusing calls while its journal cannot be written)",
             )
-            out.single(
-                "assigncore_journal_records_total",
-                "counter",
-                "Records made durable since the start",
-                journal.stats.records,
-            )
-            out.single(
-                "assigncore_journal_commits_total",
-                "counter",
-                "Journal commits (fsyncs) since the start",
-                journal.stats.commits,
-            )
-        if rt.gate is not None:
+            out.sample("assigncore_desk_leader", "", 1 if rt.serving else 0)
+            if rt.storage is not None:
+                journal = rt.storage.journal
+                out.single(
+                    "assigncore_journal_position",
+                    "gauge",
+                    "Position of the last journal record this process holds (applied, on a "
+                    "standby)",
+                    rt.position,
+                )
+                if journal is not None:
+                    out.single(
+                        "assigncore_journal_records_total",
+                        "counter",
+                        "Records made durable by this process since its start",
+                        journal.stats.records,
+                    )
+                    out.single(
+                        "assigncore_journal_commits_total",
+                        "counter",
+                        "Journal commits (fsyncs) by this process since its start",
+                        journal.stats.commits,
+                    )
+            if rt.ha:
+                out.single(
+                    "assigncore_desk_epoch",
+                    "gauge",
+                    "The desk's leadership term as this process last saw it",
+                    rt.epoch,
+                )
+                out.single(
+                    "assigncore_standby_lag_records",
+                    "gauge",
+                    "Records the leader has made durable that this standby has not applied "
+                    "yet (0 on the leader)",
+                    rt.lag,
+                )
+            if not rt.serving:
+                continue
+            st = rt.engine.state
+            if st.stats.enabled:
+                _desk_series(out, summary(st), st)
+            _stream_series(out, rt)
+        out.desk = ""
+        if gate is not None:
             out.single(
                 "assigncore_rpcs_in_flight",
                 "gauge",
                 "Authenticated calls in flight, console streams included",
-                rt.gate.authenticated,
+                gate.authenticated,
             )
         return out.bytes()
 
@@ -282,10 +318,13 @@ def _escape(value: str) -> str:
 
 
 class Exposition:
-    """Prometheus text format 0.0.4, written line by line."""
+    """Prometheus text format 0.0.4. Samples are grouped by family, so the desks of one
+    process (each labelled `desk`) share one HELP and TYPE per family."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        self.families: dict[str, list[str]] = {}
+        self._current: list[str] = []
+        self.desk = ""  # the desk label every sample gets from here on ("": none)
 
     @staticmethod
     def labels(**labels: str) -> str:
@@ -294,20 +333,26 @@ class Exposition:
     def family(self, name: str, kind: str, help: str) -> None:
         """HELP and TYPE of `name`, the samples' name (a counter's ends in _total: the
         text format names a family as its samples, OpenMetrics without the suffix)."""
-        self.lines.append(f"# HELP {name} {help}\n# TYPE {name} {kind}\n")
+        current = self.families.get(name)
+        if current is None:
+            current = self.families[name] = [f"# HELP {name} {help}\n# TYPE {name} {kind}\n"]
+        self._current = current
 
     def sample(self, name: str, labels: str, value: float) -> None:
-        self.lines.append(f"{name}{labels} {value!r}\n")  # finite ints and floats only
+        if self.desk:
+            desk = f'desk="{_escape(self.desk)}"'
+            labels = f"{{{desk}}}" if not labels else f"{{{desk},{labels[1:]}"
+        self._current.append(f"{name}{labels} {value!r}\n")  # finite ints and floats only
 
     def single(self, name: str, kind: str, help: str, value: float) -> None:
         self.family(name, kind, help)
         self.sample(name, "", value)
 
     def bytes(self) -> bytes:
-        return "".join(self.lines).encode()
+        return "".join(line for lines in self.families.values() for line in lines).encode()
 
 
-def _stream_series(out: Exposition, rt: Runtime) -> None:
+def _stream_series(out: Exposition, rt: Any) -> None:
     hub = rt.hub
     depths = sorted(len(f.stream.outbox) for f in hub.feeds.values() if f.stream is not None)
     out.single("assigncore_console_streams", "gauge", "Console streams open", len(depths))

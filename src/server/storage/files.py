@@ -26,17 +26,13 @@ import zlib
 from collections.abc import Iterator
 from typing import IO
 
-from .journal import Journal, JournalError, connect, create_schema, write_mark
+from . import base
+from .base import CHUNK, KEEP_SNAPSHOTS, JournalError, StorageError
+from .journal import Journal, connect, create_schema, last_position, read_records, write_mark
 
 log = logging.getLogger("assigncore.storage")
 
-CHUNK = 4 << 20  # bytes per snapshot chunk
-KEEP_SNAPSHOTS = 2
 COMPACT_BATCH = 20_000  # journal records deleted per transaction
-
-
-class StorageError(Exception):
-    """The desk file cannot be used (locked by another server, not a desk file...)."""
 
 
 def lock(path: str) -> IO[bytes]:
@@ -55,14 +51,44 @@ def lock(path: str) -> IO[bytes]:
     return handle
 
 
-class Storage:
+class FileView(base.Store):
+    """A desk file as readers see it (tools, the snapshot process): no lock, no journal
+    writer (WAL: readers never wait for the server's writer)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = self.name = path
+        self.inspect = f"assigncore journal --path {path}"
+        self.existed = os.path.exists(path)
+
+    def records(self, after: int = 0, until: int | None = None) -> Iterator[tuple[int, bytes]]:
+        return read_records(self.path, after, until)
+
+    def last_record(self) -> int:
+        return last_position(self.path)
+
+    def snapshots(self) -> list[tuple[int, int, bool]]:
+        return snapshots(self.path)
+
+    def read_snapshot(self, position: int) -> bytes:
+        return read_snapshot(self.path, position)
+
+    def write_snapshot(self, position: int, data: bytes) -> None:
+        write_snapshot(self.path, position, data)
+
+    def close(self) -> None:
+        return None
+
+
+class Storage(FileView):
     """The running server's hold on its desk file: the lock and the journal."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        super().__init__(path)
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise StorageError(f"the directory of {path} does not exist")
+        if self.existed and os.path.getsize(path) == 0:
+            raise StorageError(no_desk(path, "it is empty (0 bytes)"))
         self._lock = lock(path)
         try:
             self.journal = Journal(path)
@@ -77,6 +103,14 @@ class Storage:
     def close(self) -> None:
         self.journal.close()
         self._lock.close()
+
+
+def no_desk(path: str, why: str) -> str:
+    return (
+        f"{path} exists but holds no desk ({why}; a deleted -wal file does this too); "
+        "a desk is created only where no file exists: restore a backup with `assigncore "
+        f"restore --path {path} BACKUP`, or move the file away to start a new desk"
+    )
 
 
 def journal_connection(path: str) -> sqlite3.Connection:
@@ -178,22 +212,7 @@ def read_snapshot(path: str, position: int) -> bytes:
         ]
     finally:
         conn.close()
-    data = b"".join(parts)
-    if len(parts) != chunks or len(data) != size or zlib.crc32(data) != checksum:
-        raise JournalError(f"snapshot {position} is damaged (checksum mismatch)", position)
-    return data
-
-
-def valid_snapshots(path: str) -> Iterator[tuple[int, bytes]]:
-    """(position, bytes) of each readable snapshot, newest first; damaged ones are
-    skipped with a warning."""
-    for position, _, complete in snapshots(path):
-        if not complete:
-            continue
-        try:
-            yield position, read_snapshot(path, position)
-        except JournalError as exc:
-            log.warning("%s; trying an older one", exc)
+    return base.check_chunks(parts, chunks, size, checksum, position)
 
 
 # ----------------------------------------------------------------- backup
@@ -222,8 +241,6 @@ def restore(backup_path: str, path: str) -> tuple[int, str | None]:
     the desk file it replaces is kept beside it, byte for byte with its -wal file
     (`<path>.replaced-<UTC time>`), so a restore of the wrong backup can be undone.
     Returns the last journal position restored and where the replaced file was kept."""
-    from .journal import read_records
-
     last = 0
     for position, _ in read_records(backup_path):  # every checksum, before anything is replaced
         last = position

@@ -23,18 +23,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
-import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Iterator
+
+from . import base
+from .base import JournalError
 
 log = logging.getLogger("assigncore.journal")
 
-MAX_BATCH = 4096  # records per transaction at most
 BUSY_TIMEOUT_MS = 10_000  # another process (a snapshot, a backup) may hold the lock
 
 
@@ -54,28 +51,11 @@ def create_schema(conn: sqlite3.Connection) -> None:
     )
 
 
-class JournalError(Exception):
-    """The journal cannot be written, or a record in it is corrupt."""
+class Journal(base.Journal):
+    """The SQLite journal: WAL, synchronous FULL, one writer connection."""
 
-    def __init__(self, message: str, position: int | None = None) -> None:
-        super().__init__(message)
-        self.position = position
-
-
-@dataclass(slots=True)
-class Stats:
-    records: int = 0  # made durable
-    commits: int = 0  # transactions (fsyncs) that made them so
-    failed: int = 0  # records refused (disk full, unwritable)
-
-
-_STOP = object()
-
-
-class Journal:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.stats = Stats()
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
@@ -89,28 +69,22 @@ class Journal:
         self._reserve.release()  # room for the checkpoint below, on a full volume
         self._truncate_wal()
         create_schema(self._conn)
-        self.last_position = self._last_position()
+        last = self._last_position()
         known = read_mark(path)
-        if known is not None and known > self.last_position:
+        if known is not None and known > last:
             self._conn.close()
             raise JournalError(
-                f"the journal of {path} ends at position {self.last_position}, but this "
+                f"the journal of {path} ends at position {last}, but this "
                 f"desk had made position {known} durable ({path}{MARK}): its -wal file is "
                 "damaged or was lost, and SQLite stopped reading it there. Nothing was "
                 f"changed; restore a backup with `assigncore restore --path {path} BACKUP`",
-                self.last_position + 1,
+                last + 1,
             )
         self._reserve.make()
         # The last durable position, kept outside the database (see MARK).
         self._mark = os.open(path + MARK, os.O_WRONLY | os.O_CREAT, 0o644)
-        self._put_mark(self.last_position)
-        self.broken: JournalError | None = None  # set by a failed write, until reset()
-        # Told, in the writer's thread, how long each commit took (its write and fsync)
-        # and how many records it made durable (the server's metrics).
-        self.on_commit: Callable[[float, int], None] | None = None
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="journal", daemon=True)
-        self._writer.start()
+        self._put_mark(last)
+        super().__init__(last)
 
     def _last_position(self) -> int:
         """The last position. SQLite commits a batch whole, so a record whose checksum
@@ -129,63 +103,7 @@ class Journal:
 
     # ------------------------------------------------------------- writing
 
-    def append(self, body: bytes) -> Future[int]:
-        """Queues a record; the future resolves to its position once it is durable, or
-        fails with JournalError (then the record was not written)."""
-        future: Future[int] = Future()
-        self._queue.put((body, future))
-        return future
-
-    def _write_loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    self._commit(batch)  # type: ignore[arg-type]
-                    return
-                batch.append(item)
-            self._commit(batch)  # type: ignore[arg-type]
-
-    def reset(self) -> Future[int]:
-        """Appends may be written again (after the caller rebuilt its state from what
-        is durable). Runs in the writer's order: appends queued before it still fail.
-        The future resolves to the last durable position."""
-        done: Future[int] = Future()
-        self._queue.put((None, done))
-        return done
-
-    def _commit(self, batch: list[tuple[bytes | None, Future[int]]]) -> None:
-        """Writes the batch's records in one transaction; a reset marker (body None) in
-        it clears a break for the records after it."""
-        while batch:
-            cut = next((i for i, (body, _) in enumerate(batch) if body is None), len(batch))
-            records = [(body, future) for body, future in batch[:cut] if body is not None]
-            if records and self.broken is not None:
-                self.stats.failed += len(records)
-                for _, future in records:
-                    future.set_exception(self.broken)
-            elif records:
-                self._write(records)
-            if cut < len(batch):
-                self.broken = None
-                self._truncate_wal()  # space back from the -wal before writing again
-                batch[cut][1].set_result(self.last_position)
-            batch = batch[cut + 1 :]
-
-    def _write(self, batch: list[tuple[bytes, Future[int]]]) -> None:
-        position = self.last_position
-        rows = []
-        for body, _ in batch:
-            position += 1
-            rows.append((position, zlib.crc32(body), body))
-        started = time.perf_counter()
+    def _store(self, rows: list[base.Row]) -> None:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
@@ -195,24 +113,19 @@ class Journal:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
-            log.error("journal write failed (%s): %d records refused", exc, len(batch))
-            if self._reserve.release():  # room to checkpoint and go on, once rebuilt
-                log.warning("journal: released the reserve file (%s) for recovery", exc)
-            self.broken = JournalError(f"the journal cannot be written: {exc}")
-            self.stats.failed += len(batch)
-            for _, future in batch:
-                future.set_exception(self.broken)
-            return
-        self.last_position = position
+            raise JournalError(f"the journal cannot be written: {exc}") from None
+
+    def _after_failure(self, error: JournalError) -> None:
+        if self._reserve.release():  # room to checkpoint and go on, once rebuilt
+            log.warning("journal: released the reserve file (%s) for recovery", error)
+
+    def _after_commit(self, position: int) -> None:
         self._put_mark(position)
         if not self._reserve.held:
             self._reserve.make()  # space came back: hold the reserve again
-        self.stats.records += len(batch)
-        self.stats.commits += 1
-        if self.on_commit is not None:
-            self.on_commit(time.perf_counter() - started, len(batch))
-        for (_, future), (pos, _, _) in zip(batch, rows, strict=True):
-            future.set_result(pos)
+
+    def _before_reset(self) -> None:
+        self._truncate_wal()  # space back from the -wal before writing again
 
     # ------------------------------------------------------------- reading
 
@@ -236,8 +149,7 @@ class Journal:
             os.pwrite(self._mark, b"%020d\n" % position, 0)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
-        self._writer.join()
+        self._stop_writer()
         self._conn.close()
         os.close(self._mark)
 
@@ -309,12 +221,7 @@ def write_mark(path: str, position: int) -> None:
 
 
 def corrupt(path: str, position: int) -> JournalError:
-    return JournalError(
-        f"journal record {position} of {path} is corrupt (checksum mismatch); nothing "
-        f"after it was read; inspect it with `assigncore journal --path {path} --from "
-        f"{position}`, or restore a backup (`assigncore restore`)",
-        position,
-    )
+    return base.corrupt(path, position, f"assigncore journal --path {path}")
 
 
 def last_position(path: str) -> int:

@@ -1,0 +1,290 @@
+"""A desk on PostgreSQL, in this process: durability across a restart, a standby that
+refuses with the leader's address and takes over, consoles that resume on the new
+leader, fencing of a leader that believes it still leads, and a leader cut off from
+the database. Real PostgreSQL (tests/postgres.py), real gRPC on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from server.gen.assigncore.v1 import admin_service_pb2 as apb
+from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from server.storage import postgres as pg
+from server.storage.base import Fenced
+
+from . import postgres
+from .server_harness import ADMIN, INTAKE, Live, auth, live_server, until
+
+
+def lease(ttl: float = 1.0) -> object:
+    from server.config import LeaseSettings
+
+    return LeaseSettings(ttl=ttl, renew_every=ttl / 4, poll_every=0.05)
+
+
+async def on_pg(url: str, desk: str = "default", ttl: float = 1.0, **more: object) -> Live:
+    return await live_server(
+        storage_mode="postgresql", storage_url=url, desk_id=desk, lease=lease(ttl), **more
+    )
+
+
+def not_leader(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The ErrorInfo metadata of a NOT_LEADER refusal."""
+    assert error.code() is grpc.StatusCode.UNAVAILABLE, error
+    status = rpc_status.from_call(error)
+    assert status is not None, error.details()
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            assert info.reason == "NOT_LEADER" and info.domain == "assigncore.v1"
+            return dict(info.metadata)
+    raise AssertionError(f"no ErrorInfo in {error.details()}")
+
+
+def team(team_id: str) -> apb.CreateTeamRequest:
+    settings = apb.QueueSettings(algorithm=apb.ALGORITHM_LEAST_BUSY)
+    return apb.CreateTeamRequest(
+        team=apb.Team(id=team_id, display_name=team_id, queue_settings=settings)
+    )
+
+
+async def intake_start(live: Live, request_id: str) -> ipb.StartSessionResponse:
+    return await live.intake.StartSession(
+        ipb.StartSessionRequest(
+            request_id=request_id, undesignated=ipb.Undesignated(), customer={"name": "C"}
+        ),
+        metadata=auth(INTAKE),
+    )
+
+
+async def test_a_desk_on_postgresql_survives_a_restart() -> None:
+    url = postgres.fresh_database()
+    live = await on_pg(url)
+    assert live.server.runtime.serving and live.server.runtime.epoch == 1
+    started = [(await live.start(issue_type_id="manual-help")).id for _ in range(5)]
+    ann = await live.console("ann")
+    offered = await live.start(issue_type_id="general-help")
+    offer = await ann.next("offer_made")
+    await ann.rpc("AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True))
+    position = live.server.runtime.position
+    await live.close(snapshot=False)
+    assert postgres.execute(url, "SELECT count(*) FROM assigncore.records")[0][0] == position
+
+    again = await on_pg(url, clock=live.clock)
+    rt = again.server.runtime
+    assert rt.epoch == 2  # every takeover, a restart included, raises the epoch
+    for sid in started:
+        assert rt.engine.session(sid).state.value == "WAITING"
+    assert rt.engine.session(offered.id).owner == "ann"
+    await again.close()  # with a snapshot this time
+    snapshots = postgres.execute(url, "SELECT position, complete FROM assigncore.snapshots")
+    assert len(snapshots) == 1 and snapshots[0][1] is True
+
+    third = await on_pg(url, clock=live.clock)
+    assert third.server.runtime.engine.session(offered.id).owner == "ann"
+    await third.close(snapshot=False)
+
+
+async def test_a_standby_refuses_with_the_leaders_address_and_takes_over_with_every_event() -> None:
+    url = postgres.fresh_database()
+    a = await on_pg(url)
+    b = await on_pg(url, clock=a.clock)
+    try:
+        assert a.server.runtime.serving and b.server.runtime.role == "standby"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await intake_start(b, "r-0")
+        meta = not_leader(refused.value)
+        assert meta["leader"] == a.server.address and meta["desk"] == "default"
+        # The standby's desk follows the leader's journal.
+        ann = await a.console("ann")
+        session = await a.start(issue_type_id="general-help")
+        offer = await ann.next("offer_made")
+        await until(lambda: b.server.runtime.position == a.server.runtime.position)
+        assert b.server.runtime.engine.session(session.id).state.value == "OFFERED"
+        seen = ann.seen[-1].sequence  # the console processed up to the offer
+        await a.start(issue_type_id="general-help")  # a second session: queued for ann
+        await asyncio.sleep(0.05)
+        missed = [m.sequence for m in ann.seen if m.sequence > seen]
+
+        await a.close(snapshot=False)  # gives the lease up: the standby leads at once
+        await until(lambda: b.server.runtime.serving, 10)
+        assert b.server.runtime.epoch == 2
+        # The console resumes on the new leader from where it was: no resync, no gap.
+        ann_b = await b.console("ann", resume_after=seen)
+        welcome = ann_b.seen[0].welcome
+        assert welcome.resumed
+        await asyncio.sleep(0.1)
+        resumed = [m.sequence for m in ann_b.seen[1:] if m.sequence <= max(missed, default=0)]
+        assert resumed == missed and all(
+            m.WhichOneof("event") != "resync_required" for m in ann_b.seen
+        )
+        # The offer made by the old leader is still the rep's to answer.
+        reply = await ann_b.rpc(
+            "AnswerOffer", cpb.AnswerOfferRequest(offer_id=offer.offer_id, accept=True)
+        )
+        assert reply.session.owner_rep_id == "ann"
+    finally:
+        await b.close(snapshot=False)
+
+
+async def test_only_the_current_epoch_can_append_when_two_processes_believe_they_lead() -> None:
+    """Split brain: the old leader renews against a stale view (its keeper reports
+    every renewal as done without asking the database), the lease is taken over
+    anyway. Both believe they lead; only the new epoch's appends land."""
+    url = postgres.fresh_database()
+    a = await on_pg(url, ttl=1.0)
+    b = await on_pg(url, ttl=1.0, clock=a.clock)
+    ra, rb = a.server.runtime, b.server.runtime
+    try:
+        keeper = ra.keeper
+        assert keeper is not None
+
+        def stale_renew(conn: object) -> None:  # never asks: believes it still leads
+            keeper._post(ra.lease_renewed, keeper.epoch, time.monotonic() + 3600)
+            keeper._wake.wait(0.05)
+            keeper._wake.clear()
+
+        keeper._renew = stale_renew  # type: ignore[method-assign]
+        await until(lambda: ra.lease_deadline > time.monotonic() + 1000)
+        postgres.execute(url, "UPDATE assigncore.desks SET lease_expires = now()")
+        await until(lambda: rb.serving, 10)
+        assert ra.serving and ra.leading()  # it still believes, and serves reads
+        assert (ra.epoch, rb.epoch) == (1, 2)
+        before = postgres.execute(url, "SELECT max(position) FROM assigncore.records")[0][0]
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.admin.CreateTeam(team("split-a"), metadata=auth(ADMIN))
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        await b.admin.CreateTeam(team("split-b"), metadata=auth(ADMIN))
+        rows = postgres.execute(
+            url, "SELECT epoch, body FROM assigncore.records WHERE position > %s", before
+        )
+        assert rows and all(epoch == 2 for epoch, _ in rows)
+        assert not any(b"split-a" in bytes(body) for _, body in rows)
+        assert any(b"split-b" in bytes(body) for _, body in rows)
+        await until(lambda: not ra.serving)  # the fenced append deposed it
+        assert ra.role == "standby"
+    finally:
+        await a.close(snapshot=False)
+        await b.close(snapshot=False)
+
+
+def test_a_fenced_journal_writes_nothing() -> None:
+    url = postgres.fresh_database()
+    store = pg.PgStore(url, "d")
+    conn = pg.connect(url)
+    try:
+        epoch, last = pg.acquire(conn, "d", "one", "a:1", 30) or (0, 0)
+        store.journal.fence(epoch, last)
+        store.journal.reset().result()
+        assert store.journal.append(b"[1]").result() == 1
+        # Another process takes over (the lease lapsed): the old epoch is fenced.
+        postgres.execute(url, "UPDATE assigncore.desks SET lease_expires = now()")
+        assert pg.acquire(conn, "d", "two", "b:1", 30) == (epoch + 1, 1)
+        with pytest.raises(Fenced, match="superseded"):
+            store.journal.append(b"[2]").result()
+        assert [p for p, _ in store.records()] == [1]
+        # Its own lease running out fences it too, with no takeover at all.
+        store.journal.fence(epoch + 1, 1)
+        store.journal.reset().result()
+        postgres.execute(url, "UPDATE assigncore.desks SET lease_expires = now()")
+        with pytest.raises(Fenced, match="ran out"):
+            store.journal.append(b"[3]").result()
+        assert store.last_record() == 1
+    finally:
+        conn.close()
+        store.close()
+
+
+async def test_a_leader_cut_off_from_the_database_stops_before_its_lease_can_be_taken() -> None:
+    url = postgres.fresh_database()
+    a = await on_pg(url, ttl=1.0)
+    b = await on_pg(url, ttl=1.0, clock=a.clock)
+    ra, rb = a.server.runtime, b.server.runtime
+    stepped: list[float] = []
+    won: list[float] = []
+    deposed, take = ra.deposed, rb.won
+    ra.deposed = lambda *args: (stepped.append(time.monotonic()), deposed(*args))[1]  # type: ignore[method-assign]
+    rb.won = lambda *args: (won.append(time.monotonic()), take(*args))[1]  # type: ignore[method-assign]
+    try:
+        keeper = ra.keeper
+        assert keeper is not None
+
+        def unreachable() -> object:
+            raise pg.StorageError("the database is unreachable (test)")
+
+        keeper._connection = unreachable  # type: ignore[method-assign]
+        assert postgres.terminate(url, ra.holder) >= 1  # pg_terminate_backend
+        await until(lambda: rb.serving, 10)
+        assert stepped and won and stepped[0] < won[0], (stepped, won)
+        assert not ra.serving
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await intake_start(a, "r-1")
+        assert not_leader(refused.value)["desk"] == "default"
+        await intake_start(b, "r-1")
+    finally:
+        await a.close(snapshot=False)
+        await b.close(snapshot=False)
+
+
+async def test_a_terminated_journal_connection_deposes_the_leader_and_a_standby_serves() -> None:
+    url = postgres.fresh_database()
+    a = await on_pg(url, ttl=2.0)
+    b = await on_pg(url, ttl=2.0, clock=a.clock)
+    try:
+        await intake_start(a, "r-1")
+        assert postgres.terminate(url, a.server.runtime.holder) >= 2
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await intake_start(a, "r-2")  # its append fails: it steps down
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        await until(lambda: b.server.runtime.serving, 10)
+        # The retry at the new leader with the same request id is answered once.
+        first = await intake_start(b, "r-2")
+        again = await intake_start(b, "r-2")
+        assert first.session.id == again.session.id
+    finally:
+        await a.close(snapshot=False)
+        await b.close(snapshot=False)
+
+
+async def test_a_deposed_leader_cannot_append_even_before_the_new_leader_writes() -> None:
+    """The window a position check alone leaves open: the lease was taken (a new epoch)
+    but the new leader has not appended yet. The old leader, still believing it leads,
+    appends at the right position: only the epoch fences it."""
+    url = postgres.fresh_database()
+    a = await on_pg(url, ttl=1.0)
+    ra = a.server.runtime
+    keeper = ra.keeper
+    assert keeper is not None
+
+    def stale_renew(conn: object) -> None:
+        keeper._post(ra.lease_renewed, keeper.epoch, time.monotonic() + 3600)
+        keeper._wake.wait(0.05)
+        keeper._wake.clear()
+
+    keeper._renew = stale_renew  # type: ignore[method-assign]
+    new_leader = pg.PgStore(url, "default")
+    conn = pg.connect(url)
+    try:
+        await until(lambda: ra.lease_deadline > time.monotonic() + 1000)
+        postgres.execute(url, "UPDATE assigncore.desks SET lease_expires = now()")
+        epoch, last = pg.acquire(conn, "default", "new", "new:1", 30) or (0, 0)
+        assert epoch == ra.epoch + 1 and last == ra.position
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await a.admin.CreateTeam(team("stale"), metadata=auth(ADMIN))
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert new_leader.last_record() == last  # nothing of the old leader landed
+        new_leader.journal.fence(epoch, last)
+        new_leader.journal.reset().result()
+        assert new_leader.journal.append(b"[]").result() == last + 1
+    finally:
+        conn.close()
+        new_leader.close()
+        await a.close(snapshot=False)
