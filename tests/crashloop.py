@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server.gen.assigncore.v1 import admin_service_pb2 as apb
 from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
@@ -49,10 +50,17 @@ def rep_token(rep: str) -> str:
     return f"crash-{rep}-token-0123456789"
 
 
-def desk_toml(snapshot_every: int) -> str:
+# The lease settings of the failover loop: a takeover in about a second.
+FAST_LEASE = "[ha]\nlease_ttl = 1.0\nrenew_every = 0.25\npoll_every = 0.1\n"
+
+
+def desk_toml(snapshot_every: int, database_url: str | None = None) -> str:
+    storage = f"[storage]\nsnapshot_every = {snapshot_every}\n"
+    if database_url is not None:
+        storage += f'url = "{database_url}"\n' + FAST_LEASE
     parts = [
         '[server]\nlisten = "127.0.0.1:0"\nshutdown_grace = 1\nreconnect_grace = 30\n',
-        f"[storage]\nsnapshot_every = {snapshot_every}\n",
+        storage,
         '[[teams]]\nid = "support"\nalgorithm = "LEAST_BUSY"\noffer_timeout = 5\n',
         '[[issue_types]]\nid = "help"\nteam = "support"\n',
         f'[[tokens]]\nkind = "admin"\nsecret = "{ADMIN}"\n',
@@ -121,6 +129,19 @@ class Server:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
 
+    async def leads(self) -> bool:
+        """Health says SERVING: this process leads the desk."""
+        if self.proc is None or self.proc.poll() is not None or not self.port:
+            return False
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1
+                )
+            except grpc.aio.AioRpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -129,6 +150,16 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+async def leader_of(servers: list[Server], timeout: float = 30.0) -> Server:
+    """The server that leads the desk, once one does."""
+    async with asyncio.timeout(timeout):
+        while True:
+            for server in servers:
+                if await server.leads():
+                    return server
+            await asyncio.sleep(0.05)
 
 
 def start_request(request_id: str) -> ipb.StartSessionRequest:
@@ -395,26 +426,50 @@ async def check_sharing(channel: grpc.aio.Channel, acked: Acknowledged, states: 
     acked.keys.clear()
 
 
-async def run(workdir: Path, cycles: int, seed: int = 1, snapshot_every: int = 200) -> dict:
-    """`cycles` kill -9 cycles; returns what was checked."""
+async def run(
+    workdir: Path,
+    cycles: int,
+    seed: int = 1,
+    snapshot_every: int = 200,
+    database_url: str | None = None,
+) -> dict:
+    """`cycles` kill -9 cycles; returns what was checked. With `database_url` the desk
+    is on PostgreSQL and served by two processes: each cycle kills the leader, the
+    standby takes over (and is checked), and the killed one starts again as a standby."""
     rng = random.Random(seed)
     config = workdir / "crash-desk.toml"
-    config.write_text(desk_toml(snapshot_every))
-    server = Server(config)
+    config.write_text(desk_toml(snapshot_every, database_url))
+    servers = [Server(config)] + ([Server(config)] if database_url else [])
     acked = Acknowledged()
     checked: dict[str, int] = {}
+    takeovers: list[float] = []
     try:
-        server.start()
+        for server in servers:
+            server.start()
+        leader = await leader_of(servers)
         for _ in range(cycles):
-            work = asyncio.get_running_loop().create_task(load(server.port, acked, rng))
+            work = asyncio.get_running_loop().create_task(load(leader.port, acked, rng))
             await asyncio.sleep(0.2 + rng.random() * 0.8)
-            server.kill()
+            leader.kill()
+            killed = asyncio.get_running_loop().time()
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
-            server.start()
-            checked = await check(server.port, acked, rng)
+            if database_url:
+                dead = leader
+                leader = await leader_of(servers)
+                takeovers.append(asyncio.get_running_loop().time() - killed)
+                assert leader is not dead
+                dead.start()  # back, as a standby
+            else:
+                leader.start()
+            checked = await check(leader.port, acked, rng)
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
+    if takeovers:
+        takeovers.sort()
+        checked["takeover_p50_s"] = round(takeovers[len(takeovers) // 2], 3)  # type: ignore[assignment]
+        checked["takeover_max_s"] = round(takeovers[-1], 3)  # type: ignore[assignment]
     return {
         "cycles": cycles,
         "acknowledged_starts": len(acked.started),

@@ -54,6 +54,8 @@
     id = "berlin"                 # each with its id, its storage and its desk: a
     url = "postgresql://..."      # PostgreSQL URL or a file path, and the desk's TOML
     config = "berlin.toml"        # (its [server] routing keys, teams, reps, tokens...)
+    prefer = "leader"             # or "standby": take the desk only if no other process
+                                  #   has led it for a lease period (placement)
 
     [[teams]]
     id = "printers"  name = "Printers"  kind = "STANDARD"   # or EMBASSY
@@ -94,7 +96,7 @@ from assigncore.engine import EngineConfig
 DEFAULT_DESK_FILE = "assigncore-desk.sqlite3"  # in the working directory, without a config
 STORAGE_KEYS = {"mode", "path", "url", "desk", "snapshot_every"}
 HA_KEYS = {"lease_ttl", "renew_every", "poll_every", "advertise"}
-DESK_ENTRY_KEYS = {"id", "url", "path", "config", "admin_token", "snapshot_every"}
+DESK_ENTRY_KEYS = {"id", "url", "path", "config", "admin_token", "snapshot_every", "prefer"}
 DATABASE_URL = "ASSIGNCORE_DATABASE_URL"
 
 
@@ -153,6 +155,8 @@ class Settings:
     desk_id: str = "default"  # the desk's id in its storage, metrics and logs
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     advertise: str = ""  # HOST:PORT clients are sent to; "": from listen
+    # [[desks]] prefer = "standby": a free lease is left to the others for a lease period
+    prefer_standby: bool = False
     # [[desks]]: the desks this process serves, each its own Settings (empty: just this)
     desks: list[Settings] = field(default_factory=list)
     source: str | None = None  # the config file these came from
@@ -309,6 +313,10 @@ def several_desks(settings: Settings, entries: Any, path: Path | None, source: s
             snapshot_every=entry.get("snapshot_every", settings.snapshot_every),
             lease=dataclasses.replace(settings.lease),
         )
+        prefer = entry.get("prefer", "leader")
+        if prefer not in ("leader", "standby"):
+            raise ConfigError(f'{where}: prefer is "leader" or "standby"')
+        desk.prefer_standby = prefer == "standby"
         if "url" in entry:
             url = entry["url"]
             if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):

@@ -69,9 +69,12 @@ class Keeper:
 
     # ------------------------------------------------------------- from the loop
 
-    def start_standby(self, position: int) -> None:
-        """Stand by from `position` (the loaded desk's): tail and try for the lease."""
+    def start_standby(self, position: int, hold_off: float = 0.0) -> None:
+        """Stand by from `position` (the loaded desk's): tail and try for the lease
+        (not before `hold_off` seconds from now)."""
         self.epoch, self.position = 0, position
+        if hold_off:
+            self._hold_off_until = max(self._hold_off_until, time.monotonic() + hold_off)
         if not self._thread.is_alive():
             self._thread.start()
         self._wake.set()

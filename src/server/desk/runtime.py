@@ -250,7 +250,10 @@ class Runtime:
         if not self.ha:
             self._opened(loaded)
             return
-        self._stand_by(loaded)
+        # A process that prefers to stand by for this desk leaves a free lease to the
+        # others for two lease periods (placement by configuration).
+        hold_off = 2 * self.settings.lease.ttl if self.settings.prefer_standby else 0.0
+        self._stand_by(loaded, hold_off)
         assert self._decided is not None
         await self._decided.wait()
 
@@ -393,7 +396,7 @@ class Runtime:
             "epoch": str(self.epoch),
         }
 
-    def _stand_by(self, loaded: tuple[Desk | None, int]) -> None:
+    def _stand_by(self, loaded: tuple[Desk | None, int], hold_off: float = 0.0) -> None:
         """Hold `loaded` as a warm standby desk (not served) and let the keeper tail
         the journal from its position and try for the lease."""
         desk, position = loaded
@@ -416,7 +419,7 @@ class Runtime:
                 asyncio.get_running_loop(),
                 self,
             )
-        self.keeper.start_standby(position)
+        self.keeper.start_standby(position, hold_off)
 
     def tail(self, batch: list[tuple[int, int, bytes]]) -> None:
         """On the loop: records the keeper read, applied to the standby desk."""
