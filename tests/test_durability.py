@@ -18,6 +18,7 @@ from server.gen.assigncore.v1 import console_service_pb2 as cpb
 from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from server.gen.assigncore.v1 import intake_service_pb2 as ipb
 
+from . import postgres
 from .server_harness import ADMIN, INTAKE, Console, Live, auth, live_server, rep_token, until
 
 REPS = ("ann", "bob", "cat", "gil", "dan")
@@ -64,22 +65,44 @@ async def view(live: Live, sessions: list[str], dan_token: str) -> dict:
     return out
 
 
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def storage_of(backend: str, tmp_path) -> dict:
+    """live_server settings for a new desk on `backend`."""
+    if backend == "sqlite":
+        return {"storage_path": str(tmp_path / "desk.sqlite3")}
+    return {"storage_mode": "postgresql", "storage_url": postgres.fresh_database()}
+
+
+def same_storage(live: Live) -> dict:
+    """live_server settings that open the desk `live` serves, again."""
+    settings = live.server.runtime.settings
+    if settings.storage_mode == "postgresql":
+        return {"storage_mode": "postgresql", "storage_url": settings.storage_url}
+    return {"storage_path": settings.storage_path}
+
+
 async def restart(live: Live, crash_like: bool) -> Live:
     """Stops the server (a clean stop writes a snapshot) and starts it again on the same
-    file and clock. `crash_like` deletes the snapshots first, so the desk comes back
+    storage and clock. `crash_like` deletes the snapshots first, so the desk comes back
     from the journal alone, as after a crash."""
-    path, clock = live.server.runtime.settings.storage_path, live.clock
+    storage, clock = same_storage(live), live.clock
     await live.close()
-    if crash_like:
-        with sqlite3.connect(path) as db:
+    if crash_like and "storage_url" in storage:
+        postgres.execute(storage["storage_url"], "DELETE FROM assigncore.snapshot_chunks")
+        postgres.execute(storage["storage_url"], "DELETE FROM assigncore.snapshots")
+    elif crash_like:
+        with sqlite3.connect(storage["storage_path"]) as db:
             db.execute("DELETE FROM snapshot_chunks")
             db.execute("DELETE FROM snapshots")
-    return await live_server(storage_path=path, clock=clock)
+    return await live_server(clock=clock, **storage)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("crash_like", [False, True], ids=["snapshot", "journal-only"])
-async def test_a_restarted_desk_is_the_same_desk(tmp_path, crash_like):
-    live = await live_server(storage_path=str(tmp_path / "desk.sqlite3"))
+async def test_a_restarted_desk_is_the_same_desk(tmp_path, crash_like, backend):
+    live = await live_server(**storage_of(backend, tmp_path))
     md = auth(ADMIN)
     try:
         # The directory and tokens, through the admin API.
@@ -196,19 +219,20 @@ async def test_a_restarted_desk_is_the_same_desk(tmp_path, crash_like):
         await live.close()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_an_offer_that_ran_out_while_the_server_was_down_is_withdrawn_not_declined(
-    tmp_path,
+    tmp_path, backend
 ):
-    live = await live_server(storage_path=str(tmp_path / "desk.sqlite3"))
+    live = await live_server(**storage_of(backend, tmp_path))
     try:
         ann = await live.console("ann")
         s = await live.start(issue_type_id="general-help")
         offer = await ann.next("offer_made")
         seen = ann.seen[-1].sequence
-        path, clock = live.server.runtime.settings.storage_path, live.clock
+        storage, clock = same_storage(live), live.clock
         await live.close()
         clock.tick(45)  # down longer than the 30 s offer timeout
-        live = await live_server(storage_path=path, clock=clock)
+        live = await live_server(clock=clock, **storage)
         ann = await live.console("ann", resume_after=seen)
         gone = await ann.next("offer_rescinded", offer_id=offer.offer_id)
         assert gone.reason == cpb.RESCIND_REASON_SERVER_RESTARTED

@@ -288,3 +288,63 @@ async def test_a_deposed_leader_cannot_append_even_before_the_new_leader_writes(
         conn.close()
         new_leader.close()
         await a.close(snapshot=False)
+
+
+def leading_store(url: str, desk: str = "d") -> pg.PgStore:
+    store = pg.PgStore(url, desk)
+    conn = pg.connect(url)
+    try:
+        epoch, last = pg.acquire(conn, desk, "test", "t:1", 60) or (0, 0)
+    finally:
+        conn.close()
+    store.journal.fence(epoch, last)
+    store.journal.reset().result()
+    return store
+
+
+def test_appends_become_durable_in_order_many_per_commit_on_postgresql() -> None:
+    url = postgres.fresh_database()
+    store = leading_store(url)
+    futures = [store.journal.append(f"r{i}".encode()) for i in range(1000)]
+    assert [f.result(timeout=30) for f in futures] == list(range(1, 1001))
+    assert store.journal.stats.commits < 1000  # group commit: many records per commit
+    assert [body for _, body in store.records(after=998)] == [b"r998", b"r999"]
+    assert store.last_record() == 1000
+    store.close()
+    # Every record carries its epoch and a checksum of its body.
+    rows = postgres.execute(url, "SELECT DISTINCT epoch FROM assigncore.records")
+    assert rows == [(1,)]
+
+
+def test_a_corrupt_record_on_postgresql_stops_the_read_and_names_its_position() -> None:
+    url = postgres.fresh_database()
+    store = leading_store(url)
+    for i in range(5):
+        store.journal.append(b"r%d" % i).result(timeout=10)
+    postgres.execute(url, "UPDATE assigncore.records SET body = 'garbage' WHERE position = 3")
+    read = []
+    with pytest.raises(pg.JournalError) as err:
+        for position, _ in store.records():
+            read.append(position)
+    assert read == [1, 2] and err.value.position == 3
+    assert "record 3" in str(err.value) and "assigncore journal --desk d --from 3" in str(err.value)
+    store.close()
+
+
+def test_the_schema_is_migrated_once_and_a_newer_one_is_refused() -> None:
+    url = postgres.fresh_database()
+    conn = pg.connect(url)
+    try:
+        assert pg.migrate(conn) == pg.SCHEMA_VERSION
+        assert pg.migrate(conn) == pg.SCHEMA_VERSION  # idempotent
+        versions = postgres.execute(url, "SELECT version FROM assigncore.schema_version")
+        assert versions == [(v,) for v, _ in pg.MIGRATIONS]
+        postgres.execute(
+            url,
+            "INSERT INTO assigncore.schema_version (version, by) VALUES (%s, 'the future')",
+            pg.SCHEMA_VERSION + 1,
+        )
+        with pytest.raises(pg.StorageError, match="newer than this server knows"):
+            pg.migrate(conn)
+    finally:
+        conn.close()

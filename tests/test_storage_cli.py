@@ -108,3 +108,52 @@ async def test_snapshots_from_a_separate_process_bound_recovery_and_compact(tmp_
         assert {s.id for s in live.server.runtime.engine.sessions()} == set(before["sessions"])
     finally:
         await live.close()
+
+
+async def test_a_desk_file_migrates_to_postgresql_and_backs_up_from_it(tmp_path):
+    """`assigncore migrate` moves a desk file into PostgreSQL byte for byte; the desk
+    served from there is the same desk; `assigncore backup` of it writes a desk file
+    that serves the same desk again; `journal`, `snapshot` and `status` read it."""
+    from . import postgres
+
+    url = postgres.fresh_database()
+    path = str(tmp_path / "desk.sqlite3")
+    live = await live_server(storage_path=path)
+    kept = [(await live.start(issue_type_id="manual-help")).id for _ in range(3)]
+    await live.close()  # with a snapshot: the migration carries it and the records after
+    moved = cli("migrate", "--from", path, "--to", url, "--desk", "moved")
+    assert moved.returncode == 0, moved.stderr
+    again = cli("migrate", "--from", path, "--to", url, "--desk", "moved")
+    assert again.returncode == 1 and "not empty" in again.stderr  # never overwrites
+
+    on_pg = {"storage_mode": "postgresql", "storage_url": url, "desk_id": "moved"}
+    live = await live_server(clock=live.clock, **on_pg)
+    try:
+        for sid in kept:
+            assert live.server.runtime.engine.session(sid).state.value == "WAITING"
+        kept.append((await live.start(issue_type_id="manual-help")).id)
+    finally:
+        await live.close(snapshot=False)
+
+    config = tmp_path / "pg.toml"
+    config.write_text(f'[storage]\nurl = "{url}"\ndesk = "moved"\n')
+    snap = cli("snapshot", "--config", str(config))
+    assert snap.returncode == 0, snap.stderr
+    dumped = cli("journal", "--config", str(config), "--from", "1")
+    lines = [json.loads(line) for line in dumped.stdout.splitlines()]
+    assert dumped.returncode == 0 and lines and all("records" in line for line in lines)
+    status = cli("status", "--config", str(config), "--json")
+    assert status.returncode == 0, status.stderr
+    (report,) = json.loads(status.stdout)
+    assert report["desk"] == "moved" and report["position"] == lines[-1]["position"]
+    assert report["leader"] == "" and report["epoch"] == 1  # released at the clean stop
+
+    backup = str(tmp_path / "from-pg.sqlite3")
+    done = cli("backup", "--config", str(config), backup)
+    assert done.returncode == 0, done.stderr
+    live = await live_server(storage_path=backup, clock=live.clock)
+    try:
+        for sid in kept:
+            assert live.server.runtime.engine.session(sid).state.value == "WAITING"
+    finally:
+        await live.close()
