@@ -381,6 +381,16 @@ async def failovers(url: str, tmp: Path, kills: int, pauses: int, reps: int) -> 
     config = tmp / "failover-desk.toml"
     config.write_text(desk(reps, f'url = "{url}"'))
     processes = [Process(config) for _ in range(3)]
+    try:
+        return await _failovers(url, processes, kills, pauses, reps)
+    finally:
+        for p in processes:
+            p.stop()  # whatever happened: no server outlives the run
+
+
+async def _failovers(
+    url: str, processes: list[Process], kills: int, pauses: int, reps: int
+) -> dict[str, object]:
     for p in processes:
         p.start()
     leader = await leader_of(processes)
@@ -465,8 +475,6 @@ async def failovers(url: str, tmp: Path, kills: int, pauses: int, reps: int) -> 
         ).fetchone()
     idempotent = int(made[0]) if made else 0
     await cluster.close()
-    for p in processes:
-        p.stop()
     duplicated = max(0, idempotent - len(load.started) - len(load.unknown))
 
     say("checked", len(load.started), "acknowledged starts")
@@ -568,8 +576,8 @@ def throughput(storage: str, tmp: Path, name: str, reps: int, seconds: float) ->
     config = tmp / f"{name}.toml"
     config.write_text(desk(reps, storage))
     p = Process(config)
-    p.start()
     try:
+        p.start()
         assert p.proc is not None
         return asyncio.run(asyncio.wait_for(sustained(p.port, reps, seconds, p.proc.pid), 300))
     finally:

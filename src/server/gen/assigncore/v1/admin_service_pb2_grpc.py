@@ -39,6 +39,13 @@ class AdminServiceStub:
 
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     ALREADY_EXISTS, FAILED_PRECONDITION (deleting something still in use).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def __init__(self, channel):
@@ -212,6 +219,13 @@ class AdminServiceServicer:
 
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     ALREADY_EXISTS, FAILED_PRECONDITION (deleting something still in use).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def CreateRep(self, request, context):
@@ -609,6 +623,13 @@ class AdminService:
 
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     ALREADY_EXISTS, FAILED_PRECONDITION (deleting something still in use).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     @staticmethod

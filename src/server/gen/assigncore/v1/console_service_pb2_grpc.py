@@ -80,6 +80,13 @@ class RepConsoleServiceStub:
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def __init__(self, channel):
@@ -259,6 +266,13 @@ class RepConsoleServiceServicer:
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def Subscribe(self, request, context):
@@ -635,6 +649,13 @@ class RepConsoleService:
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (wrong state, stale offer), PERMISSION_DENIED (not allowed for
     this rep), ALREADY_EXISTS, RESOURCE_EXHAUSTED, UNAVAILABLE while the server drains.
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     @staticmethod

@@ -58,6 +58,13 @@ class IntakeServiceStub:
     expired session key, all alike; a session this portal did not start),
     FAILED_PRECONDITION (the session already ended; the general queue is disabled),
     RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def __init__(self, channel):
@@ -115,6 +122,13 @@ class IntakeServiceServicer:
     expired session key, all alike; a session this portal did not start),
     FAILED_PRECONDITION (the session already ended; the general queue is disabled),
     RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def StartSession(self, request, context):
@@ -200,6 +214,13 @@ class IntakeService:
     expired session key, all alike; a session this portal did not start),
     FAILED_PRECONDITION (the session already ended; the general queue is disabled),
     RESOURCE_EXHAUSTED (too many invalid session keys from this customer or portal).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     @staticmethod

@@ -54,6 +54,13 @@ class SupervisorServiceStub:
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (a rep not signed in, a session already ended, a pull with a
     token that names no rep).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     @_typing.overload
@@ -122,6 +129,13 @@ class SupervisorServiceAsyncStub(SupervisorServiceStub):
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (a rep not signed in, a session already ended, a pull with a
     token that names no rep).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -186,6 +200,13 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
     Errors: INVALID_ARGUMENT (with google.rpc.BadRequest field violations), NOT_FOUND,
     FAILED_PRECONDITION (a rep not signed in, a session already ended, a pull with a
     token that names no rep).
+
+    Leaders: a desk on PostgreSQL is served by one process at a time, its leader; others
+    stand by. A call that reaches a process that does not lead its token's desk ends
+    with UNAVAILABLE and a google.rpc.ErrorInfo (domain "assigncore.v1", reason
+    "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
+    takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
+    leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
     """
 
     @_abc_1.abstractmethod
