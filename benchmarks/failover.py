@@ -427,8 +427,9 @@ async def _failovers(
             old = leader
             cut = time.monotonic()
             if pause:
-                _, at = lease_row(url)
                 old.signal(signal.SIGSTOP)
+                await asyncio.sleep(0.1)  # a commit sent just before the freeze lands
+                frozen_epoch, at = lease_row(url)  # what the leader wrote before it froze
             else:
                 old.signal(signal.SIGKILL)
             leader = await leader_of([p for p in processes if p is not old])
@@ -447,9 +448,12 @@ async def _failovers(
                 old.signal(signal.SIGCONT)
                 await asyncio.sleep(1.0)
                 stepped_down += not await old.leads()
-                # Whatever the resumed leader held in flight was fenced: every record
-                # after the pause belongs to the new epoch.
-                appended_when_paused += sum(c for e, c in epochs_after(url, at) if e < epoch)
+                # Whatever the resumed leader held in flight was fenced: no record after
+                # the freeze carries its epoch.
+                appended_when_paused += sum(
+                    c for e, c in epochs_after(url, at) if e == frozen_epoch
+                )
+                assert epoch > frozen_epoch
             else:
                 old.start()  # back as a standby
         await settle(1.0)

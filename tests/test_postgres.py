@@ -413,3 +413,34 @@ def test_pg_dump_of_the_schema_works() -> None:
     assert dump.returncode == 0, dump.stderr
     assert "CREATE TABLE assigncore.records" in dump.stdout
     assert "COPY assigncore.records" in dump.stdout
+
+
+def test_the_stateful_machines_journals_replay_the_same_from_postgresql() -> None:
+    """The hypothesis state machine's runs (tests/test_engine_stateful.py), their
+    journals appended through PostgreSQL's group-commit writer and read back by
+    position: the same bytes, and replayed, the same desk as replayed from memory."""
+    from hypothesis import settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from . import test_engine_stateful as machine
+
+    machine.JOURNALS.clear()
+    run_state_machine_as_test(
+        machine.EngineMachine,
+        settings=settings(
+            max_examples=6, stateful_step_count=40, deadline=None, derandomize=True, database=None
+        ),
+    )
+    url = postgres.fresh_database()
+    config = machine.EngineConfig(reconnect_grace=20, max_rule_moves=3)
+    assert len(machine.JOURNALS) >= 6
+    for n, (journal, secret) in enumerate(machine.JOURNALS):
+        store = leading_store(url, f"stateful-{n}")
+        futures = [store.journal.append(body) for body in journal]
+        assert [f.result(timeout=30) for f in futures] == list(range(1, len(journal) + 1))
+        read = [body for _, body in store.records()]
+        store.close()
+        assert read == journal
+        from_memory = machine.replay(journal, bytes.fromhex(secret), config)
+        from_database = machine.replay(read, bytes.fromhex(secret), config)
+        assert from_database.snapshot() == from_memory.snapshot()

@@ -8,17 +8,15 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 
 from assigncore import validation as v
-from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound, shown
 from assigncore.model import HelpLink, SupportButton
 
-from ..desk.runtime import Runtime
 from ..desk.tokens import Principal, PrincipalKind
 from ..gen.assigncore.v1 import admin_service_pb2 as apb
 from ..gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from ..ops import audit
 from . import convert
-from .calls import current_runtime
+from .calls import OnDesk
 from .errors import rpc
 
 TEAM_FIELDS = {
@@ -80,16 +78,8 @@ def required(field: str, present: bool) -> None:
 MAX_TOKEN_TTL = 10 * 366 * 86400  # seconds: ten years
 
 
-class AdminServicer(agrpc.AdminServiceServicer):
+class AdminServicer(OnDesk, agrpc.AdminServiceServicer):
     SERVICE = "assigncore.v1.AdminService"
-
-    @property
-    def rt(self) -> Runtime:
-        return current_runtime.get()  # the runtime of the desk the call's token is of
-
-    @property
-    def engine(self) -> Engine:
-        return self.rt.engine  # the desk's engine (a new one after a rebuild)
 
     # ------------------------------------------------------------- reps
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 if TYPE_CHECKING:
+    from assigncore.engine import Engine
+
     from ..desk.runtime import Runtime
     from ..desk.tokens import Principal
 
@@ -164,3 +166,16 @@ class Calls:
             current_request_id.get(),
             extra=fields,
         )
+
+
+class OnDesk:
+    """A servicer's view of the desk its call is for: the runtime the interceptor found
+    by the call's token, and that desk's engine (a new one after a rebuild)."""
+
+    @property
+    def rt(self) -> Runtime:
+        return current_runtime.get()
+
+    @property
+    def engine(self) -> Engine:
+        return self.rt.engine

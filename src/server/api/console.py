@@ -9,17 +9,15 @@ import grpc
 from google.rpc import code_pb2
 
 from assigncore import validation as v
-from assigncore.engine import Engine
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
 from assigncore.model import QueueRef, TeamKind
 
 from ..desk.hub import ConsoleStream, Numbered, StreamEnd, stream_end_status
-from ..desk.runtime import Runtime
 from ..gen.assigncore.v1 import console_service_pb2 as cpb
 from ..gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from . import convert, wire
 from .auth import MalformedRequest
-from .calls import current_principal, current_runtime
+from .calls import OnDesk, current_principal
 from .errors import abort, abort_with, rpc
 
 
@@ -59,15 +57,7 @@ def target_checked(request: Any) -> QueueRef:
     return target
 
 
-class ConsoleServicer(cgrpc.RepConsoleServiceServicer):
-    @property
-    def rt(self) -> Runtime:
-        return current_runtime.get()  # the runtime of the desk the call's token is of
-
-    @property
-    def engine(self) -> Engine:
-        return self.rt.engine  # the desk's engine (a new one after a rebuild)
-
+class ConsoleServicer(OnDesk, cgrpc.RepConsoleServiceServicer):
     # ------------------------------------------------------------- the feed
 
     async def Subscribe(

@@ -7,17 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from assigncore import validation as v
-from assigncore.engine import Engine
 from assigncore.errors import InvalidArgument, NotFound
 from assigncore.intake import check_customer
 
 from ..desk.durable import MAX_REQUEST_ID
-from ..desk.runtime import Runtime
 from ..desk.tokens import PrincipalKind
 from ..gen.assigncore.v1 import intake_service_pb2 as ipb
 from ..gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from . import convert
-from .calls import current_peer, current_principal, current_runtime
+from .calls import OnDesk, current_peer, current_principal
 from .errors import rpc
 
 
@@ -64,15 +62,7 @@ def check_start(request: ipb.StartSessionRequest) -> None:
     c.done()
 
 
-class IntakeServicer(igrpc.IntakeServiceServicer):
-    @property
-    def rt(self) -> Runtime:
-        return current_runtime.get()  # the runtime of the desk the call's token is of
-
-    @property
-    def engine(self) -> Engine:
-        return self.rt.engine  # the desk's engine (a new one after a rebuild)
-
+class IntakeServicer(OnDesk, igrpc.IntakeServiceServicer):
     def _once(self, request: Any, produce: Callable[[], Any]) -> Any:
         """Run a mutating call once per (portal, request_id); a retry gets the first
         result. Two portals may choose the same request_id."""

@@ -15,13 +15,12 @@ from assigncore.errors import DomainError, FailedPrecondition, InvalidArgument, 
 from assigncore.model import QueueKind, QueueRef, Session, SessionState
 
 from ..desk.hub import StreamEnd
-from ..desk.runtime import Runtime
 from ..desk.tokens import Principal, PrincipalKind
 from ..gen.assigncore.v1 import common_pb2 as pb
 from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
 from ..gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from . import convert
-from .calls import current_principal, current_runtime
+from .calls import OnDesk, current_principal
 from .errors import abort, rpc
 
 LIVE = (SessionState.WAITING, SessionState.OFFERED, SessionState.ACTIVE)
@@ -152,16 +151,8 @@ class Scope:
         return s
 
 
-class SupervisorServicer(sgrpc.SupervisorServiceServicer):
+class SupervisorServicer(OnDesk, sgrpc.SupervisorServiceServicer):
     SERVICE = "assigncore.v1.SupervisorService"
-
-    @property
-    def rt(self) -> Runtime:
-        return current_runtime.get()  # the runtime of the desk the call's token is of
-
-    @property
-    def engine(self) -> Engine:
-        return self.rt.engine
 
     def _scope(self) -> Scope:
         return Scope(self.engine, current_principal.get())
