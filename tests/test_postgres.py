@@ -171,6 +171,11 @@ async def test_only_the_current_epoch_can_append_when_two_processes_believe_they
         assert any(b"split-b" in bytes(body) for _, body in rows)
         await until(lambda: not ra.serving)  # the fenced append deposed it
         assert ra.role == "standby"
+        # From then on its calls are sent to the new leader.
+        await until(lambda: ra.leader_address == b.server.address, 10)
+        with pytest.raises(grpc.aio.AioRpcError) as redirected:
+            await intake_start(a, "r-9")
+        assert not_leader(redirected.value)["leader"] == b.server.address
     finally:
         await a.close(snapshot=False)
         await b.close(snapshot=False)

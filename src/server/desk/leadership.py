@@ -132,7 +132,8 @@ class Keeper:
                     self._renew(conn)
                 elif self.epoch == 0:
                     last_report = self._stand_by(conn, last_report)
-                else:
+                else:  # stepped down, the desk being read again: who leads, meanwhile
+                    self._post(self.runtime.lease_seen, pg.lease_info(conn, self.desk))
                     self._wake.wait(self.lease.poll_every)
                     self._wake.clear()
                 self.failures = 0
