@@ -465,9 +465,12 @@ class Runtime:
     def won(self, epoch: int, last: int, deadline: float) -> None:
         """On the loop: the keeper took the lease (epoch) with the journal read to
         `last`; the takeover is recorded like a restart, then the desk is served."""
-        if self._closing or self.role != "standby" or self._reloading is not None:
-            return
         assert self.storage is not None and self.keeper is not None
+        if self._closing or self.role != "standby" or self._reloading is not None:
+            # Not in a state to serve (stopping, or reading the desk again, which ends
+            # by standing by): the lease goes back at once rather than lapse unserved.
+            self.keeper.step_down(epoch)
+            return
         if self._applied_position != last:
             self._give_up(epoch, f"the standby desk is at {self._applied_position}, not {last}")
             return
