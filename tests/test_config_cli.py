@@ -177,3 +177,51 @@ def test_a_token_seen_before_is_one_lookup_and_revoking_it_takes_effect_at_once(
     store.revoke(record.token_id)
     assert store.principal(secret) is None  # even though it was remembered
     assert store.principal(other_secret).rep_id == "bob"
+
+
+def test_several_desks_each_with_its_storage_and_desk(tmp_path):
+    """[[desks]]: ids, storage (a PostgreSQL URL or a file), the desk from its own TOML
+    or inline; shared [server], [ha]; mistakes named."""
+    from server import config
+
+    (tmp_path / "berlin.toml").write_text(
+        '[server]\nreconnect_grace = 12\n[[teams]]\nid = "b"\nalgorithm = "NONE"\n'
+    )
+    text = """
+[server]
+listen = "127.0.0.1:0"
+[ha]
+lease_ttl = 3
+renew_every = 1
+[[desks]]
+id = "berlin"
+url = "postgresql://u@db/assigncore"
+config = "berlin.toml"
+[[desks]]
+id = "lisbon"
+path = "lisbon.sqlite3"
+prefer = "standby"
+[[desks.teams]]
+id = "l"
+algorithm = "LEAST_BUSY"
+"""
+    settings = config.parse(text, "multi.toml", tmp_path / "multi.toml")
+    berlin, lisbon = settings.desks
+    assert (berlin.desk_id, berlin.storage_mode) == ("berlin", "postgresql")
+    assert berlin.engine.reconnect_grace == 12 and berlin.desk["teams"][0]["id"] == "b"
+    assert (lisbon.storage_mode, lisbon.storage_path) == ("file", str(tmp_path / "lisbon.sqlite3"))
+    assert lisbon.prefer_standby and not berlin.prefer_standby
+    assert lisbon.desk["teams"][0]["id"] == "l" and lisbon.lease.ttl == 3.0
+    mistakes = {
+        '[[desks]]\nid = "a"\nurl = "mysql://x"\n': "postgresql:// URL",
+        '[[desks]]\nid = "a"\n': "needs url",
+        '[[desks]]\nid = "a"\npath = "a"\n[[desks]]\nid = "a"\npath = "b"\n': "listed twice",
+        '[[desks]]\nid = "a b"\npath = "a"\n': "id must be",
+        '[[desks]]\nid = "a"\npath = "a"\ncolour = 1\n': "unknown keys",
+        '[[desks]]\nid = "a"\npath = "a"\nprefer = "never"\n': "prefer is",
+        '[ha]\nlease_ttl = 1\nrenew_every = 0.5\n': "a third of lease_ttl",
+        '[storage]\nurl = "postgresql://x/y"\npath = "z"\n': "replaces path",
+    }
+    for bad, why in mistakes.items():
+        with pytest.raises(config.ConfigError, match=why):
+            config.parse(bad, "bad.toml", tmp_path / "bad.toml")

@@ -53,7 +53,8 @@
     [[desks]]                     # several desks in one process, instead of the above:
     id = "berlin"                 # each with its id, its storage and its desk: a
     url = "postgresql://..."      # PostgreSQL URL or a file path, and the desk's TOML
-    config = "berlin.toml"        # (its [server] routing keys, teams, reps, tokens...)
+    config = "berlin.toml"        # (its [server] routing keys, teams, reps, tokens...),
+                                  #   or the desk inline: [[desks.teams]], [[desks.reps]]...
     prefer = "leader"             # or "standby": take the desk only if no other process
                                   #   has led it for a lease period (placement)
 
@@ -283,7 +284,7 @@ def several_desks(settings: Settings, entries: Any, path: Path | None, source: s
         where = f"{source}: [[desks]] entry {i + 1}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where} must be a table")
-        unknown = set(entry) - DESK_ENTRY_KEYS
+        unknown = set(entry) - DESK_ENTRY_KEYS - DESK_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
         desk_id = entry.get("id")
@@ -302,6 +303,10 @@ def several_desks(settings: Settings, entries: Any, path: Path | None, source: s
             own = parse(text, str(file), file)
             if own.desks:
                 raise ConfigError(f"{file}: a desk's config cannot list [[desks]]")
+            if set(entry) & DESK_KEYS:
+                raise ConfigError(f"{where}: the desk is in its config file or here, not both")
+        else:  # the desk's sections inline: [[desks.teams]], [[desks.reps]], ...
+            own.desk = {k: entry.get(k, []) for k in DESK_KEYS}
         desk = dataclasses.replace(
             settings,
             desk=own.desk,
