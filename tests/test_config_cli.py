@@ -219,7 +219,7 @@ algorithm = "LEAST_BUSY"
         '[[desks]]\nid = "a b"\npath = "a"\n': "id must be",
         '[[desks]]\nid = "a"\npath = "a"\ncolour = 1\n': "unknown keys",
         '[[desks]]\nid = "a"\npath = "a"\nprefer = "never"\n': "prefer is",
-        '[ha]\nlease_ttl = 1\nrenew_every = 0.5\n': "a third of lease_ttl",
+        "[ha]\nlease_ttl = 1\nrenew_every = 0.5\n": "a third of lease_ttl",
         '[storage]\nurl = "postgresql://x/y"\npath = "z"\n': "replaces path",
     }
     for bad, why in mistakes.items():
