@@ -225,3 +225,20 @@ algorithm = "LEAST_BUSY"
     for bad, why in mistakes.items():
         with pytest.raises(config.ConfigError, match=why):
             config.parse(bad, "bad.toml", tmp_path / "bad.toml")
+
+
+def test_the_database_url_comes_from_the_environment_when_the_config_names_no_storage(
+    monkeypatch, tmp_path
+):
+    from server import config
+
+    monkeypatch.setenv("ASSIGNCORE_DATABASE_URL", "postgresql://u@db/assigncore")
+    defaults = config.load(None)  # `assigncore serve` with no config
+    assert (defaults.storage_mode, defaults.storage_url) == (
+        "postgresql",
+        "postgresql://u@db/assigncore",
+    )
+    named = config.parse('[storage]\npath = "x.sqlite3"\n', "c.toml", tmp_path / "c.toml")
+    assert named.storage_mode == "file"  # a config that names its storage keeps it
+    monkeypatch.delenv("ASSIGNCORE_DATABASE_URL")
+    assert config.load(None).storage_mode == "file"  # the embedded default: SQLite
