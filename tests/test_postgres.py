@@ -143,6 +143,7 @@ async def test_only_the_current_epoch_can_append_when_two_processes_believe_they
     b = await on_pg(url, ttl=1.0, clock=a.clock)
     ra, rb = a.server.runtime, b.server.runtime
     try:
+        ann = await a.console("ann")  # open on the old leader through all of it
         keeper = ra.keeper
         assert keeper is not None
 
@@ -171,6 +172,10 @@ async def test_only_the_current_epoch_can_append_when_two_processes_believe_they
         assert any(b"split-b" in bytes(body) for _, body in rows)
         await until(lambda: not ra.serving)  # the fenced append deposed it
         assert ra.role == "standby"
+        # Its console streams end, telling the console this process no longer leads.
+        await until(lambda: ann.ended is not None, 10)
+        assert ann.ended is grpc.StatusCode.UNAVAILABLE
+        assert "does not lead desk 'default'" in await ann.call.details()
         # From then on its calls are sent to the new leader.
         await until(lambda: ra.leader_address == b.server.address, 10)
         with pytest.raises(grpc.aio.AioRpcError) as redirected:
