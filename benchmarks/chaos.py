@@ -41,15 +41,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
-from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
-from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import intake_service_pb2_grpc as igrpc
+from assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 ADMIN = "demo-admin-token-change-me"  # the embedded default desk's demo tokens
 INTAKE = "demo-intake-token-change-me"
@@ -573,7 +573,14 @@ def run(seconds: float, seed: int = 1) -> tuple[Figures, str]:
         log_path = os.path.join(folder, "server.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "serve", "--listen", f"127.0.0.1:{port}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "assigncore_server.cli",
+                    "serve",
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                ],
                 cwd=folder,
                 env=env,
                 stdout=log,

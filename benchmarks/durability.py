@@ -24,12 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from assigncore_server import config
+from assigncore_server.desk import durable
+from assigncore_server.storage import files as storage
+from assigncore_server.storage.journal import Journal
+
 from assigncore.model import Algorithm, Customer, IssueType, QueueSettings
 from assigncore.records import encode
-from server import config
-from server.desk import durable
-from server.storage import files as storage
-from server.storage.journal import Journal
 
 BODY = (
     b'[{"a":["r1","off_0123456789abcdef012345678",true],"c":"answer_offer","k":{},"t":1.5,"v":1}]'
@@ -127,9 +128,9 @@ def build_desk(path: Path, reps: int, sessions: int, tail: int) -> dict:
 
 _RECOVER = """
 import json, time
-from server import config
-from server.desk import durable
-from server.storage.files import FileView
+from assigncore_server import config
+from assigncore_server.desk import durable
+from assigncore_server.storage.files import FileView
 settings = config.Settings(storage_mode="file", storage_path={path!r})
 t0 = time.perf_counter()
 desk, position = durable.load(FileView({path!r}), settings)

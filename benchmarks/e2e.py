@@ -9,7 +9,7 @@
   once with the same actions on its `Connect` stream; and the server's and the
   client's CPU per lifecycle for each (from /proc).
 
-The server runs as a separate process (`python -m server.cli serve`) with 1,000 team
+The server runs as a separate process (`python -m assigncore_server.cli serve`) with 1,000 team
 queues and 1,000 reps whose consoles are connected and streaming throughout. In the
 same run it serves with the journal off (`[storage] mode = "memory"`), then in turn
 (`--pairs` times, 2 by default) with the journal on (the default: SQLite,
@@ -44,11 +44,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
 INTAKE = "bench-intake-token-0123456789"
 # Console streams are spread over this many connections (each channel has its own: a
@@ -357,7 +357,7 @@ def serve(tmp: str, reps: int, journal: bool, quick: bool, operations: bool = Tr
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "assigncore_server.cli",
             "serve",
             "--config",
             str(config),

@@ -53,11 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from e2e import Consoles, cpu_seconds, percentile  # noqa: E402
 
-from server.gen.assigncore.v1 import common_pb2 as pb  # noqa: E402
-from server.gen.assigncore.v1 import console_service_pb2 as cpb  # noqa: E402
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc  # noqa: E402
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb  # noqa: E402
-from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc  # noqa: E402
+from assigncore.v1 import common_pb2 as pb  # noqa: E402
+from assigncore.v1 import console_service_pb2 as cpb  # noqa: E402
+from assigncore.v1 import console_service_pb2_grpc as cgrpc  # noqa: E402
+from assigncore.v1 import intake_service_pb2 as ipb  # noqa: E402
+from assigncore.v1 import intake_service_pb2_grpc as igrpc  # noqa: E402
 
 INTAKE = "bench-intake-token-0123456789"
 ADMIN = "bench-admin-token-0123456789"
@@ -116,7 +116,7 @@ class Process:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "assigncore_server.cli", "serve", "--config", str(self.config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,

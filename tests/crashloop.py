@@ -32,13 +32,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
 ADMIN = "crash-admin-token-0123456789"
 INTAKE = "crash-intake-token-0123456789"
@@ -107,7 +107,7 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(self.config)],
+            [sys.executable, "-m", "assigncore_server.cli", "serve", "--config", str(self.config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -368,8 +368,8 @@ async def check(port: int, acked: Acknowledged, rng: random.Random) -> dict[str,
 
 async def check_sharing(channel: grpc.aio.Channel, acked: Acknowledged, states: dict) -> None:
     """Transfers, invitations, team chat and session keys (see the module's docstring)."""
-    from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
-    from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+    from assigncore.v1 import supervisor_service_pb2 as spb
+    from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
     sup = sgrpc.SupervisorServiceStub(channel)
     for sid in sorted(acked.transferred)[-50:]:

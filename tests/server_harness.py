@@ -10,15 +10,15 @@ import tempfile
 from typing import Any
 
 import grpc
+from assigncore_server import config
+from assigncore_server.app import create_server
 
-from server import config
-from server.app import create_server
-from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
 from .conftest import ManualClock
 

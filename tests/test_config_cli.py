@@ -15,10 +15,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from assigncore_server import config
+from assigncore_server.desk.runtime import Runtime
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from server import config
-from server.desk.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +77,7 @@ def test_cli_serves_and_drains_on_sigterm(tmp_path):
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "assigncore_server.cli",
             "serve",
             "--config",
             str(desk),
@@ -116,7 +115,7 @@ def test_cli_serves_and_drains_on_sigterm(tmp_path):
 
 
 def test_hardening_limits_are_configurable_and_checked():
-    from server import config
+    from assigncore_server import config
 
     settings = config.parse(
         "[server]\nkey_failures_per_address = 3\nkey_failures_per_portal = 50\n"
@@ -139,8 +138,7 @@ def test_hardening_limits_are_configurable_and_checked():
 
 def test_the_event_loop_is_uvloop_unless_configured_otherwise():
     import uvloop
-
-    from server import cli, config
+    from assigncore_server import cli, config
 
     assert config.parse("", "t").event_loop == "uvloop"
     assert cli._loop_factory(config.parse("", "t")) is uvloop.new_event_loop
@@ -153,7 +151,7 @@ def test_the_event_loop_is_uvloop_unless_configured_otherwise():
 def test_gc_is_tuned_for_a_long_running_server():
     import gc
 
-    from server import cli
+    from assigncore_server import cli
 
     before = gc.get_threshold()
     try:
@@ -166,7 +164,7 @@ def test_gc_is_tuned_for_a_long_running_server():
 
 
 def test_a_token_seen_before_is_one_lookup_and_revoking_it_takes_effect_at_once():
-    from server.desk.tokens import Principal, PrincipalKind, TokenStore
+    from assigncore_server.desk.tokens import Principal, PrincipalKind, TokenStore
 
     store = TokenStore()
     record, secret = store.issue(Principal(PrincipalKind.REP, "ann"))
@@ -182,7 +180,7 @@ def test_a_token_seen_before_is_one_lookup_and_revoking_it_takes_effect_at_once(
 def test_several_desks_each_with_its_storage_and_desk(tmp_path):
     """[[desks]]: ids, storage (a PostgreSQL URL or a file), the desk from its own TOML
     or inline; shared [server], [ha]; mistakes named."""
-    from server import config
+    from assigncore_server import config
 
     (tmp_path / "berlin.toml").write_text(
         '[server]\nreconnect_grace = 12\n[[teams]]\nid = "b"\nalgorithm = "NONE"\n'
@@ -230,7 +228,7 @@ algorithm = "LEAST_BUSY"
 def test_the_database_url_comes_from_the_environment_when_the_config_names_no_storage(
     monkeypatch, tmp_path
 ):
-    from server import config
+    from assigncore_server import config
 
     monkeypatch.setenv("ASSIGNCORE_DATABASE_URL", "postgresql://u@db/assigncore")
     defaults = config.load(None)  # `assigncore serve` with no config

@@ -9,9 +9,9 @@ import contextlib
 import grpc
 from google.rpc import code_pb2, error_details_pb2
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
 
 from .server_harness import ADMIN, INTAKE, auth, live_server, rep_token, until
 

@@ -8,8 +8,8 @@ import asyncio
 import grpc
 from grpc_status import rpc_status
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import console_service_pb2 as cpb
 
 from .h2client import RawConnection, grpc_frame
 from .server_harness import ADMIN, auth, live_server, rep_token, until

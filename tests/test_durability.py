@@ -12,11 +12,11 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2 as ipb
 
 from . import postgres
 from .server_harness import ADMIN, INTAKE, Console, Live, auth, live_server, rep_token, until
@@ -244,7 +244,7 @@ async def test_an_offer_that_ran_out_while_the_server_was_down_is_withdrawn_not_
 
 
 async def test_a_second_server_on_the_same_desk_file_refuses_to_start(tmp_path):
-    from server.storage.files import StorageError
+    from assigncore_server.storage.files import StorageError
 
     path = str(tmp_path / "desk.sqlite3")
     live = await live_server(storage_path=path)
@@ -329,7 +329,7 @@ async def test_a_full_disk_refuses_calls_applies_nothing_and_recovers(tmp_path):
 
 
 async def test_a_corrupt_middle_record_stops_the_start_and_names_its_position(tmp_path):
-    from server.storage.journal import JournalError
+    from assigncore_server.storage.journal import JournalError
 
     path = str(tmp_path / "desk.sqlite3")
     live = await live_server(storage_path=path)
@@ -350,7 +350,7 @@ async def test_a_corrupt_middle_record_stops_the_start_and_names_its_position(tm
 async def test_a_corrupt_last_record_stops_the_start(tmp_path):
     """An acknowledged change in a damaged last record is not dropped: the server does
     not start, and says which record and how to inspect it."""
-    from server.storage.files import StorageError
+    from assigncore_server.storage.files import StorageError
 
     path = str(tmp_path / "desk.sqlite3")
     live = await live_server(storage_path=path)

@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
 
 from . import postgres
 from .crashloop import FAST_LEASE
@@ -93,7 +93,7 @@ def process_config(url: str, lead: str) -> str:
 class Process:
     def __init__(self, config: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
+            [sys.executable, "-m", "assigncore_server.cli", "serve", "--config", str(config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -183,7 +183,15 @@ async def test_two_processes_each_lead_one_desk_and_the_survivor_serves_both(tmp
         assert alpha == ["alpha"]
         assert await teams(two.address, ADMIN_B) == ["beta"]
         status = subprocess.run(
-            [sys.executable, "-m", "server.cli", "status", "--config", "two.toml", "--json"],
+            [
+                sys.executable,
+                "-m",
+                "assigncore_server.cli",
+                "status",
+                "--config",
+                "two.toml",
+                "--json",
+            ],
             capture_output=True,
             text=True,
             cwd=tmp_path,

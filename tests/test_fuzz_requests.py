@@ -28,20 +28,20 @@ from typing import Any
 
 import grpc
 import pytest
+from assigncore_server import config
+from assigncore_server.app import create_server
 from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import config
-from server.app import create_server
-from server.gen.assigncore.v1 import (
+from assigncore.v1 import (
     admin_service_pb2,
     console_service_pb2,
     intake_service_pb2,
     supervisor_service_pb2,
 )
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import intake_service_pb2 as ipb
 
 from .conftest import ManualClock
 from .server_harness import ADMIN, DESK, INTAKE, auth, rep_token
@@ -392,7 +392,7 @@ class ServerThread:
 
 
 def _customer() -> Any:
-    from server.gen.assigncore.v1 import common_pb2
+    from assigncore.v1 import common_pb2
 
     return common_pb2.Customer(name="Carol")
 

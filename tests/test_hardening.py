@@ -16,10 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from assigncore.engine import Engine
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
 
 from .conftest import T0, Desk, ManualClock
 from .server_harness import ADMIN, auth, live_server, rep_token
@@ -188,8 +188,8 @@ def pb_duration(value: dict) -> object:
 
 
 async def test_watch_statistics_refuses_bad_intervals_naming_each() -> None:
-    from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
-    from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+    from assigncore.v1 import supervisor_service_pb2 as spb
+    from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
     live = await live_server()
     try:
@@ -261,8 +261,8 @@ async def test_request_id_used_only_when_well_formed(sent: str, kept: bool) -> N
 DROPPER = r"""
 import asyncio, random, sys
 import grpc
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cg
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cg
 
 async def one(channel, token, connect):
     stub = cg.RepConsoleServiceStub(channel)
@@ -322,7 +322,7 @@ async def test_consoles_dropping_their_streams_do_not_crash_the_server() -> None
 
 
 async def test_every_violation_before_any_lookup() -> None:
-    from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+    from assigncore.v1 import intake_service_pb2 as ipb
 
     from .server_harness import INTAKE
 
@@ -422,7 +422,7 @@ async def test_a_deleted_reps_calls_are_unauthenticated_as_documented() -> None:
 def test_a_port_in_use_stops_serve_before_any_desk_file(tmp_path) -> None:
     import socket
 
-    from server.cli import main
+    from assigncore_server.cli import main
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -442,7 +442,7 @@ def test_a_port_in_use_stops_serve_before_any_desk_file(tmp_path) -> None:
             ]
             config.write_text("\n".join(lines) + "\n")
             done = subprocess.run(
-                [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
+                [sys.executable, "-m", "assigncore_server.cli", "serve", "--config", str(config)],
                 capture_output=True,
                 text=True,
                 timeout=60,
@@ -459,9 +459,9 @@ def test_a_port_in_use_stops_serve_before_any_desk_file(tmp_path) -> None:
 async def test_health_is_not_serving_while_the_desk_loads(tmp_path, caplog) -> None:
     import threading
 
-    from server import config
-    from server.app import create_server
-    from server.desk import durable
+    from assigncore_server import config
+    from assigncore_server.app import create_server
+    from assigncore_server.desk import durable
 
     from .server_harness import DESK, INTAKE
 
@@ -495,8 +495,8 @@ async def test_health_is_not_serving_while_the_desk_loads(tmp_path, caplog) -> N
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.01)
             assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-            from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-            from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+            from assigncore.v1 import intake_service_pb2 as ipb
+            from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await igrpc.IntakeServiceStub(channel).GetSessionStatus(
@@ -524,8 +524,8 @@ async def test_the_readme_example_runs_twice_against_the_default_desk(tmp_path) 
     import re
     from pathlib import Path
 
-    from server import config
-    from server.app import create_server
+    from assigncore_server import config
+    from assigncore_server.app import create_server
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     code = re.search(r"```python\n(import asyncio\n.*?)```", readme, re.S).group(1)
@@ -592,11 +592,12 @@ async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
     """Whatever the error inside a replayed command (here an IndexError, as the old
     skill-matrix bug raised), the start stops with the record's position and the
     command that shows it, never a traceback."""
+    from assigncore_server import config
+    from assigncore_server.desk import durable
+    from assigncore_server.storage.files import FileView
+    from assigncore_server.storage.journal import JournalError
+
     from assigncore import directory
-    from server import config
-    from server.desk import durable
-    from server.storage.files import FileView
-    from server.storage.journal import JournalError
 
     from .server_harness import DESK
 
@@ -618,7 +619,7 @@ async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
 
 def test_version() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "--version"], capture_output=True, text=True
+        [sys.executable, "-m", "assigncore_server.cli", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and re.fullmatch(r"assigncore \d+\.\d+\.\d+\n", done.stdout)
 
@@ -626,8 +627,8 @@ def test_version() -> None:
 async def test_an_ended_session_can_be_inspected_by_admins_and_its_supervisors() -> None:
     """Found by the crash loop: an ended session has no queue and no owner, and was
     NOT_FOUND even for an admin. Its history says where it was."""
-    from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
-    from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+    from assigncore.v1 import supervisor_service_pb2 as spb
+    from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
     live = await live_server()
     try:
@@ -661,7 +662,7 @@ async def test_an_ended_session_can_be_inspected_by_admins_and_its_supervisors()
 async def test_an_internal_error_after_a_change_says_it_was_applied(monkeypatch) -> None:
     """A failure after the change (here: building the reply) answers INTERNAL saying
     the change is kept, for an engine command and for a token alike; never UNKNOWN."""
-    from server.api import admin, convert
+    from assigncore_server.api import admin, convert
 
     live = await live_server()
     try:

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_status import rpc_status
 
-from server.gen.assigncore.v1 import (
+from assigncore.v1 import (
     admin_service_pb2,
     console_service_pb2,
     intake_service_pb2,

@@ -8,8 +8,7 @@ import threading
 import zlib
 
 import pytest
-
-from server.storage.journal import Journal, JournalError
+from assigncore_server.storage.journal import Journal, JournalError
 
 
 @pytest.fixture

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from assigncore_server.ops import logs
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
-from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
-from server.ops import logs
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from .server_harness import ADMIN, INTAKE, auth, live_server
 

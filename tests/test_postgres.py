@@ -10,21 +10,21 @@ import time
 
 import grpc
 import pytest
+from assigncore_server.storage import postgres as pg
+from assigncore_server.storage.base import Fenced
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-from server.storage import postgres as pg
-from server.storage.base import Fenced
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import intake_service_pb2 as ipb
 
 from . import postgres
 from .server_harness import ADMIN, INTAKE, Live, auth, live_server, until
 
 
 def lease(ttl: float = 1.0) -> object:
-    from server.config import LeaseSettings
+    from assigncore_server.config import LeaseSettings
 
     return LeaseSettings(ttl=ttl, renew_every=ttl / 4, poll_every=0.05)
 
@@ -367,7 +367,7 @@ async def test_the_shipped_service_config_finds_the_leader_among_the_servers() -
     import json
     from pathlib import Path
 
-    from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+    from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
     config = Path(__file__).resolve().parent.parent / "protos/assigncore/v1/service_config.json"
     url = postgres.fresh_database()

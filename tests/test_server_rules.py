@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import intake_service_pb2 as ipb
 
 from .server_harness import ADMIN, INTAKE, auth, live_server
 
@@ -249,7 +249,7 @@ async def test_general_queue_events_reach_only_subscribed_reps_who_may_see_it(li
 async def test_update_mask_takes_nested_paths_and_leaves_the_rest(live):
     from google.protobuf import duration_pb2
 
-    from server.gen.assigncore.v1 import admin_service_pb2 as apb
+    from assigncore.v1 import admin_service_pb2 as apb
 
     before = (
         await live.admin.GetTeam(apb.GetTeamRequest(team_id="front"), metadata=auth(ADMIN))

@@ -12,11 +12,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2 as ipb
 
 from .server_harness import ADMIN, INTAKE, auth, live_server, rep_token
 
@@ -402,8 +402,8 @@ async def test_oversized_message_and_garbage_bytes_leave_the_server_serving(live
 
 async def test_an_unanswered_offer_moves_on_by_itself_on_the_real_clock(tmp_path):
     """No manual clock: the runtime's timer task fires the offer deadline on the loop."""
-    from server import config
-    from server.app import create_server
+    from assigncore_server import config
+    from assigncore_server.app import create_server
 
     from .server_harness import DESK, Live
 
@@ -464,7 +464,7 @@ def test_reflection_lists_the_services():
 async def test_session_key_guessing_is_limited_per_host_across_connections(live):
     for attempt in range(12):
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{live.port}")  # a new connection
-        from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+        from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
         code = await code_of(
             igrpc.IntakeServiceStub(channel).StartSession(

@@ -9,15 +9,18 @@ import sqlite3
 import subprocess
 import sys
 
-from server.cli import journal_dump, main
-from server.storage import files as storage
+from assigncore_server.cli import journal_dump, main
+from assigncore_server.storage import files as storage
 
 from .server_harness import live_server, until
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "assigncore_server.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

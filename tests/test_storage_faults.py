@@ -12,11 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from assigncore_server.storage import files as storage
+from assigncore_server.storage.files import StorageError
+from assigncore_server.storage.journal import Journal
 
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.storage import files as storage
-from server.storage.files import StorageError
-from server.storage.journal import Journal
+from assigncore.v1 import console_service_pb2 as cpb
 
 from .server_harness import free_port, live_server
 
@@ -90,7 +90,14 @@ async def test_a_damaged_page_gives_one_clear_message(tmp_path) -> None:
         data[offset : offset + 64] = b"\xff" * 64
     path.write_bytes(bytes(data))
     done = subprocess.run(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(config(tmp_path, path))],
+        [
+            sys.executable,
+            "-m",
+            "assigncore_server.cli",
+            "serve",
+            "--config",
+            str(config(tmp_path, path)),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -158,7 +165,7 @@ async def test_restore_into_a_path_that_does_not_exist_yet(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "assigncore_server.cli",
             "restore",
             "--path",
             str(fresh),
@@ -248,17 +255,17 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from server.gen.assigncore.v1 import common_pb2 as pb
-    from server.gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-    from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-    from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+    from assigncore.v1 import common_pb2 as pb
+    from assigncore.v1 import console_service_pb2_grpc as cgrpc
+    from assigncore.v1 import intake_service_pb2 as ipb
+    from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
     from .server_harness import auth
 
     port = free_port()
     (tmp_path / "desk.toml").write_text(PROCESS_DESK.format(port=port, path="desk.sqlite3"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--config", "desk.toml"],
+        [sys.executable, "-m", "assigncore_server.cli", "serve", "--config", "desk.toml"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -312,7 +319,7 @@ async def test_a_stalled_server_does_not_charge_the_rep_for_its_stall(tmp_path) 
 
 
 async def test_the_stall_clock_subtracts_only_gaps_past_its_bound() -> None:
-    from server.desk.stall import StallClock
+    from assigncore_server.desk.stall import StallClock
 
     now = {"wall": 1000.0, "mono": 50.0}
     clock = StallClock(lambda: now["wall"], lambda: now["mono"], tick=0.1, bound=1.0)
@@ -335,8 +342,8 @@ async def test_the_stall_clock_subtracts_only_gaps_past_its_bound() -> None:
 
 SPAWNER = r"""
 import subprocess, sys, os, time
-child = subprocess.Popen([sys.executable, "-m", "server.cli", "snapshot", "--path", sys.argv[1],
-                          "--parent", str(os.getpid())])
+child = subprocess.Popen([sys.executable, "-m", "assigncore_server.cli", "snapshot",
+                          "--path", sys.argv[1], "--parent", str(os.getpid())])
 print(child.pid, flush=True)
 time.sleep(60)
 """
@@ -393,9 +400,9 @@ def test_a_tiny_volume_serves_again_once_space_is_freed(tmp_path) -> None:
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from server.gen.assigncore.v1 import common_pb2 as pb
-    from server.gen.assigncore.v1 import intake_service_pb2 as ipb
-    from server.gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
+    from assigncore.v1 import common_pb2 as pb
+    from assigncore.v1 import intake_service_pb2 as ipb
+    from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
     volume = tmp_path / "volume"
     volume.mkdir()
@@ -416,7 +423,14 @@ def test_a_tiny_volume_serves_again_once_space_is_freed(tmp_path) -> None:
         def serve() -> None:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "server.cli", "serve", "--config", str(config)],
+                    [
+                        sys.executable,
+                        "-m",
+                        "assigncore_server.cli",
+                        "serve",
+                        "--config",
+                        str(config),
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

@@ -9,11 +9,11 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import common_pb2 as pb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import supervisor_service_pb2 as spb
-from server.gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from .server_harness import ADMIN, auth, live_server, rep_token, until
 

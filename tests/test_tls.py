@@ -8,16 +8,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from assigncore_server import config
+from assigncore_server.app import create_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server import config
-from server.app import create_server
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
 
 from .server_harness import ADMIN, DESK, auth, free_port
 
@@ -187,7 +187,7 @@ def test_grpc_core_lines_join_the_json_log(pki, tmp_path):
     )
     path.write_text(desk + '\n[storage]\nmode = "memory"\n[logging]\nformat = "json"\n')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--config", str(path)],
+        [sys.executable, "-m", "assigncore_server.cli", "serve", "--config", str(path)],
         stderr=subprocess.PIPE,
         text=True,
         env={**__import__("os").environ, "GRPC_VERBOSITY": "INFO", "PYTHONFAULTHANDLER": "1"},

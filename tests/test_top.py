@@ -11,12 +11,12 @@ import sys
 
 import grpc
 import pytest
+from assigncore_server.cli import add_top_arguments
+from assigncore_server.ops.top import Wallboard, print_once
 from textual.widgets import DataTable, Sparkline, Static
 
-from server.cli import add_top_arguments
-from server.gen.assigncore.v1 import admin_service_pb2 as apb
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.ops.top import Wallboard, print_once
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import console_service_pb2 as cpb
 
 from .server_harness import ADMIN, auth, live_server, until
 
@@ -122,7 +122,7 @@ async def test_the_command_line(live):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "server.cli",
+            "assigncore_server.cli",
             "top",
             *args,
             stdout=asyncio.subprocess.PIPE,

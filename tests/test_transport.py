@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as refl
 
-from server.gen.assigncore.v1 import console_service_pb2 as cpb
-from server.gen.assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import intake_service_pb2 as ipb
 
 from .h2client import RawConnection, grpc_frame
 from .server_harness import INTAKE, auth, live_server

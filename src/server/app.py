@@ -11,6 +11,17 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from assigncore.v1 import (
+    admin_service_pb2,
+    console_service_pb2,
+    intake_service_pb2,
+    supervisor_service_pb2,
+)
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
+from assigncore.v1 import intake_service_pb2_grpc as igrpc
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+
 from .api import reflection_v1
 from .api.admin import AdminServicer
 from .api.auth import AuthInterceptor, Limits
@@ -21,16 +32,6 @@ from .api.supervisor import SupervisorServicer
 from .config import ConfigError, Settings, split_listen
 from .desk.host import Host
 from .desk.runtime import Runtime
-from .gen.assigncore.v1 import (
-    admin_service_pb2,
-    console_service_pb2,
-    intake_service_pb2,
-    supervisor_service_pb2,
-)
-from .gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
-from .gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
-from .gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
-from .gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from .ops.metrics import Metrics
 
 log = logging.getLogger("assigncore.server")

@@ -482,7 +482,7 @@ def check(settings: Settings, source: str = "config") -> None:
 def load(path: str | os.PathLike[str] | None) -> Settings:
     """The settings from `path`, or the embedded defaults (a small demo desk)."""
     if path is None:
-        text = resources.files("server").joinpath("default_desk.toml").read_text()
+        text = resources.files("assigncore_server").joinpath("default_desk.toml").read_text()
         return parse(text, "embedded defaults")
     try:
         text = Path(path).read_text()

@@ -10,10 +10,10 @@ from google.protobuf import field_mask_pb2
 from assigncore import validation as v
 from assigncore.errors import InvalidArgument, NotFound, shown
 from assigncore.model import HelpLink, SupportButton
+from assigncore.v1 import admin_service_pb2 as apb
+from assigncore.v1 import admin_service_pb2_grpc as agrpc
 
 from ..desk.tokens import Principal, PrincipalKind
-from ..gen.assigncore.v1 import admin_service_pb2 as apb
-from ..gen.assigncore.v1 import admin_service_pb2_grpc as agrpc
 from ..ops import audit
 from . import convert
 from .calls import OnDesk

@@ -11,10 +11,10 @@ from google.rpc import code_pb2
 from assigncore import validation as v
 from assigncore.errors import DomainError, InvalidArgument, PermissionDenied, shown
 from assigncore.model import QueueRef, TeamKind
+from assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2_grpc as cgrpc
 
 from ..desk.hub import ConsoleStream, Numbered, StreamEnd, stream_end_status
-from ..gen.assigncore.v1 import console_service_pb2 as cpb
-from ..gen.assigncore.v1 import console_service_pb2_grpc as cgrpc
 from . import convert, wire
 from .auth import MalformedRequest
 from .calls import OnDesk, current_principal

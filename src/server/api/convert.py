@@ -14,10 +14,9 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from assigncore import model
 from assigncore.errors import InvalidArgument
 from assigncore.model import QueueKind, QueueRef
-
-from ..gen.assigncore.v1 import admin_service_pb2 as admin_pb
-from ..gen.assigncore.v1 import common_pb2 as pb
-from ..gen.assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import admin_service_pb2 as admin_pb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
 
 MAX_PAGE_SIZE = 500
 MAX_TOKEN_NUMBER = 2**128  # above any offset or order key this server hands out

@@ -9,11 +9,11 @@ from typing import Any
 from assigncore import validation as v
 from assigncore.errors import InvalidArgument, NotFound
 from assigncore.intake import check_customer
+from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
 from ..desk.durable import MAX_REQUEST_ID
 from ..desk.tokens import PrincipalKind
-from ..gen.assigncore.v1 import intake_service_pb2 as ipb
-from ..gen.assigncore.v1 import intake_service_pb2_grpc as igrpc
 from . import convert
 from .calls import OnDesk, current_peer, current_principal
 from .errors import rpc

@@ -13,12 +13,12 @@ from assigncore import validation as v
 from assigncore.engine import Engine
 from assigncore.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
 from assigncore.model import QueueKind, QueueRef, Session, SessionState
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from ..desk.hub import StreamEnd
 from ..desk.tokens import Principal, PrincipalKind
-from ..gen.assigncore.v1 import common_pb2 as pb
-from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
-from ..gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from . import convert
 from .calls import OnDesk, current_principal
 from .errors import abort, rpc

@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ..gen.assigncore.v1 import console_service_pb2 as cpb
+from assigncore.v1 import console_service_pb2 as cpb
 
 
 def varint(n: int) -> bytes:

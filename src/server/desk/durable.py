@@ -33,9 +33,9 @@ from assigncore import snapshot
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import InvalidArgument
 from assigncore.records import CommandRecord, RecordError, decode_many, encode
+from assigncore.v1 import console_service_pb2 as cpb
 
 from ..config import Settings
-from ..gen.assigncore.v1 import console_service_pb2 as cpb
 from ..ops.audit import AuditEntry, AuditTrail
 from ..storage.base import JournalError, Store
 from .hub import Feed, Hub, Numbered

@@ -27,11 +27,11 @@ import grpc
 from assigncore import events as ev
 from assigncore.engine import Engine
 from assigncore.model import QueueKind, QueueRef, RescindReason, Session
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import console_service_pb2 as cpb
 
 from ..api import convert, wire
 from ..api.errors import info_status, not_leader_status, plain_status
-from ..gen.assigncore.v1 import common_pb2 as pb
-from ..gen.assigncore.v1 import console_service_pb2 as cpb
 
 
 class StreamEnd(Enum):

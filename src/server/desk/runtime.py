@@ -42,9 +42,9 @@ from assigncore.engine import Engine, Outcome
 from assigncore.errors import DomainError
 from assigncore.model import Session
 from assigncore.records import encode
+from assigncore.v1 import common_pb2 as pb
 
 from ..config import Settings
-from ..gen.assigncore.v1 import common_pb2 as pb
 from ..ops.audit import AuditTrail
 from ..ops.metrics import Metrics
 from ..storage import postgres as pg
@@ -711,7 +711,14 @@ class Runtime:
         if self._snapshotter is not None and self._snapshotter.returncode is None:
             return
         self._snapshot_position = position
-        args = [sys.executable, "-m", "server.cli", "snapshot", "--parent", str(os.getpid())]
+        args = [
+            sys.executable,
+            "-m",
+            "assigncore_server.cli",
+            "snapshot",
+            "--parent",
+            str(os.getpid()),
+        ]
         env = None
         if isinstance(self.storage, pg.PgStore):
             # The URL (it may hold a password) goes by the environment, not argv.

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass
 from typing import Any
 
+from assigncore.v1 import admin_service_pb2 as apb
+
 from ..api import convert
 from ..desk.tokens import Principal
-from ..gen.assigncore.v1 import admin_service_pb2 as apb
 
 AUDIT_CAPACITY = 100_000
 

@@ -17,8 +17,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..gen.assigncore.v1 import common_pb2 as pb
-from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import common_pb2 as pb
+from assigncore.v1 import supervisor_service_pb2 as spb
 
 REP_STATES = (
     ("AVAILABLE", "Available", "green"),

@@ -28,8 +28,9 @@ from textual.app import App, ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
-from ..gen.assigncore.v1 import supervisor_service_pb2 as spb
-from ..gen.assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+from assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+
 from . import board
 
 # Refusals that retrying cannot mend: the board says why and stops following.
