@@ -58,8 +58,11 @@ def desk_toml(snapshot_every: int, database_url: str | None = None) -> str:
     storage = f"[storage]\nsnapshot_every = {snapshot_every}\n"
     if database_url is not None:
         storage += f'url = "{database_url}"\n' + FAST_LEASE
+    # The checks run with no console connected: a rep's reconnect grace must outlast a
+    # check (on a starved machine one took over 30 s of desk time, and the grace handed
+    # the rep's accepted sessions back to the queue, as rule 11 says it should).
     parts = [
-        '[server]\nlisten = "127.0.0.1:0"\nshutdown_grace = 1\nreconnect_grace = 30\n',
+        '[server]\nlisten = "127.0.0.1:0"\nshutdown_grace = 1\nreconnect_grace = 600\n',
         storage,
         '[[teams]]\nid = "support"\nalgorithm = "LEAST_BUSY"\noffer_timeout = 5\n',
         '[[issue_types]]\nid = "help"\nteam = "support"\n',

@@ -1,8 +1,13 @@
 """Generates the Python messages, gRPC stubs and mypy stubs from protos/ into
-src/assigncore/v1/ — the one script for generated code (never edit gen/ by hand).
+src/assigncore/v1/ — the one script for generated code (never edit it by hand).
+
+The generated code is a package of its own, `assigncore.v1` (the protos' package),
+shipped in the distribution as googleapis-common-protos ships `google.api`: the server
+and every client import it, and nobody needs to generate Python code. It imports only
+protobuf and grpc; the engine (the rest of `assigncore`) never imports it.
 
     python -m assigncore_server.genproto            # regenerate (from the repository root)
-    python -m assigncore_server.genproto --check    # exit 1 if gen/ is out of date with protos/
+    python -m assigncore_server.genproto --check    # exit 1 if it is out of date with protos/
 
 Needs the `gen` extra (grpcio-tools, mypy-protobuf at pinned versions), so that the same
 protos always give the same bytes.
