@@ -509,19 +509,24 @@ class Runtime:
         self.deposed(epoch, why)
 
     def lease_renewed(self, epoch: int, deadline: float) -> None:
-        if self.role == "leader" and epoch == self.epoch:
+        if self.role == "leader" and epoch == self.epoch and self.lease_deadline != math.inf:
             self.lease_deadline = deadline
+            self._schedule_lease_check()
 
     def _schedule_lease_check(self) -> None:
+        """A timer at the lease's local deadline (the loop's clock is monotonic, as the
+        deadline is): unless a renewal moves it first, the desk is given up right then,
+        not at the next call."""
         if self._lease_check is not None:
             self._lease_check.cancel()
-        every = self.settings.lease.renew_every / 2
-        self._lease_check = asyncio.get_running_loop().call_later(every, self._check_lease)
+        self._lease_check = asyncio.get_running_loop().call_at(
+            self.lease_deadline, self._check_lease
+        )
 
     def _check_lease(self) -> None:
         self._lease_check = None
         if self.role == "leader" and self.leading():
-            self._schedule_lease_check()
+            self._schedule_lease_check()  # woken early (a clock's rounding): again
 
     def deposed(self, epoch: int, why: str) -> None:
         """Stop serving the desk at once: this process no longer (surely) leads it.
