@@ -454,3 +454,26 @@ def test_the_stateful_machines_journals_replay_the_same_from_postgresql() -> Non
         from_memory = machine.replay(journal, bytes.fromhex(secret), config)
         from_database = machine.replay(read, bytes.fromhex(secret), config)
         assert from_database.snapshot() == from_memory.snapshot()
+
+
+async def test_status_lists_a_standby_with_its_lag_until_it_stops() -> None:
+    url = postgres.fresh_database()
+    a = await on_pg(url)
+    b = await on_pg(url, clock=a.clock)
+    try:
+        holder = b.server.runtime.holder
+
+        def standbys() -> list[tuple[str, str, int, float]]:
+            conn = pg.connect(url)
+            try:
+                return pg.lease_info(conn, "default").standbys
+            finally:
+                conn.close()
+
+        await until(lambda: [s[0] for s in standbys()] == [holder], 10)
+        ((_, address, position, _),) = standbys()
+        assert address == b.server.address and position <= a.server.runtime.position
+        await b.close(snapshot=False)
+        assert standbys() == []  # a standby that stops is not listed as standing by
+    finally:
+        await a.close(snapshot=False)

@@ -765,17 +765,18 @@ class Runtime:
                 log.warning("no snapshot at shutdown: %s", exc)
         if self.keeper is not None:
             await asyncio.to_thread(self.keeper.stop)
-        if self.ha and self.role == "leader":
+        if self.ha:  # the lease back at once (a leader), the standby row gone (any)
             with contextlib.suppress(pg.psycopg.Error, StorageError):
-                await asyncio.to_thread(self._release_lease)
+                await asyncio.to_thread(self._release_lease, self.role == "leader")
         self.role, self.ready = "stopped", False
         self.close_storage()
 
-    def _release_lease(self) -> None:
+    def _release_lease(self, leading: bool) -> None:
         assert isinstance(self.storage, pg.PgStore)
         conn = pg.connect(self.storage.url, self.holder)
         try:
-            pg.release(conn, self.desk_id, self.epoch)
+            if leading:
+                pg.release(conn, self.desk_id, self.epoch)
             pg.forget_standby(conn, self.desk_id, self.holder)
         finally:
             conn.close()
