@@ -23,13 +23,13 @@ from . import postgres
 from .server_harness import ADMIN, INTAKE, Live, auth, live_server, until
 
 
-def lease(ttl: float = 1.0) -> object:
+def lease(ttl: float = 2.0) -> object:
     from assigncore_server.config import LeaseSettings
 
     return LeaseSettings(ttl=ttl, renew_every=ttl / 4, poll_every=0.05)
 
 
-async def on_pg(url: str, desk: str = "default", ttl: float = 1.0, **more: object) -> Live:
+async def on_pg(url: str, desk: str = "default", ttl: float = 2.0, **more: object) -> Live:
     return await live_server(
         storage_mode="postgresql", storage_url=url, desk_id=desk, lease=lease(ttl), **more
     )
@@ -139,8 +139,8 @@ async def test_only_the_current_epoch_can_append_when_two_processes_believe_they
     every renewal as done without asking the database), the lease is taken over
     anyway. Both believe they lead; only the new epoch's appends land."""
     url = postgres.fresh_database()
-    a = await on_pg(url, ttl=1.0)
-    b = await on_pg(url, ttl=1.0, clock=a.clock)
+    a = await on_pg(url)
+    b = await on_pg(url, clock=a.clock)
     ra, rb = a.server.runtime, b.server.runtime
     try:
         ann = await a.console("ann")  # open on the old leader through all of it
@@ -215,8 +215,8 @@ def test_a_fenced_journal_writes_nothing() -> None:
 
 async def test_a_leader_cut_off_from_the_database_stops_before_its_lease_can_be_taken() -> None:
     url = postgres.fresh_database()
-    a = await on_pg(url, ttl=1.0)
-    b = await on_pg(url, ttl=1.0, clock=a.clock)
+    a = await on_pg(url)
+    b = await on_pg(url, clock=a.clock)
     ra, rb = a.server.runtime, b.server.runtime
     stepped: list[float] = []
     won: list[float] = []
@@ -269,7 +269,7 @@ async def test_a_deposed_leader_cannot_append_even_before_the_new_leader_writes(
     but the new leader has not appended yet. The old leader, still believing it leads,
     appends at the right position: only the epoch fences it."""
     url = postgres.fresh_database()
-    a = await on_pg(url, ttl=1.0)
+    a = await on_pg(url)
     ra = a.server.runtime
     keeper = ra.keeper
     assert keeper is not None
