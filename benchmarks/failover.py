@@ -332,6 +332,27 @@ async def answer(stub: cgrpc.RepConsoleServiceStub, i: int, offer: cpb.OfferMade
         )
 
 
+async def at_leader(cluster: Cluster, request: ipb.StartSessionRequest) -> ipb.StartSessionResponse:
+    """A StartSession answered by whichever process leads by then (on a busy machine the
+    leadership may move again while the run is checked): NOT_LEADER is followed, and a
+    server that is down or taking over is retried, for up to a minute."""
+    async with asyncio.timeout(60):
+        while True:
+            address = cluster.current
+            try:
+                return await igrpc.IntakeServiceStub(cluster.channel(address)).StartSession(
+                    request, metadata=auth(INTAKE), timeout=CALL_DEADLINE
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise
+                cluster.failed(address, not_leader(exc))
+                await asyncio.sleep(0.05)
+
+
 async def histories_agree(processes: list[Process]) -> bool:
     """Once the load stops, every live process holds the same journal position (the
     standbys, a stepped-down leader among them, caught up with the leader)."""
@@ -468,9 +489,9 @@ async def _failovers(
     # Every acknowledged start, retried with its request id at the leader, names the
     # same session; the desk holds no session no request made.
     lost = 0
-    stub = igrpc.IntakeServiceStub(cluster.channel(leader.address))
+    cluster.current = leader.address
     for request_id, session_id in load.started.items():
-        reply = await stub.StartSession(load.requests[request_id], metadata=auth(INTAKE))
+        reply = await at_leader(cluster, load.requests[request_id])
         lost += reply.session.id != session_id
     with psycopg.connect(url, autocommit=True) as conn:
         made = conn.execute(
