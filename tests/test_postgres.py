@@ -5,7 +5,6 @@ the database. Real PostgreSQL (tests/postgres.py), real gRPC on loopback ports."
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -46,6 +45,19 @@ def not_leader(error: grpc.aio.AioRpcError) -> dict[str, str]:
             assert info.reason == "NOT_LEADER" and info.domain == "assigncore.v1"
             return dict(info.metadata)
     raise AssertionError(f"no ErrorInfo in {error.details()}")
+
+
+def believe_it_leads_forever(rt: object) -> None:
+    """Makes a leader renew against a stale view: its keeper reports every renewal as
+    done without asking the database, so it goes on believing it leads."""
+    keeper = rt.keeper  # type: ignore[attr-defined]
+
+    def stale_renew(conn: object) -> None:
+        keeper._post(rt.lease_renewed, keeper.epoch, time.monotonic() + 3600)  # type: ignore[attr-defined]
+        keeper._wake.wait(0.05)
+        keeper._wake.clear()
+
+    keeper._renew = stale_renew
 
 
 def team(team_id: str) -> apb.CreateTeamRequest:
@@ -110,8 +122,10 @@ async def test_a_standby_refuses_with_the_leaders_address_and_takes_over_with_ev
         assert b.server.runtime.engine.session(session.id).state.value == "OFFERED"
         seen = ann.seen[-1].sequence  # the console processed up to the offer
         await a.start(issue_type_id="general-help")  # a second session: queued for ann
-        await asyncio.sleep(0.05)
+        feed = a.server.runtime.hub.feeds["ann"]  # what the leader released to her
+        await until(lambda: ann.seen[-1].sequence == feed.released > seen)
         missed = [m.sequence for m in ann.seen if m.sequence > seen]
+        assert missed == list(range(seen + 1, feed.released + 1))
 
         await a.close(snapshot=False)  # gives the lease up: the standby leads at once
         await until(lambda: b.server.runtime.serving, 10)
@@ -120,8 +134,8 @@ async def test_a_standby_refuses_with_the_leaders_address_and_takes_over_with_ev
         ann_b = await b.console("ann", resume_after=seen)
         welcome = ann_b.seen[0].welcome
         assert welcome.resumed
-        await asyncio.sleep(0.1)
-        resumed = [m.sequence for m in ann_b.seen[1:] if m.sequence <= max(missed, default=0)]
+        await until(lambda: ann_b.seen[-1].sequence >= missed[-1])
+        resumed = [m.sequence for m in ann_b.seen[1:] if m.sequence <= missed[-1]]
         assert resumed == missed and all(
             m.WhichOneof("event") != "resync_required" for m in ann_b.seen
         )
@@ -144,15 +158,7 @@ async def test_only_the_current_epoch_can_append_when_two_processes_believe_they
     ra, rb = a.server.runtime, b.server.runtime
     try:
         ann = await a.console("ann")  # open on the old leader through all of it
-        keeper = ra.keeper
-        assert keeper is not None
-
-        def stale_renew(conn: object) -> None:  # never asks: believes it still leads
-            keeper._post(ra.lease_renewed, keeper.epoch, time.monotonic() + 3600)
-            keeper._wake.wait(0.05)
-            keeper._wake.clear()
-
-        keeper._renew = stale_renew  # type: ignore[method-assign]
+        believe_it_leads_forever(ra)
         await until(lambda: ra.lease_deadline > time.monotonic() + 1000)
         postgres.execute(url, "UPDATE assigncore.desks SET lease_expires = now()")
         await until(lambda: rb.serving, 10)
@@ -271,15 +277,7 @@ async def test_a_deposed_leader_cannot_append_even_before_the_new_leader_writes(
     url = postgres.fresh_database()
     a = await on_pg(url)
     ra = a.server.runtime
-    keeper = ra.keeper
-    assert keeper is not None
-
-    def stale_renew(conn: object) -> None:
-        keeper._post(ra.lease_renewed, keeper.epoch, time.monotonic() + 3600)
-        keeper._wake.wait(0.05)
-        keeper._wake.clear()
-
-    keeper._renew = stale_renew  # type: ignore[method-assign]
+    believe_it_leads_forever(ra)
     new_leader = pg.PgStore(url, "default")
     conn = pg.connect(url)
     try:

@@ -35,9 +35,3 @@ class Host:
 
     def leads_any(self) -> bool:
         return any(rt.serving for rt in self.runtimes)
-
-    def __getitem__(self, desk_id: str) -> Runtime:
-        for rt in self.runtimes:
-            if rt.desk_id == desk_id:
-                return rt
-        raise KeyError(desk_id)

@@ -261,12 +261,6 @@ class PgStore(base.Store):
         )
         return int(rows[0][0]) if rows else 0
 
-    def first_record(self) -> int:
-        rows = self._query(
-            "SELECT min(position) FROM assigncore.records WHERE desk = %s", (self.desk,)
-        )
-        return int(rows[0][0] or 0) if rows else 0
-
     def snapshots(self) -> list[tuple[int, int, bool]]:
         return [
             (int(p), int(size), bool(done))
@@ -355,39 +349,11 @@ class PgStore(base.Store):
                 (self.desk, oldest),
             )
 
-    def lease(self) -> LeaseInfo:
-        return lease_info(self._conn_for_info(), self.desk)
-
-    def _conn_for_info(self) -> Any:
-        return _Locked(self)
-
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
         with self._lock:
             self._conn.close()
-
-
-class _Locked:
-    """The store's reader connection, as lease_info's `conn` (under its lock)."""
-
-    def __init__(self, store: PgStore) -> None:
-        self.store = store
-
-    def execute(self, sql: str, args: Any = ()) -> Any:
-        rows = self.store._query(sql, args)
-        return _Rows(rows)
-
-
-class _Rows:
-    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
-        self.rows = rows
-
-    def fetchone(self) -> tuple[Any, ...] | None:
-        return self.rows[0] if self.rows else None
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        return self.rows
 
 
 APPEND = """
