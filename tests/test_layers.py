@@ -53,6 +53,22 @@ def test_the_generated_code_imports_only_protobuf_grpc_and_itself() -> None:
             assert top != "assigncore" or module.startswith("assigncore.v1"), (path.name, module)
 
 
+def test_the_client_imports_the_generated_code_never_the_server_or_the_engine() -> None:
+    """A console built on assigncore.client needs grpc, protobuf and assigncore.v1 only."""
+    files = list((SRC / "client").glob("*.py"))
+    assert len(files) >= 5
+    for path in files:
+        for module in imports(path, "assigncore.client"):
+            top = module.split(".")[0]
+            assert not module.startswith("assigncore_server"), (path.name, module)
+            if top == "assigncore":
+                assert module.startswith(("assigncore.v1", "assigncore.client")), (
+                    path.name,
+                    module,
+                )
+            assert top not in {"numpy", "sortedcontainers", "psycopg"}, (path.name, module)
+
+
 def test_the_servers_modules_import_one_another_without_circles() -> None:
     root = SRC / "server"
     graph: dict[str, set[str]] = {}

@@ -199,7 +199,8 @@ ENGINE_KEYS = {
     "service_level_threshold": "service_level_threshold",
 }
 DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
-SECTIONS = {"server", "storage", "metrics", "tls", "logging", "ha", "desks"}
+# [client] is read by the client commands (`assigncore top`, `token`), not the server.
+SECTIONS = {"server", "storage", "metrics", "tls", "logging", "ha", "desks", "client"}
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 ACCESS_LOGS = ("all", "errors", "off")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import json
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,14 @@ def generate(out: Path) -> None:
     subprocess.run(cmd, check=True, cwd=PROTOS, capture_output=True)
     for path in sorted(out.rglob("*.py*")):
         path.write_text(HEADER + path.read_text())
-    (out / "assigncore" / "v1" / "__init__.py").write_text(HEADER)
+    config = json.loads((PROTOS / "assigncore" / "v1" / "service_config.json").read_text())
+    (out / "assigncore" / "v1" / "__init__.py").write_text(
+        HEADER
+        + '"""The code generated from protos/assigncore/v1, and its service config."""\n\n'
+        + "# protos/assigncore/v1/service_config.json: unary calls time out after 10 s, and\n"
+        + "# every call is retried on UNAVAILABLE (streams only before their first reply).\n"
+        + f"SERVICE_CONFIG = {config!r}\n"
+    )
 
 
 def same_tree(a: Path, b: Path) -> bool:

@@ -907,6 +907,51 @@ class ListQueueItemsResponse(_message.Message):
 Global___ListQueueItemsResponse: _TypeAlias = ListQueueItemsResponse  # noqa: Y015
 
 @_typing.final
+class ListMySessionsRequest(_message.Message):
+    """Request of ListMySessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMySessionsRequest: _TypeAlias = ListMySessionsRequest  # noqa: Y015
+
+@_typing.final
+class ListMySessionsResponse(_message.Message):
+    """Response of ListMySessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    FEED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    feed_sequence: _builtins.int
+    """The rep's feed sequence this response reflects (as in GetSessionResponse)."""
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Session]:
+        """The sessions the rep owns or shares (ACTIVE)."""
+
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[_common_pb2.Session] | None = ...,
+        feed_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feed_sequence", b"feed_sequence", "sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMySessionsResponse: _TypeAlias = ListMySessionsResponse  # noqa: Y015
+
+@_typing.final
 class GetSessionRequest(_message.Message):
     """Request of GetSession."""
 

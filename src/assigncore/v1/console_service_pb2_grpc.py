@@ -125,6 +125,11 @@ class RepConsoleServiceStub:
                 request_serializer=assigncore_dot_v1_dot_console__service__pb2.ListQueueItemsRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_console__service__pb2.ListQueueItemsResponse.FromString,
                 _registered_method=True)
+        self.ListMySessions = channel.unary_unary(
+                '/assigncore.v1.RepConsoleService/ListMySessions',
+                request_serializer=assigncore_dot_v1_dot_console__service__pb2.ListMySessionsRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_console__service__pb2.ListMySessionsResponse.FromString,
+                _registered_method=True)
         self.GetSession = channel.unary_unary(
                 '/assigncore.v1.RepConsoleService/GetSession',
                 request_serializer=assigncore_dot_v1_dot_console__service__pb2.GetSessionRequest.SerializeToString,
@@ -326,6 +331,14 @@ class RepConsoleServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMySessions(self, request, context):
+        """Lists the sessions the rep is in, those it owns and those it shares, oldest session
+        first. A console that resyncs reloads them with this. Errors: none beyond auth.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSession(self, request, context):
         """Gets a session the rep can see (in one of its queues, or one it is in).
         Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
@@ -501,6 +514,11 @@ def add_RepConsoleServiceServicer_to_server(servicer, server):
                     servicer.ListQueueItems,
                     request_deserializer=assigncore_dot_v1_dot_console__service__pb2.ListQueueItemsRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_console__service__pb2.ListQueueItemsResponse.SerializeToString,
+            ),
+            'ListMySessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMySessions,
+                    request_deserializer=assigncore_dot_v1_dot_console__service__pb2.ListMySessionsRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_console__service__pb2.ListMySessionsResponse.SerializeToString,
             ),
             'GetSession': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSession,
@@ -810,6 +828,33 @@ class RepConsoleService:
             '/assigncore.v1.RepConsoleService/ListQueueItems',
             assigncore_dot_v1_dot_console__service__pb2.ListQueueItemsRequest.SerializeToString,
             assigncore_dot_v1_dot_console__service__pb2.ListQueueItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMySessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.RepConsoleService/ListMySessions',
+            assigncore_dot_v1_dot_console__service__pb2.ListMySessionsRequest.SerializeToString,
+            assigncore_dot_v1_dot_console__service__pb2.ListMySessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

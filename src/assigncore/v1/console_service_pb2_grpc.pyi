@@ -121,6 +121,10 @@ class RepConsoleServiceStub:
     first. Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (a queue the rep cannot
     see).
     """
+    ListMySessions: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.ListMySessionsRequest, _console_service_pb2.ListMySessionsResponse]
+    """Lists the sessions the rep is in, those it owns and those it shares, oldest session
+    first. A console that resyncs reloads them with this. Errors: none beyond auth.
+    """
     GetSession: _grpc.UnaryUnaryMultiCallable[_console_service_pb2.GetSessionRequest, _console_service_pb2.GetSessionResponse]
     """Gets a session the rep can see (in one of its queues, or one it is in).
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED.
@@ -288,6 +292,10 @@ class RepConsoleServiceAsyncStub(RepConsoleServiceStub):
     """Lists a queue's sessions and invitations, highest priority and longest waiting
     first. Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (a queue the rep cannot
     see).
+    """
+    ListMySessions: _aio.UnaryUnaryMultiCallable[_console_service_pb2.ListMySessionsRequest, _console_service_pb2.ListMySessionsResponse]  # type: ignore[assignment]
+    """Lists the sessions the rep is in, those it owns and those it shares, oldest session
+    first. A console that resyncs reloads them with this. Errors: none beyond auth.
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_console_service_pb2.GetSessionRequest, _console_service_pb2.GetSessionResponse]  # type: ignore[assignment]
     """Gets a session the rep can see (in one of its queues, or one it is in).
@@ -489,6 +497,16 @@ class RepConsoleServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists a queue's sessions and invitations, highest priority and longest waiting
         first. Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (a queue the rep cannot
         see).
+        """
+
+    @_abc_1.abstractmethod
+    def ListMySessions(
+        self,
+        request: _console_service_pb2.ListMySessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_console_service_pb2.ListMySessionsResponse, _abc.Awaitable[_console_service_pb2.ListMySessionsResponse]]:
+        """Lists the sessions the rep is in, those it owns and those it shares, oldest session
+        first. A console that resyncs reloads them with this. Errors: none beyond auth.
         """
 
     @_abc_1.abstractmethod

@@ -273,6 +273,18 @@ class ConsoleServicer(OnDesk, cgrpc.RepConsoleServiceServicer):
         return s
 
     @rpc
+    async def ListMySessions(
+        self, request: cpb.ListMySessionsRequest, context: Any
+    ) -> cpb.ListMySessionsResponse:
+        rep = self.engine.rep(me())
+        sessions = [self.engine.session(i) for i in (*rep.owned, *rep.participating)]
+        sessions.sort(key=lambda s: s.seq)
+        return cpb.ListMySessionsResponse(
+            sessions=[self.rt.session_message(s) for s in sessions],
+            feed_sequence=self._seq(),
+        )
+
+    @rpc
     async def GetSession(
         self, request: cpb.GetSessionRequest, context: Any
     ) -> cpb.GetSessionResponse:
