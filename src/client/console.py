@@ -267,6 +267,15 @@ class Console:
         stub = cgrpc.RepConsoleServiceStub(self.connection.channel())
         call = stub.Connect(outgoing(), metadata=self.connection.metadata())
         self._call = call
+        try:
+            await self._receive(call, requests)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the console itself is being closed
+            # else the call was cancelled here, to reconnect: the stream just ends
+
+    async def _receive(self, call: Any, requests: asyncio.Queue[cpb.ConnectRequest | None]) -> None:
         resync_pending = False
         async for response in call:
             if response.WhichOneof("message") == "result":

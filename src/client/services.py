@@ -100,7 +100,7 @@ class Portal(_Service):
 
     async def start(
         self,
-        customer: pb.Customer | None = None,
+        customer: pb.Customer,
         *,
         issue_type: str | None = None,
         session_key: str | None = None,
@@ -124,7 +124,7 @@ class Portal(_Service):
             raise ValueError(f"start a session one way, not {sorted(chosen)}")
         request = ipb.StartSessionRequest(
             request_id=request_id or uuid.uuid4().hex,
-            customer=customer or pb.Customer(),
+            customer=customer,
             customer_address=customer_address,
         )
         for name, value in chosen.items():
