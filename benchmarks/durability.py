@@ -24,13 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from assigncore.model import Algorithm, Customer, IssueType, QueueSettings
+from assigncore.records import encode
 from assigncore_server import config
 from assigncore_server.desk import durable
 from assigncore_server.storage import files as storage
 from assigncore_server.storage.journal import Journal
-
-from assigncore.model import Algorithm, Customer, IssueType, QueueSettings
-from assigncore.records import encode
 
 BODY = (
     b'[{"a":["r1","off_0123456789abcdef012345678",true],"c":"answer_offer","k":{},"t":1.5,"v":1}]'

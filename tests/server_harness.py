@@ -10,8 +10,6 @@ import tempfile
 from typing import Any
 
 import grpc
-from assigncore_server import config
-from assigncore_server.app import create_server
 
 from assigncore.v1 import admin_service_pb2_grpc as agrpc
 from assigncore.v1 import common_pb2 as pb
@@ -19,6 +17,8 @@ from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import console_service_pb2_grpc as cgrpc
 from assigncore.v1 import intake_service_pb2 as ipb
 from assigncore.v1 import intake_service_pb2_grpc as igrpc
+from assigncore_server import config
+from assigncore_server.app import create_server
 
 from .conftest import ManualClock
 

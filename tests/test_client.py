@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
+
 from assigncore.client import (
     Admin,
     AssignCoreError,
@@ -25,10 +26,10 @@ from assigncore.client import (
     QueueItemAdded,
     QueueItemRemoved,
     ResyncRequired,
+    SessionChanged,
     Unauthenticated,
     errors,
 )
-
 from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import console_service_pb2_grpc as cgrpc
@@ -322,5 +323,26 @@ async def test_an_offer_and_its_rescinding_arrive_typed() -> None:
     finally:
         with contextlib.suppress(Exception):
             await console.close()
+        await portal.connection.close()
+        await live.close()
+
+
+async def test_a_session_ended_by_its_customer_leaves_the_console_s_sessions() -> None:
+    live = await live_server()
+    address = f"127.0.0.1:{live.port}"
+    portal = Portal(Connection(address, token=INTAKE))
+    console = await open_console(address, "bob")
+    feed = Feed(console)
+    try:
+        (session_id,) = await start_many(portal, 1)
+        await console.accept(session_id)
+        assert set(console.sessions) == {session_id}
+        await portal.cancel(session_id)  # the customer leaves mid-session
+        await until(lambda: not console.sessions)
+        changed = [e for e in feed.events if isinstance(e, SessionChanged)]
+        assert changed[-1].session.id == session_id
+        assert changed[-1].session.state == pb.SESSION_STATE_ENDED
+    finally:
+        await console.close()
         await portal.connection.close()
         await live.close()

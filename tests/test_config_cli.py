@@ -15,9 +15,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from assigncore_server import config
 from assigncore_server.desk.runtime import Runtime
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,6 +139,7 @@ def test_hardening_limits_are_configurable_and_checked():
 
 def test_the_event_loop_is_uvloop_unless_configured_otherwise():
     import uvloop
+
     from assigncore_server import cli, config
 
     assert config.parse("", "t").event_loop == "uvloop"

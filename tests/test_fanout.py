@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from assigncore_server.api.wire import body, connect_event, numbered, stamp, varint
-from assigncore_server.desk.hub import Hub
-
 from assigncore import events as ev
 from assigncore.model import Algorithm, RescindReason, team_queue
 from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import console_service_pb2 as cpb
+from assigncore_server.api.wire import body, connect_event, numbered, stamp, varint
+from assigncore_server.desk.hub import Hub
 
 from .conftest import Desk
 from .server_harness import live_server

@@ -28,8 +28,6 @@ from typing import Any
 
 import grpc
 import pytest
-from assigncore_server import config
-from assigncore_server.app import create_server
 from google.protobuf.descriptor import FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,6 +40,8 @@ from assigncore.v1 import (
 )
 from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore_server import config
+from assigncore_server.app import create_server
 
 from .conftest import ManualClock
 from .server_harness import ADMIN, DESK, INTAKE, auth, rep_token

@@ -592,12 +592,11 @@ async def test_a_record_that_cannot_replay_stops_the_start_with_its_position(
     """Whatever the error inside a replayed command (here an IndexError, as the old
     skill-matrix bug raised), the start stops with the record's position and the
     command that shows it, never a traceback."""
+    from assigncore import directory
     from assigncore_server import config
     from assigncore_server.desk import durable
     from assigncore_server.storage.files import FileView
     from assigncore_server.storage.journal import JournalError
-
-    from assigncore import directory
 
     from .server_harness import DESK
 

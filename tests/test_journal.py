@@ -8,6 +8,7 @@ import threading
 import zlib
 
 import pytest
+
 from assigncore_server.storage.journal import Journal, JournalError
 
 

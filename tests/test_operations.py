@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from assigncore_server.ops import logs
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,6 +22,7 @@ from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import intake_service_pb2 as ipb
 from assigncore.v1 import supervisor_service_pb2 as spb
 from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
+from assigncore_server.ops import logs
 
 from .server_harness import ADMIN, INTAKE, auth, live_server
 

@@ -9,14 +9,14 @@ import time
 
 import grpc
 import pytest
-from assigncore_server.storage import postgres as pg
-from assigncore_server.storage.base import Fenced
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from assigncore.v1 import admin_service_pb2 as apb
 from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore_server.storage import postgres as pg
+from assigncore_server.storage.base import Fenced
 
 from . import postgres
 from .server_harness import ADMIN, INTAKE, Live, auth, live_server, until

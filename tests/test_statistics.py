@@ -108,6 +108,7 @@ def test_queue_counts_service_level_and_averages_by_hand(support):
         timed_out=1,
         abandoned=1,
         moved=0,
+        transferred=0,
         service_level=1 / 3,  # s1 within 30 s; s2 answered late; s3 abandoned
         average_speed_of_answer=(15 + 35) / 2,
         average_handle_time=60.0,  # s1 only: s2 is still being handled
@@ -130,11 +131,11 @@ def test_windows_slide_by_the_minute(support):
     # is in minute m0 + (40 + t) // 60): s3's arrival, offer and abandonment.
     at(support, 1000)
     q = queue(support, team_queue("support"))
-    assert q.last_15_minutes == Counts(1, 1, 0, 0, 0, 1, 0, 0.0, None, None)
+    assert q.last_15_minutes == Counts(1, 1, 0, 0, 0, 1, 0, 0, 0.0, None, None)
     assert q.last_hour == q.today and q.last_hour.accepted == 2
     at(support, 3800)  # minute m0 + 64: the hour holds m0 + 4 on; s2 is still handled
     q = queue(support, team_queue("support"))
-    assert q.last_hour == Counts(0, 0, 0, 0, 0, 0, 0, None, None, None)
+    assert q.last_hour == Counts(0, 0, 0, 0, 0, 0, 0, 0, None, None, None)
     assert q.today.accepted == 2
     (owner,) = [r.rep_id for r in support.engine.statistics().reps if r.state is RepState.BUSY]
     s2 = next(s for s in support.engine.sessions() if s.owner == owner)
@@ -179,6 +180,29 @@ def test_moved_by_a_waiting_rule_counts_against_the_queue_it_left():
     assert (first.today.moved, first.today.arrived, first.waiting) == (1, 1, 0)
     assert (second.today.moved, second.today.arrived, second.waiting) == (0, 1, 1)
     assert second.longest_wait == 1.0  # from entering the overflow queue at T0 + 60
+
+
+def test_transfers_count_against_the_queue_left_waiting_or_answered_from(support):
+    e = support.engine
+    waiting = e.start_from_issue("it-sales", customer()).value.id
+    e.force_transfer(waiting, team_queue("support"))  # by a supervisor, waiting in sales
+    at(support, 5)
+    answered, offer = offered(support, waiting)
+    e.answer_offer(answered, offer, True)
+    at(support, 20)
+    e.transfer_session(answered, waiting, team_queue("sales"))  # handled from support
+    sales, support_q = queue(support, team_queue("sales")), queue(support, team_queue("support"))
+    assert (sales.today.transferred, sales.today.arrived) == (1, 2)
+    assert (support_q.today.transferred, support_q.today.arrived) == (1, 1)
+    assert support_q.today.average_handle_time == 15.0  # the transfer ended its handling
+    # Older desks' counters (saved with fewer slots) read the new one as 0 and count on.
+    counters = support.engine.state.stats.queues[team_queue("sales")]
+    for _, bucket in counters.buckets:
+        del bucket[11:]
+    del counters.today[11:]
+    assert queue(support, team_queue("sales")).today.transferred == 0
+    e.force_transfer(e.start_from_issue("it-sales", customer()).value.id, team_queue("support"))
+    assert queue(support, team_queue("sales")).today.transferred == 1
 
 
 def test_rep_states_and_time_in_state(support):

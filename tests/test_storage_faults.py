@@ -12,11 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from assigncore.v1 import console_service_pb2 as cpb
 from assigncore_server.storage import files as storage
 from assigncore_server.storage.files import StorageError
 from assigncore_server.storage.journal import Journal
-
-from assigncore.v1 import console_service_pb2 as cpb
 
 from .server_harness import free_port, live_server
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from assigncore_server import config
-from assigncore_server.app import create_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -18,6 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from assigncore.v1 import admin_service_pb2 as apb
 from assigncore.v1 import admin_service_pb2_grpc as agrpc
+from assigncore_server import config
+from assigncore_server.app import create_server
 
 from .server_harness import ADMIN, DESK, auth, free_port
 

@@ -95,6 +95,15 @@ class OwnershipChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class OwnerReleased(Event):
+    """The owner let go of a session that ended or moved to a queue (not passed on to a
+    participant: that is OwnershipChanged)."""
+
+    session_id: str
+    rep_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParticipantJoined(Event):
     session_id: str
     rep_id: str

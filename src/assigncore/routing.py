@@ -20,6 +20,7 @@ from .events import (
     OfferDeclined,
     OfferMade,
     OfferRescinded,
+    OwnerReleased,
     ParticipantLeft,
     RepSettingsChanged,
     SessionAccepted,
@@ -227,6 +228,7 @@ def unassign(st: State, s: Session) -> None:
     if s.owner is not None:
         owner, s.owner = s.owner, None
         release(st, s, owner)
+        st.emit(OwnerReleased(st.now, s.id, owner))
 
 
 def end(st: State, s: Session, reason: EndReason) -> None:

@@ -14,6 +14,8 @@ in the desk's time zone (`EngineConfig.time_zone`):
   from the time they entered the queue;
 - abandoned: sessions the customer ended while they waited in it;
 - moved: sessions a waiting rule moved out of it to its overflow queue;
+- transferred: sessions transferred out of it by hand (a rep's or a supervisor's
+  transfer), while they waited in it or were handled from it;
 - service level: of the sessions answered or abandoned, the share answered within the
   queue's threshold (a team's `service_level_threshold`, the desk's for personal queues
   and the general queue);
@@ -77,8 +79,9 @@ HISTORY = max(WINDOWS)  # buckets kept per queue
     WAIT_SUM,
     HANDLED,
     HANDLE_SUM,
-) = range(11)
-SLOTS = 11
+    TRANSFERRED,
+) = range(12)
+SLOTS = 12  # (desks saved with fewer slots read the missing ones as 0)
 
 
 class RepState(Enum):
@@ -141,9 +144,14 @@ class QueueCounters:
             buckets.append((minute, [0.0] * SLOTS))
             while buckets[0][0] <= minute - HISTORY:
                 buckets.popleft()
-        buckets[-1][1][slot] += amount
+        counts = buckets[-1][1]
+        if len(counts) < SLOTS:
+            counts.extend([0.0] * (SLOTS - len(counts)))
+        counts[slot] += amount
         if day != self.day:
             self.day, self.today = day, [0.0] * SLOTS
+        elif len(self.today) < SLOTS:
+            self.today.extend([0.0] * (SLOTS - len(self.today)))
         self.today[slot] += amount
 
     def window(self, minute: int, minutes: int) -> list[float]:
@@ -196,11 +204,15 @@ class Statistics:
         kind = type(e)
         if kind is SessionQueued:
             assert isinstance(e, SessionQueued)
-            self._stop_handling(e.session_id, e.time)
+            handled = self._stop_handling(e.session_id, e.time)
             if self.left is not None and self.left[0] == e.session_id:
                 if e.origin is Origin.WAITING_RULE:
                     self._add(self.left[1], e.time, MOVED)
+                elif e.origin is Origin.TRANSFER:
+                    self._add(self.left[1], e.time, TRANSFERRED)
                 self.left = None
+            elif handled is not None and e.origin is Origin.TRANSFER:
+                self._add(handled, e.time, TRANSFERRED)
             self.waiting.setdefault(e.queue, {})[e.session_id] = e.time
             self._add(e.queue, e.time, ARRIVED)
         elif kind is SessionDequeued:
@@ -235,11 +247,14 @@ class Statistics:
                 self.left = None
             self._stop_handling(e.session_id, e.time)
 
-    def _stop_handling(self, session_id: str, t: float) -> None:
+    def _stop_handling(self, session_id: str, t: float) -> QueueRef | None:
+        """The session's handling ended: the queue it was answered from, if any."""
         handled = self.handling.pop(session_id, None)
-        if handled is not None:
-            self._add(handled[0], t, HANDLED)
-            self._add(handled[0], t, HANDLE_SUM, t - handled[1])
+        if handled is None:
+            return None
+        self._add(handled[0], t, HANDLED)
+        self._add(handled[0], t, HANDLE_SUM, t - handled[1])
+        return handled[0]
 
     @staticmethod
     def threshold(st: State, queue: QueueRef) -> float:
@@ -288,6 +303,7 @@ class Counts:
     timed_out: int
     abandoned: int
     moved: int
+    transferred: int
     service_level: float | None
     average_speed_of_answer: float | None
     average_handle_time: float | None
@@ -304,6 +320,7 @@ class Counts:
             int(c[TIMED_OUT]),
             int(c[ABANDONED]),
             int(c[MOVED]),
+            int(c[TRANSFERRED]) if len(c) > TRANSFERRED else 0,
             c[WITHIN_THRESHOLD] / served if served else None,
             c[WAIT_SUM] / answered if answered else None,
             c[HANDLE_SUM] / handled if handled else None,
@@ -320,6 +337,7 @@ class QueueStatistics:
     last_hour: Counts
     today: Counts
     arrivals: tuple[int, ...]  # per minute over the last hour, oldest first
+    overdue_after: float | None = None  # the team's waiting rule, seconds (None: no rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +370,11 @@ class DeskStatistics:
 
 
 def _add_up(rows: list[list[float]]) -> list[float]:
-    return [sum(column) for column in zip(*rows, strict=True)] if rows else [0.0] * SLOTS
+    total = [0.0] * SLOTS
+    for row in rows:
+        for i, value in enumerate(row):
+            total[i] += value
+    return total
 
 
 def _queue_row(
@@ -378,7 +400,14 @@ def _queue_row(
         Counts.of(_add_up([c.window(minute, WINDOWS[1]) for c in counters])),
         Counts.of(_add_up([c.today for c in counters if c.day == day])),
         tuple(arrivals.values()),
+        _overdue_after(st, queue),
     )
+
+
+def _overdue_after(st: State, queue: QueueRef) -> float | None:
+    team = st.teams.get(queue.owner) if queue.kind is QueueKind.TEAM else None
+    rule = None if team is None else team.settings.waiting_rule
+    return None if rule is None else rule.overdue_after
 
 
 def _team_rows(teams: list[Team], reps: list[RepStatistics]) -> list[TeamStatistics]:

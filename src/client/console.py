@@ -421,8 +421,11 @@ class Console:
             self.offers[event.offer_id] = event
         elif isinstance(event, ev.OfferRescinded):
             self.offers.pop(event.offer_id, None)
-        elif isinstance(event, ev.SessionHandedOver) and event.sequence > self._sessions_as_of:
-            self.sessions[event.session.id] = event.session
+        elif (
+            isinstance(event, ev.SessionHandedOver | ev.SessionChanged)
+            and event.sequence > self._sessions_as_of
+        ):
+            self._mine(event.session)
 
     def _mine(self, session: pb.Session) -> None:
         mine = session.owner_rep_id == self.rep_id or self.rep_id in session.participant_rep_ids

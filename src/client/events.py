@@ -111,6 +111,14 @@ class SessionHandedOver(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SessionChanged(Event):
+    """A session this rep is in, or was in until now, changed (ended, moved, passed on,
+    joined or left); `session` is as it is now."""
+
+    session: pb.Session
+
+
+@dataclass(frozen=True, slots=True)
 class SettingsChanged(Event):
     auto_assign: bool
     audible_alerts: bool
@@ -158,6 +166,8 @@ def event_from(msg: cpb.SubscribeResponse) -> Event | None:
         return EligibilityChanged(seq, time, p, p.eligible, reasons)
     if kind == "session_handed_over":
         return SessionHandedOver(seq, time, p, p.session, p.from_rep_id, p.by_fallback)
+    if kind == "session_changed":
+        return SessionChanged(seq, time, p, p.session)
     if kind == "settings_changed":
         return SettingsChanged(seq, time, p, p.auto_assign, p.audible_alerts)
     if kind == "resync_required":

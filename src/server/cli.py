@@ -279,18 +279,12 @@ def version() -> str:
 
 
 def add_top_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of the server")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("ASSIGNCORE_TOKEN"),
-        help="a supervisor's or admin's access token (default: $ASSIGNCORE_TOKEN)",
-    )
+    from .ops.remote import add_connection_arguments
+
+    add_connection_arguments(parser, "a supervisor's or admin's")
     parser.add_argument("--team", action="append", default=[], help="only this team (repeat)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between pushes")
     parser.add_argument("--target", type=float, default=0.8, help="service level goal, 0-1")
-    parser.add_argument("--tls-ca", help="CA certificate (PEM) of the server: use TLS")
-    parser.add_argument("--tls-cert", help="client certificate (PEM), for mutual TLS")
-    parser.add_argument("--tls-key", help="client private key (PEM), for mutual TLS")
     parser.add_argument("--once", action="store_true", help="print the board once and exit")
 
 
@@ -334,11 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("--desk", default="default", help="the desk's id there")
     board = sub.add_parser("top", help="a live terminal wallboard of a running server")
     add_top_arguments(board)
+    from .ops.remote import add_token_parser, token_command
+
+    add_token_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "top":
         from .ops import top  # Textual is only loaded for the wallboard
 
         return top.run(args)
+    if args.command == "token":
+        return token_command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "migrate":
         try:

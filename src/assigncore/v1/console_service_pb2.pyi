@@ -215,6 +215,7 @@ class SubscribeResponse(_message.Message):
     SETTINGS_CHANGED_FIELD_NUMBER: _builtins.int
     RESYNC_REQUIRED_FIELD_NUMBER: _builtins.int
     SERVER_DRAINING_FIELD_NUMBER: _builtins.int
+    SESSION_CHANGED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Grows by one per event for this rep, across reconnects."""
     @_builtins.property
@@ -280,6 +281,14 @@ class SubscribeResponse(_message.Message):
     def server_draining(self) -> Global___ServerDraining:
         """The server is shutting down; the stream ends next. Reconnect later."""
 
+    @_builtins.property
+    def session_changed(self) -> Global___SessionChanged:
+        """A session this rep is in, or was in until this step, changed: it ended, moved to
+        a queue, passed to another owner, a rep joined or left it, or it became this
+        rep's other than by accepting an offer (taken from a queue, pulled by a
+        supervisor). Sent also when this rep's own action caused it.
+        """
+
     def __init__(
         self,
         *,
@@ -299,12 +308,13 @@ class SubscribeResponse(_message.Message):
         settings_changed: Global___SettingsChanged | None = ...,
         resync_required: Global___ResyncRequired | None = ...,
         server_draining: Global___ServerDraining | None = ...,
+        session_changed: Global___SessionChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chat_message", b"chat_message", "eligibility_changed", b"eligibility_changed", "event", b"event", "invitation_received", b"invitation_received", "offer_made", b"offer_made", "offer_rescinded", b"offer_rescinded", "queue_item_added", b"queue_item_added", "queue_item_changed", b"queue_item_changed", "queue_item_removed", b"queue_item_removed", "resync_required", b"resync_required", "server_draining", b"server_draining", "session_handed_over", b"session_handed_over", "session_overdue", b"session_overdue", "settings_changed", b"settings_changed", "time", b"time", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chat_message", b"chat_message", "eligibility_changed", b"eligibility_changed", "event", b"event", "invitation_received", b"invitation_received", "offer_made", b"offer_made", "offer_rescinded", b"offer_rescinded", "queue_item_added", b"queue_item_added", "queue_item_changed", b"queue_item_changed", "queue_item_removed", b"queue_item_removed", "resync_required", b"resync_required", "server_draining", b"server_draining", "session_changed", b"session_changed", "session_handed_over", b"session_handed_over", "session_overdue", b"session_overdue", "settings_changed", b"settings_changed", "time", b"time", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_message", b"chat_message", "eligibility_changed", b"eligibility_changed", "event", b"event", "invitation_received", b"invitation_received", "offer_made", b"offer_made", "offer_rescinded", b"offer_rescinded", "queue_item_added", b"queue_item_added", "queue_item_changed", b"queue_item_changed", "queue_item_removed", b"queue_item_removed", "resync_required", b"resync_required", "sequence", b"sequence", "server_draining", b"server_draining", "session_handed_over", b"session_handed_over", "session_overdue", b"session_overdue", "settings_changed", b"settings_changed", "time", b"time", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chat_message", b"chat_message", "eligibility_changed", b"eligibility_changed", "event", b"event", "invitation_received", b"invitation_received", "offer_made", b"offer_made", "offer_rescinded", b"offer_rescinded", "queue_item_added", b"queue_item_added", "queue_item_changed", b"queue_item_changed", "queue_item_removed", b"queue_item_removed", "resync_required", b"resync_required", "sequence", b"sequence", "server_draining", b"server_draining", "session_changed", b"session_changed", "session_handed_over", b"session_handed_over", "session_overdue", b"session_overdue", "settings_changed", b"settings_changed", "time", b"time", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["welcome", "offer_made", "offer_rescinded", "queue_item_added", "queue_item_removed", "queue_item_changed", "session_overdue", "invitation_received", "chat_message", "eligibility_changed", "session_handed_over", "settings_changed", "resync_required", "server_draining"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["welcome", "offer_made", "offer_rescinded", "queue_item_added", "queue_item_removed", "queue_item_changed", "session_overdue", "invitation_received", "chat_message", "eligibility_changed", "session_handed_over", "settings_changed", "resync_required", "server_draining", "session_changed"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -673,6 +683,32 @@ class SettingsChanged(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SettingsChanged: _TypeAlias = SettingsChanged  # noqa: Y015
+
+@_typing.final
+class SessionChanged(_message.Message):
+    """A session this rep is in, or was in until this step, changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _common_pb2.Session:
+        """The session as the step left it; this rep is no longer in it unless it is the
+        owner or a participant.
+        """
+
+    def __init__(
+        self,
+        *,
+        session: _common_pb2.Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionChanged: _TypeAlias = SessionChanged  # noqa: Y015
 
 @_typing.final
 class ResyncRequired(_message.Message):

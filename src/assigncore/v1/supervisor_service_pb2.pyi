@@ -83,6 +83,7 @@ class WindowCounts(_message.Message):
     SERVICE_LEVEL_FIELD_NUMBER: _builtins.int
     AVERAGE_SPEED_OF_ANSWER_FIELD_NUMBER: _builtins.int
     AVERAGE_HANDLE_TIME_FIELD_NUMBER: _builtins.int
+    TRANSFERRED_FIELD_NUMBER: _builtins.int
     arrived: _builtins.int
     """Sessions that entered the queue (started there, transferred or moved in)."""
     offered: _builtins.int
@@ -100,6 +101,10 @@ class WindowCounts(_message.Message):
     service_level: _builtins.float
     """Share (0 to 1) of the sessions answered or abandoned that were answered within
     the threshold; unset when there were none.
+    """
+    transferred: _builtins.int
+    """Sessions transferred out of it by hand (by a rep or a supervisor), while they
+    waited in it or were handled from it.
     """
     @_builtins.property
     def average_speed_of_answer(self) -> _duration_pb2.Duration:
@@ -125,10 +130,11 @@ class WindowCounts(_message.Message):
         service_level: _builtins.float | None = ...,
         average_speed_of_answer: _duration_pb2.Duration | None = ...,
         average_handle_time: _duration_pb2.Duration | None = ...,
+        transferred: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_service_level", b"_service_level", "average_handle_time", b"average_handle_time", "average_speed_of_answer", b"average_speed_of_answer", "service_level", b"service_level"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_service_level", b"_service_level", "abandoned", b"abandoned", "accepted", b"accepted", "arrived", b"arrived", "average_handle_time", b"average_handle_time", "average_speed_of_answer", b"average_speed_of_answer", "moved", b"moved", "offered", b"offered", "rejected", b"rejected", "service_level", b"service_level", "timed_out", b"timed_out"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_service_level", b"_service_level", "abandoned", b"abandoned", "accepted", b"accepted", "arrived", b"arrived", "average_handle_time", b"average_handle_time", "average_speed_of_answer", b"average_speed_of_answer", "moved", b"moved", "offered", b"offered", "rejected", b"rejected", "service_level", b"service_level", "timed_out", b"timed_out", "transferred", b"transferred"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__service_level: _TypeAlias = _typing.Literal["service_level"]  # noqa: Y015
     _WhichOneofArgType__service_level: _TypeAlias = _typing.Literal["_service_level", b"_service_level"]  # noqa: Y015
@@ -150,6 +156,7 @@ class QueueStatistics(_message.Message):
     LAST_HOUR_FIELD_NUMBER: _builtins.int
     TODAY_FIELD_NUMBER: _builtins.int
     ARRIVALS_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    OVERDUE_AFTER_FIELD_NUMBER: _builtins.int
     waiting: _builtins.int
     """Sessions waiting in it now."""
     @_builtins.property
@@ -180,6 +187,10 @@ class QueueStatistics(_message.Message):
     def arrivals_per_minute(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Sessions that arrived in each of the last 60 minutes, oldest first."""
 
+    @_builtins.property
+    def overdue_after(self) -> _duration_pb2.Duration:
+        """A team queue's waiting rule: a session waiting longer is overdue (unset: no rule)."""
+
     def __init__(
         self,
         *,
@@ -191,10 +202,11 @@ class QueueStatistics(_message.Message):
         last_hour: Global___WindowCounts | None = ...,
         today: Global___WindowCounts | None = ...,
         arrivals_per_minute: _abc.Iterable[_builtins.int] | None = ...,
+        overdue_after: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_15_minutes", b"last_15_minutes", "last_hour", b"last_hour", "longest_wait", b"longest_wait", "queue", b"queue", "service_level_threshold", b"service_level_threshold", "today", b"today"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_15_minutes", b"last_15_minutes", "last_hour", b"last_hour", "longest_wait", b"longest_wait", "overdue_after", b"overdue_after", "queue", b"queue", "service_level_threshold", b"service_level_threshold", "today", b"today"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrivals_per_minute", b"arrivals_per_minute", "last_15_minutes", b"last_15_minutes", "last_hour", b"last_hour", "longest_wait", b"longest_wait", "queue", b"queue", "service_level_threshold", b"service_level_threshold", "today", b"today", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrivals_per_minute", b"arrivals_per_minute", "last_15_minutes", b"last_15_minutes", "last_hour", b"last_hour", "longest_wait", b"longest_wait", "overdue_after", b"overdue_after", "queue", b"queue", "service_level_threshold", b"service_level_threshold", "today", b"today", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

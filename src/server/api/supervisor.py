@@ -35,6 +35,7 @@ def counts_out(c: st.Counts) -> spb.WindowCounts:
         timed_out=c.timed_out,
         abandoned=c.abandoned,
         moved=c.moved,
+        transferred=c.transferred,
     )
     if c.service_level is not None:
         out.service_level = c.service_level
@@ -59,6 +60,9 @@ def statistics_out(s: st.DeskStatistics) -> spb.Statistics:
                 last_hour=counts_out(q.last_hour),
                 today=counts_out(q.today),
                 arrivals_per_minute=q.arrivals,
+                overdue_after=(
+                    None if q.overdue_after is None else convert.duration(q.overdue_after)
+                ),
             )
             for q in s.queues
         ],

@@ -197,6 +197,7 @@ class Hub:
         self._plan: list[_Item | _Out | None] = []
         self._items: dict[tuple[QueueRef, str], int] = {}  # queue item -> its plan entry
         self._offers: dict[str, int] = {}  # offer made in this command -> its plan entry
+        self._changes: set[tuple[str, str]] = set()  # (rep, session) told of a change
         # Session messages built since the last command: every event and reply that
         # shows a session shares one (the state only changes in commands).
         self._sessions: dict[str, pb.Session] = {}
@@ -377,6 +378,7 @@ class Hub:
         if not plan:
             return
         self._plan, self._items, self._offers = [], {}, {}
+        self._changes.clear()
         for entry in plan:
             if entry is None:
                 continue
@@ -557,6 +559,39 @@ class Hub:
             )
 
         self._out([e.to_rep], e.time, "session_handed_over", build)
+        self._tell_changed(e.from_rep, e.session_id, e.time)
+
+    # A session's members hear of its changes (one message per rep and session and
+    # command): the session as the command left it.
+
+    def _tell_changed(self, rep_id: str | None, session_id: str, time: float) -> None:
+        if rep_id is None or (rep_id, session_id) in self._changes:
+            return
+        self._changes.add((rep_id, session_id))
+
+        def build() -> cpb.SessionChanged | None:
+            s = self.engine.find_session(session_id)
+            return None if s is None else cpb.SessionChanged(session=self.session_message(s))
+
+        self._out([rep_id], time, "session_changed", build)
+
+    def _owner_now(self, session_id: str) -> str | None:
+        s = self.engine.find_session(session_id)
+        return None if s is None else s.owner
+
+    def _on_OwnerReleased(self, e: ev.OwnerReleased) -> None:
+        self._tell_changed(e.rep_id, e.session_id, e.time)
+
+    def _on_ParticipantLeft(self, e: ev.ParticipantLeft) -> None:
+        self._tell_changed(e.rep_id, e.session_id, e.time)
+        self._tell_changed(self._owner_now(e.session_id), e.session_id, e.time)
+
+    def _on_ParticipantJoined(self, e: ev.ParticipantJoined) -> None:
+        self._tell_changed(self._owner_now(e.session_id), e.session_id, e.time)
+
+    def _on_SessionAccepted(self, e: ev.SessionAccepted) -> None:
+        if not e.via_offer:  # taken from a queue, or given by a supervisor
+            self._tell_changed(e.rep_id, e.session_id, e.time)
 
     def _on_RepSettingsChanged(self, e: ev.RepSettingsChanged) -> None:
         self._out(

@@ -1,11 +1,22 @@
 """What the wallboard shows, from one `Statistics` message: rows of Rich text with
-their colours. Shared by `assigncore top` (Textual, live) and `assigncore top --once`
-(one capture, printed).
+their colours, and the alerts. Shared by `assigncore top` (Textual, live) and
+`assigncore top --once` (one capture, printed).
+
+Words as contact centers use them: "offered" counts the contacts that entered a queue
+(not the offers made to reps), "answered" those taken by a rep, the abandon rate is
+abandoned over offered, "missed" counts the offers reps rejected or let time out, and
+occupancy is the share of a team's working reps (available or busy) who are busy now.
+Counts are per interval (the last 15 minutes) and for today.
 
 Colours: a queue's service level is green at or above the target (default 80%),
 yellow within 20 points under it, red below that; its longest wait is yellow past half
 of the queue's service-level threshold and red past the threshold; waiting sessions
 are bold when any wait.
+
+Alerts: a service level under target, a longest wait past the threshold or past the
+queue's waiting rule, sessions moved to overflow by a waiting rule, sessions waiting
+where no member is available, and reps whose automatic assignment the server switched
+off after missed offers.
 """
 
 from __future__ import annotations
@@ -30,18 +41,24 @@ REP_STATES = (
 )
 QUEUE_COLUMNS = (
     "Queue",
+    "Reps",
     "Waiting",
     "Longest",
     "SL 15m",
     "SL today",
     "ASA 15m",
     "AHT 1h",
-    "Offered",
-    "Accepted",
-    "Abandoned",
+    "Offered 15m",
+    "Answered 15m",
+    "Aband. 15m",
+    "Aband.% 15m",
+    "Missed 15m",
+    "Transf. 15m",
+    "Offered today",
+    "Aband.% today",
     "Arrivals 15m",
 )
-TEAM_COLUMNS = ("Team", "Staffed", "Available", "Busy")
+TEAM_COLUMNS = ("Team", "Staffed", "Available", "Busy", "Occupancy")
 REP_COLUMNS = ("Rep", "State", "For", "Load", "Teams")
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -110,9 +127,28 @@ def average(d: object, present: bool) -> Text:
     return Text(clock(seconds_of(d)), justify="right")
 
 
+def rate(part: int, whole: int, bad: float | None = None) -> Text:
+    """part/whole as a percentage ("-" when whole is 0); red from `bad` up."""
+    if not whole:
+        return Text("-", style="dim", justify="right")
+    value = part / whole
+    style = "red" if bad is not None and value >= bad else ""
+    return Text(f"{value:.0%}", style=style, justify="right")
+
+
+def reps_cell(q: spb.QueueStatistics, teams: dict[str, spb.TeamStatistics]) -> Text:
+    """Available/staffed members of a team's queue."""
+    team = teams.get(q.queue.owner_id) if q.queue.kind == pb.QUEUE_KIND_TEAM else None
+    if team is None:
+        return Text("-", style="dim", justify="right")
+    style = "red" if q.waiting and not team.available else ""
+    return Text(f"{team.available}/{team.staffed}", style=style, justify="right")
+
+
 def queue_rows(stats: spb.Statistics, thresholds: Thresholds) -> list[tuple[str, list[Text]]]:
     """(key, cells) per queue: teams' queues, the general queue, then personal ones."""
     order = {pb.QUEUE_KIND_TEAM: 0, pb.QUEUE_KIND_GENERAL: 1, pb.QUEUE_KIND_PERSONAL: 2}
+    teams = {t.team_id: t for t in stats.teams}
     rows = []
     for q in sorted(stats.queues, key=lambda q: (order.get(q.queue.kind, 3), q.queue.owner_id)):
         name = queue_name(q.queue)
@@ -122,6 +158,7 @@ def queue_rows(stats: spb.Statistics, thresholds: Thresholds) -> list[tuple[str,
                 name,
                 [
                     Text(name),
+                    reps_cell(q, teams),
                     num(q.waiting, "bold" if q.waiting else ""),
                     thresholds.wait(q),
                     thresholds.level(fifteen),
@@ -131,14 +168,71 @@ def queue_rows(stats: spb.Statistics, thresholds: Thresholds) -> list[tuple[str,
                         fifteen.HasField("average_speed_of_answer"),
                     ),
                     average(hour.average_handle_time, hour.HasField("average_handle_time")),
-                    num(today.offered),
-                    num(today.accepted),
-                    num(today.abandoned, "red" if today.abandoned else ""),
+                    num(fifteen.arrived),
+                    num(fifteen.accepted),
+                    num(fifteen.abandoned, "red" if fifteen.abandoned else ""),
+                    rate(fifteen.abandoned, fifteen.arrived, ABANDON_ALERT),
+                    num(fifteen.rejected + fifteen.timed_out),
+                    num(fifteen.transferred),
+                    num(today.arrived),
+                    rate(today.abandoned, today.arrived, ABANDON_ALERT),
                     Text(spark(list(q.arrivals_per_minute)[-15:]), style="cyan"),
                 ],
             )
         )
     return rows
+
+
+ABANDON_ALERT = 0.1  # an abandon rate from 10% shows red
+
+
+def alerts(stats: spb.Statistics, thresholds: Thresholds) -> list[Text]:
+    """What needs a supervisor now, worst first."""
+    teams = {t.team_id: t for t in stats.teams}
+    red: list[Text] = []
+    yellow: list[Text] = []
+    for q in stats.queues:
+        name = queue_name(q.queue)
+        wait, limit = seconds_of(q.longest_wait), seconds_of(q.service_level_threshold)
+        fifteen = q.last_15_minutes
+        if fifteen.HasField("service_level") and fifteen.service_level < thresholds.target:
+            level = fifteen.service_level
+            (red if level < thresholds.target - 0.2 else yellow).append(
+                Text(
+                    f"{name}: service level {level:.0%} over 15 min, target {thresholds.target:.0%}"
+                )
+            )
+        if q.HasField("overdue_after") and q.waiting and wait > seconds_of(q.overdue_after):
+            red.append(
+                Text(
+                    f"{name}: waiting rule broken, a session has waited {clock(wait)} "
+                    f"(rule {clock(seconds_of(q.overdue_after))})"
+                )
+            )
+        elif q.waiting and wait > limit:
+            red.append(
+                Text(
+                    f"{name}: a session has waited {clock(wait)}, past the "
+                    f"{clock(limit)} service-level threshold"
+                )
+            )
+        if fifteen.moved:
+            yellow.append(
+                Text(f"{name}: {fifteen.moved} moved to overflow by the waiting rule in 15 min")
+            )
+        team = teams.get(q.queue.owner_id) if q.queue.kind == pb.QUEUE_KIND_TEAM else None
+        if team is not None and q.waiting and not team.available:
+            yellow.append(Text(f"{name}: {q.waiting} waiting and no member available"))
+    for r in stats.reps:
+        if r.state == spb.REP_STATE_AWAY and r.reason == "MISSED_OFFERS":
+            yellow.append(
+                Text(f"{r.display_name or r.rep_id}: automatic assignment off after missed offers")
+            )
+    for line in red:
+        line.stylize("bold red")
+    for line in yellow:
+        line.stylize("yellow")
+    return red + yellow
 
 
 def rep_counts(stats: spb.Statistics) -> dict[str, int]:
@@ -200,6 +294,7 @@ def team_rows(stats: spb.Statistics) -> list[tuple[str, list[Text]]]:
                 num(t.staffed),
                 num(t.available, "green" if t.available else "red"),
                 num(t.busy),
+                rate(t.busy, t.busy + t.available),
             ],
         )
         for t in stats.teams
@@ -231,9 +326,12 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, list[Text
 def render(stats: spb.Statistics, thresholds: Thresholds, title: str) -> RenderableType:
     """The whole board as one Rich renderable (`assigncore top --once`)."""
     waves = arrivals(stats)
+    warnings = alerts(stats, thresholds)
     return Group(
         Text(title, style="bold"),
         _table("Queues", QUEUE_COLUMNS, queue_rows(stats, thresholds)),
+        Text.assemble(("Alerts  ", "bold"), "none" if not warnings else ""),
+        *warnings,
         Text.assemble(("Reps  ", "bold"), rep_summary(stats)),
         Text.assemble(
             ("Arrivals, last hour  ", "bold"), (spark(waves), "cyan"), f"  {sum(waves)} in all"

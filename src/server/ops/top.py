@@ -1,14 +1,20 @@
-"""`assigncore top`: a terminal wallboard on the statistics stream.
+"""`assigncore top`: a terminal wallboard on the statistics stream, built on the Python
+client (`assigncore.client.Supervisor`).
 
-    assigncore top --server HOST:PORT --token TOKEN [--team ID ...] [--target 0.8]
-                   [--tls-ca CA.pem [--tls-cert CERT.pem --tls-key KEY.pem]] [--once]
+    assigncore top [--server HOST:PORT] [--token TOKEN] [--config FILE] [--team ID ...]
+                   [--target 0.8] [--tls-ca CA.pem [--tls-cert CERT.pem --tls-key KEY.pem]]
+                   [--once]
 
 It follows SupervisorService.WatchStatistics (a supervisor's token shows its teams, an
-admin's the whole desk) and redraws on every push: queues with waiting sessions,
-longest wait and service level in colour (see server/ops/board.py), reps by state, a
-sparkline of arrivals per minute over the last hour, and the teams. A lost connection
-is retried with backoff (the status line says so); a refused token or scope ends it.
-`--once` prints the board a single time (GetStatistics) and exits, for scripts.
+admin's the whole desk) and redraws on every push: queues with their reps, waiting
+sessions, longest wait, service level in colour, per-interval and daily counts (see
+server/ops/board.py for what each word means), alerts, reps by state, a sparkline of
+arrivals per minute over the last hour, and the teams with their occupancy.
+
+When the connection is lost, what is shown is marked STALE at once (dimmed, with the
+time it was last live) until a push arrives again; the client reconnects with backoff
+and follows the leader. A refused token or scope ends it. `--once` prints the board a
+single time (GetStatistics) and exits, at full width when piped.
 """
 
 from __future__ import annotations
@@ -17,77 +23,66 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2
 from rich.console import Console
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
+from assigncore.client import AssignCoreError, Connection, Disconnected, Supervisor
 from assigncore.v1 import supervisor_service_pb2 as spb
-from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from . import board
-
-# Refusals that retrying cannot mend: the board says why and stops following.
-FINAL = {
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
-MAX_BACKOFF = 30.0
-
-
-def open_channel(server: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
-    if credentials is None:
-        return grpc.aio.insecure_channel(server)
-    return grpc.aio.secure_channel(server, credentials)
+from .remote import connection_of
 
 
 class Wallboard(App[None]):
-    """The live board. `updates` counts the statistics shown so far."""
+    """The live board. `updates` counts the statistics shown so far; `stale` is set
+    while what is shown is not live."""
 
     TITLE = "assigncore top"
     CSS = """
     #status { height: 1; padding: 0 1; }
-    #queues { height: auto; max-height: 60%; }
+    #queues { height: auto; max-height: 50%; }
+    #alerts { height: auto; max-height: 6; padding: 0 1; }
     #reps { height: 1; padding: 0 1; margin-top: 1; }
     #arrivals-label { padding: 0 1; margin-top: 1; }
     #arrivals { height: 3; margin: 0 1; }
     #lower { height: 1fr; margin-top: 1; }
-    #teams { width: 52; }
+    #teams { width: 64; }
+    .stale DataTable, .stale #alerts, .stale #reps, .stale Sparkline { text-opacity: 40%; }
     """
     BINDINGS = [("q", "quit", "Quit")]
 
     def __init__(
         self,
-        server: str,
-        token: str,
+        connection: Connection,
         *,
         teams: Sequence[str] = (),
         interval: float = 5.0,
         min_interval: float = 0.5,
         thresholds: board.Thresholds | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         super().__init__()
-        self.server, self.token, self.teams = server, token, list(teams)
+        self.connection = connection
+        self.supervisor = Supervisor(connection)
+        self.teams = list(teams)
         self.interval, self.min_interval = interval, min_interval
         self.thresholds = thresholds or board.Thresholds()
-        self.credentials = credentials
         self.updates = 0
+        self.stale = True  # nothing live shown yet
+        self.last_live: datetime | None = None
         self.final: grpc.StatusCode | None = None  # why the board stopped following
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
-        yield Static(f"connecting to {self.server} ...", id="status")
+        yield Static(f"connecting to {self.connection.address} ...", id="status")
         yield DataTable(id="queues", zebra_stripes=True, cursor_type="none")
+        yield Static(id="alerts")
         yield Static(id="reps")
         yield Label("Arrivals per minute, last hour", id="arrivals-label")
         yield Sparkline([0] * 60, id="arrivals", summary_function=max)
@@ -107,57 +102,60 @@ class Wallboard(App[None]):
                 table.add_column(column, key=column)
         self.run_worker(self.follow(), exclusive=True, name="statistics")
 
+    async def on_unmount(self) -> None:
+        await self.connection.close()
+
     def status(self, text: str, style: str = "") -> None:
         self.query_one("#status", Static).update(Text(text, style=style))
 
     async def follow(self) -> None:
-        """Follows the statistics stream, reconnecting with backoff."""
-        request = spb.WatchStatisticsRequest(
-            team_ids=self.teams,
-            interval=duration_from(self.interval),
-            min_interval=duration_from(min(self.min_interval, self.interval)),
+        """Follows the statistics stream; the client reconnects with backoff."""
+        try:
+            async for item in self.supervisor.watch_statistics(
+                self.teams, interval=self.interval, min_interval=self.min_interval
+            ):
+                if isinstance(item, Disconnected):
+                    self.went_stale(item)
+                else:
+                    self.show(item)
+        except AssignCoreError as exc:
+            self.final = exc.code
+            self.went_stale(None)
+            self.status(f"{exc.code.name}: {exc.message}", "bold red")
+
+    def went_stale(self, lost: Disconnected | None) -> None:
+        self.stale = True
+        self.screen.add_class("stale")
+        if lost is None:
+            return
+        why = "the server ended the stream" if lost.error is None else str(lost.error)
+        since = "" if self.last_live is None else f" since {self.last_live:%H:%M:%S} UTC"
+        self.status(
+            f"STALE{since}: {why}; reconnecting in {lost.retry_in:.1f} s", "bold white on red"
         )
-        metadata = (("authorization", f"Bearer {self.token}"),)
-        delay = 1.0
-        while True:
-            try:
-                async with open_channel(self.server, self.credentials) as channel:
-                    stub = sgrpc.SupervisorServiceStub(channel)
-                    async for reply in stub.WatchStatistics(request, metadata=metadata):
-                        delay = 1.0
-                        self.show(reply.statistics)
-                why = "the server ended the stream"
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in FINAL:
-                    self.final = exc.code()
-                    self.status(f"{exc.code().name}: {exc.details()}", "bold red")
-                    return
-                why = f"{exc.code().name}: {exc.details()}"
-            self.status(f"{why}; reconnecting in {delay:.0f} s", "yellow")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
 
     def show(self, stats: spb.Statistics) -> None:
         fill(self.query_one("#queues", DataTable), board.queue_rows(stats, self.thresholds))
         fill(self.query_one("#teams", DataTable), board.team_rows(stats))
         fill(self.query_one("#rep-list", DataTable), board.rep_rows(stats))
+        warnings = board.alerts(stats, self.thresholds)
+        self.query_one("#alerts", Static).update(
+            Text("\n").join(warnings) if warnings else Text("No alerts", style="green")
+        )
         self.query_one("#reps", Static).update(
             Text.assemble(("Reps  ", "bold"), board.rep_summary(stats))
         )
         self.query_one("#arrivals", Sparkline).data = board.arrivals(stats)
         desk_time = stats.time.ToDatetime().strftime("%H:%M:%S")
+        self.stale = False
+        self.last_live = datetime.now(UTC)
+        self.screen.remove_class("stale")
         self.status(
-            f"{self.server} · desk time {desk_time} UTC · {len(stats.queues)} queues, "
-            f"{len(stats.reps)} reps",
+            f"{self.connection.address} · live · desk time {desk_time} UTC · "
+            f"{len(stats.queues)} queues, {len(stats.reps)} reps",
             "green",
         )
         self.updates += 1
-
-
-def duration_from(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 def fill(table: DataTable[Any], rows: list[tuple[str, list[Text]]]) -> None:
@@ -178,57 +176,48 @@ def fill(table: DataTable[Any], rows: list[tuple[str, list[Text]]]) -> None:
 # ----------------------------------------------------------------- the command
 
 
-def credentials_of(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    if not args.tls_ca:
-        return None
-
-    def read(path: str | None) -> bytes | None:
-        return Path(path).read_bytes() if path else None
-
-    return grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
-
-
-async def print_once(args: argparse.Namespace, credentials: Any, out: Any = None) -> int:
-    async with open_channel(args.server, credentials) as channel:
-        stub = sgrpc.SupervisorServiceStub(channel)
-        try:
-            reply = await stub.GetStatistics(
-                spb.GetStatisticsRequest(team_ids=args.team),
-                metadata=(("authorization", f"Bearer {args.token}"),),
-                timeout=10,
-            )
-        except grpc.aio.AioRpcError as exc:
-            print(f"assigncore top: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-    stats = reply.statistics
-    title = f"assigncore top · {args.server} · {stats.time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC"
-    Console(file=out, width=None if out is None else 132).print(
-        board.render(stats, board.Thresholds(args.target), title)
-    )
+async def print_once(args: argparse.Namespace, out: Any = None) -> int:
+    """One capture of the board. Piped (or into `out`), it is as wide as the board
+    needs, never cut to 80 columns."""
+    try:
+        async with connection_of(args) as conn:
+            stats = await Supervisor(conn).statistics(args.team)
+            server = conn.address
+    except AssignCoreError as exc:
+        print(f"assigncore top: {exc.code.name}: {exc.message}", file=sys.stderr)
+        return 1
+    title = f"assigncore top · {server} · {stats.time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC"
+    renderable = board.render(stats, board.Thresholds(args.target), title)
+    piped = out is not None or not sys.stdout.isatty()
+    console = Console(file=out, width=1000 if piped else None, soft_wrap=piped)
+    if piped:
+        console.width = min(1000, console.measure(renderable).maximum)
+    console.print(renderable)
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.token:
-        print("assigncore top: give --token (or set ASSIGNCORE_TOKEN)", file=sys.stderr)
-        return 2
     if not 0 < args.target <= 1 or args.interval < 1:
         print("assigncore top: --target is 0-1, --interval at least 1 s", file=sys.stderr)
         return 2
     try:
-        credentials = credentials_of(args)
-    except OSError as exc:
+        connection = connection_of(args)
+    except (OSError, ValueError) as exc:
         print(f"assigncore top: {exc}", file=sys.stderr)
         return 2
+    if not connection.token:
+        print(
+            "assigncore top: give --token (or set ASSIGNCORE_TOKEN, or [client] token in --config)",
+            file=sys.stderr,
+        )
+        return 2
     if args.once:
-        return asyncio.run(print_once(args, credentials))
+        return asyncio.run(print_once(args))
     app = Wallboard(
-        args.server,
-        args.token,
+        connection,
         teams=args.team,
         interval=args.interval,
         thresholds=board.Thresholds(args.target),
-        credentials=credentials,
     )
     app.run()
     return 1 if app.final is not None else 0
