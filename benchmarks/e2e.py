@@ -6,8 +6,10 @@
 - the server's CPU for one empty unary call (64 in flight): the machine's floor;
 - sustained full lifecycles per second: start -> offer -> accept -> end, with many
   lifecycles in flight; once with the console answering and ending by unary calls,
-  once with the same actions on its `Connect` stream; and the server's and the
-  client's CPU per lifecycle for each (from /proc).
+  once with the same actions on its `Connect` stream with the raw stubs, and once on
+  the same stream through the Python client (`assigncore.client.Console`); and the
+  server's and the client's CPU per lifecycle for each (from /proc): the client's
+  overhead is their ratio (`sdk_to_raw_client_cpu`).
 
 The server runs as a separate process (`python -m assigncore_server.cli serve`) with 1,000 team
 queues and 1,000 reps whose consoles are connected and streaming throughout. In the
@@ -44,6 +46,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from assigncore.client import AssignCoreError, Connection, Console, OfferMade
 from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import console_service_pb2_grpc as cgrpc
@@ -173,6 +176,42 @@ class StreamConsoles:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+class SdkConsoles:
+    """n reps on the Python client's Console (assigncore.client): the same Connect
+    stream, with the client's action ids, typed events and state kept per console. The
+    consoles share the 20 connections, each with its rep's token, as a gateway does."""
+
+    def __init__(self, connections: list[Connection], n: int) -> None:
+        self.offers: list[asyncio.Queue[OfferMade]] = [asyncio.Queue() for _ in range(n)]
+        self.consoles = [
+            Console(connections[i % len(connections)], token=rep_token(i)) for i in range(n)
+        ]
+        self.ready = [asyncio.Event() for _ in range(n)]
+        self.tasks = [asyncio.create_task(self._pump(i)) for i in range(n)]
+
+    async def _pump(self, i: int) -> None:
+        console = self.consoles[i]
+        try:
+            await console.start()
+            self.ready[i].set()
+            async for event in console:
+                if isinstance(event, OfferMade):
+                    self.offers[i].put_nowait(event)
+        except (AssignCoreError, asyncio.CancelledError):
+            pass
+
+    async def answer(self, i: int, offer: OfferMade) -> None:
+        console = self.consoles[i]
+        await console.answer(offer.offer_id)
+        await console.end(offer.session.id)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.consoles), return_exceptions=True)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -260,7 +299,7 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     duration = 8.0 if quick else 20.0
     workers = 64
 
-    async def sustained(drive: Consoles | StreamConsoles) -> dict:
+    async def sustained(drive: Consoles | StreamConsoles | SdkConsoles) -> dict:
         done = 0
         stop_at = time.perf_counter() + duration
 
@@ -300,6 +339,17 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streams.ready)), 60)
     stream = await sustained(streams)
     await streams.close()
+    await asyncio.sleep(0.5)
+    # The same stream path driven through the Python client, on connections of its own.
+    connections = [
+        Connection(target, options=own_connection, leader_wait=60) for _ in range(CHANNELS)
+    ]
+    sdk_drive = SdkConsoles(connections, n)
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in sdk_drive.ready)), 120)
+    sdk = await sustained(sdk_drive)
+    await sdk_drive.close()
+    for conn in connections:
+        await conn.close()
     for ch in [*channels, portal]:
         await ch.close()
     done = unary["done"]
@@ -319,6 +369,12 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
         "stream_lifecycles_per_s": stream["lifecycles_per_s"],
         "stream_server_cpu_ms_per_lifecycle": stream["server_cpu_ms"],
         "stream_client_cpu_ms_per_lifecycle": stream["client_cpu_ms"],
+        "sdk_lifecycles_per_s": sdk["lifecycles_per_s"],
+        "sdk_server_cpu_ms_per_lifecycle": sdk["server_cpu_ms"],
+        "sdk_client_cpu_ms_per_lifecycle": sdk["client_cpu_ms"],
+        # The Python client's cost over the raw stubs on the same stream path, client
+        # CPU per lifecycle (the portal's calls, the same in both, included).
+        "sdk_to_raw_client_cpu": round(sdk["client_cpu_ms"] / stream["client_cpu_ms"], 2),
         "stream_server_cpu_in_floor_calls": round(stream["server_cpu_ms"] / 1e3 / floor_cpu, 2),
         "stream_to_unary_lifecycles": round(
             stream["lifecycles_per_s"] / unary["lifecycles_per_s"], 2

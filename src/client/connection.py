@@ -210,8 +210,10 @@ class Connection:
             self._channels[address] = channel
         return channel
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return () if not self.token else (("authorization", f"Bearer {self.token}"),)
+    def metadata(self, token: str | None = None) -> tuple[tuple[str, str], ...]:
+        """The call metadata: `token` (default: the connection's) as a bearer token."""
+        token = token or self.token
+        return () if not token else (("authorization", f"Bearer {token}"),)
 
     def follow(self, error: NotLeader) -> bool:
         """Switches to the leader `error` names; False if it names none (a takeover is
@@ -251,8 +253,10 @@ class Connection:
         *,
         timeout: float | None = None,
         idempotent: bool = False,
+        token: str | None = None,
     ) -> Any:
-        """Calls `method` of the service whose stub is `stub_class`, at the leader.
+        """Calls `method` of the service whose stub is `stub_class`, at the leader, with
+        `token` (default: the connection's).
 
         Raises the typed `AssignCoreError` of the status. A NotLeader refusal is followed
         (nothing was applied); a server that cannot be reached is retried at the other
@@ -261,7 +265,9 @@ class Connection:
 
         async def once(channel: grpc.aio.Channel) -> Any:
             stub = stub_class(channel)
-            return await getattr(stub, method)(request, metadata=self.metadata(), timeout=timeout)
+            return await getattr(stub, method)(
+                request, metadata=self.metadata(token), timeout=timeout
+            )
 
         return await self.at_leader(once, idempotent=idempotent)
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -116,10 +117,14 @@ class Console:
         self,
         connection: Connection,
         *,
+        token: str | None = None,
         resume_after: int = 0,
         backoff: Backoff | None = None,
     ) -> None:
+        """`token` is the rep's, if not the connection's: a gateway serving many reps'
+        consoles shares one connection between them."""
         self.connection = connection
+        self.token = token
         self.backoff = backoff or Backoff()
         # The last event received (yielded, or waiting to be): where a resume starts.
         self.last_sequence = resume_after
@@ -165,7 +170,7 @@ class Console:
         if sign_out and self.connected:
             with contextlib.suppress(AssignCoreError):
                 await self.connection.call(
-                    cgrpc.RepConsoleServiceStub, "SignOut", cpb.SignOutRequest()
+                    cgrpc.RepConsoleServiceStub, "SignOut", cpb.SignOutRequest(), token=self.token
                 )
         self._closing = True
         self._stop_stream()
@@ -198,8 +203,14 @@ class Console:
     async def use_token(self, token: str) -> None:
         """Switches to a new (rotated) token: the stream reconnects with it and resumes,
         after the actions in flight are answered; no event is lost."""
-        self.connection.token = token
+        if self.token is not None:
+            self.token = token
+        else:
+            self.connection.token = token
         await self.reconnect()
+
+    def _token(self) -> str | None:
+        return self.token or self.connection.token
 
     async def reconnect(self) -> None:
         """Reopens the stream (after the actions in flight got their results) and
@@ -216,7 +227,7 @@ class Console:
         try:
             while not self._closing:
                 immediate = False
-                token = self.connection.token
+                token = self._token()
                 try:
                     await self._stream()
                     error = None
@@ -232,7 +243,7 @@ class Console:
                 elif isinstance(error, NotLeader):
                     immediate = self.connection.follow(error)
                 elif isinstance(error, Unauthenticated):
-                    if self.connection.token == token:
+                    if self._token() == token:
                         self._finish(error)
                         return
                     immediate = True
@@ -265,7 +276,7 @@ class Console:
                 yield message
 
         stub = cgrpc.RepConsoleServiceStub(self.connection.channel())
-        call = stub.Connect(outgoing(), metadata=self.connection.metadata())
+        call = stub.Connect(outgoing(), metadata=self.connection.metadata(self.token))
         self._call = call
         try:
             await self._receive(call, requests)
@@ -371,7 +382,7 @@ class Console:
     async def _reload(self, *, queues: bool) -> None:
         """Reloads the rep's sessions (and queues): each part remembers the feed
         sequence it reflects, and events up to it do not change it again."""
-        call = self.connection.call
+        call = functools.partial(self.connection.call, token=self.token)
         stub = cgrpc.RepConsoleServiceStub
         mine = await call(stub, "ListMySessions", cpb.ListMySessionsRequest(), idempotent=True)
         self.sessions = {s.id: s for s in mine.sessions}
@@ -579,7 +590,7 @@ class Console:
 
     async def _read(self, method: str, request: Any) -> Any:
         return await self.connection.call(
-            cgrpc.RepConsoleServiceStub, method, request, idempotent=True
+            cgrpc.RepConsoleServiceStub, method, request, idempotent=True, token=self.token
         )
 
     async def profile(self) -> cpb.MyProfile:

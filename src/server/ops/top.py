@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -188,11 +189,16 @@ async def print_once(args: argparse.Namespace, out: Any = None) -> int:
         return 1
     title = f"assigncore top · {server} · {stats.time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC"
     renderable = board.render(stats, board.Thresholds(args.target), title)
-    piped = out is not None or not sys.stdout.isatty()
-    console = Console(file=out, width=1000 if piped else None, soft_wrap=piped)
-    if piped:
-        console.width = min(1000, console.measure(renderable).maximum)
-    console.print(renderable)
+    if out is None and sys.stdout.isatty():
+        Console().print(renderable)
+        return 0
+    # Piped (or captured): as wide as the board needs, without trailing blanks.
+    capture = Console(file=io.StringIO(), width=1000, soft_wrap=True)
+    capture.width = min(1000, capture.measure(renderable).maximum)
+    with capture.capture() as taken:
+        capture.print(renderable)
+    text = "\n".join(line.rstrip() for line in taken.get().splitlines())
+    (out or sys.stdout).write(text + "\n")
     return 0
 
 
