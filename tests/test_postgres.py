@@ -475,3 +475,59 @@ async def test_status_lists_a_standby_with_its_lag_until_it_stops() -> None:
         assert standbys() == []  # a standby that stops is not listed as standing by
     finally:
         await a.close(snapshot=False)
+
+
+async def test_the_python_client_follows_the_leader_and_resumes_across_a_takeover() -> None:
+    """The client is given the standby's address first: its calls and its console follow
+    the NOT_LEADER details to the leader; when the leader goes, they find the new one,
+    and the console's events go on once each, in order."""
+    from assigncore.client import Backoff, Connection, Console, Portal, QueueItemAdded
+    from assigncore.v1 import common_pb2 as pb
+
+    from .server_harness import rep_token
+
+    url = postgres.fresh_database()
+    a = await on_pg(url)
+    b = await on_pg(url, clock=a.clock)
+    servers = [f"127.0.0.1:{b.port}", f"127.0.0.1:{a.port}"]  # the standby first
+    portal = Portal(Connection(servers, token=INTAKE))
+    console = Console(
+        Connection(servers, token=rep_token("bob")), backoff=Backoff(initial=0.05, maximum=0.3)
+    )
+    seen: list = []
+
+    async def collect() -> None:
+        async for event in console:
+            seen.append(event)
+
+    def added() -> list[str]:
+        return [e.item.session.id for e in seen if isinstance(e, QueueItemAdded)]
+
+    async def start(n: int) -> list[str]:
+        customer = pb.Customer(name="Carol")
+        return [
+            (await portal.start(customer, issue_type="manual-help")).session.id for _ in range(n)
+        ]
+
+    import asyncio
+
+    try:
+        await console.start()
+        assert console.connection.address == a.server.address  # followed to the leader
+        collector = asyncio.get_running_loop().create_task(collect())
+        first = await start(5)
+        assert portal.connection.address == a.server.address
+        await until(lambda: added() == first)
+        await a.close(snapshot=False)  # the leader goes; the standby takes over
+        second = await start(5)  # refused while nobody leads, then at the new leader
+        assert portal.connection.address == b.server.address
+        await until(lambda: added() == first + second, 20)
+        assert console.connection.address == b.server.address and console.reconnects >= 1
+        sequences = [e.sequence for e in seen]
+        assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+        assert {type(e).__name__ for e in seen}.isdisjoint({"ResyncRequired"})
+        collector.cancel()
+    finally:
+        await console.close()
+        await portal.connection.close()
+        await b.close(snapshot=False)
