@@ -542,9 +542,11 @@ async def test_the_readme_example_runs_twice_against_the_default_desk(tmp_path) 
             )
             out, err = await asyncio.wait_for(proc.communicate(), 30)
             assert proc.returncode == 0, err.decode()
-            assert "now SESSION_STATE_ACTIVE" in out.decode() and "ended" in out.decode()
+            text = out.decode()
+            assert all(f"helping {name}" in text for name in ("Carol", "Dave", "Erin")), text
+            assert text.count("SESSION_STATE_ENDED") == 3, text
         ann = server.runtime.engine.rep("ann")
-        assert ann.load == 0  # both sessions ended
+        assert ann.load == 0  # every session ended
     finally:
         await server.stop(0.2)
 

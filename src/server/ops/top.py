@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from rich.console import Console
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Label, Sparkline, Static
 
 from assigncore.client import AssignCoreError, Connection, Disconnected, Supervisor
@@ -104,10 +106,12 @@ class Wallboard(App[None]):
         self.run_worker(self.follow(), exclusive=True, name="statistics")
 
     async def on_unmount(self) -> None:
+        self.workers.cancel_all()  # the stream stops before its widgets go
         await self.connection.close()
 
     def status(self, text: str, style: str = "") -> None:
-        self.query_one("#status", Static).update(Text(text, style=style))
+        with contextlib.suppress(NoMatches):  # the board is closing
+            self.query_one("#status", Static).update(Text(text, style=style))
 
     async def follow(self) -> None:
         """Follows the statistics stream; the client reconnects with backoff."""
@@ -126,6 +130,8 @@ class Wallboard(App[None]):
 
     def went_stale(self, lost: Disconnected | None) -> None:
         self.stale = True
+        if not self.is_running:
+            return
         self.screen.add_class("stale")
         if lost is None:
             return
