@@ -155,13 +155,19 @@ class Console:
         raises why it cannot connect)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._until_ready()
+        return self
+
+    async def _until_ready(self) -> None:
+        """Waits until the console is open for actions; raises why it ended, if it
+        ends first."""
+        assert self._task is not None
         ready = asyncio.ensure_future(self._ready.wait())
         done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if ready not in done:
             ready.cancel()
         if self._error is not None and not self._ready.is_set():
             raise self._error
-        return self
 
     async def close(self, *, sign_out: bool = False) -> None:
         """Ends the console. With `sign_out`, the rep signs out first (its sessions are
@@ -215,10 +221,12 @@ class Console:
     async def reconnect(self) -> None:
         """Reopens the stream (after the actions in flight got their results) and
         resumes it; returns once connected again."""
+        if self._task is None:
+            raise Cancelled("the console is not started")
         self._switching = True
         self._ready.clear()
         self._maybe_switch()
-        await self._ready.wait()
+        await self._until_ready()
 
     # ---------------------------------------------------------------- the stream
 
@@ -263,6 +271,9 @@ class Console:
             raise
 
     async def _stream(self) -> None:
+        # A reconnect asked for before now is done by opening this stream; one asked
+        # for while it is open ends it (_maybe_switch).
+        self._switching = False
         requests: asyncio.Queue[cpb.ConnectRequest | None] = asyncio.Queue()
         requests.put_nowait(
             cpb.ConnectRequest(subscribe=cpb.SubscribeRequest(resume_after=self.last_sequence))
