@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     from .ops.remote import add_token_parser, token_command
 
     add_token_parser(sub)
+    from .tools.commands import add_simulate_parser
+
+    add_simulate_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "top":
         from .ops import top  # Textual is only loaded for the wallboard
@@ -338,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         return top.run(args)
     if args.command == "token":
         return token_command(args)
+    if args.command == "simulate":
+        from .tools.commands import simulate_command
+
+        return simulate_command(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "migrate":
         try:
