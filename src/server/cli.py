@@ -334,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     from .tools.commands import add_simulate_parser
 
     add_simulate_parser(sub)
+    from .tools.bench import add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "top":
         from .ops import top  # Textual is only loaded for the wallboard
@@ -341,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         return top.run(args)
     if args.command == "token":
         return token_command(args)
+    if args.command == "bench":
+        from .tools.bench import bench_command
+
+        return bench_command(args)
     if args.command == "simulate":
         from .tools.commands import simulate_command
 

@@ -147,7 +147,7 @@ def run_scenario(s: Scenario, customers: int, seed: int) -> tuple[list[Row], int
 
 def run(quick: bool = False, seed: int = 1) -> dict[str, Any]:
     """Every scenario; the rows, the customers simulated and the CPU they took."""
-    customers = 40_000 if quick else 200_000
+    customers = 150_000 if quick else 600_000
     rows: list[Row] = []
     simulated, cpu = 0, 0.0
     for i, scenario in enumerate(SCENARIOS):
