@@ -61,7 +61,6 @@ from assigncore.client import (
     Console,
     OfferMade,
     Portal,
-    SessionChanged,
 )
 from assigncore.v1 import admin_service_pb2 as apb
 from assigncore.v1 import common_pb2 as pb
@@ -187,6 +186,7 @@ class Part:
         self.t0 = 0.0
         self.in_flight: asyncio.Semaphore | None = None
         self.pending: dict[str, asyncio.Future[None]] = {}
+        self.answering: set[asyncio.Task[None]] = set()
         self.think = duration_sampler(args.think)
         self.handle = duration_sampler(args.handle)
 
@@ -303,9 +303,9 @@ class Part:
                         self.offered[session] = now  # the start's reply is not back yet
                     else:
                         self._offered(session, now, due)
-                    asyncio.get_running_loop().create_task(self._answer(console, event, now))
-                elif isinstance(event, SessionChanged):
-                    pass
+                    task = asyncio.get_running_loop().create_task(self._answer(console, event, now))
+                    self.answering.add(task)  # held until done (the loop keeps weak ones)
+                    task.add_done_callback(self.answering.discard)
         except AssignCoreError as exc:
             self._error(exc)
 
