@@ -107,3 +107,29 @@ async def test_refusals_are_clear() -> None:
         assert code == 2
     finally:
         await live.close()
+
+
+async def test_a_run_on_the_desks_own_issue_type_and_reps(tmp_path) -> None:
+    from .server_harness import INTAKE, rep_token
+
+    live = await live_server()
+    tokens = tmp_path / "reps.txt"
+    tokens.write_text(f"# the support team\n{rep_token('ann')}\n{rep_token('bob')}\n")
+    out = tmp_path / "own.json"
+    try:
+        code, _, err = await bench(
+            "--server", f"127.0.0.1:{live.port}", "--issue-type", "general-help",
+            "--rep-tokens", str(tokens), "--intake-token", INTAKE, "--arrivals", "constant:5",
+            "--duration", "2", "--json", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out.read_text())
+        assert result["lifecycles"] == result["arrivals"] == 10 and not result["errors"]
+        assert result["config"]["reps_per_process"] == 2
+        code, _, err = await bench(
+            "--server", f"127.0.0.1:{live.port}", "--issue-type", "general-help",
+            "--rep-tokens", str(tokens), "--intake-token", INTAKE, "--processes", "2",
+        )  # fmt: skip
+        assert code == 2 and "one process" in err
+    finally:
+        await live.close()

@@ -10,7 +10,9 @@
 It creates a synthetic desk through the admin API: per client process a team
 (least busy), an issue type routed to it, `--reps` reps signed in on consoles (the
 Python client's `Console`, sharing connections, each with its own token) and an intake
-token. A portal starts sessions by the arrival process:
+token. Or it drives the desk's own shape: `--issue-type` with `--rep-tokens` (a file,
+one rep token a line; those reps' consoles) and `--intake-token`, from one process.
+A portal starts sessions by the arrival process:
 
 - `poisson:R`: R arrivals per second at random; `constant:R`: evenly spaced;
 - `burst:R,EVERY,SIZE`: Poisson at R, and SIZE more at once every EVERY seconds;
@@ -457,6 +459,13 @@ def summary(h: HdrHistogram) -> dict[str, Any]:
 
 
 async def _setup(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.issue_type:  # the desk's own shape: its issue type, reps and portal token
+        reps = [line.strip() for line in Path(args.rep_tokens).read_text().splitlines()]
+        reps = [r for r in reps if r and not r.startswith("#")]
+        if not reps:
+            raise ValueError(f"{args.rep_tokens}: no rep tokens")
+        args.reps = len(reps)
+        return [{"issue_type": args.issue_type, "intake": args.intake_token, "reps": reps}]
     async with Connection.from_settings(**client_settings(args)) as conn:
         return await create_desk(Admin(conn), args.processes, args.reps)
 
@@ -604,6 +613,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--handle", default="0", help="seconds a session is handled (or exp:MEAN)")
     p.add_argument("--processes", type=int, default=1, help="client processes")
     p.add_argument("--metrics", help="the server's /metrics URL, for its decision latency")
+    p.add_argument("--issue-type", help="drive this issue type of the desk (no synthetic desk)")
+    p.add_argument("--rep-tokens", help="with --issue-type: a file of rep tokens, one a line")
+    p.add_argument("--intake-token", help="with --issue-type: the portal's token")
     p.add_argument("--drain", type=float, default=60.0, help="seconds to wait for stragglers")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
@@ -631,6 +643,11 @@ def bench_command(args: argparse.Namespace) -> int:
             raise ValueError("--accept + --reject is at most 1")
         if args.reps < 1 or args.processes < 1 or args.concurrency < 1 or args.duration <= 0:
             raise ValueError("--reps, --processes, --concurrency and --duration are positive")
+        if args.issue_type and not (args.rep_tokens and args.intake_token):
+            raise ValueError("--issue-type needs --rep-tokens and --intake-token")
+        if args.issue_type and args.processes != 1:
+            # offers for one process's sessions could reach another's consoles
+            raise ValueError("an existing desk is driven from one process")
         result = run(args)
     except (ValueError, OSError) as exc:
         print(f"assigncore bench: {exc}", file=sys.stderr)
