@@ -7,10 +7,12 @@
                      [--json result.json] [--plot result.png]
     assigncore bench compare A.json B.json [--plot compare.png]
 
-It creates a synthetic desk through the admin API: per client process a team
-(least busy), an issue type routed to it, `--reps` reps signed in on consoles (the
-Python client's `Console`, sharing connections, each with its own token) and an intake
-token. Or it drives the desk's own shape: `--issue-type` with `--rep-tokens` (a file,
+It creates a synthetic desk through the admin API: per client process, `--reps` reps
+in teams of `--team-size` (least busy), an issue type routed to each team (arrivals go
+round robin over them), the reps signed in on consoles (the Python client's
+`Console`, sharing connections, each with its own token), and an intake token. Every
+console hears of its team's queue, so the team size sets the fan-out per session.
+Or it drives the desk's own shape: `--issue-type` with `--rep-tokens` (a file,
 one rep token a line; those reps' consoles) and `--intake-token`, from one process.
 A portal starts sessions by the arrival process:
 
@@ -70,6 +72,7 @@ from assigncore.v1 import common_pb2 as pb
 from ..ops.remote import add_connection_arguments, client_settings
 
 LOWEST, HIGHEST = 1, 120_000_000  # microseconds a histogram holds
+CUSTOMER = pb.Customer(name="bench")
 HISTOGRAMS = ("enqueue_to_offer", "offer_to_answer", "StartSession", "AnswerOffer", "EndSession")
 
 
@@ -148,25 +151,28 @@ def duration_sampler(spec: str) -> Any:
 # ----------------------------------------------------------------------- the desk
 
 
-async def create_desk(admin: Admin, parts: int, reps: int) -> list[dict[str, Any]]:
-    """A team, an issue type, reps with tokens and an intake token per client part."""
+async def create_desk(admin: Admin, parts: int, reps: int, team_size: int) -> list[dict[str, Any]]:
+    """Per client part: teams of `team_size` reps (the last one may be smaller), an
+    issue type routed to each, the reps' tokens; and one intake token."""
     run = uuid.uuid4().hex[:8]
     desks = []
     intake = (await admin.issue_token("intake", description=f"bench {run}")).secret
     for k in range(parts):
-        team = f"bench-{run}-{k}"
-        settings = apb.QueueSettings(algorithm=apb.ALGORITHM_LEAST_BUSY)
-        settings.offer_timeout.FromSeconds(30)
-        await admin.create_team(apb.Team(id=team, display_name=team, queue_settings=settings))
-        await admin.create_issue_type(apb.IssueType(id=team, display_name=team, team_id=team))
-        tokens = []
-        for i in range(reps):
-            rep = f"{team}-r{i}"
-            await admin.create_rep(
-                apb.Rep(id=rep, display_name=rep, team_ids=[team], auto_assign=True)
-            )
-            tokens.append((await admin.issue_token("rep", rep_id=rep)).secret)
-        desks.append({"team": team, "issue_type": team, "intake": intake, "reps": tokens})
+        issue_types, tokens = [], []
+        for first in range(0, reps, team_size):
+            team = f"bench-{run}-{k}-{first // team_size}"
+            settings = apb.QueueSettings(algorithm=apb.ALGORITHM_LEAST_BUSY)
+            settings.offer_timeout.FromSeconds(30)
+            await admin.create_team(apb.Team(id=team, display_name=team, queue_settings=settings))
+            await admin.create_issue_type(apb.IssueType(id=team, display_name=team, team_id=team))
+            issue_types.append(team)
+            for i in range(first, min(reps, first + team_size)):
+                rep = f"bench-{run}-{k}-r{i}"
+                await admin.create_rep(
+                    apb.Rep(id=rep, display_name=rep, team_ids=[team], auto_assign=True)
+                )
+                tokens.append((await admin.issue_token("rep", rep_id=rep)).secret)
+        desks.append({"issue_types": issue_types, "intake": intake, "reps": tokens})
     return desks
 
 
@@ -203,7 +209,9 @@ class Part:
         settings = client_settings(args)
         settings.pop("token", None)
         options = [("grpc.use_local_subchannel_pool", 1)]
-        connections = [Connection.from_settings(**settings, options=options) for _ in range(4)]
+        # The consoles share connections, 50 streams to each (servers take 100).
+        count = max(1, math.ceil(len(self.desk["reps"]) / 50))
+        connections = [Connection.from_settings(**settings, options=options) for _ in range(count)]
         portal_conn = Connection.from_settings(**settings, token=self.desk["intake"])
         consoles = [
             Console(connections[i % len(connections)], token=secret)
@@ -225,11 +233,13 @@ class Part:
             times = times[: max(1, args.sessions // share)]
         cpu0, self.t0 = time.process_time(), time.perf_counter()
         lifecycles: list[asyncio.Task[None]] = []
+        issue_types = self.desk["issue_types"]
         for at in times:
             delay = self.t0 + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            lifecycles.append(asyncio.create_task(self._lifecycle(portal, at)))
+            issue_type = issue_types[len(lifecycles) % len(issue_types)]
+            lifecycles.append(asyncio.create_task(self._lifecycle(portal, at, issue_type)))
         try:
             # each lifecycle gives up after --drain; this only guards against a hang
             await asyncio.wait_for(asyncio.gather(*lifecycles), args.drain + 30)
@@ -256,14 +266,12 @@ class Part:
             },
         }
 
-    async def _lifecycle(self, portal: Portal, at: float) -> None:
+    async def _lifecycle(self, portal: Portal, at: float, issue_type: str) -> None:
         assert self.in_flight is not None
         async with self.in_flight:
             sent = time.perf_counter()
             try:
-                reply = await portal.start(
-                    pb.Customer(name="bench"), issue_type=self.desk["issue_type"]
-                )
+                reply = await portal.start(CUSTOMER, issue_type=issue_type)
             except AssignCoreError as exc:
                 self._error(exc)
                 return
@@ -414,6 +422,7 @@ def merge(parts: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
             "duration_s": args.duration,
             "sessions": args.sessions,
             "reps_per_process": args.reps,
+            "team_size": args.team_size,
             "processes": args.processes,
             "concurrency": args.concurrency,
             "accept": args.accept,
@@ -465,9 +474,9 @@ async def _setup(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not reps:
             raise ValueError(f"{args.rep_tokens}: no rep tokens")
         args.reps = len(reps)
-        return [{"issue_type": args.issue_type, "intake": args.intake_token, "reps": reps}]
+        return [{"issue_types": [args.issue_type], "intake": args.intake_token, "reps": reps}]
     async with Connection.from_settings(**client_settings(args)) as conn:
-        return await create_desk(Admin(conn), args.processes, args.reps)
+        return await create_desk(Admin(conn), args.processes, args.reps, args.team_size)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -603,6 +612,10 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("what", nargs="*", help="`compare A.json B.json` to compare two runs")
     add_connection_arguments(p, "an admin's")
     p.add_argument("--reps", type=int, default=50, help="consoles per client process")
+    p.add_argument(
+        "--team-size", type=int, default=10,
+        help="reps per synthetic team (each rep's console hears of its team's queue)",
+    )  # fmt: skip
     p.add_argument("--arrivals", default="poisson:20", help="poisson:R, constant:R, ...")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")
     p.add_argument("--sessions", type=int, default=0, help="stop after this many arrivals")
@@ -641,8 +654,12 @@ def bench_command(args: argparse.Namespace) -> int:
         duration_sampler(args.think), duration_sampler(args.handle)
         if not (args.accept >= 0 and args.reject >= 0 and args.accept + args.reject <= 1):
             raise ValueError("--accept + --reject is at most 1")
-        if args.reps < 1 or args.processes < 1 or args.concurrency < 1 or args.duration <= 0:
-            raise ValueError("--reps, --processes, --concurrency and --duration are positive")
+        if min(args.reps, args.processes, args.concurrency, args.team_size) < 1 or (
+            args.duration <= 0
+        ):
+            raise ValueError(
+                "--reps, --team-size, --processes, --concurrency and --duration are positive"
+            )
         if args.issue_type and not (args.rep_tokens and args.intake_token):
             raise ValueError("--issue-type needs --rep-tokens and --intake-token")
         if args.issue_type and args.processes != 1:

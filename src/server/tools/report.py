@@ -104,5 +104,5 @@ def plot(report: Report, path: str | Path, target: float | None = None) -> None:
             a.set_xticks(x[::step], labels[::step])
     fig.suptitle(f"assigncore simulate: {report.simulated_customers} customers")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
