@@ -209,3 +209,36 @@ def test_grpc_core_lines_join_the_json_log(pki, tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     records = [json.loads(line) for line in lines]  # every line is JSON
     assert any(r["logger"] == "grpc" for r in records), lines[:20]
+
+
+async def test_the_python_client_over_mutual_tls_and_its_tls_settings(pki):
+    """The client's Tls: the server CA and the client's certificate and key from files
+    (a server name for an IP address); a console and a portal work over mutual TLS, and
+    a client without its certificate is refused."""
+    from assigncore.client import Connection, Console, OfferMade, Portal, Tls, Unavailable
+    from assigncore.v1 import common_pb2 as pb
+
+    from .server_harness import INTAKE, rep_token
+
+    server, port = await serve(pki, client_ca=True)
+    d = pki["dir"]
+    tls = Tls.from_files(d / "ca.pem", d / "client.pem", d / "client.key", "localhost")
+    try:
+        conn = Connection(f"127.0.0.1:{port}", token=rep_token("ann"), tls=tls)
+        async with conn, Console(conn) as ann:
+            portal = Portal(Connection(f"127.0.0.1:{port}", token=INTAKE, tls=tls))
+            started = await portal.start(pb.Customer(name="Carol"), issue_type="general-help")
+            async for event in ann:
+                if isinstance(event, OfferMade):
+                    assert event.session.id == started.session.id
+                    assert (await ann.answer(event.offer_id)).owner_rep_id == "ann"
+                    break
+            await portal.connection.close()
+        bare = Tls.from_files(d / "ca.pem", server_name="localhost")  # no client certificate
+        async with Connection(f"127.0.0.1:{port}", token=INTAKE, tls=bare, leader_wait=1) as c:
+            with pytest.raises(Unavailable):
+                await Portal(c, attempts=1).status("ses_any")
+        with pytest.raises(ValueError, match="both"):
+            Tls.from_files(d / "ca.pem", cert=d / "client.pem")
+    finally:
+        await server.stop(0.1)
