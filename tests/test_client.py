@@ -346,3 +346,30 @@ async def test_a_session_ended_by_its_customer_leaves_the_console_s_sessions() -
         await console.close()
         await portal.connection.close()
         await live.close()
+
+
+async def test_a_token_switched_while_disconnected_is_used_by_the_next_stream() -> None:
+    live = await live_server()
+    proxy = await Proxy(live.port).start()
+    admin = Admin(Connection(f"127.0.0.1:{live.port}", token=ADMIN))
+    portal = Portal(Connection(f"127.0.0.1:{live.port}", token=INTAKE))
+    console = await open_console(proxy.address, "bob")
+    feed = Feed(console)
+    try:
+        old = [t async for t in admin.tokens() if t.rep_id == "bob"][0]
+        rotated = await admin.rotate_token(old.token_id, overlap=3600)
+        proxy.cut()
+        await until(lambda: not console.connected)
+        await console.use_token(rotated.secret)  # returns once connected again
+        assert console.connected
+        await admin.revoke_token(old.token_id)
+        started = await start_many(portal, 3)
+        await until(lambda: feed.added() == started)
+        assert (await console.accept(started[0])).owner_rep_id == "bob"
+        feed.assert_exactly_once_in_order()
+    finally:
+        await console.close()
+        for conn in (admin.connection, portal.connection):
+            await conn.close()
+        await proxy.close()
+        await live.close()
