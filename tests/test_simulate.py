@@ -197,3 +197,16 @@ def test_the_command_line_writes_a_table_json_and_a_plot(tmp_path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and "unknown keys" in bad.stderr
+
+
+def test_get_next_serves_a_queue_without_automatic_assignment() -> None:
+    desk = DESK.replace('algorithm = "LEAST_BUSY"', 'algorithm = "NONE"')
+    never = run(traffic(), desk=desk).totals("team/support")
+    assert never.answered == 0 and never.offers == 0  # nobody offers, nobody takes
+    quiet = traffic(behaviour={"get_next_every": 20})
+    quiet["arrivals"][0]["per_interval"] = [4, 4, 4, 0]  # reps are mostly free
+    polled = run(quiet, desk=desk).totals("team/support")
+    assert polled.answered > 0 and polled.offers == 0
+    assert polled.longest <= 20 + 1e-9  # a free rep takes it at its next poll
+    with pytest.raises(TrafficError, match="get_next_every"):
+        parse(traffic(behaviour={"get_next_every": -1}))

@@ -10,6 +10,8 @@ think time, handle sessions for a sampled time and end them; waiting customers
 abandon when their patience runs out; reps sign in and out and take breaks on their
 schedules. The engine's own timers (offer deadlines, waiting rules, wrap-up) fire as
 the clock reaches them. Reps do not go idle in a simulation (idle timeouts are off).
+With `get_next_every`, free reps also take sessions with Get Next (what serves queues
+without automatic assignment).
 
 What it measures, per queue and interval (outcomes count in the interval they happen
 in, as contact centers report them): arrivals, answered, abandoned, the service level
@@ -237,6 +239,9 @@ class Simulation:
             for a, b in breaks:
                 self.at(T0 + a, self._lock, rep_id, True)
                 self.at(T0 + b, self._lock, rep_id, False)
+            every = traffic.behaviour.get_next_every
+            if every > 0:  # each rep on a phase of its own
+                self.at(T0 + self.rng.uniform(0, every), self._get_next, rep_id)
         engine, heap = self.engine, self.heap
         while True:
             t_heap = heap[0][0] if heap else math.inf
@@ -357,6 +362,13 @@ class Simulation:
         self._account(rep_id)
         self.reps[rep_id].on_break = locked
         self._try(self.engine.set_locked, rep_id, locked)
+
+    def _get_next(self, rep_id: str) -> None:
+        """A free rep, signed in and not on a break, takes the best waiting session."""
+        clock = self.reps[rep_id]
+        if clock.signed_in and not clock.on_break and not clock.busy:
+            self._try(self.engine.get_next, rep_id)
+        self.at(self.now + self.traffic.behaviour.get_next_every, self._get_next, rep_id)
 
     def _answer(self, rep_id: str, offer_id: str, accept: bool) -> None:
         self._try(self.engine.answer_offer, rep_id, offer_id, accept)

@@ -16,6 +16,9 @@ customer patience, how reps answer offers, and rep schedules. Read from TOML:
     accept = 0.95                  # probability of accepting an offer
     reject = 0.03                  # of rejecting it; the rest let it time out
     think_time = { distribution = "uniform", low = 1, high = 6 }
+    get_next_every = 30            # a free rep takes the best waiting session with Get
+                                   # Next this often (seconds; 0: never): how queues
+                                   # without automatic assignment get served
 
     [[schedules]]                  # reps not listed work every interval
     rep = "ann"
@@ -118,6 +121,7 @@ class Behaviour:
     accept: float = 1.0
     reject: float = 0.0
     think_time: Dist = Dist("constant", 0.0)
+    get_next_every: float = 0.0  # seconds; 0: reps never use Get Next
 
 
 @dataclass
@@ -212,13 +216,21 @@ def parse(data: dict[str, Any], source: str = "traffic") -> Traffic:
     if not 1 <= intervals <= 10_000:
         raise TrafficError(f"{source}: intervals is 1 to 10000")
     b = data.get("behaviour", {})
-    if not isinstance(b, dict) or set(b) - {"accept", "reject", "think_time"}:
-        raise TrafficError(f"{source}: [behaviour] has accept, reject and think_time")
+    if not isinstance(b, dict) or set(b) - {"accept", "reject", "think_time", "get_next_every"}:
+        raise TrafficError(
+            f"{source}: [behaviour] has accept, reject, think_time and get_next_every"
+        )
+    get_next_every = float(b.get("get_next_every", 0))
+    if not 0 <= get_next_every <= 86400:
+        raise TrafficError(f"{source}: [behaviour] get_next_every is 0 to 86400 seconds")
     accept, reject = float(b.get("accept", 1.0)), float(b.get("reject", 0.0))
     if accept < 0 or reject < 0 or accept + reject > 1:
         raise TrafficError(f"{source}: [behaviour] accept + reject is at most 1")
     behaviour = Behaviour(
-        accept, reject, dist(b.get("think_time", 0), f"{source}: behaviour.think_time")
+        accept,
+        reject,
+        dist(b.get("think_time", 0), f"{source}: behaviour.think_time"),
+        get_next_every,
     )
     schedules = {}
     for i, entry in enumerate(data.get("schedules", [])):
