@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -373,3 +374,39 @@ async def test_a_token_switched_while_disconnected_is_used_by_the_next_stream() 
             await conn.close()
         await proxy.close()
         await live.close()
+
+
+async def test_a_console_resumes_across_a_graceful_restart_and_an_action_waits_for_it() -> None:
+    """The server drains (server_draining, then the stream ends) and comes back on the
+    same desk file and port: the console resumes with no gap, and an action made while
+    no server was there is sent once it is connected again."""
+    first = await live_server()
+    port, path = first.port, first.server.runtime.settings.storage_path
+    address = f"127.0.0.1:{port}"
+    portal = Portal(Connection(address, token=INTAKE))
+    console = await open_console(address, "bob")
+    feed = Feed(console)
+    second = None
+    try:
+        before = await start_many(portal, 3)
+        await until(lambda: feed.added() == before)
+        await first.server.stop(0.5)  # graceful: drains the streams
+        await until(lambda: not console.connected)
+        waiting = asyncio.ensure_future(console.accept(before[0]))  # nobody to send it to
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        second = await live_server(storage_path=path, listen=address)
+        session = await asyncio.wait_for(waiting, 20)
+        assert session.owner_rep_id == "bob" and set(console.sessions) == {before[0]}
+        after = await start_many(portal, 2)
+        await until(lambda: feed.added() == before + after)
+        feed.assert_exactly_once_in_order()
+        assert feed.error is None and console.reconnects >= 1
+    finally:
+        await console.close()
+        await portal.connection.close()
+        await first.channel.close()
+        if second is not None:
+            await second.close()
+        if first.scratch is not None:
+            shutil.rmtree(first.scratch, ignore_errors=True)
