@@ -410,3 +410,28 @@ async def test_a_console_resumes_across_a_graceful_restart_and_an_action_waits_f
             await second.close()
         if first.scratch is not None:
             shutil.rmtree(first.scratch, ignore_errors=True)
+
+
+def test_the_client_config_table_and_its_fallbacks(tmp_path) -> None:
+    from assigncore.client import load_client_config
+    from assigncore_server import config
+
+    server_toml = tmp_path / "server.toml"
+    server_toml.write_text('[server]\nlisten = "0.0.0.0:50077"\n')
+    assert load_client_config(server_toml) == {"server": "127.0.0.1:50077"}
+    (tmp_path / "tok").write_text("  secret-from-file-0123456789\n")
+    both = tmp_path / "both.toml"
+    both.write_text(
+        '[server]\nlisten = "0.0.0.0:50077"\n'
+        '[client]\nserver = "desk:50051"\ntoken_file = "tok"\ntls_ca = "ca.pem"\n'
+    )
+    settings = load_client_config(both)
+    assert settings["server"] == "desk:50051" and settings["token"] == "secret-from-file-0123456789"
+    assert settings["tls_ca"] == str(tmp_path / "ca.pem")
+    assert config.parse(both.read_text(), "both").listen == "0.0.0.0:50077"  # server: ignored
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[client]\nserver = "x:1"\npassword = "no"\n')
+    with pytest.raises(ValueError, match="unknown"):
+        load_client_config(bad)
+    with pytest.raises(ValueError, match="at least one"):
+        Connection([])
