@@ -133,3 +133,21 @@ async def test_a_run_on_the_desks_own_issue_type_and_reps(tmp_path) -> None:
         assert code == 2 and "one process" in err
     finally:
         await live.close()
+
+
+async def test_a_closed_loop_keeps_its_workers_busy(tmp_path) -> None:
+    live = await live_server()
+    out = tmp_path / "closed.json"
+    try:
+        code, _, err = await bench(
+            "--server", f"127.0.0.1:{live.port}", "--token", ADMIN, "--reps", "4",
+            "--team-size", "1", "--closed-loop", "4", "--duration", "2", "--json", str(out),
+        )  # fmt: skip
+        assert code == 0, err
+        result = json.loads(out.read_text())
+        assert result["closed_loop"] == 4 and not result["errors"]
+        assert result["lifecycles"] == result["arrivals"] > 8  # each worker went round
+        code, _, err = await bench("--server", f"127.0.0.1:{live.port}", "--closed-loop", "-1")
+        assert code == 2 and "--closed-loop" in err
+    finally:
+        await live.close()

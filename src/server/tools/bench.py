@@ -18,7 +18,9 @@ A portal starts sessions by the arrival process:
 
 - `poisson:R`: R arrivals per second at random; `constant:R`: evenly spaced;
 - `burst:R,EVERY,SIZE`: Poisson at R, and SIZE more at once every EVERY seconds;
-- `ramp:FROM,TO`: a Poisson rate rising (or falling) linearly over the run.
+- `ramp:FROM,TO`: a Poisson rate rising (or falling) linearly over the run;
+- or `--closed-loop W`: W workers, each starting a session when its last one ended
+  (a closed load, which finds the most a server does).
 
 At most `--concurrency` lifecycles are in flight; an arrival that finds them all busy
 waits (and the wait counts in its latency: the load is open, as a real portal's).
@@ -228,12 +230,28 @@ class Part:
             max(1, process.size // share) if process.size else 0,
         )  # fmt: skip
         duration = args.duration
-        times = process.times(duration, self.rng)
-        if args.sessions:
+        issue_types = self.desk["issue_types"]
+        closed = getattr(args, "closed_loop", 0)
+        times = [] if closed else process.times(duration, self.rng)
+        if args.sessions and not closed:
             times = times[: max(1, args.sessions // share)]
         cpu0, self.t0 = time.process_time(), time.perf_counter()
         lifecycles: list[asyncio.Task[None]] = []
-        issue_types = self.desk["issue_types"]
+        started = 0
+        if closed:
+            # A closed loop: each worker starts its next session once its last one
+            # ended, for the duration (what saturates a server).
+
+            async def worker(w: int) -> None:
+                nonlocal started
+                k = w
+                while time.perf_counter() - self.t0 < duration:
+                    started += 1
+                    now = time.perf_counter() - self.t0
+                    await self._lifecycle(portal, now, issue_types[k % len(issue_types)])
+                    k += closed
+
+            lifecycles = [asyncio.create_task(worker(w)) for w in range(closed)]
         for at in times:
             delay = self.t0 + at - time.perf_counter()
             if delay > 0:
@@ -255,7 +273,7 @@ class Part:
         return {
             "elapsed_s": elapsed,
             "lifecycles": len(self.done_at),
-            "arrivals": len(times),
+            "arrivals": started if closed else len(times),
             "client_cpu_s": cpu,
             "errors": dict(self.errors),
             "done_at": self.done_at,
@@ -436,6 +454,7 @@ def merge(parts: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
         # over the arrivals' window (stragglers after it, waiting for an offer to time
         # out, would dilute the rate)
         "lifecycles_per_s": round(sum(1 for t in done_at if t <= window) / window, 1),
+        "closed_loop": getattr(args, "closed_loop", 0),
         "errors": dict(errors),
         "client_cpu_ms_per_lifecycle": round(cpu / lifecycles * 1e3, 3) if lifecycles else None,
         "latency_us": {name: summary(h) for name, h in hists.items()},
@@ -620,6 +639,10 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of arrivals")
     p.add_argument("--sessions", type=int, default=0, help="stop after this many arrivals")
     p.add_argument("--concurrency", type=int, default=64, help="lifecycles in flight")
+    p.add_argument(
+        "--closed-loop", type=int, default=0, metavar="WORKERS",
+        help="instead of --arrivals: WORKERS each start a session when their last ended",
+    )  # fmt: skip
     p.add_argument("--accept", type=float, default=1.0, help="probability of accepting")
     p.add_argument("--reject", type=float, default=0.0, help="probability of rejecting")
     p.add_argument("--think", default="0", help="seconds before answering (or exp:MEAN)")
@@ -660,6 +683,8 @@ def bench_command(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--reps, --team-size, --processes, --concurrency and --duration are positive"
             )
+        if args.closed_loop < 0:
+            raise ValueError("--closed-loop is a number of workers")
         if args.issue_type and not (args.rep_tokens and args.intake_token):
             raise ValueError("--issue-type needs --rep-tokens and --intake-token")
         if args.issue_type and args.processes != 1:
