@@ -81,7 +81,7 @@ HISTORY = max(WINDOWS)  # buckets kept per queue
     HANDLE_SUM,
     TRANSFERRED,
 ) = range(12)
-SLOTS = 12  # (desks saved with fewer slots read the missing ones as 0)
+SLOTS = 12  # (snapshots with fewer slots get the missing ones as 0: __setstate__)
 
 
 class RepState(Enum):
@@ -144,15 +144,19 @@ class QueueCounters:
             buckets.append((minute, [0.0] * SLOTS))
             while buckets[0][0] <= minute - HISTORY:
                 buckets.popleft()
-        counts = buckets[-1][1]
-        if len(counts) < SLOTS:
-            counts.extend([0.0] * (SLOTS - len(counts)))
-        counts[slot] += amount
+        buckets[-1][1][slot] += amount
         if day != self.day:
             self.day, self.today = day, [0.0] * SLOTS
-        elif len(self.today) < SLOTS:
-            self.today.extend([0.0] * (SLOTS - len(self.today)))
         self.today[slot] += amount
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        """From a snapshot: counters saved with fewer slots (an older build) get the
+        missing ones as 0, once, here."""
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        for counts in (self.today, *(c for _, c in self.buckets)):
+            if len(counts) < SLOTS:
+                counts.extend([0.0] * (SLOTS - len(counts)))
 
     def window(self, minute: int, minutes: int) -> list[float]:
         total = [0.0] * SLOTS
@@ -320,7 +324,7 @@ class Counts:
             int(c[TIMED_OUT]),
             int(c[ABANDONED]),
             int(c[MOVED]),
-            int(c[TRANSFERRED]) if len(c) > TRANSFERRED else 0,
+            int(c[TRANSFERRED]),
             c[WITHIN_THRESHOLD] / served if served else None,
             c[WAIT_SUM] / answered if answered else None,
             c[HANDLE_SUM] / handled if handled else None,
@@ -370,11 +374,7 @@ class DeskStatistics:
 
 
 def _add_up(rows: list[list[float]]) -> list[float]:
-    total = [0.0] * SLOTS
-    for row in rows:
-        for i, value in enumerate(row):
-            total[i] += value
-    return total
+    return [sum(column) for column in zip(*rows, strict=True)] if rows else [0.0] * SLOTS
 
 
 def _queue_row(
