@@ -112,6 +112,21 @@ class Backoff:
         return (rng or random).uniform(0, self._next)
 
 
+# The environment variable of each connection setting.
+ENV = {
+    "server": ENV_SERVER,
+    "token": ENV_TOKEN,
+    "tls_ca": ENV_TLS_CA,
+    "tls_cert": ENV_TLS_CERT,
+    "tls_key": ENV_TLS_KEY,
+}
+
+
+def env_settings() -> dict[str, str]:
+    """The connection settings the environment gives (see ENV)."""
+    return {key: os.environ[name] for key, name in ENV.items() if os.environ.get(name)}
+
+
 class Connection:
     """Channels to one desk's servers, with the token its calls carry."""
 
@@ -141,6 +156,7 @@ class Connection:
         self.extra_options = list(options)
         self._current = addresses[0]
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[tuple[Any, grpc.aio.Channel], Any] = {}
 
     # ------------------------------------------------------------ construction
 
@@ -148,15 +164,7 @@ class Connection:
     def from_env(cls, **overrides: Any) -> Connection:
         """From ASSIGNCORE_SERVER (one address or several, comma-separated),
         ASSIGNCORE_TOKEN and ASSIGNCORE_TLS_CA / _CERT / _KEY (PEM file paths)."""
-        env = os.environ
-        return cls.from_settings(
-            server=env.get(ENV_SERVER),
-            token=env.get(ENV_TOKEN),
-            tls_ca=env.get(ENV_TLS_CA),
-            tls_cert=env.get(ENV_TLS_CERT),
-            tls_key=env.get(ENV_TLS_KEY),
-            **overrides,
-        )
+        return cls.from_settings(**(env_settings() | overrides))
 
     @classmethod
     def from_settings(
@@ -234,6 +242,7 @@ class Connection:
 
     async def close(self) -> None:
         channels, self._channels = list(self._channels.values()), {}
+        self._stubs.clear()
         for channel in channels:
             await channel.close()
 
@@ -264,7 +273,9 @@ class Connection:
         request_id), since a connection lost mid-call may have applied it."""
 
         async def once(channel: grpc.aio.Channel) -> Any:
-            stub = stub_class(channel)
+            stub = self._stubs.get((stub_class, channel))
+            if stub is None:  # made once per channel: a stub builds every method's callable
+                stub = self._stubs[(stub_class, channel)] = stub_class(channel)
             return await getattr(stub, method)(
                 request, metadata=self.metadata(token), timeout=timeout
             )

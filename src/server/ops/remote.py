@@ -17,31 +17,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from typing import Any
 
 from google.protobuf import json_format
 
 from assigncore.client import AssignCoreError, Connection, load_client_config
-from assigncore.client.connection import (
-    DEFAULT_SERVER,
-    ENV_SERVER,
-    ENV_TLS_CA,
-    ENV_TLS_CERT,
-    ENV_TLS_KEY,
-    ENV_TOKEN,
-)
+from assigncore.client.connection import DEFAULT_SERVER, ENV_SERVER, ENV_TOKEN, env_settings
 from assigncore.client.services import Admin
 
 KEYS = ("server", "token", "tls_ca", "tls_cert", "tls_key", "tls_server_name")
-ENV = {
-    "server": ENV_SERVER,
-    "token": ENV_TOKEN,
-    "tls_ca": ENV_TLS_CA,
-    "tls_cert": ENV_TLS_CERT,
-    "tls_key": ENV_TLS_KEY,
-}
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser, who: str) -> None:
@@ -61,9 +46,10 @@ def add_connection_arguments(parser: argparse.ArgumentParser, who: str) -> None:
 def client_settings(args: argparse.Namespace) -> dict[str, str]:
     """The connection settings: flags, then --config, then the environment."""
     from_file = load_client_config(args.config) if getattr(args, "config", None) else {}
+    from_env = env_settings()
     out: dict[str, str] = {}
     for key in KEYS:
-        value = getattr(args, key, None) or from_file.get(key) or os.environ.get(ENV.get(key, ""))
+        value = getattr(args, key, None) or from_file.get(key) or from_env.get(key)
         if value:
             out[key] = value
     out.setdefault("server", DEFAULT_SERVER)
