@@ -20,6 +20,7 @@ from .server_harness import ADMIN, INTAKE, live_server, rep_token, until
 from .tcp_proxy import Proxy
 
 CAROL = pb.Customer(name="Carol", company="ACME")
+RESULTS = [0]  # action results the server pushed to consoles, this process
 OPS = [
     "start_support",
     "start_manual",
@@ -67,6 +68,17 @@ async def run(ops: list[tuple[str, int]]) -> None:
 
     collector = asyncio.get_running_loop().create_task(collect())
     started: list[str] = []
+    # Counts the action results the server produced (a burst waits on them to lose
+    # results it knows were applied); watching only, the push goes on as it was.
+    hub = live.server.runtime.hub
+    push = hub.push
+
+    def counting(stream, item) -> None:
+        if isinstance(item, cpb.ActionResult):
+            RESULTS[0] += 1
+        push(stream, item)
+
+    hub.push = counting
     try:
         for op, n in ops:
             with contextlib.suppress(AssignCoreError):
@@ -143,9 +155,14 @@ async def step(
             calls.append(console.end(session))
         if offer := pick(console.offers):
             calls.append(console.answer(offer))
+        before = RESULTS[0]
         tasks = [asyncio.ensure_future(c) for c in calls]
         if lose:
-            await asyncio.sleep(0.05)
+            # Until the server has answered them all (it applied them), if it can: a
+            # console that was between connections sends nothing while its replies
+            # are swallowed, and the burst then loses nothing.
+            with contextlib.suppress(TimeoutError):
+                await until(lambda: RESULTS[0] >= before + len(calls), 2.0)
             proxy.cut()
             proxy.swallow = False
         await asyncio.gather(*tasks, return_exceptions=True)
