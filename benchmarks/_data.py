@@ -92,12 +92,12 @@ class BatchDesk:
         """One kernel call over every waiting session of every queue in rule-4 order
         (the engine hands it only the queue heads that can matter; this is the worst
         case: a pass that must look at everything)."""
-        slots, _ = self.kernel.assign_batch(
+        slots = self.kernel.assign_batch(
             self.log_slot,
             self.log_seq,
             self.pool,
             min(len(self.log_slot), self.reps.n_eligible),
             self.reps.n_eligible,
-        )
+        ).slots
         self.reps.offers_made(len(slots))
         return len(slots)

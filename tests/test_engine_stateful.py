@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from assigncore.capacity import LOAD_SCALE
 from assigncore.columns import INELIGIBLE, LOAD_SHIFT
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError
@@ -18,6 +19,7 @@ from assigncore.events import OfferDeclined, OfferMade, OfferRescinded, SessionQ
 from assigncore.model import (
     GENERAL_QUEUE,
     Algorithm,
+    CapacityProfile,
     Customer,
     IssueType,
     Origin,
@@ -25,8 +27,10 @@ from assigncore.model import (
     QueueKind,
     QueueSettings,
     RescindReason,
+    RoutingStep,
     RuleAction,
     SessionState,
+    StepKind,
     SupportButton,
     Target,
     WaitingRule,
@@ -40,6 +44,12 @@ from assigncore.snapshot import dump, restore
 from .conftest import ManualClock
 
 REPS = ["r0", "r1", "r2", "r3", "r4"]
+# Capacity by channel: r3 takes one voice call and two chats, or four chats; r4
+# takes two chats, or one voice call. The others count sessions.
+PROFILES = {
+    "r3": CapacityProfile(4, (("chat", 1), ("voice", 2)), (("voice", 1),)),
+    "r4": CapacityProfile(2, (("chat", 1), ("voice", 2), ("", 1))),
+}
 TEAMS = ["least", "skills", "best", "manual"]
 SKILLS = ["win", "mac", "net"]
 # Skill names beyond the first allocation of the skill matrix (8 columns).
@@ -73,6 +83,7 @@ class EngineMachine(RuleBasedStateMachine):
         # The journal this run would write: every accepted command, as bytes.
         self.journal: list[bytes] = []
         e.on_command = lambda record: self.journal.append(encode(record))
+        e.define_channels(["chat", "voice"])
         e.create_team("manual", "Manual", settings=QueueSettings(algorithm=Algorithm.NONE))
         e.create_team(
             "least",
@@ -110,7 +121,8 @@ class EngineMachine(RuleBasedStateMachine):
                 skills={SKILLS[i % 3]: 3 + i, SKILLS[(i + 1) % 3]: 9 - i},
                 teams=[TEAMS[i % 4], TEAMS[(i + 1) % 4]],
                 permissions=Permissions(
-                    max_concurrent_sessions=i % 3,
+                    max_concurrent_sessions=0 if rep_id in PROFILES else i % 3,
+                    capacity=PROFILES.get(rep_id),
                     idle_timeout=60.0 * (i % 2),
                     may_get_next=i != 4,
                     may_opt_out=i % 2 == 0,
@@ -122,6 +134,34 @@ class EngineMachine(RuleBasedStateMachine):
         e.create_issue_type(IssueType("it-win", "Windows", "skills", (("win", 5), ("net", 3)), 2))
         e.create_issue_type(IssueType("it-best", "Best", "best", (("mac", 4),), 1))
         e.create_issue_type(IssueType("it-least", "Least", "least", (), 0))
+        # Routing steps and channels: a preferred rep, then a skill, then anyone, as chat;
+        # a skilled step on the best team, as voice.
+        e.create_issue_type(
+            IssueType(
+                "it-steps",
+                "Steps",
+                "skills",
+                (("net", 2),),
+                1,
+                (
+                    RoutingStep(StepKind.PREFERRED_REP, duration=10),
+                    RoutingStep(StepKind.SKILLS, (("win", 5),), 20),
+                    RoutingStep(),
+                ),
+                "chat",
+            )
+        )
+        e.create_issue_type(
+            IssueType(
+                "it-voice",
+                "Voice",
+                "best",
+                (("mac", 2),),
+                0,
+                (RoutingStep(StepKind.SKILLS, (("mac", 6), ("net", 2)), 15), RoutingStep()),
+                "voice",
+            )
+        )
         e.create_support_button(SupportButton("btn", "Button", Target(team_id="least")))
         for rep_id in REPS:
             e.connect(rep_id)
@@ -149,15 +189,19 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(
         origin=st.sampled_from(
-            ["it-win", "it-best", "it-least", "button", "general", "rep", "key"]
+            ["it-win", "it-best", "it-least", "it-steps", "it-voice", "button", "general"]
+            + ["rep", "key"]
         ),
         rep=st.sampled_from(REPS),
+        channel=st.sampled_from([None, None, "", "chat", "voice"]),
     )
-    def start(self, origin, rep):
+    def start(self, origin, rep, channel):
         c = Customer("Customer")
         e = self.engine
         if origin.startswith("it-"):
-            self.run(e.start_from_issue, origin, c)
+            self.run(e.start_from_issue, origin, c, service_channel=channel, preferred_rep=rep)
+        elif origin == "button" and channel is not None:
+            self.run(e.start_from_button, "btn", c, service_channel=channel)
         elif origin == "button":
             self.run(e.start_from_button, "btn", c)
         elif origin == "general":
@@ -375,6 +419,15 @@ class EngineMachine(RuleBasedStateMachine):
             assert self.engine.rep(o.rep_id).offer == o.id
         for s in self.engine.sessions():
             assert (s.offer is None) == (s.state is not SessionState.OFFERED)
+        for o in offers:  # made within the step the session was at, to a rep with room
+            s, rep = self.engine.session(o.session_id), self.engine.rep(o.rep_id)
+            if o.decision is None:
+                continue  # kept across a restart from before decisions were recorded
+            step = s.steps[o.decision.step]
+            assert o.decision.step <= s.step
+            assert step.kind is not StepKind.PREFERRED_REP or o.rep_id == s.preferred_rep
+            assert all(rep.skills.get(n, 0) >= lv for n, lv in step.skills), (o, step)
+            assert o.decision.candidates >= 1
 
     @invariant()
     def never_reoffered_a_declined_session_without_a_manual_transfer(self):
@@ -398,12 +451,66 @@ class EngineMachine(RuleBasedStateMachine):
                     counts[p] += 1
         for rep_id, n in counts.items():
             rep = e.rep(rep_id)
-            assert rep.load == n == e.reps_table.load[rep.ordinal]
+            assert rep.load == n
+            if rep_id in PROFILES:
+                units, _ = self.usage(rep_id)
+                assert (
+                    e.reps_table.load[rep.ordinal] == units * LOAD_SCALE // PROFILES[rep_id].total
+                )
+            else:
+                assert e.reps_table.load[rep.ordinal] == n
+
+    def usage(self, rep_id: str) -> tuple[int, dict[str, int]]:
+        """Brute force: units and sessions per channel a profiled rep has in use."""
+        profile = PROFILES[rep_id]
+        cost = dict(profile.cost)
+        units, counts = 0, {}
+        for s in self.engine.sessions():
+            if s.state is SessionState.ACTIVE and (rep_id == s.owner or rep_id in s.participants):
+                units += cost.get(s.service_channel, profile.total)
+                counts[s.service_channel] = counts.get(s.service_channel, 0) + 1
+        return units, counts
+
+    def has_room(self, rep_id: str, channel: str) -> bool:
+        """Brute force of rule 16: room for one more session of `channel`."""
+        rep = self.engine.rep(rep_id)
+        if rep_id not in PROFILES:
+            cap = rep.permissions.max_concurrent_sessions
+            return not cap or rep.load < cap
+        profile = PROFILES[rep_id]
+        cost, limit = dict(profile.cost), dict(profile.limit)
+        units, counts = self.usage(rep_id)
+        return (
+            channel in cost
+            and units + cost[channel] <= profile.total
+            and counts.get(channel, 0) < limit.get(channel, 10**6)
+        )
+
+    def could_take(self, rep_id: str, s) -> bool:
+        """Brute force: eligible (rule 12), room for its channel (16), allowed by its
+        current step (13), not declined (3)."""
+        e = self.engine
+        rep = e.rep(rep_id)
+        if not (
+            rep.connected
+            and not rep.locked
+            and not rep.idle
+            and rep.auto_assign
+            and rep.wrap_up_timer is None
+            and rep.offer is None
+            and self.has_room(rep_id, s.service_channel)
+        ):
+            return False
+        step = s.steps[s.step]
+        if step.kind is StepKind.PREFERRED_REP and rep_id != s.preferred_rep:
+            return False
+        lacks = any(rep.skills.get(name, 0) < level for name, level in step.skills)
+        return not (step.kind is StepKind.SKILLS and lacks)
 
     @invariant()
     def rank_key_is_load_and_availability_of_eligible_reps(self):
         t = self.engine.reps_table
-        ok = (t.flags[: t.n] == 0) & (t.load[: t.n] < t.cap[: t.n])
+        ok = (t.flags[: t.n] == 0) & (t.load[: t.n] < t.cap[: t.n]) & (t.room[: t.n] != 0)
         key = (t.load[: t.n].astype(np.int64) << LOAD_SHIFT) | t.avail[: t.n]
         assert (t.rank_key[: t.n] == np.where(ok, key, INELIGIBLE)).all()
         assert t.n_eligible == int(ok.sum())
@@ -418,9 +525,33 @@ class EngineMachine(RuleBasedStateMachine):
             if team.settings.algorithm is Algorithm.NONE:
                 continue
             for rep_id in team.members:
-                assert not (e.eligible(rep_id) and rep_id not in s.declined_by), (
-                    f"{rep_id} idles while {s.id} waits in {s.queue}"
+                assert not (self.could_take(rep_id, s) and rep_id not in s.declined_by), (
+                    f"{rep_id} idles while {s.id} waits in {s.queue} at step {s.step}"
                 )
+
+    @invariant()
+    def steps_expire_on_time_and_in_order(self):
+        """A session is never past its step's duration (the FIFO timers fire on time),
+        and every step change is recorded; a team queue entry without changes is at
+        its first step unless it skipped."""
+        e = self.engine
+        for s in e.sessions():
+            if s.queue is None or s.queue.kind is not QueueKind.TEAM:
+                continue
+            assert 0 <= s.step < len(s.steps)
+            since = s.step_changes[-1].time if s.step_changes else s.queued_time
+            if s.step_changes:
+                assert s.step_changes[-1].step == s.step
+            else:
+                assert s.step == 0
+            if s.step < len(s.steps) - 1:
+                assert since + s.steps[s.step].duration > self.clock.t
+                assert s.step_fifo is not None and s.id in e.state.step_fifos[s.step_fifo].entries
+            else:
+                assert s.step_fifo is None
+        for key, fifo in e.state.step_fifos.items():
+            dues = list(fifo.entries.values())
+            assert dues == sorted(dues) and dues, key
 
     @invariant()
     def queue_indexes_match_a_brute_force_rule4_order(self):
@@ -443,17 +574,31 @@ class EngineMachine(RuleBasedStateMachine):
                 if cursor is None:
                     break
             assert paged == listed
-            if index.ready is None:
+            if index.pools is None:
                 continue
             team = e.team(q.owner)
-            ready = {e.state.session_by_slot[k & SLOT_MASK].id for k in index.ready}
-            parked = {e.state.session_by_slot[k & SLOT_MASK].id for k in index.parked}
+            ready = [
+                e.state.session_by_slot[k & SLOT_MASK].id
+                for pool in index.pools.values()
+                for k in pool.ready
+            ]
+            parked = [
+                e.state.session_by_slot[k & SLOT_MASK].id
+                for pool in index.pools.values()
+                for k in pool.parked
+            ]
+            for key, pool in index.pools.items():
+                for k in [*pool.ready, *pool.parked]:
+                    assert e.state.session_by_slot[k & SLOT_MASK].pool_key == key
             unoffered = {s.id for s in waiting if s.state is SessionState.WAITING}
-            assert not ready & parked and ready | parked == unoffered, q
+            assert len(ready) + len(parked) == len(unoffered)
+            assert not set(ready) & set(parked) and set(ready) | set(parked) == unoffered, q
             eligible = {r for r in team.members if e.eligible(r)}
             assert e.state.team_eligible[team.ordinal] == len(eligible)
-            for sid in parked:  # parked: every eligible member declined it
-                assert eligible <= set(e.session(sid).declined_by), (sid, eligible)
+            for sid in parked:  # parked: every member who could take it declined it
+                s = e.session(sid)
+                able = {r for r in team.members if self.could_take(r, s)}
+                assert able <= set(s.declined_by), (sid, able)
 
     def teardown(self):
         """The run's journal, replayed on a fresh engine, gives the same desk; and a

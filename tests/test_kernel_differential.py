@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from assigncore import reference
 from assigncore.columns import (
+    ALL_CHANNELS,
     FLAG_IDLE,
     FLAG_LOCKED,
     FLAG_OFFLINE,
@@ -42,6 +43,7 @@ def build(world: dict, implementation: str):
     reps.load[:n], reps.cap[:n] = world["load"], world["cap"]
     reps.flags[:n], reps.avail[:n] = world["flags"], world["avail"]
     reps.skills[:n, :N_SKILLS] = world["skills"]
+    reps.room[:n] = world.get("room", [ALL_CHANNELS] * n)
     reps.refresh_all()
     teams = TeamTable(kernel)
     for alg, members in zip(world["team_alg"], world["members"], strict=True):
@@ -62,6 +64,9 @@ def build(world: dict, implementation: str):
             sessions.release(slot)
             continue
         sessions.team[slot] = s["team"]
+        sessions.chan[slot] = s.get("chan", 1)
+        sessions.strict[slot] = len(s["req"]) if s.get("strict") else 0
+        sessions.only[slot] = s.get("only", -1)
         sessions.decl_off[slot], sessions.decl_cnt[slot] = len(pool), len(s["declined"])
         pool.extend(s["declined"])
         by_slot[slot] = s
@@ -98,6 +103,8 @@ def worlds(draw, max_reps: int = 40):
         "cap": caps,
         "flags": draw(st.lists(st.sampled_from(flag_choices), min_size=n, max_size=n)),
         "avail": draw(ints(0, 3)),
+        # capacity by channel: room for channels 0 and 1, one of them, or none
+        "room": draw(st.lists(st.sampled_from([ALL_CHANNELS, 1, 2, 3, 0]), min_size=n, max_size=n)),
         "skills": draw(
             st.lists(
                 st.lists(
@@ -126,6 +133,11 @@ def sessions_for(draw, n_reps: int, n_teams: int):
         "req": [(k, draw(st.sampled_from([1, 3, 5, 8, 10]))) for k in skills],
         "declined": sorted(draw(st.sets(st.integers(0, n_reps - 1), max_size=n_reps))),
         "gone": draw(st.booleans()),
+        # routing steps and channels: the session's channel bit, a SKILLS step (every
+        # requirement held), a PREFERRED_REP step (one rep)
+        "chan": draw(st.sampled_from([1, 1, 2, 4])),
+        "strict": draw(st.booleans()),
+        "only": draw(st.sampled_from([-1, -1, -1, *range(n_reps)])),
     }
 
 
@@ -144,6 +156,7 @@ def large_world(seed: int, n: int) -> dict:
             set(rng.choice(n, int(rng.integers(0, n + 1)), replace=False).tolist())
             for _ in range(n_teams)
         ],
+        "room": rng.choice([ALL_CHANNELS, ALL_CHANNELS, 1, 2, 0], n).tolist(),
         "sessions": [
             {
                 "team": int(rng.integers(-1, n_teams)),
@@ -154,6 +167,9 @@ def large_world(seed: int, n: int) -> dict:
                 ],
                 "declined": sorted(set(rng.integers(0, n, int(rng.integers(0, 30))).tolist())),
                 "gone": bool(rng.random() < 0.2),
+                "chan": int(rng.choice([1, 1, 2])),
+                "strict": bool(rng.random() < 0.3),
+                "only": int(rng.integers(0, n)) if rng.random() < 0.1 else -1,
             }
             for _ in range(int(rng.integers(0, 200)))
         ],
@@ -170,12 +186,15 @@ def check_rank_one(world: dict) -> None:
     for s in world["sessions"] or [{"req": [], "declined": []}]:
         req_skill = [k for k, _ in s["req"]]
         req_level = [lv for _, lv in s["req"]]
+        narrow = (s.get("chan", 1), len(req_skill) if s.get("strict") else 0, s.get("only", -1))
         for cand in cands:
             for alg in Algorithm:
-                expected = rk.best_candidate(cand, alg, req_skill, req_level, s["declined"])
-                got = ck.best_candidate(cand, alg, req_skill, req_level, s["declined"])
+                args = (cand, alg, req_skill, req_level, s["declined"], *narrow)
+                expected = rk.best_candidate(*args)
+                got = ck.best_candidate(*args)
                 assert got == expected, (alg, cand.tolist(), s)
-                if alg is Algorithm.LEAST_BUSY:
+                plain = narrow == (1, 0, -1) and "room" not in world
+                if alg is Algorithm.LEAST_BUSY and plain:
                     vec = best_candidate_numpy(creps, cand, s["declined"])
                     assert vec == expected
     # ranking never writes
@@ -189,13 +208,15 @@ def check_batch(world: dict) -> None:
         kernel, reps, sessions, pool = build(world, impl)
         log_slot, log_seq = world["log"]  # stale entries of ended sessions included
         waiting = sessions.pass_order().tolist()
-        slots, chosen = kernel.assign_batch(
-            log_slot, log_seq, pool, max(1, len(log_slot)), reps.n_eligible
-        )
+        batch = kernel.assign_batch(log_slot, log_seq, pool, max(1, len(log_slot)), reps.n_eligible)
+        slots, chosen = batch.slots, batch.reps
         results.append(
             (
                 slots.tolist(),
                 chosen.tolist(),
+                batch.majors.tolist(),
+                batch.keys.tolist(),
+                batch.eligible.tolist(),
                 reps.flags[: reps.n].tolist(),
                 reps.rank_key[: reps.n].tolist(),
             )
@@ -208,8 +229,52 @@ def check_batch(world: dict) -> None:
             assert r not in s["declined"]
             assert world["flags"][r] == 0 and world["load"][r] < world["cap"][r]
             assert world["team_alg"][s["team"]] != Algorithm.NONE
+            assert world.get("room", [ALL_CHANNELS] * (r + 1))[r] & s.get("chan", 1)
+            assert s.get("only", -1) in (-1, r)
+            if s.get("strict"):
+                assert all(world["skills"][r][k] >= lv for k, lv in s["req"])
         assert len(set(chosen.tolist())) == len(chosen)
     assert results[0] == results[1]
+
+
+def check_explain(world: dict) -> None:
+    """For every session waiting in a team: the explanation is the same in both
+    implementations; its best candidate is the one member with no WHY bit that ranks
+    first by the keys it shows; and it is the rep a pass offers the session to."""
+    build(world, "cython")  # numbers the slots (world["by_slot"])
+    for slot, s in list(world["by_slot"].items()):
+        if s["team"] < 0:
+            continue
+        members = sorted(world["members"][s["team"]])
+        outs = []
+        for impl in ("cython", "reference"):
+            kernel, _, sessions, _ = build(world, impl)
+            best, why, major, key = kernel.explain(slot, s["declined"], len(members))
+            order = kernel_members(kernel, sessions, s["team"], world)
+            rows = zip(why.tolist(), major.tolist(), key.tolist(), strict=True)
+            outs.append((best, dict(zip(order, rows, strict=True))))
+            # the pass with this session alone picks the explained best
+            log = (np.asarray([slot], dtype=np.int64), sessions.seq[[slot]].astype(np.int64))
+            pool = np.asarray(s["declined"], dtype=np.int32)
+            sessions.decl_off[slot], sessions.decl_cnt[slot] = 0, len(pool)
+            batch = kernel.assign_batch(*log, pool, 1, 1 << 30)
+            assert batch.reps.tolist() == ([] if best < 0 else [best])
+        assert outs[0] == outs[1]
+        best, rows = outs[0]
+        open_ = sorted((m, k, r) for r, (w, m, k) in rows.items() if w == 0)
+        alg_none = world["team_alg"][s["team"]] == Algorithm.NONE
+        assert best == (-1 if alg_none or not open_ else open_[0][2])
+
+
+def kernel_members(kernel, sessions, team: int, world: dict) -> list[int]:
+    """The team's members in the order the kernel holds them (explain's row order):
+    build() adds them in the set's iteration order, and the regions keep it."""
+    return list(world["members"][team])
+
+
+@given(worlds())
+def test_explain_matches_the_pass(world):
+    check_explain(world)
 
 
 @given(worlds())

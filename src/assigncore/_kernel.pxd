@@ -1,5 +1,5 @@
 # Shared C typedefs and small inline helpers of the ranking kernel.
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 
 ctypedef int32_t ord_t        # dense rep / team / session-slot ordinal
 ctypedef uint8_t level_t      # skill proficiency 0 (absent) .. 10
@@ -29,3 +29,4 @@ cdef inline bint ranks_before(int64_t major, int64_t key, ord_t rep,
     tie goes to the lowest ordinal. Non-short-circuit operators: gcc emits no branches."""
     return (major < best_major) | ((major == best_major) & (
         (key < best_key) | ((key == best_key) & (rep < best))))
+

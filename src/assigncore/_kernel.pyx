@@ -10,13 +10,39 @@ turn the checks back on with ASSIGNCORE_DEBUG_BUILD=1.
 """
 
 cimport cython
-from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint32_t, INT64_MAX
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, INT64_MAX
 
 import numpy as np
 
 # FLAG_PENDING_OFFER, LOAD_SHIFT, ALG_NONE, N_ALGORITHMS, MAX_REQUIRED_SKILLS and
 # PREFETCH_AHEAD: a cdef enum that setup.py generates from constants.py.
 include "_kernel_constants.pxi"
+
+# What narrows a session's candidates beyond eligibility (routing steps, capacity by
+# channel, declines). `excluded` is the one place these are tested, for ranking and for
+# explaining alike.
+cdef struct Filter:
+    uint16_t chan      # the session's channel bit; a rep needs it in its room mask
+    int32_t only       # the one rep the session's step allows, or -1
+    int strict         # how many of the requirements a rep must hold (a skills step)
+    bint any_declined  # declined reps are marked in the marks column
+
+
+cdef inline uint8_t excluded(ord_t r, const Filter* f, const uint8_t* marks,
+                             const uint16_t* room, const level_t* skill_row,
+                             const int32_t* req_skill, const level_t* req_level) noexcept nogil:
+    """WHY_* bits of what keeps an eligible rep `r` from the session; 0 = a candidate."""
+    cdef uint8_t why = 0
+    if f.any_declined and marks[r]:
+        why |= WHY_DECLINED
+    if not (room[r] & f.chan):
+        why |= WHY_NO_ROOM
+    if f.only >= 0 and r != f.only:
+        why |= WHY_NOT_PREFERRED
+    if f.strict and matched_prefix(skill_row, req_skill, req_level, f.strict) < f.strict:
+        why |= WHY_MISSING_SKILL
+    return why
+
 
 cdef extern from *:
     """
@@ -79,6 +105,7 @@ cdef class RankKernel:
     cdef uint8_t[::1] flags
     cdef uint8_t[:, ::1] skills
     cdef uint8_t[::1] marks        # scratch: declined reps of the session being ranked
+    cdef uint16_t[::1] room        # bit c: room for a session of service channel c
     cdef Py_ssize_t n_reps
     # team columns: team t's members are team_members[team_start[t]:team_end[t]]
     cdef int32_t[::1] team_start
@@ -96,6 +123,9 @@ cdef class RankKernel:
     cdef uint8_t[:, ::1] s_req_level
     cdef int32_t[::1] s_decl_off
     cdef int32_t[::1] s_decl_cnt
+    cdef uint16_t[::1] s_chan      # 1 << the session's service channel
+    cdef uint8_t[::1] s_strict     # matched prefix a candidate needs (a skills step)
+    cdef int32_t[::1] s_only       # the one rep its step allows (-1: any member)
     cdef Py_ssize_t n_slots
 
     def __init__(self):
@@ -105,13 +135,14 @@ cdef class RankKernel:
         self.n_slots = 0
 
     def bind_reps(self, int64_t[::1] rank_key, uint8_t[::1] flags,
-                  uint8_t[:, ::1] skills, uint8_t[::1] marks, Py_ssize_t n_reps):
+                  uint8_t[:, ::1] skills, uint8_t[::1] marks, uint16_t[::1] room,
+                  Py_ssize_t n_reps):
         if not (rank_key.shape[0] >= n_reps and flags.shape[0] >= n_reps
                 and skills.shape[0] >= n_reps and marks.shape[0] >= n_reps
-                and skills.shape[1] >= 1):
+                and room.shape[0] >= n_reps and skills.shape[1] >= 1):
             raise ValueError("rep columns are shorter than n_reps")
         self.rank_key, self.flags = rank_key, flags
-        self.skills, self.marks, self.n_reps = skills, marks, n_reps
+        self.skills, self.marks, self.room, self.n_reps = skills, marks, room, n_reps
 
     def bind_teams(self, int32_t[::1] start, int32_t[::1] end, int32_t[::1] members,
                    int8_t[::1] alg, Py_ssize_t n_teams):
@@ -137,29 +168,35 @@ cdef class RankKernel:
 
     def bind_sessions(self, int32_t[::1] team, int64_t[::1] seq, uint8_t[::1] nreq,
                       int32_t[:, ::1] req_skill, uint8_t[:, ::1] req_level,
-                      int32_t[::1] decl_off, int32_t[::1] decl_cnt, Py_ssize_t n_slots):
+                      int32_t[::1] decl_off, int32_t[::1] decl_cnt, uint16_t[::1] chan,
+                      uint8_t[::1] strict, int32_t[::1] only, Py_ssize_t n_slots):
         if not (team.shape[0] >= n_slots and seq.shape[0] >= n_slots
                 and nreq.shape[0] >= n_slots
                 and req_skill.shape[0] >= n_slots and req_level.shape[0] >= n_slots
                 and req_skill.shape[1] == req_level.shape[1]
-                and decl_off.shape[0] >= n_slots and decl_cnt.shape[0] >= n_slots):
+                and decl_off.shape[0] >= n_slots and decl_cnt.shape[0] >= n_slots
+                and chan.shape[0] >= n_slots and strict.shape[0] >= n_slots
+                and only.shape[0] >= n_slots):
             raise ValueError("session columns are shorter than n_slots")
         self.s_team, self.s_seq, self.s_nreq = team, seq, nreq
         self.s_req_skill, self.s_req_level = req_skill, req_level
         self.s_decl_off, self.s_decl_cnt, self.n_slots = decl_off, decl_cnt, n_slots
+        self.s_chan, self.s_strict, self.s_only = chan, strict, only
 
     # --- ranking core -----------------------------------------------------------------
 
     cdef ord_t _rank(self, const int32_t* cand, Py_ssize_t n, int algorithm,
                      const int32_t* req_skill, const level_t* req_level, int nreq,
-                     bint any_declined, Py_ssize_t* n_eligible) noexcept nogil:
-        """Best eligible, undeclined candidate or -1. Reads one rank_key per candidate
-        (load, then available_since, folded into an int64; INELIGIBLE if not eligible).
-        Declined reps are marked in self.marks, read only for a would-be winner.
-        Counts eligible candidates (declined or not) into n_eligible, or sets it to -1
+                     const Filter* f, Py_ssize_t* n_eligible) noexcept nogil:
+        """Best eligible candidate that `f` lets through, or -1. Reads one rank_key per
+        candidate (load, then available_since, folded into an int64; INELIGIBLE if not
+        eligible). The filter (declines, channel room, a step's one rep or its skills)
+        is applied by `excluded`, only to a would-be winner on the least-busy path.
+        Counts eligible candidates (filtered or not) into n_eligible, or sets it to -1
         and returns -1 if a candidate ordinal is out of range (checked before use)."""
         cdef const int64_t* rank_key = &self.rank_key[0]
         cdef const uint8_t* marks = &self.marks[0]
+        cdef const uint16_t* room = &self.room[0]
         cdef const uint8_t* skills = &self.skills[0, 0]
         cdef Py_ssize_t row = self.skills.shape[1]
         cdef policy_fn policy = POLICIES[algorithm]
@@ -183,7 +220,7 @@ cdef class RankKernel:
                     if k == INELIGIBLE:
                         continue
                     if (k < best_key) | (r < best):
-                        if any_declined and marks[r]:
+                        if excluded(r, f, marks, room, skills + r * row, req_skill, req_level):
                             continue
                         best, best_key = r, k
         else:
@@ -196,13 +233,19 @@ cdef class RankKernel:
                 if k == INELIGIBLE:
                     continue
                 ok += 1
-                if any_declined and marks[r]:
+                if excluded(r, f, marks, room, skills + r * row, req_skill, req_level):
                     continue
                 major = policy(skills + r * row, req_skill, req_level, nreq)
                 if ranks_before(major, k, r, best_major, best_key, best):
                     best, best_major, best_key = r, major, k
         n_eligible[0] = ok
         return best
+
+    cdef inline void _slot_filter(self, Py_ssize_t s, Filter* f) noexcept nogil:
+        f.chan = self.s_chan[s]
+        f.only = self.s_only[s]
+        f.strict = self.s_strict[s]
+        f.any_declined = self.s_decl_cnt[s] > 0
 
     cdef inline void _mark(self, const int32_t* reps, Py_ssize_t n, uint8_t value) noexcept nogil:
         cdef Py_ssize_t i
@@ -211,13 +254,19 @@ cdef class RankKernel:
 
     def best_candidate(self, const int32_t[::1] candidates, int algorithm,
                        const int32_t[::1] req_skill, const uint8_t[::1] req_level,
-                       const int32_t[::1] declined):
+                       const int32_t[::1] declined, uint16_t chan=0xFFFF, int strict=0,
+                       int32_t only=-1):
         """Best rep among `candidates` for a session with the given ranked requirements,
-        or -1. `algorithm` NONE returns -1 (never auto-assigned)."""
+        or -1. `algorithm` NONE returns -1 (never auto-assigned). `chan` is the session's
+        channel bit, `strict` how many of the requirements a candidate must hold, `only`
+        the one rep allowed (-1: any)."""
+        cdef Filter f
         if algorithm < 0 or algorithm >= N_ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm}")
         if req_skill.shape[0] != req_level.shape[0]:
             raise ValueError("req_skill and req_level differ in length")
+        if strict < 0 or strict > req_skill.shape[0]:
+            raise ValueError("strict is outside the requirements")
         cdef Py_ssize_t n = candidates.shape[0], nd = declined.shape[0], i, ok = 0
         cdef Py_ssize_t nreq = req_skill.shape[0], n_reps = self.n_reps
         cdef Py_ssize_t ncols = self.skills.shape[1] if n_reps else 0
@@ -230,11 +279,12 @@ cdef class RankKernel:
         for i in range(nd):
             if <size_t>declined[i] >= <size_t>n_reps:
                 raise IndexError(f"declined rep ordinal {declined[i]} out of range")
+        f.chan, f.only, f.strict, f.any_declined = chan, only, strict, nd > 0
         with nogil:
             self._mark(&declined[0] if nd else _EMPTY_I32, nd, 1)
             best = self._rank(&candidates[0], n, algorithm,
                               &req_skill[0] if nreq else _EMPTY_I32,
-                              &req_level[0] if nreq else _EMPTY_U8, <int>nreq, nd > 0, &ok)
+                              &req_level[0] if nreq else _EMPTY_U8, <int>nreq, &f, &ok)
             self._mark(&declined[0] if nd else _EMPTY_I32, nd, 0)
         if ok < 0:
             raise IndexError("candidate rep ordinal out of range")
@@ -242,7 +292,8 @@ cdef class RankKernel:
 
     def assign_batch(self, const int64_t[::1] log_slot, const int64_t[::1] log_seq,
                      const int32_t[::1] decl_pool, int32_t[::1] out_slot,
-                     int32_t[::1] out_rep, Py_ssize_t remaining):
+                     int32_t[::1] out_rep, int64_t[::1] out_major, int64_t[::1] out_key,
+                     int32_t[::1] out_eligible, Py_ssize_t remaining):
         """One assignment pass over the arrival log: (slot, seq) entries in rule-4 order
         (priority, then arrival). An entry counts if its slot still holds that session
         (same seq) and the session waits without an offer in a team queue. Each such
@@ -250,8 +301,10 @@ cdef class RankKernel:
         member; that rep's rank_key becomes INELIGIBLE and FLAG_PENDING_OFFER is set at
         once, so later sessions see it taken. Teams found with no eligible member are
         skipped for the rest of the pass; the pass stops when no rep is left. Writes the
-        offers to out_slot/out_rep and returns how many were made. `remaining` is the
-        number of eligible reps (kept by the caller, so a pass never counts the table)."""
+        offers to out_slot/out_rep, with the decision (the winner's major score and rank
+        key, and how many members were eligible) to out_major/out_key/out_eligible, and
+        returns how many were made. `remaining` is the number of eligible reps (kept by
+        the caller, so a pass never counts the table)."""
         cdef Py_ssize_t n = log_slot.shape[0], k, made = 0, ok, start, end, nd
         cdef Py_ssize_t n_reps = self.n_reps, n_teams = self.n_teams
         cdef Py_ssize_t n_slots = self.n_slots, cap_out = out_slot.shape[0]
@@ -260,7 +313,11 @@ cdef class RankKernel:
         cdef int32_t t
         cdef int nreq
         cdef ord_t best
-        if out_rep.shape[0] < cap_out or log_seq.shape[0] != n:
+        cdef Filter f
+        cdef policy_fn policy
+        if (out_rep.shape[0] < cap_out or out_major.shape[0] < cap_out
+                or out_key.shape[0] < cap_out or out_eligible.shape[0] < cap_out
+                or log_seq.shape[0] != n):
             raise ValueError("log_seq or out_rep has the wrong length")
         if n == 0 or n_reps == 0 or n_teams == 0:
             return 0
@@ -276,6 +333,7 @@ cdef class RankKernel:
             if self.s_decl_cnt[s] and (self.s_decl_off[s] < 0
                                        or self.s_decl_off[s] + self.s_decl_cnt[s] > pool_n):
                 raise IndexError(f"declined list of slot {s} is outside the pool")
+            self._check_slot(s)
         for k in range(pool_n):
             if decl_pool[k] < 0 or decl_pool[k] >= n_reps:
                 raise IndexError(f"declined rep ordinal {decl_pool[k]} out of range")
@@ -292,12 +350,13 @@ cdef class RankKernel:
                 end = self.team_end[t]
                 nd = self.s_decl_cnt[s]
                 nreq = self.s_nreq[s]
+                self._slot_filter(s, &f)
                 if nd:
                     self._mark(&decl_pool[self.s_decl_off[s]], nd, 1)
                 best = self._rank(&self.team_members[start] if end > start else _EMPTY_I32,
                                   end - start, self.team_alg[t],
                                   &self.s_req_skill[s, 0], &self.s_req_level[s, 0], nreq,
-                                  nd > 0, &ok)
+                                  &f, &ok)
                 if nd:
                     self._mark(&decl_pool[self.s_decl_off[s]], nd, 0)
                 if ok <= 0:
@@ -305,6 +364,12 @@ cdef class RankKernel:
                     team_done[t] = 1
                 if best < 0:
                     continue
+                policy = POLICIES[self.team_alg[t]]
+                out_major[made] = 0 if policy == NULL else policy(
+                    &self.skills[best, 0], &self.s_req_skill[s, 0], &self.s_req_level[s, 0],
+                    nreq)
+                out_key[made] = self.rank_key[best]
+                out_eligible[made] = <int32_t>ok
                 self.flags[best] |= FLAG_PENDING_OFFER
                 self.rank_key[best] = INELIGIBLE
                 remaining -= 1
@@ -316,3 +381,63 @@ cdef class RankKernel:
                 if t >= 0:
                     team_done[t] = 0
         return made
+
+    cdef _check_slot(self, Py_ssize_t s):
+        if self.s_strict[s] > self.s_nreq[s] or self.s_nreq[s] > self.s_req_skill.shape[1]:
+            raise ValueError(f"slot {s} needs more skills than it lists")
+        if self.s_only[s] >= self.n_reps or self.s_only[s] < -1:
+            raise IndexError(f"preferred rep ordinal {self.s_only[s]} out of range")
+        cdef Py_ssize_t j, ncols = self.skills.shape[1]
+        for j in range(self.s_nreq[s]):
+            if self.s_req_skill[s, j] < 0 or self.s_req_skill[s, j] >= ncols:
+                raise IndexError(f"skill ordinal {self.s_req_skill[s, j]} out of range")
+
+    def explain(self, Py_ssize_t s, const int32_t[::1] declined, uint8_t[::1] out_why,
+                int64_t[::1] out_major, int64_t[::1] out_key):
+        """Why each member of slot `s`'s team is or is not its best candidate, computed
+        by the ranking code itself: out_why gets WHY_* bits per member (0: could be
+        offered it now), out_major and out_key the keys the ranking compares (the
+        policy's major score, then load and availability). Returns the rep `_rank`
+        picks for it (-1: none), with `declined` as its declined reps."""
+        cdef Filter f
+        cdef Py_ssize_t i, n, start, end, nd = declined.shape[0], ok = 0
+        cdef int32_t t
+        cdef ord_t r, best
+        cdef policy_fn policy
+        cdef Py_ssize_t row = self.skills.shape[1]
+        if s < 0 or s >= self.n_slots:
+            raise IndexError(f"session slot {s} out of range")
+        t = self.s_team[s]
+        if t < 0 or t >= self.n_teams:
+            raise ValueError(f"slot {s} is not waiting for an offer in a team queue")
+        self._check_slot(s)
+        start, end = self.team_start[t], self.team_end[t]
+        n = end - start
+        if out_why.shape[0] < n or out_major.shape[0] < n or out_key.shape[0] < n:
+            raise ValueError("output arrays are shorter than the team")
+        for i in range(nd):
+            if <size_t>declined[i] >= <size_t>self.n_reps:
+                raise IndexError(f"declined rep ordinal {declined[i]} out of range")
+        self._slot_filter(s, &f)
+        f.any_declined = nd > 0
+        policy = POLICIES[self.team_alg[t]]
+        cdef const int32_t* req_skill = &self.s_req_skill[s, 0]
+        cdef const level_t* req_level = &self.s_req_level[s, 0]
+        cdef int nreq = self.s_nreq[s]
+        self._mark(&declined[0] if nd else _EMPTY_I32, nd, 1)
+        try:
+            for i in range(n):
+                r = self.team_members[start + i]
+                out_key[i] = self.rank_key[r]
+                out_why[i] = (WHY_INELIGIBLE if out_key[i] == INELIGIBLE else 0) | excluded(
+                    r, &f, &self.marks[0], &self.room[0], &self.skills[r, 0], req_skill,
+                    req_level)
+                out_major[i] = 0 if policy == NULL else policy(&self.skills[r, 0], req_skill,
+                                                               req_level, nreq)
+            if self.team_alg[t] == ALG_NONE or n == 0:
+                return -1
+            best = self._rank(&self.team_members[start], n, self.team_alg[t], req_skill,
+                              req_level, nreq, &f, &ok)
+        finally:
+            self._mark(&declined[0] if nd else _EMPTY_I32, nd, 0)
+        return best

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .constants import (  # noqa: F401  (the flags are part of this module's interface)
+    ALL_CHANNELS,
     FLAG_IDLE,
     FLAG_LOCKED,
     FLAG_OFFLINE,
@@ -51,8 +52,11 @@ class RepTable(_Bound):
     (integer microseconds since the epoch; a rep that has been available longer has a
     smaller value), skill levels (rep x skill matrix, 0 = skill absent).
 
-    rank_key is derived: load << 48 | available_since for an eligible rep (flags == 0
-    and load < cap), else INELIGIBLE. Least-busy ranking is then the smallest rank_key,
+    room: a bit per service channel the rep has room for now (all bits for a rep
+    without a capacity profile, whose room is `load < cap`).
+
+    rank_key is derived: load << 48 | available_since for an eligible rep (flags == 0,
+    load < cap and some room), else INELIGIBLE. Least-busy ranking is then the smallest rank_key,
     one int64 per candidate. It is only ever written through the methods below, which
     keep it in step.
     """
@@ -67,18 +71,30 @@ class RepTable(_Bound):
         self.rank_key = np.full(capacity, INELIGIBLE, dtype=np.int64)
         self.skills = np.zeros((capacity, skill_capacity), dtype=np.uint8)
         self.marks = np.zeros(capacity, dtype=np.uint8)
+        self.room = np.full(capacity, ALL_CHANNELS, dtype=np.uint16)
+        self.serves = np.full(capacity, ALL_CHANNELS, dtype=np.uint16)  # ever has room
         self.n_skills = 0
         self.n_eligible = 0  # reps whose rank_key is not INELIGIBLE, kept by refresh()
         self._bind()
 
     def _bind(self) -> None:
-        self.kernel.bind_reps(self.rank_key, self.flags, self.skills, self.marks, self.n)
+        self.kernel.bind_reps(self.rank_key, self.flags, self.skills, self.marks, self.room, self.n)
 
     def add(self) -> int:
         """A new rep ordinal (offline, no load, no skills). Ordinals are never reused."""
         if self.n == len(self.load):
             size = 2 * len(self.load)
-            for name in ("load", "cap", "flags", "avail", "rank_key", "skills", "marks"):
+            for name in (
+                "load",
+                "cap",
+                "flags",
+                "avail",
+                "rank_key",
+                "skills",
+                "marks",
+                "room",
+                "serves",
+            ):
                 setattr(self, name, _grow(getattr(self, name), size))
         ordinal = self.n
         self.n += 1
@@ -87,6 +103,7 @@ class RepTable(_Bound):
         self.flags[ordinal] = FLAG_OFFLINE
         self.avail[ordinal] = 0
         self.rank_key[ordinal] = INELIGIBLE
+        self.room[ordinal] = self.serves[ordinal] = ALL_CHANNELS
         self._bind()
         return ordinal
 
@@ -100,7 +117,7 @@ class RepTable(_Bound):
         return self.n_skills - 1
 
     def eligible(self, rep: int) -> bool:
-        return bool(self.flags[rep] == 0 and self.load[rep] < self.cap[rep])
+        return bool(self.flags[rep] == 0 and self.load[rep] < self.cap[rep] and self.room[rep])
 
     def refresh(self, rep: int) -> None:
         was = self.rank_key[rep] != INELIGIBLE
@@ -140,7 +157,7 @@ class RepTable(_Bound):
         n = self.n
         if ((self.avail[:n] < 0) | (self.avail[:n] > MAX_AVAIL_TICKS)).any():
             raise ValueError("available_since is outside the table's range")
-        ok = (self.flags[:n] == 0) & (self.load[:n] < self.cap[:n])
+        ok = (self.flags[:n] == 0) & (self.load[:n] < self.cap[:n]) & (self.room[:n] != 0)
         load = np.minimum(self.load[:n], MAX_RANKED_LOAD).astype(np.int64)
         self.rank_key[:n] = np.where(ok, (load << LOAD_SHIFT) | self.avail[:n], INELIGIBLE)
         self.n_eligible = int(ok.sum())
@@ -265,6 +282,9 @@ class SessionTable(_Bound):
         self.req_level = np.zeros((capacity, MAX_REQUIRED_SKILLS), dtype=np.uint8)
         self.decl_off = np.zeros(capacity, dtype=np.int32)
         self.decl_cnt = np.zeros(capacity, dtype=np.int32)
+        self.chan = np.ones(capacity, dtype=np.uint16)
+        self.strict = np.zeros(capacity, dtype=np.uint8)
+        self.only = np.full(capacity, -1, dtype=np.int32)
         self._bind()
 
     def _bind(self) -> None:
@@ -278,6 +298,9 @@ class SessionTable(_Bound):
             self.req_level,
             self.decl_off,
             self.decl_cnt,
+            self.chan,
+            self.strict,
+            self.only,
             len(self.team),
         )
 
@@ -292,11 +315,19 @@ class SessionTable(_Bound):
         else:
             if self.n == len(self.team):
                 size = 2 * len(self.team)
-                for name, fill in (("team", -1), ("seq", -1)):
+                for name, fill in (("team", -1), ("seq", -1), ("only", -1), ("chan", 1)):
                     col = np.full(size, fill, dtype=getattr(self, name).dtype)
                     col[: self.n] = getattr(self, name)[: self.n]
                     setattr(self, name, col)
-                for name in ("priority", "nreq", "req_skill", "req_level", "decl_off", "decl_cnt"):
+                for name in (
+                    "priority",
+                    "nreq",
+                    "req_skill",
+                    "req_level",
+                    "decl_off",
+                    "decl_cnt",
+                    "strict",
+                ):
                     setattr(self, name, _grow(getattr(self, name), size))
                 self._bind()
             slot = self.n
@@ -309,7 +340,24 @@ class SessionTable(_Bound):
         self.req_skill[slot, : len(req_skill)] = req_skill
         self.req_level[slot, : len(req_level)] = req_level
         self.decl_cnt[slot] = 0
+        self.chan[slot] = 1
+        self.strict[slot] = 0
+        self.only[slot] = -1
         return slot
+
+    def set_requirements(
+        self, slot: int, req_skill: list[int], req_level: list[int], strict: bool, only: int
+    ) -> None:
+        """The requirements its current routing step ranks by: `strict` when a rep must
+        hold all of them, `only` the one rep the step allows (-1: any member)."""
+        if len(req_skill) != len(req_level) or len(req_skill) > MAX_REQUIRED_SKILLS:
+            raise ValueError("bad requirement lists")
+        n = len(req_skill)
+        self.nreq[slot] = n
+        self.req_skill[slot, :n] = req_skill
+        self.req_level[slot, :n] = req_level
+        self.strict[slot] = n if strict else 0
+        self.only[slot] = only
 
     def release(self, slot: int) -> None:
         self.team[slot] = -1

@@ -28,6 +28,17 @@ ALG_SKILLS_MATCH_LEAST_BUSY = 2
 ALG_BEST_SKILLS = 3
 N_ALGORITHMS = 4
 
+# Why an eligible team member is not a candidate for a session (kernel `excluded`, and
+# `explain`, which also sets WHY_INELIGIBLE for a rep whose rank_key is INELIGIBLE).
+WHY_INELIGIBLE = 1
+WHY_DECLINED = 2
+WHY_NO_ROOM = 4  # no room for the session's channel
+WHY_NOT_PREFERRED = 8  # the session's step allows one other rep
+WHY_MISSING_SKILL = 16  # the session's step requires a skill the rep lacks
+
+MAX_CHANNELS = 16  # service channels: bits of a rep's room mask
+ALL_CHANNELS = (1 << MAX_CHANNELS) - 1
+
 MAX_REQUIRED_SKILLS = 8  # a session's ranked requirements, most important first
 PREFETCH_AHEAD = 16  # candidates the kernel fetches ahead of the one it ranks
 
@@ -39,4 +50,9 @@ KERNEL_ENUM = (
     "N_ALGORITHMS",
     "MAX_REQUIRED_SKILLS",
     "PREFETCH_AHEAD",
+    "WHY_INELIGIBLE",
+    "WHY_DECLINED",
+    "WHY_NO_ROOM",
+    "WHY_NOT_PREFERRED",
+    "WHY_MISSING_SKILL",
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import presence, queue_order, routing, waiting_rules
+from . import capacity, presence, queue_order, routing, waiting_rules
 from . import validation as v
 from .columns import (
     FLAG_REMOVED,
@@ -32,7 +32,9 @@ from .model import (
     QueueSettings,
     Rep,
     RescindReason,
+    RoutingStep,
     RuleAction,
+    StepKind,
     SupportButton,
     Target,
     Team,
@@ -87,6 +89,7 @@ def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
         0,
         v.MAX_MISSED_OFFERS,
     )
+    step_fields("settings.steps", settings.steps, c)
     rule = settings.waiting_rule
     if rule is None:
         return
@@ -110,6 +113,45 @@ def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
         c.add("settings.waiting_rule.overflow", "only a TRANSFER rule has an overflow queue")
 
 
+MAX_STEPS = 8
+
+
+def step_fields(field_name: str, steps: Any, c: v.Checks) -> None:
+    """A routing step list's own fields (rules 13-15)."""
+    if not isinstance(steps, tuple):
+        c.add(field_name, "must be a list of routing steps")
+        return
+    if len(steps) > MAX_STEPS:
+        c.add(field_name, f"at most {MAX_STEPS} steps")
+    for i, step in enumerate(steps):
+        where = f"{field_name}[{i}]"
+        if not isinstance(step, RoutingStep) or not isinstance(step.kind, StepKind):
+            c.add(where, "must be an ANY, SKILLS or PREFERRED_REP step")
+            continue
+        last = i == len(steps) - 1
+        if step.kind is StepKind.SKILLS:
+            if not step.skills:
+                c.add(f"{where}.skills", "a SKILLS step requires at least one skill")
+            else:
+                c(v.required_skills, f"{where}.skills", step.skills)
+        elif step.skills:
+            c.add(f"{where}.skills", f"only a SKILLS step lists skills, not {step.kind.value}")
+        if last:
+            if step.kind is StepKind.PREFERRED_REP:
+                c.add(where, "the last step never expires, so it cannot wait for one rep")
+            if step.duration != 0:
+                c.add(f"{where}.duration", "the last step never expires: must be 0")
+        else:
+            c(v.seconds, f"{where}.duration", step.duration, 1.0)
+
+
+def step_skills(st: State, steps: tuple[RoutingStep, ...]) -> None:
+    """Registers the skills a (checked) step list names."""
+    for step in steps:
+        for name, _ in step.skills:
+            skill_ordinal(st, name)
+
+
 def settings_lookups(st: State, settings: QueueSettings) -> QueueSettings:
     """What queue settings refer to exists (after their fields are known good)."""
     rule = settings.waiting_rule
@@ -117,6 +159,7 @@ def settings_lookups(st: State, settings: QueueSettings) -> QueueSettings:
         target = st.queue_ref("settings.waiting_rule.overflow", rule.overflow)
         if target.kind is QueueKind.GENERAL and not st.config.general_queue_enabled:
             raise InvalidArgument("settings.waiting_rule.overflow", "the general queue is disabled")
+    step_skills(st, settings.steps)
     return settings
 
 
@@ -174,7 +217,7 @@ def update_team(
         old_rule = team.settings.waiting_rule
         team.settings = settings
         st.teams_table.set_algorithm(team.ordinal, int(settings.algorithm))
-        st.dirty.add(team.ordinal)
+        queue_order.mark_team(st, team.ordinal)
         if settings.waiting_rule != old_rule:
             waiting_rules.rearm_waiting_rules(st, team)
     st.emit(DirectoryChanged(st.now, "team", team_id, "updated"))
@@ -219,6 +262,11 @@ def permission_fields(p: Any, c: v.Checks) -> None:
         v.MAX_CONCURRENT_SESSIONS,
     )
     c(v.seconds, "permissions.idle_timeout", p.idle_timeout, 0.0)
+    if p.capacity is not None and p.max_concurrent_sessions:
+        c.add(
+            "permissions.capacity",
+            "a capacity profile replaces max_concurrent_sessions: set one of them",
+        )
     for name in (
         "may_get_next",
         "may_opt_out",
@@ -254,6 +302,8 @@ def create_rep(
     c(v.flag, "auto_assign", auto_assign)
     c(v.flag, "audible_alerts", audible_alerts)
     c.done()
+    if perms.capacity is not None:
+        capacity.check_profile(st, "permissions.capacity", perms.capacity)
     teams_exist(st, team_ids)
     if not auto_assign and not perms.may_opt_out:
         raise PermissionDenied("auto_assign can only be off for reps who may opt out")
@@ -279,7 +329,7 @@ def join_team(st: State, team: Team, rep: Rep) -> None:
     st.teams_table.add_member(team.ordinal, rep.ordinal)
     if rep.eligible:
         st.team_eligible[team.ordinal] += 1
-        queue_order.gained(st, team.ordinal)
+        queue_order.gained(st, team.ordinal, rep.ordinal, int(st.reps_table.room[rep.ordinal]))
 
 
 def leave_team(st: State, team: Team, rep: Rep) -> None:
@@ -315,6 +365,8 @@ def update_rep(
         permission_fields(perms, c)
     team_ids = None if teams is None else c(v.id_list, "teams", teams, v.MAX_TEAMS_PER_REP)
     c.done()
+    if perms is not None and perms.capacity is not None:
+        capacity.check_profile(st, "permissions.capacity", perms.capacity)
     rep = st.rep(rep_id)
     if team_ids is not None:
         teams_exist(st, team_ids)
@@ -391,8 +443,10 @@ def check_issue_type(st: State, it: Any) -> IssueType:
     c(v.ident, "issue_type.team_id", it.team_id)
     c(v.required_skills, "issue_type.required_skills", it.required_skills)
     c(v.integer, "issue_type.priority", it.priority, v.MIN_PRIORITY, v.MAX_PRIORITY)
+    step_fields("issue_type.steps", it.steps, c)
     c.done()
     st.team(it.team_id, "issue_type.team_id")
+    capacity.check_channel(st, "issue_type.channel", it.channel)
     return it
 
 
@@ -412,9 +466,14 @@ def update_issue_type(st: State, issue_type: IssueType) -> IssueType:
 
 def put_issue_type(st: State, it: IssueType, change: str) -> IssueType:
     skills = tuple((str(name), int(level)) for name, level in it.required_skills)
-    it = IssueType(it.id, it.name, it.team_id, skills, it.priority)
+    steps = tuple(
+        RoutingStep(step.kind, tuple((str(n), int(lv)) for n, lv in step.skills), step.duration)
+        for step in it.steps
+    )
+    it = IssueType(it.id, it.name, it.team_id, skills, it.priority, steps, it.channel)
     for skill, _ in it.required_skills:
         skill_ordinal(st, skill)
+    step_skills(st, steps)
     st.issue_types[it.id] = it
     st.emit(DirectoryChanged(st.now, "issue_type", it.id, change))
     return it

@@ -27,13 +27,16 @@ from functools import wraps
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 from . import (
+    capacity,
     chat,
     directory,
+    explain,
     intake,
     presence,
     routing,
     sharing,
     stats,
+    steps,
     supervision,
     views,
     waiting_rules,
@@ -99,6 +102,7 @@ TIMER_HANDLERS: dict[TimerKind, Callable[[State, Any], None]] = {
     TimerKind.RECONNECT_GRACE: presence.on_reconnect_grace,
     TimerKind.FORGET_SESSION: routing.on_forget_session,
     TimerKind.KEY_EXPIRY: intake.on_key_expiry,
+    TimerKind.STEP_EXPIRY: steps.on_expiry,
 }
 
 
@@ -300,8 +304,13 @@ class Engine:
     def can_see(self, rep: Rep, queue: QueueRef) -> bool:
         return self.state.can_see(rep, queue)
 
+    def explain_routing(self, session_id: str) -> explain.Explanation:
+        """Why the session is or is not offered to each rep (ExplainRouting)."""
+        return explain.explain(self.state, session_id)
+
     # ------------------------------------------------------------------ directory
 
+    define_channels = command(capacity.define_channels)
     create_team = command(directory.create_team)
     update_team = command(directory.update_team)
     delete_team = command(directory.delete_team)

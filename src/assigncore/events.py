@@ -48,6 +48,18 @@ class OfferMade(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StepChanged(Event):
+    """A waiting session moved to routing step `step` (0-based) of `steps`, passing
+    over `skipped` steps that nobody signed in could match."""
+
+    session_id: str
+    queue: QueueRef
+    step: int
+    steps: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
 class OfferDeclined(Event):
     offer_id: str
     session_id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import queue_order, routing
+from . import capacity, queue_order, routing
 from . import validation as v
 from .errors import (
     FailedPrecondition,
@@ -48,15 +48,30 @@ def check_customer(customer: Any, c: v.Checks) -> None:
     c(v.text, "customer.details", customer.details, max_len=v.MAX_TEXT_LEN)
 
 
-def intake_checks(st: State, customer: Any, portal: Any, *ids: tuple[str, Any]) -> None:
-    """Every field of an intake command, before anything is looked up."""
+def intake_checks(
+    st: State,
+    customer: Any,
+    portal: Any,
+    *ids: tuple[str, Any],
+    service_channel: Any = "",
+    preferred_rep: Any = "",
+) -> None:
+    """Every field of an intake command, before anything is looked up; then the
+    routing hints' lookups (a declared channel; a preferred rep need not exist yet:
+    its step is skipped when nobody matches)."""
     c = v.Checks()
     for field_name, value in ids:
         c(v.ident, field_name, value)
     check_customer(customer, c)
     if portal != "":
         c(v.ident, "portal", portal)
+    if preferred_rep != "":
+        c(v.ident, "preferred_rep_id", preferred_rep)
+    if service_channel is not None and service_channel != "":
+        c(v.ident, "service_channel", service_channel)
     c.done()
+    if service_channel:
+        capacity.check_channel(st, "service_channel", service_channel)
 
 
 def new_session(
@@ -67,6 +82,8 @@ def new_session(
     portal: str,
     channel: Channel = Channel.FULL_CLIENT,
     issue_type: IssueType | None = None,
+    service_channel: str | None = None,
+    preferred_rep: str = "",
 ) -> Session:
     seq = st.next_seq()
     required = issue_type.required_skills if issue_type else ()
@@ -93,7 +110,12 @@ def new_session(
         st.now,
         portal=portal,
         key=rule4_key(priority, seq, slot),
+        service_channel=(issue_type.channel if issue_type else "")
+        if service_channel is None
+        else service_channel,
+        preferred_rep=preferred_rep,
     )
+    st.sessions_table.chan[slot] = 1 << st.channels[s.service_channel]
     st.sessions[s.id] = s
     if slot == len(st.session_by_slot):
         st.session_by_slot.append(s)
@@ -139,28 +161,84 @@ def start_with_rep(st: State, rep_id: str, customer: Customer, portal: str = "")
     return new_session(st, personal_queue(rep.id), Origin.PUBLIC_SITE, customer, portal)
 
 
-def start_from_button(st: State, button_id: str, customer: Customer, portal: str = "") -> Session:
-    intake_checks(st, customer, portal, ("button_id", button_id))
+def start_from_button(
+    st: State,
+    button_id: str,
+    customer: Customer,
+    portal: str = "",
+    service_channel: str | None = None,
+    preferred_rep: str = "",
+) -> Session:
+    intake_checks(
+        st,
+        customer,
+        portal,
+        ("button_id", button_id),
+        service_channel=service_channel,
+        preferred_rep=preferred_rep,
+    )
     button = st.buttons.get(button_id)
     if button is None:
         raise NotFound("support button", button_id)
-    return new_session(st, button.target.queue, Origin.SUPPORT_BUTTON, customer, portal)
+    return new_session(
+        st,
+        button.target.queue,
+        Origin.SUPPORT_BUTTON,
+        customer,
+        portal,
+        service_channel=service_channel,
+        preferred_rep=preferred_rep,
+    )
 
 
 def start_from_issue(
-    st: State, issue_type_id: str, customer: Customer, portal: str = ""
+    st: State,
+    issue_type_id: str,
+    customer: Customer,
+    portal: str = "",
+    service_channel: str | None = None,
+    preferred_rep: str = "",
 ) -> Session:
-    intake_checks(st, customer, portal, ("issue_type_id", issue_type_id))
+    """`service_channel` None: the issue type's channel."""
+    intake_checks(
+        st,
+        customer,
+        portal,
+        ("issue_type_id", issue_type_id),
+        service_channel=service_channel,
+        preferred_rep=preferred_rep,
+    )
     it = st.issue_types.get(issue_type_id)
     if it is None:
         raise NotFound("issue type", issue_type_id)
     return new_session(
-        st, team_queue(it.team_id), Origin.ISSUE_FORM, customer, portal, issue_type=it
+        st,
+        team_queue(it.team_id),
+        Origin.ISSUE_FORM,
+        customer,
+        portal,
+        issue_type=it,
+        service_channel=service_channel,
+        preferred_rep=preferred_rep,
     )
 
 
-def start_from_help_link(st: State, link_id: str, customer: Customer, portal: str = "") -> Session:
-    intake_checks(st, customer, portal, ("link_id", link_id))
+def start_from_help_link(
+    st: State,
+    link_id: str,
+    customer: Customer,
+    portal: str = "",
+    service_channel: str | None = None,
+    preferred_rep: str = "",
+) -> Session:
+    intake_checks(
+        st,
+        customer,
+        portal,
+        ("link_id", link_id),
+        service_channel=service_channel,
+        preferred_rep=preferred_rep,
+    )
     link = st.links.get(link_id)
     if link is None:
         raise NotFound("help link", link_id)
@@ -171,15 +249,21 @@ def start_from_help_link(st: State, link_id: str, customer: Customer, portal: st
         customer,
         portal,
         channel=Channel.BROWSER_SHARING,
+        service_channel=service_channel,
+        preferred_rep=preferred_rep,
     )
 
 
-def start_undesignated(st: State, customer: Customer, portal: str = "") -> Session:
+def start_undesignated(
+    st: State, customer: Customer, portal: str = "", service_channel: str | None = None
+) -> Session:
     """A request meant for no particular team or rep: the general queue."""
-    intake_checks(st, customer, portal)
+    intake_checks(st, customer, portal, service_channel=service_channel)
     if not st.config.general_queue_enabled:
         raise FailedPrecondition("the general queue is disabled on this desk")
-    return new_session(st, GENERAL_QUEUE, Origin.UNDESIGNATED, customer, portal)
+    return new_session(
+        st, GENERAL_QUEUE, Origin.UNDESIGNATED, customer, portal, service_channel=service_channel
+    )
 
 
 def cancel_session(st: State, session_id: str) -> None:

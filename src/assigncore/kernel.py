@@ -55,6 +55,25 @@ def _as(arr, dtype: np.dtype, name: str) -> np.ndarray:
     return out
 
 
+class Batch:
+    """The offers of one assignment pass: session slots, rep ordinals, and for each the
+    decision as the kernel made it (the winner's major score and rank key, and how many
+    members of its team were eligible)."""
+
+    __slots__ = ("slots", "reps", "majors", "keys", "eligible")
+
+    def __init__(self, size: int) -> None:
+        self.slots = np.empty(size, dtype=np.int32)
+        self.reps = np.empty(size, dtype=np.int32)
+        self.majors = np.empty(size, dtype=np.int64)
+        self.keys = np.empty(size, dtype=np.int64)
+        self.eligible = np.empty(size, dtype=np.int32)
+
+    def cut(self, made: int) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name)[:made])
+
+
 class Kernel:
     """Ranking over the engine's columns, on the selected implementation."""
 
@@ -77,8 +96,13 @@ class Kernel:
         req_skill=_NO_REPS,
         req_level=_NO_LEVELS,
         declined=_NO_REPS,
+        chan: int = 0xFFFF,
+        strict: int = 0,
+        only: int = -1,
     ) -> int:
-        """The best eligible, undeclined rep among `candidates` (rep ordinals), or -1."""
+        """The best eligible, undeclined rep among `candidates` (rep ordinals), or -1;
+        with a channel bit, a number of requirements every candidate must hold, and the
+        one rep allowed (-1: any), as a routing step and capacity by channel narrow it."""
         return int(
             self.impl.best_candidate(
                 _as(candidates, _I32, "candidates"),
@@ -86,6 +110,9 @@ class Kernel:
                 _as(req_skill, _I32, "req_skill"),
                 _as(req_level, _U8, "req_level"),
                 _as(declined, _I32, "declined"),
+                int(chan),
+                int(strict),
+                int(only),
             )
         )
 
@@ -96,18 +123,33 @@ class Kernel:
         decl_pool: np.ndarray,
         max_offers: int,
         remaining: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Batch:
         """One pass over a log of (slot, seq) entries in rule-4 order; returns the offers
-        made as (slots, rep ordinals). `remaining` is the number of eligible reps. The
-        reps' rank keys and pending-offer flags are already updated."""
-        out_slot = np.empty(max_offers, dtype=np.int32)
-        out_rep = np.empty(max_offers, dtype=np.int32)
+        made, with each decision. `remaining` is the number of eligible reps. The reps'
+        rank keys and pending-offer flags are already updated."""
+        out = Batch(max_offers)
         made = self.impl.assign_batch(
             _as(log_slot, _I64, "log_slot"),
             _as(log_seq, _I64, "log_seq"),
             _as(decl_pool, _I32, "decl_pool"),
-            out_slot,
-            out_rep,
+            out.slots,
+            out.reps,
+            out.majors,
+            out.keys,
+            out.eligible,
             int(remaining),
         )
-        return out_slot[:made], out_rep[:made]
+        out.cut(made)
+        return out
+
+    def explain(
+        self, slot: int, declined, members: int
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """For a session waiting for an offer in a team queue of `members` members: the
+        rep the ranking picks (-1: none), and per member (in the team's member order)
+        the WHY_* bits, major scores and rank keys the ranking compared."""
+        why = np.zeros(members, dtype=np.uint8)
+        major = np.zeros(members, dtype=np.int64)
+        key = np.zeros(members, dtype=np.int64)
+        best = self.impl.explain(int(slot), _as(declined, _I32, "declined"), why, major, key)
+        return int(best), why, major, key

@@ -123,6 +123,32 @@ def personal_queue(rep_id: str) -> QueueRef:
     return QueueRef(QueueKind.PERSONAL, rep_id)
 
 
+class StepKind(Enum):
+    """Who a routing step lets take a session (rules 13-15)."""
+
+    ANY = "ANY"  # any member, ranked by the session's own requirements (rule 2)
+    SKILLS = "SKILLS"  # members holding every one of the step's skills at its level
+    PREFERRED_REP = "PREFERRED_REP"  # the rep named at intake, if a member
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingStep:
+    kind: StepKind = StepKind.ANY
+    skills: tuple[tuple[str, int], ...] = ()  # SKILLS: required, most important first
+    duration: float = 0.0  # seconds before the next step; the last step never expires
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityProfile:
+    """A rep's capacity by service channel (rule 16): `total` units; a session of
+    channel c costs cost[c] units (a channel without a cost is never offered); at most
+    limit[c] sessions of channel c at once (no entry: as many as the units allow)."""
+
+    total: int
+    cost: tuple[tuple[str, int], ...]
+    limit: tuple[tuple[str, int], ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Permissions:
     max_concurrent_sessions: int = 0  # 0 = no limit
@@ -132,6 +158,7 @@ class Permissions:
     may_transfer: bool = True
     may_use_general_queue: bool = False
     shown_on_public_site: bool = False
+    capacity: CapacityProfile | None = None  # replaces max_concurrent_sessions if set
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +176,7 @@ class QueueSettings:
     wrap_up: float = 0.0
     max_missed_offers: int = 0  # 0 = never switch auto-assign off
     service_level_threshold: float = 20.0  # seconds: answered within it counts as served
+    steps: tuple[RoutingStep, ...] = ()  # routing steps of sessions without their own
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +257,8 @@ class IssueType:
     team_id: str
     required_skills: tuple[tuple[str, int], ...] = ()  # most important first
     priority: int = 0
+    steps: tuple[RoutingStep, ...] = ()  # () = the team queue's steps, or one ANY step
+    channel: str = ""  # the service channel of its sessions ("" = the default one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +300,26 @@ class Decline:
     queue: QueueRef
 
 
+@dataclass(frozen=True, slots=True)
+class StepChange:
+    """A waiting session moved to routing step `step` (0-based) of its queue's list."""
+
+    time: float
+    step: int
+    skipped: int  # steps passed over at once: nobody signed in could match them
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Why an offer went where it did, kept with the offer (ExplainRouting)."""
+
+    step: int  # the session's routing step (0-based)
+    candidates: int  # eligible members the step allowed, declined ones excluded
+    major: int  # the winner's policy score (smaller ranks first)
+    load: int  # its load (sessions, or 1/1024ths of its capacity)
+    available_since: float  # when it became available (seconds since the epoch)
+
+
 @dataclass(slots=True)
 class Session:
     id: str
@@ -307,6 +357,14 @@ class Session:
     first_origin: Origin | None = None
     key: int = 0  # its rule-4 order key in whatever queue it is in (queue_order.rule4_key)
     pool: int = 0  # NOT_READY, READY or PARKED in its team queue (queue_order)
+    service_channel: str = ""  # what it costs a rep's capacity ("" = the default channel)
+    preferred_rep: str = ""  # named at intake, for a PREFERRED_REP step
+    steps: tuple[RoutingStep, ...] = ()  # the list of its current team queue entry
+    step: int = 0  # its current step in `steps`
+    step_changes: tuple[StepChange, ...] = ()  # in its current queue entry
+    step_fifo: tuple | None = None  # (queue, steps, step) FIFO it waits in to expire
+    pool_key: tuple = ()  # its candidate pool in its team queue (queue_order)
+    decision: Decision | None = None  # of the offer it was accepted from, if any
 
     @property
     def history(self) -> tuple[Move, ...]:
@@ -324,6 +382,7 @@ class Offer:
     deadline: float
     audible: bool
     timer: Timer | None = None
+    decision: Decision | None = None
 
 
 @dataclass(slots=True)

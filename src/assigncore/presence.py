@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import queue_order, routing, sharing
+from . import capacity, queue_order, routing, sharing
 from . import validation as v
 from .columns import (
+    ALL_CHANNELS,
     FLAG_IDLE,
     FLAG_LOCKED,
     FLAG_OFFLINE,
@@ -44,14 +45,22 @@ if TYPE_CHECKING:
 _NO_REASONS: frozenset[IneligibleReason] = frozenset()
 
 
-def ineligible_reasons(st: State, rep: Rep) -> frozenset[IneligibleReason]:
+def _full(st: State, rep: Rep) -> bool:
+    """No room for another session: at max_concurrent_sessions, or (with a capacity
+    profile) no room in any channel."""
+    if rep.permissions.capacity is not None:
+        return not st.reps_table.room[rep.ordinal]
     cap = rep.permissions.max_concurrent_sessions
+    return bool(cap and rep.load >= cap)
+
+
+def ineligible_reasons(st: State, rep: Rep) -> frozenset[IneligibleReason]:
     if (
         rep.connected
         and not (rep.locked or rep.idle)
         and rep.auto_assign
         and rep.wrap_up_timer is None
-        and (not cap or rep.load < cap)
+        and not _full(st, rep)
     ):
         return _NO_REASONS  # the common case, without building a set
     reasons = set()
@@ -69,7 +78,7 @@ def ineligible_reasons(st: State, rep: Rep) -> frozenset[IneligibleReason]:
         )
     if rep.wrap_up_timer is not None:
         reasons.add(IneligibleReason.WRAP_UP)
-    if cap and rep.load >= cap:
+    if _full(st, rep):
         reasons.add(IneligibleReason.AT_MAX_LOAD)
     return frozenset(reasons)
 
@@ -90,8 +99,18 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
         | (FLAG_PENDING_OFFER if rep.offer is not None else 0)
     )
     table.flags[o] = flags
-    table.load[o] = rep.load
-    table.cap[o] = rep.permissions.max_concurrent_sessions or NO_CAP
+    old_room = int(table.room[o])
+    profile = rep.permissions.capacity
+    if profile is None:
+        table.load[o] = rep.load
+        table.cap[o] = rep.permissions.max_concurrent_sessions or NO_CAP
+        room = serves = ALL_CHANNELS
+        st.profiled.discard(rep.id)
+    else:
+        table.load[o], room, serves = capacity.usage(st, rep, profile)
+        table.cap[o] = NO_CAP
+        st.profiled.add(rep.id)
+    table.room[o], table.serves[o] = room, serves
     table.refresh(o)
     eligible = bool(table.rank_key[o] != INELIGIBLE)
     if load_changed or (eligible and not was_eligible):
@@ -99,10 +118,11 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
     if eligible != was_eligible:
         rep.eligible = eligible
         for team_id in rep.teams:
-            t = st.teams[team_id].ordinal
-            st.team_eligible[t] += 1 if eligible else -1
-            if eligible:
-                queue_order.gained(st, t)
+            st.team_eligible[st.teams[team_id].ordinal] += 1 if eligible else -1
+    gained = room if eligible and not was_eligible else room & ~old_room if eligible else 0
+    if gained:
+        for team_id in rep.teams:
+            queue_order.gained(st, st.teams[team_id].ordinal, o, gained)
     reasons = ineligible_reasons(st, rep)
     if reasons != st.reported.get(rep.id):
         st.reported[rep.id] = reasons

@@ -8,9 +8,16 @@ queues). The low bits make keys unique and say where the item lives: a session's
 column slot, or an invitation's marker.
 
 Team queues also keep, for the assignment pass, which of their sessions are ready (they
-wait without an offer) and which of those are parked: sessions every eligible member of
-the team has declined. A parked session is not looked at again until the team gains an
-eligible member, so a pass never rescans what it already knows nobody can take.
+wait without an offer) and which of those are parked: sessions every eligible member who
+could take them has declined. A parked session is not looked at again until the team
+gains such a member, so a pass never rescans what it already knows nobody can take.
+
+Ready sessions are kept in pools: a pool holds the sessions of a team queue that the
+same members may take, the same filter (routing steps, capacity by channel). Its key is
+(channel bit, the step's strict requirements or None, the one rep allowed or -1); a
+desk without steps or channels has one pool per team, DEFAULT_POOL. A pass walks a
+pool's head only as far as it has members who could take it, so sessions that wait for
+other reps (another channel, another skill) are never walked past.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sortedcontainers import SortedList
 
+from . import steps
 from .events import SessionDequeued, SessionQueued
 from .model import Move, Origin, QueueKind, QueueRef, Session, SessionState
 from .timers import TimerKind
@@ -44,6 +52,34 @@ def rule4_key(priority: int, seq: int, slot: int = INVITATION) -> int:
 NOT_READY, READY, PARKED = 0, 1, 2
 
 
+PoolKey = tuple  # (channel bit, (skill ordinals, levels) or None, rep ordinal or -1)
+DEFAULT_POOL: PoolKey = (1, None, -1)
+
+
+class Pool:
+    """The ready and parked sessions of one team queue's pool, in rule-4 order."""
+
+    __slots__ = ("ready", "parked")
+
+    def __init__(self) -> None:
+        self.ready: SortedList = SortedList()
+        self.parked: dict[int, None] = {}
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.ready, self.parked)
+
+    def __setstate__(self, saved: tuple[Any, ...]) -> None:
+        self.ready, self.parked = saved
+
+    def unpark(self) -> list[int]:
+        """Parked sessions become ready again; returns their keys."""
+        keys = list(self.parked)
+        if keys:
+            self.ready.update(keys)
+            self.parked.clear()
+        return keys
+
+
 # What an empty queue reads: one shared list, never written (a desk has a personal queue
 # per rep, and most are empty). Writes go through QueueIndex, which makes its own first.
 _EMPTY: SortedList = SortedList()
@@ -53,7 +89,7 @@ class QueueIndex:
     """One queue's items in rule-4 order; for a team queue also its ready and parked
     sessions. Read `sessions` and `invitations`; write through the methods."""
 
-    __slots__ = ("ref", "sessions", "invitations", "ready", "parked")
+    __slots__ = ("ref", "sessions", "invitations", "pools", "by_rep")
 
     def __init__(self, ref: QueueRef) -> None:
         # The queue's one QueueRef: every session waiting here holds this object, not
@@ -62,17 +98,19 @@ class QueueIndex:
         team = ref.kind is QueueKind.TEAM
         self.sessions: SortedList = _EMPTY
         self.invitations: SortedList = _EMPTY
-        self.ready: SortedList | None = SortedList() if team else None
-        self.parked: dict[int, None] | None = {} if team else None
+        # Team queues: pools by key, and the keys of the pools that allow one rep, by
+        # that rep's ordinal (a rep's gain looks at its own pools and the shared ones).
+        self.pools: dict[PoolKey, Pool] | None = {} if team else None
+        self.by_rep: dict[int, set[PoolKey]] | None = {} if team else None
 
     def __getstate__(self) -> tuple[Any, ...]:
         # The shared empty list is saved as None and restored as itself (a snapshot
         # must not make every empty queue share one new, writable list).
         shared = tuple(None if x is _EMPTY else x for x in (self.sessions, self.invitations))
-        return (self.ref, *shared, self.ready, self.parked)
+        return (self.ref, *shared, self.pools, self.by_rep)
 
     def __setstate__(self, saved: tuple[Any, ...]) -> None:
-        self.ref, sessions, invitations, self.ready, self.parked = saved
+        self.ref, sessions, invitations, self.pools, self.by_rep = saved
         self.sessions = _EMPTY if sessions is None else sessions
         self.invitations = _EMPTY if invitations is None else invitations
 
@@ -115,30 +153,59 @@ class QueueIndex:
             return merged[:limit], merged[limit - 1]
         return merged, None
 
-    def unpark(self) -> list[int]:
-        """Parked sessions become ready again (the team gained an eligible member);
-        returns their keys."""
-        assert self.parked is not None and self.ready is not None
-        keys = list(self.parked)
-        if keys:
-            self.ready.update(keys)
-            self.parked.clear()
+    def pool(self, key: PoolKey) -> Pool:
+        """The pool of `key`, made when first needed."""
+        assert self.pools is not None and self.by_rep is not None
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool()
+            if key[2] >= 0:
+                self.by_rep.setdefault(key[2], set()).add(key)
+        return pool
+
+    def drop_if_empty(self, key: PoolKey) -> None:
+        """Pools of one rep are many over a day: an empty one is dropped."""
+        assert self.pools is not None and self.by_rep is not None
+        pool = self.pools.get(key)
+        if pool is not None and not pool.ready and not pool.parked and key[2] >= 0:
+            del self.pools[key]
+            keys = self.by_rep[key[2]]
+            keys.discard(key)
+            if not keys:
+                del self.by_rep[key[2]]
+
+    def pools_for(self, rep_ord: int) -> list[PoolKey]:
+        """Keys of the pools a rep could be offered from: the shared ones, its own."""
+        assert self.pools is not None and self.by_rep is not None
+        keys = [k for k in self.pools if k[2] < 0]
+        keys.extend(self.by_rep.get(rep_ord, ()))
         return keys
 
 
 # ------------------------------------------------------------------ the engine's queue operations
 
 
-def gained(st: State, team_ord: int) -> None:
-    """Team `team_ord` has a new eligible member: what its eligible members had all
-    declined may be offered again, and a pass must look at it."""
+def gained(st: State, team_ord: int, rep_ord: int, channels: int) -> None:
+    """Rep `rep_ord` became a candidate in team `team_ord` for the `channels` (bits):
+    what the team's candidates had all declined there may be offered again, and a pass
+    must look at those pools."""
     index = st.team_index[team_ord]
-    assert index is not None
-    for key in index.unpark():
-        session = st.session_by_slot[key & SLOT_MASK]
-        assert session is not None
-        session.pool = READY
-    st.dirty.add(team_ord)
+    assert index is not None and index.pools is not None
+    for key in index.pools_for(rep_ord):
+        if not key[0] & channels:
+            continue
+        for k in index.pools[key].unpark():
+            session = st.session_by_slot[k & SLOT_MASK]
+            assert session is not None
+            session.pool = READY
+        st.dirty.add((team_ord, key))
+
+
+def mark_team(st: State, team_ord: int) -> None:
+    """Every pool of a team needs a pass (its algorithm changed)."""
+    index = st.team_index[team_ord]
+    assert index is not None and index.pools is not None
+    st.dirty.update((team_ord, key) for key in index.pools)
 
 
 def leave_pool(st: State, s: Session, team_ord: int) -> None:
@@ -146,17 +213,20 @@ def leave_pool(st: State, s: Session, team_ord: int) -> None:
     if s.pool == NOT_READY:
         return
     index = st.team_index[team_ord]
-    assert index is not None and index.ready is not None and index.parked is not None
+    assert index is not None and index.pools is not None
+    pool = index.pools[s.pool_key]
     if s.pool == READY:
-        index.ready.remove(s.key)
+        pool.ready.remove(s.key)
     else:
-        del index.parked[s.key]
+        del pool.parked[s.key]
     s.pool = NOT_READY
+    index.drop_if_empty(s.pool_key)
 
 
 def sync_slot(st: State, s: Session) -> None:
     """Expose a session to the kernel iff it waits, without an offer, in a team
-    queue, and keep it among that queue's ready sessions exactly then."""
+    queue, and keep it among that queue's ready sessions exactly then (in the pool of
+    its routing step)."""
     table = st.sessions_table
     was = int(table.team[s.slot])
     team_ord = -1
@@ -168,10 +238,20 @@ def sync_slot(st: State, s: Session) -> None:
         leave_pool(st, s, was)
     if team_ord >= 0 and s.pool == NOT_READY:
         index = st.team_index[team_ord]
-        assert index is not None and index.ready is not None
-        index.ready.add(s.key)
+        assert index is not None
+        index.pool(s.pool_key).ready.add(s.key)
         s.pool = READY
-        st.dirty.add(team_ord)
+        st.dirty.add((team_ord, s.pool_key))
+
+
+def repool(st: State, s: Session, key: PoolKey) -> None:
+    """The session's routing step changed its pool: it moves there, ready again."""
+    team_ord = int(st.sessions_table.team[s.slot])
+    if team_ord >= 0:
+        leave_pool(st, s, team_ord)
+    s.pool_key = key
+    if team_ord >= 0:
+        sync_slot(st, s)
 
 
 def enqueue(st: State, s: Session, queue: QueueRef, origin: Origin) -> None:
@@ -187,6 +267,7 @@ def enqueue(st: State, s: Session, queue: QueueRef, origin: Origin) -> None:
         s.moves += (Move(queue, st.now, origin),)
     index.add_session(s.key)
     if queue.kind is QueueKind.TEAM:
+        steps.start(st, s)
         rule = st.teams[queue.owner].settings.waiting_rule
         if rule is not None:
             s.rule_timer = st.timers.schedule(
@@ -206,6 +287,7 @@ def dequeue(st: State, s: Session) -> QueueRef:
     st.sessions_table.team[s.slot] = -1
     st.timers.cancel(s.rule_timer)
     s.rule_timer = None
+    steps.leave(st, s)
     s.queue = None
     st.emit(SessionDequeued(st.now, s.id, queue))
     return queue

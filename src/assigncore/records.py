@@ -20,6 +20,7 @@ from typing import Any
 
 from .model import (
     Algorithm,
+    CapacityProfile,
     Customer,
     HelpLink,
     IssueType,
@@ -27,7 +28,9 @@ from .model import (
     QueueKind,
     QueueRef,
     QueueSettings,
+    RoutingStep,
     RuleAction,
+    StepKind,
     SupportButton,
     Target,
     TeamKind,
@@ -40,6 +43,8 @@ RECORD_VERSION = 1
 _CLASSES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
+        CapacityProfile,
+        RoutingStep,
         Customer,
         HelpLink,
         IssueType,
@@ -52,7 +57,7 @@ _CLASSES: dict[str, type] = {
     )
 }
 _ENUMS: dict[str, type[Enum]] = {
-    cls.__name__: cls for cls in (Algorithm, QueueKind, RuleAction, TeamKind)
+    cls.__name__: cls for cls in (Algorithm, QueueKind, RuleAction, StepKind, TeamKind)
 }
 
 

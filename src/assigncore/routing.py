@@ -9,6 +9,7 @@ import numpy as np
 
 from . import presence, queue_order, sharing
 from . import validation as v
+from .columns import INELIGIBLE, LOAD_SHIFT
 from .errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -29,6 +30,7 @@ from .events import (
 from .model import (
     GENERAL_QUEUE,
     Algorithm,
+    Decision,
     Decline,
     EndReason,
     Offer,
@@ -41,7 +43,7 @@ from .model import (
     SessionState,
     team_queue,
 )
-from .queue_order import PARKED, READY, SLOT_MASK
+from .queue_order import PARKED, READY, SLOT_MASK, PoolKey
 from .timers import TimerKind
 
 if TYPE_CHECKING:
@@ -49,36 +51,43 @@ if TYPE_CHECKING:
 
 _ALG_NONE = int(Algorithm.NONE)
 _NO_POOL = np.zeros(0, dtype=np.int32)
+AVAIL_MASK = (1 << LOAD_SHIFT) - 1
 
 
 def assign(st: State) -> None:
     """Rules 1-5: one kernel pass over the ready sessions that can be offered now, in
     rule-4 order across queues.
 
-    Only teams marked dirty since the last pass can yield an offer. Of each such team
-    with an eligible member, the pass needs only the head of its ready sessions: up
-    to as many undeclined sessions as it has eligible members (each takes one, or the
-    team runs out), with the declined ones among them. The heads of all these teams,
-    merged in rule-4 order, are the kernel's log, so the cost follows the offers and
-    the queues touched, not the sessions waiting. Declined sessions that no eligible
-    member could take are parked until their team gains an eligible member."""
+    Only pools marked dirty since the last pass can yield an offer. Of each such pool
+    with a member who could take its sessions (eligible, with room for its channel,
+    allowed by its step), the pass needs only the head of its ready sessions: up to as
+    many undeclined sessions as it has such members (each takes one, or they run out),
+    with the declined ones among them. The heads of all these pools, merged in rule-4
+    order, are the kernel's log, so the cost follows the offers and the queues
+    touched, not the sessions waiting. Declined sessions that no such member could
+    take are parked until their pool gains one."""
     dirty, st.dirty = st.dirty, set()
     rt, table = st.reps_table, st.sessions_table
     if rt.n_eligible == 0:
-        return  # nobody can take anything; the teams will be marked again
+        return  # nobody can take anything; the pools will be marked again
     algorithms = st.teams_table.alg
     heads: list[int] = []
-    considered: list[int] = []
-    for t in dirty:
-        need = st.team_eligible[t]
+    considered: list[tuple[int, PoolKey]] = []
+    for t, key in dirty:
         index = st.team_index[t]
-        if need <= 0 or index is None or algorithms[t] == _ALG_NONE:
+        if st.team_eligible[t] <= 0 or index is None or algorithms[t] == _ALG_NONE:
             continue
-        considered.append(t)
-        assert index.ready is not None
-        for key in index.ready:
-            heads.append(key)
-            if table.decl_cnt[key & SLOT_MASK] == 0:
+        assert index.pools is not None
+        pool = index.pools.get(key)
+        if pool is None or not pool.ready:
+            continue
+        need = candidates(st, t, key)
+        if need <= 0:
+            continue
+        considered.append((t, key))
+        for k in pool.ready:
+            heads.append(k)
+            if table.decl_cnt[k & SLOT_MASK] == 0:
                 need -= 1
                 if need == 0:
                     break
@@ -86,53 +95,85 @@ def assign(st: State) -> None:
         return
     heads.sort()
     slot_list = [k & SLOT_MASK for k in heads]
-    pool: list[int] = []
+    pool_ords: list[int] = []
     for slot in slot_list:
         s = st.session_by_slot[slot]
         assert s is not None
         if s.declined_by:
             ords = [st.reps[r].ordinal for r in s.declined_by if r in st.reps]
-            table.decl_off[slot] = len(pool)
+            table.decl_off[slot] = len(pool_ords)
             table.decl_cnt[slot] = len(ords)
-            pool.extend(ords)
-    slots, reps = st.kernel.assign_batch(
+            pool_ords.extend(ords)
+    batch = st.kernel.assign_batch(
         np.array(slot_list, dtype=np.int64),
         table.seq[slot_list],
-        np.array(pool, dtype=np.int32) if pool else _NO_POOL,
+        np.array(pool_ords, dtype=np.int32) if pool_ords else _NO_POOL,
         min(len(heads), rt.n_eligible),
         rt.n_eligible,
     )
-    rt.offers_made(len(slots))
-    for slot, rep_ord in zip(slots.tolist(), reps.tolist(), strict=True):
+    rt.offers_made(len(batch.slots))
+    for slot, rep_ord, major, key, eligible in zip(
+        batch.slots.tolist(),
+        batch.reps.tolist(),
+        batch.majors.tolist(),
+        batch.keys.tolist(),
+        batch.eligible.tolist(),
+        strict=True,
+    ):
         session = st.session_by_slot[slot]
         rep = st.rep_by_ord[rep_ord]
         assert session is not None and rep is not None
-        make_offer(st, session, rep)
+        decision = Decision(
+            session.step,
+            eligible,
+            major,
+            key >> LOAD_SHIFT,
+            st.epoch + (key & AVAIL_MASK) / 1e6,
+        )
+        make_offer(st, session, rep, decision)
     park(st, heads, considered)
 
 
-def park(st: State, heads: list[int], considered: list[int]) -> None:
-    """After a pass: in a team that still has an eligible member, the pass looked at
-    every head (it never ran out of reps there), so a head still ready was declined
-    by every eligible member. It waits, parked, until the team gains one."""
-    open_teams = {t for t in considered if st.team_eligible[t] > 0}
-    if not open_teams:
+def candidates(st: State, t: int, key: PoolKey) -> int:
+    """How many members of team `t` could be offered a session of pool `key` now:
+    eligible, with room for its channel, allowed by its step (declines aside)."""
+    chan, strict, only = key
+    if strict is None and only < 0 and not st.profiled:
+        return st.team_eligible[t]  # every eligible rep has room for every channel
+    rt = st.reps_table
+    members = st.teams_table.members(t)
+    if only >= 0:
+        members = members[members == only]
+    ok = (rt.rank_key[members] != INELIGIBLE) & ((rt.room[members] & chan) != 0)
+    if strict is not None and strict[0]:
+        ords, levels = strict
+        ok &= (rt.skills[members][:, list(ords)] >= np.array(levels, dtype=np.uint8)).all(axis=1)
+    return int(ok.sum())
+
+
+def park(st: State, heads: list[int], considered: list[tuple[int, PoolKey]]) -> None:
+    """After a pass: in a pool that still has a member who could take its sessions,
+    the pass looked at every head (it never ran out of such reps there), so a head
+    still ready was declined by every one of them. It waits, parked, until the pool
+    gains one."""
+    open_pools = {(t, key) for t, key in considered if candidates(st, t, key) > 0}
+    if not open_pools:
         return
-    for key in heads:
-        s = st.session_by_slot[key & SLOT_MASK]
-        if s is None or s.pool != READY or s.key != key:
+    for k in heads:
+        s = st.session_by_slot[k & SLOT_MASK]
+        if s is None or s.pool != READY or s.key != k:
             continue
         t = int(st.sessions_table.team[s.slot])
-        if t in open_teams:
+        if (t, s.pool_key) in open_pools:
             index = st.team_index[t]
-            assert index is not None and index.ready is not None
-            assert index.parked is not None
-            index.ready.remove(key)
-            index.parked[key] = None
+            assert index is not None and index.pools is not None
+            pool = index.pools[s.pool_key]
+            pool.ready.remove(k)
+            pool.parked[k] = None
             s.pool = PARKED
 
 
-def make_offer(st: State, s: Session, rep: Rep) -> None:
+def make_offer(st: State, s: Session, rep: Rep, decision: Decision | None = None) -> None:
     assert s.queue is not None
     team = st.teams[s.queue.owner]
     offer = Offer(
@@ -141,6 +182,7 @@ def make_offer(st: State, s: Session, rep: Rep) -> None:
         rep.id,
         st.now + team.settings.offer_timeout,
         rep.audible_alerts,
+        decision=decision,
     )
     offer.timer = st.timers.schedule(offer.deadline, TimerKind.OFFER_DEADLINE, offer.id)
     st.offers[offer.id] = offer
@@ -195,10 +237,12 @@ def decline(st: State, offer: Offer, timed_out: bool) -> None:
 
 def activate(st: State, s: Session, rep: Rep, via_offer: bool) -> None:
     """The session becomes ACTIVE with `rep` as owner (offer accept or manual)."""
+    s.decision = None
     if s.offer is not None:
         offer = st.offers[s.offer]
         if offer.rep_id == rep.id:
             close_offer(st, offer)
+            s.decision = offer.decision
         else:
             rescind(st, s, RescindReason.ACCEPTED_BY_OTHER)
     queue = queue_order.dequeue(st, s)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from . import columns, model, queue_order, state, stats, timers
+from . import capacity, columns, model, queue_order, state, stats, steps, timers
 from .state import State
 
 FORMAT = b"assigncore-snapshot/1\n"
@@ -38,7 +38,7 @@ FORMAT = b"assigncore-snapshot/1\n"
 def _layout() -> bytes:
     """A digest of the state's shape: the fields of every class a snapshot holds."""
     parts = []
-    for module in (model, state, timers, columns, queue_order, stats):
+    for module in (model, state, timers, columns, queue_order, stats, steps, capacity):
         for name in sorted(vars(module)):
             cls = getattr(module, name)
             if not isinstance(cls, type) or cls.__module__ != module.__name__:
@@ -62,6 +62,8 @@ _ALLOWED: dict[str, set[str] | None] = {
     "assigncore.columns": None,
     "assigncore.queue_order": None,
     "assigncore.stats": None,
+    "assigncore.steps": {"StepFifo"},
+    "assigncore.capacity": {"Compiled"},
     "assigncore.kernel": {"Kernel"},
     "builtins": {"set", "frozenset", "dict", "list", "tuple", "bytearray", "object"},
     "collections": {"deque", "OrderedDict"},
@@ -82,7 +84,7 @@ def _dispatch_table() -> dict[type, Any]:
     looked the fields up again for every object. (No dataclass of the state refers back
     to its holder, so nothing needs the object before its fields.)"""
     table: dict[type, Any] = dict(copyreg.dispatch_table)
-    for module in (model, timers, state):
+    for module in (model, timers, state, capacity):
         for cls in vars(module).values():
             if not isinstance(cls, type) or cls.__module__ != module.__name__:
                 continue

@@ -169,7 +169,13 @@ class State:
         # Teams where an offer may have become possible since the last pass: a session
         # became ready there, or the team gained an eligible member (rule 5). Nowhere
         # else can a pass make an offer, since the previous pass left none possible.
-        self.dirty: set[int] = set()
+        self.dirty: set[tuple[int, Any]] = set()  # (team ordinal, pool key)
+        # Step FIFOs by (queue, steps, step): sessions waiting out a routing step.
+        self.step_fifos: dict[tuple, Any] = {}
+        # Service channels by name: bit numbers of the room masks; "" is the default.
+        self.channels: dict[str, int] = {"": 0}
+        self.profiles: dict[Any, Any] = {}  # CapacityProfile -> its compiled form
+        self.profiled: set[str] = set()  # reps with a capacity profile
         self.inv_by_key: dict[int, str] = {}
         # Arrival order of sessions and invitations (rule 4): one sequence for both.
         self.counters = {"seq": 0}

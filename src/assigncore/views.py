@@ -309,11 +309,19 @@ def snapshot(st: State) -> dict[str, Any]:
         "invitations": plain(st.invitations),
         "queues": {str(q): [i.id for i in queue_items(st, q)] for q in st.queues},
         "ready": {
-            str(q): [list(index.ready), sorted(index.parked)]
+            str(q): {
+                repr(key): [list(pool.ready), sorted(pool.parked)]
+                for key, pool in sorted(index.pools.items(), key=lambda kv: repr(kv[0]))
+            }
             for q, index in st.queues.items()
-            if index.ready is not None and index.parked is not None
+            if index.pools is not None
         },
-        "dirty": sorted(st.dirty),
+        "steps": {
+            repr(key): list(fifo.entries.items())
+            for key, fifo in sorted(st.step_fifos.items(), key=lambda kv: repr(kv[0]))
+        },
+        "channels": dict(st.channels),
+        "dirty": sorted(map(repr, st.dirty)),
         "team_eligible": list(st.team_eligible),
         "reported": plain(st.reported),
         "counters": dict(st.counters),
