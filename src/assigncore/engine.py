@@ -304,6 +304,10 @@ class Engine:
     def can_see(self, rep: Rep, queue: QueueRef) -> bool:
         return self.state.can_see(rep, queue)
 
+    def channels(self) -> list[str]:
+        """The desk's service channels, in declaration order."""
+        return [name for name in self.state.channels if name]
+
     def explain_routing(self, session_id: str) -> explain.Explanation:
         """Why the session is or is not offered to each rep (ExplainRouting)."""
         return explain.explain(self.state, session_id)

@@ -126,7 +126,12 @@ def new_session(
 
 
 def start_with_key(
-    st: State, key: str, customer: Customer, portal: str = "", address: str = ""
+    st: State,
+    key: str,
+    customer: Customer,
+    portal: str = "",
+    address: str = "",
+    service_channel: str | None = None,
 ) -> Session:
     """A customer entered a session key a rep generated: the rep's personal queue.
     Unknown, used and expired keys are refused alike. Failures are counted per
@@ -140,7 +145,11 @@ def start_with_key(
     if portal != "":
         c(v.ident, "portal", portal)
     c(v.text, "address", address, max_len=v.MAX_ADDRESS_LEN)
+    if service_channel:
+        c(v.ident, "service_channel", service_channel)
     c.done()
+    if service_channel:
+        capacity.check_channel(st, "service_channel", service_channel)
     st.key_guard.check(portal, address, st.now)
     normalized = key.replace("-", "").replace(" ", "").upper()
     sk = st.keys.get(normalized)
@@ -149,16 +158,36 @@ def start_with_key(
         raise NotFound("session key", "", "session key is not valid")
     del st.keys[normalized]
     st.timers.cancel(sk.timer)
-    return new_session(st, personal_queue(sk.rep_id), Origin.SESSION_KEY, customer, portal)
+    return new_session(
+        st,
+        personal_queue(sk.rep_id),
+        Origin.SESSION_KEY,
+        customer,
+        portal,
+        service_channel=service_channel,
+    )
 
 
-def start_with_rep(st: State, rep_id: str, customer: Customer, portal: str = "") -> Session:
+def start_with_rep(
+    st: State,
+    rep_id: str,
+    customer: Customer,
+    portal: str = "",
+    service_channel: str | None = None,
+) -> Session:
     """The customer picked a rep on the public site."""
-    intake_checks(st, customer, portal, ("rep_id", rep_id))
+    intake_checks(st, customer, portal, ("rep_id", rep_id), service_channel=service_channel)
     rep = st.rep(rep_id)
     if not rep.permissions.shown_on_public_site:
         raise NotFound("rep", rep_id)
-    return new_session(st, personal_queue(rep.id), Origin.PUBLIC_SITE, customer, portal)
+    return new_session(
+        st,
+        personal_queue(rep.id),
+        Origin.PUBLIC_SITE,
+        customer,
+        portal,
+        service_channel=service_channel,
+    )
 
 
 def start_from_button(

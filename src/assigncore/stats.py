@@ -38,6 +38,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from . import capacity
 from .events import (
     Event,
     OfferDeclined,
@@ -356,12 +357,21 @@ class RepStatistics:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelUse:
+    channel: str
+    sessions: int  # sessions of the channel the team's members signed in hold
+    units: int  # the capacity units they use (members with a capacity profile)
+
+
+@dataclass(frozen=True, slots=True)
 class TeamStatistics:
     team_id: str
     name: str
     staffed: int  # members signed in
     available: int
     busy: int  # members handling sessions (an offer pending counts too)
+    capacity_units: int = 0  # units of the members signed in with a capacity profile
+    channels: tuple[ChannelUse, ...] = ()  # per channel in hand, by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +420,7 @@ def _overdue_after(st: State, queue: QueueRef) -> float | None:
     return None if rule is None else rule.overdue_after
 
 
-def _team_rows(teams: list[Team], reps: list[RepStatistics]) -> list[TeamStatistics]:
+def _team_rows(st: State, teams: list[Team], reps: list[RepStatistics]) -> list[TeamStatistics]:
     counts = {t.id: [0, 0, 0] for t in teams}  # staffed, available, busy
     for row in reps:
         for team_id in row.teams:
@@ -419,7 +429,26 @@ def _team_rows(teams: list[Team], reps: list[RepStatistics]) -> list[TeamStatist
                 c[0] += row.state is not RepState.OFFLINE
                 c[1] += row.state is RepState.AVAILABLE
                 c[2] += row.state is RepState.BUSY or row.state is RepState.OFFERED
-    return [TeamStatistics(t.id, t.name, *counts[t.id]) for t in teams]
+    rows = []
+    for t in teams:
+        units_total = 0
+        use: dict[str, list[int]] = {}  # channel -> [sessions, units]
+        for rep_id in t.members:
+            rep = st.reps[rep_id]
+            if not rep.connected:
+                continue
+            if rep.permissions.capacity is not None:
+                units_total += rep.permissions.capacity.total
+                for channel, (n, units) in capacity.in_use(st, rep).items():
+                    u = use.setdefault(channel, [0, 0])
+                    u[0], u[1] = u[0] + n, u[1] + units
+            else:
+                for sid in rep.owned | rep.participating:
+                    use.setdefault(st.sessions[sid].service_channel, [0, 0])[0] += 1
+        channels = tuple(ChannelUse(ch, n, u) for ch, (n, u) in sorted(use.items()))
+        staffed, available, busy = counts[t.id]
+        rows.append(TeamStatistics(t.id, t.name, staffed, available, busy, units_total, channels))
+    return rows
 
 
 def _rep_rows(st: State, members: list[Rep]) -> list[RepStatistics]:
@@ -452,7 +481,7 @@ def statistics(st: State, team_ids: frozenset[str] | None = None) -> DeskStatist
         refs.append(GENERAL_QUEUE)
     queues = tuple(_queue_row(st, q, [q], minute, day) for q in refs)
     reps = _rep_rows(st, members)
-    return DeskStatistics(now, day, queues, tuple(reps), tuple(_team_rows(teams, reps)))
+    return DeskStatistics(now, day, queues, tuple(reps), tuple(_team_rows(st, teams, reps)))
 
 
 ALL_PERSONAL = QueueRef(QueueKind.PERSONAL, "")  # every personal queue, added up

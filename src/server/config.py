@@ -198,7 +198,15 @@ ENGINE_KEYS = {
     "time_zone": "time_zone",
     "service_level_threshold": "service_level_threshold",
 }
-DESK_KEYS = {"teams", "reps", "issue_types", "support_buttons", "help_links", "tokens"}
+DESK_KEYS = {
+    "channels",
+    "teams",
+    "reps",
+    "issue_types",
+    "support_buttons",
+    "help_links",
+    "tokens",
+}
 # [client] is read by the client commands (`assigncore top`, `token`), not the server.
 SECTIONS = {"server", "storage", "metrics", "tls", "logging", "ha", "desks", "client"}
 LOG_FORMATS = ("auto", "json", "text")

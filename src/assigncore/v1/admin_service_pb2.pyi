@@ -145,6 +145,95 @@ PRINCIPAL_KIND_SUPERVISOR: PrincipalKind.ValueType  # 4
 Global___PrincipalKind: _TypeAlias = PrincipalKind  # noqa: Y015
 
 @_typing.final
+class DefineChannelsRequest(_message.Message):
+    """Request of DefineChannels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Channel names, 1-64 characters each: letters, digits, . _ : @ -"""
+
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineChannelsRequest: _TypeAlias = DefineChannelsRequest  # noqa: Y015
+
+@_typing.final
+class DefineChannelsResponse(_message.Message):
+    """Response of DefineChannels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every channel of the desk, in declaration order."""
+
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineChannelsResponse: _TypeAlias = DefineChannelsResponse  # noqa: Y015
+
+@_typing.final
+class ListChannelsRequest(_message.Message):
+    """Request of ListChannels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChannelsRequest: _TypeAlias = ListChannelsRequest  # noqa: Y015
+
+@_typing.final
+class ListChannelsResponse(_message.Message):
+    """Response of ListChannels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every channel of the desk, in declaration order."""
+
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChannelsResponse: _TypeAlias = ListChannelsResponse  # noqa: Y015
+
+@_typing.final
 class Rep(_message.Message):
     """A support representative."""
 
@@ -266,6 +355,7 @@ class QueueSettings(_message.Message):
     WRAP_UP_FIELD_NUMBER: _builtins.int
     MAX_MISSED_OFFERS_FIELD_NUMBER: _builtins.int
     SERVICE_LEVEL_THRESHOLD_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     algorithm: Global___Algorithm.ValueType
     """How sessions are assigned."""
     max_missed_offers: _builtins.int
@@ -290,6 +380,12 @@ class QueueSettings(_message.Message):
         served in the service level (1 s to 24 h); unset means 20 s.
         """
 
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RoutingStep]:
+        """Routing steps for sessions whose issue type has none (at most 8); empty: one ANY
+        step, routing as the algorithm alone says.
+        """
+
     def __init__(
         self,
         *,
@@ -299,10 +395,11 @@ class QueueSettings(_message.Message):
         wrap_up: _duration_pb2.Duration | None = ...,
         max_missed_offers: _builtins.int = ...,
         service_level_threshold: _duration_pb2.Duration | None = ...,
+        steps: _abc.Iterable[_common_pb2.RoutingStep] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["offer_timeout", b"offer_timeout", "service_level_threshold", b"service_level_threshold", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "max_missed_offers", b"max_missed_offers", "offer_timeout", b"offer_timeout", "service_level_threshold", b"service_level_threshold", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "max_missed_offers", b"max_missed_offers", "offer_timeout", b"offer_timeout", "service_level_threshold", b"service_level_threshold", "steps", b"steps", "waiting_rule", b"waiting_rule", "wrap_up", b"wrap_up"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,6 +458,8 @@ class IssueType(_message.Message):
     TEAM_ID_FIELD_NUMBER: _builtins.int
     REQUIRED_SKILLS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    SERVICE_CHANNEL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """1-64 characters."""
     display_name: _builtins.str
@@ -369,9 +468,15 @@ class IssueType(_message.Message):
     """The team whose queue receives these sessions."""
     priority: _builtins.int
     """Higher is served first (0-100)."""
+    service_channel: _builtins.str
+    """The service channel of its sessions; empty: the default channel."""
     @_builtins.property
     def required_skills(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RequiredSkill]:
         """Required skills, most important first (at most 8)."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.RoutingStep]:
+        """Routing steps of its sessions (at most 8); empty: the team queue's steps."""
 
     def __init__(
         self,
@@ -381,10 +486,12 @@ class IssueType(_message.Message):
         team_id: _builtins.str = ...,
         required_skills: _abc.Iterable[_common_pb2.RequiredSkill] | None = ...,
         priority: _builtins.int = ...,
+        steps: _abc.Iterable[_common_pb2.RoutingStep] | None = ...,
+        service_channel: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "id", b"id", "priority", b"priority", "required_skills", b"required_skills", "team_id", b"team_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "id", b"id", "priority", b"priority", "required_skills", b"required_skills", "service_channel", b"service_channel", "steps", b"steps", "team_id", b"team_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -204,6 +204,16 @@ class AdminServiceStub:
                 request_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
+        self.DefineChannels = channel.unary_unary(
+                '/assigncore.v1.AdminService/DefineChannels',
+                request_serializer=assigncore_dot_v1_dot_admin__service__pb2.DefineChannelsRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_admin__service__pb2.DefineChannelsResponse.FromString,
+                _registered_method=True)
+        self.ListChannels = channel.unary_unary(
+                '/assigncore.v1.AdminService/ListChannels',
+                request_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListChannelsRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListChannelsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -449,6 +459,22 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DefineChannels(self, request, context):
+        """Declares service channels (at most 15). Channels already declared are kept, and
+        none is ever removed, so sessions and capacity profiles naming one stay valid.
+        Returns every channel of the desk. Errors: INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChannels(self, request, context):
+        """Lists the desk's service channels, in the order they were declared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -601,6 +627,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'DefineChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineChannels,
+                    request_deserializer=assigncore_dot_v1_dot_admin__service__pb2.DefineChannelsRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_admin__service__pb2.DefineChannelsResponse.SerializeToString,
+            ),
+            'ListChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChannels,
+                    request_deserializer=assigncore_dot_v1_dot_admin__service__pb2.ListChannelsRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_admin__service__pb2.ListChannelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1432,6 +1468,60 @@ class AdminService:
             '/assigncore.v1.AdminService/ListAuditEntries',
             assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
             assigncore_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.AdminService/DefineChannels',
+            assigncore_dot_v1_dot_admin__service__pb2.DefineChannelsRequest.SerializeToString,
+            assigncore_dot_v1_dot_admin__service__pb2.DefineChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.AdminService/ListChannels',
+            assigncore_dot_v1_dot_admin__service__pb2.ListChannelsRequest.SerializeToString,
+            assigncore_dot_v1_dot_admin__service__pb2.ListChannelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

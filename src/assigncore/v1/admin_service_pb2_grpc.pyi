@@ -133,6 +133,13 @@ class AdminServiceStub:
     """Lists the audit trail: every call of AdminService and SupervisorService that
     changes something, newest last. Errors: INVALID_ARGUMENT.
     """
+    DefineChannels: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.DefineChannelsRequest, _admin_service_pb2.DefineChannelsResponse]
+    """Declares service channels (at most 15). Channels already declared are kept, and
+    none is ever removed, so sessions and capacity profiles naming one stay valid.
+    Returns every channel of the desk. Errors: INVALID_ARGUMENT.
+    """
+    ListChannels: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListChannelsRequest, _admin_service_pb2.ListChannelsResponse]
+    """Lists the desk's service channels, in the order they were declared."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -238,6 +245,13 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Lists the audit trail: every call of AdminService and SupervisorService that
     changes something, newest last. Errors: INVALID_ARGUMENT.
     """
+    DefineChannels: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.DefineChannelsRequest, _admin_service_pb2.DefineChannelsResponse]  # type: ignore[assignment]
+    """Declares service channels (at most 15). Channels already declared are kept, and
+    none is ever removed, so sessions and capacity profiles naming one stay valid.
+    Returns every channel of the desk. Errors: INVALID_ARGUMENT.
+    """
+    ListChannels: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListChannelsRequest, _admin_service_pb2.ListChannelsResponse]  # type: ignore[assignment]
+    """Lists the desk's service channels, in the order they were declared."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService manages the desk's directory: reps, teams and their queue settings,
@@ -520,5 +534,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists the audit trail: every call of AdminService and SupervisorService that
         changes something, newest last. Errors: INVALID_ARGUMENT.
         """
+
+    @_abc_1.abstractmethod
+    def DefineChannels(
+        self,
+        request: _admin_service_pb2.DefineChannelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.DefineChannelsResponse, _abc.Awaitable[_admin_service_pb2.DefineChannelsResponse]]:
+        """Declares service channels (at most 15). Channels already declared are kept, and
+        none is ever removed, so sessions and capacity profiles naming one stay valid.
+        Returns every channel of the desk. Errors: INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChannels(
+        self,
+        request: _admin_service_pb2.ListChannelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.ListChannelsResponse, _abc.Awaitable[_admin_service_pb2.ListChannelsResponse]]:
+        """Lists the desk's service channels, in the order they were declared."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

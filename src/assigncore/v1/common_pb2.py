@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61ssigncore/v1/common.proto\x12\rassigncore.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x08QueueRef\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.assigncore.v1.QueueKind\x12\x10\n\x08owner_id\x18\x02 \x01(\t\":\n\x08\x43ustomer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ompany\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\"1\n\rRequiredSkill\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x11\n\tmin_level\x18\x02 \x01(\x05\"~\n\x04Move\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.assigncore.v1.Origin\"\xca\x04\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x08\x63ustomer\x18\x02 \x01(\x0b\x32\x17.assigncore.v1.Customer\x12\'\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x16.assigncore.v1.Channel\x12%\n\x06origin\x18\x04 \x01(\x0e\x32\x15.assigncore.v1.Origin\x12\x15\n\rissue_type_id\x18\x05 \x01(\t\x12\x35\n\x0frequired_skills\x18\x06 \x03(\x0b\x32\x1c.assigncore.v1.RequiredSkill\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bqueued_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05state\x18\n \x01(\x0e\x32\x1b.assigncore.v1.SessionState\x12,\n\nend_reason\x18\x0b \x01(\x0e\x32\x18.assigncore.v1.EndReason\x12&\n\x05queue\x18\x0c \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12\x14\n\x0cowner_rep_id\x18\r \x01(\t\x12\x1b\n\x13participant_rep_ids\x18\x0e \x03(\t\x12\x1b\n\x13\x64\x65\x63lined_by_rep_ids\x18\x0f \x03(\t\x12$\n\x07history\x18\x10 \x03(\x0b\x32\x13.assigncore.v1.Move\"\x9d\x01\n\nInvitation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x16\n\x0einviter_rep_id\x18\x03 \x01(\t\x12&\n\x05queue\x18\x04 \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\tQueueItem\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x16.assigncore.v1.SessionH\x00\x12/\n\ninvitation\x18\x02 \x01(\x0b\x32\x19.assigncore.v1.InvitationH\x00\x42\x06\n\x04item\"7\n\x06Target\x12\x11\n\x07team_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06rep_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"\xe3\x01\n\x11PermissionProfile\x12\x1f\n\x17max_concurrent_sessions\x18\x01 \x01(\x05\x12/\n\x0cidle_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmay_get_next\x18\x03 \x01(\x08\x12\x13\n\x0bmay_opt_out\x18\x04 \x01(\x08\x12\x14\n\x0cmay_transfer\x18\x05 \x01(\x08\x12\x1d\n\x15may_use_general_queue\x18\x06 \x01(\x08\x12\x1c\n\x14shown_on_public_site\x18\x07 \x01(\x08*m\n\tQueueKind\x12\x1a\n\x16QUEUE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13QUEUE_KIND_PERSONAL\x10\x01\x12\x13\n\x0fQUEUE_KIND_TEAM\x10\x02\x12\x16\n\x12QUEUE_KIND_GENERAL\x10\x03*X\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANNEL_FULL_CLIENT\x10\x01\x12\x1b\n\x17\x43HANNEL_BROWSER_SHARING\x10\x02*\xfb\x01\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n\x12ORIGIN_SESSION_KEY\x10\x01\x12\x16\n\x12ORIGIN_PUBLIC_SITE\x10\x02\x12\x19\n\x15ORIGIN_SUPPORT_BUTTON\x10\x03\x12\x15\n\x11ORIGIN_ISSUE_FORM\x10\x04\x12\x14\n\x10ORIGIN_HELP_LINK\x10\x05\x12\x17\n\x13ORIGIN_UNDESIGNATED\x10\x06\x12\x13\n\x0fORIGIN_TRANSFER\x10\x07\x12\x17\n\x13ORIGIN_WAITING_RULE\x10\x08\x12\x1a\n\x16ORIGIN_CONNECTION_LOST\x10\t*\x96\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SESSION_STATE_WAITING\x10\x01\x12\x19\n\x15SESSION_STATE_OFFERED\x10\x02\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x03\x12\x17\n\x13SESSION_STATE_ENDED\x10\x04*w\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45ND_REASON_COMPLETED\x10\x01\x12\x18\n\x14\x45ND_REASON_ABANDONED\x10\x02\x12\x1a\n\x16\x45ND_REASON_NO_FALLBACK\x10\x03\x42h\n\x10io.assigncore.v1P\x01ZBgithub.com/assigncore/assigncore/gen/go/assigncore/v1;assigncorev1\xaa\x02\rAssignCore.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61ssigncore/v1/common.proto\x12\rassigncore.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x08QueueRef\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.assigncore.v1.QueueKind\x12\x10\n\x08owner_id\x18\x02 \x01(\t\":\n\x08\x43ustomer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63ompany\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\t\"1\n\rRequiredSkill\x12\r\n\x05skill\x18\x01 \x01(\t\x12\x11\n\tmin_level\x18\x02 \x01(\x05\"~\n\x04Move\x12&\n\x05queue\x18\x01 \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05\x63\x61use\x18\x03 \x01(\x0e\x32\x15.assigncore.v1.Origin\"\xb4\x05\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x08\x63ustomer\x18\x02 \x01(\x0b\x32\x17.assigncore.v1.Customer\x12\'\n\x07\x63hannel\x18\x03 \x01(\x0e\x32\x16.assigncore.v1.Channel\x12%\n\x06origin\x18\x04 \x01(\x0e\x32\x15.assigncore.v1.Origin\x12\x15\n\rissue_type_id\x18\x05 \x01(\t\x12\x35\n\x0frequired_skills\x18\x06 \x03(\x0b\x32\x1c.assigncore.v1.RequiredSkill\x12\x10\n\x08priority\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bqueued_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05state\x18\n \x01(\x0e\x32\x1b.assigncore.v1.SessionState\x12,\n\nend_reason\x18\x0b \x01(\x0e\x32\x18.assigncore.v1.EndReason\x12&\n\x05queue\x18\x0c \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12\x14\n\x0cowner_rep_id\x18\r \x01(\t\x12\x1b\n\x13participant_rep_ids\x18\x0e \x03(\t\x12\x1b\n\x13\x64\x65\x63lined_by_rep_ids\x18\x0f \x03(\t\x12$\n\x07history\x18\x10 \x03(\x0b\x32\x13.assigncore.v1.Move\x12\x17\n\x0fservice_channel\x18\x11 \x01(\t\x12\x18\n\x10preferred_rep_id\x18\x12 \x01(\t\x12\x35\n\x0crouting_step\x18\x13 \x01(\x0b\x32\x1f.assigncore.v1.RoutingStepState\"\x8f\x01\n\x0bRoutingStep\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.assigncore.v1.StepKind\x12,\n\x06skills\x18\x02 \x03(\x0b\x32\x1c.assigncore.v1.RequiredSkill\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x87\x01\n\x10RoutingStepState\x12\x0c\n\x04step\x18\x01 \x01(\x05\x12\x12\n\nstep_count\x18\x02 \x01(\x05\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.assigncore.v1.StepKind\x12*\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x19.assigncore.v1.StepChange\"U\n\nStepChange\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\x0f\n\x07skipped\x18\x03 \x01(\x05\"X\n\x0f\x43\x61pacityProfile\x12\x13\n\x0btotal_units\x18\x01 \x01(\x05\x12\x30\n\x08\x63hannels\x18\x02 \x03(\x0b\x32\x1e.assigncore.v1.ChannelCapacity\"G\n\x0f\x43hannelCapacity\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\x05\x12\x14\n\x0cmax_sessions\x18\x03 \x01(\x05\"\x9d\x01\n\nInvitation\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x16\n\x0einviter_rep_id\x18\x03 \x01(\t\x12&\n\x05queue\x18\x04 \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\tQueueItem\x12)\n\x07session\x18\x01 \x01(\x0b\x32\x16.assigncore.v1.SessionH\x00\x12/\n\ninvitation\x18\x02 \x01(\x0b\x32\x19.assigncore.v1.InvitationH\x00\x42\x06\n\x04item\"7\n\x06Target\x12\x11\n\x07team_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06rep_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"\x95\x02\n\x11PermissionProfile\x12\x1f\n\x17max_concurrent_sessions\x18\x01 \x01(\x05\x12/\n\x0cidle_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmay_get_next\x18\x03 \x01(\x08\x12\x13\n\x0bmay_opt_out\x18\x04 \x01(\x08\x12\x14\n\x0cmay_transfer\x18\x05 \x01(\x08\x12\x1d\n\x15may_use_general_queue\x18\x06 \x01(\x08\x12\x1c\n\x14shown_on_public_site\x18\x07 \x01(\x08\x12\x30\n\x08\x63\x61pacity\x18\x08 \x01(\x0b\x32\x1e.assigncore.v1.CapacityProfile*m\n\tQueueKind\x12\x1a\n\x16QUEUE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13QUEUE_KIND_PERSONAL\x10\x01\x12\x13\n\x0fQUEUE_KIND_TEAM\x10\x02\x12\x16\n\x12QUEUE_KIND_GENERAL\x10\x03*X\n\x07\x43hannel\x12\x17\n\x13\x43HANNEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANNEL_FULL_CLIENT\x10\x01\x12\x1b\n\x17\x43HANNEL_BROWSER_SHARING\x10\x02*\xfb\x01\n\x06Origin\x12\x16\n\x12ORIGIN_UNSPECIFIED\x10\x00\x12\x16\n\x12ORIGIN_SESSION_KEY\x10\x01\x12\x16\n\x12ORIGIN_PUBLIC_SITE\x10\x02\x12\x19\n\x15ORIGIN_SUPPORT_BUTTON\x10\x03\x12\x15\n\x11ORIGIN_ISSUE_FORM\x10\x04\x12\x14\n\x10ORIGIN_HELP_LINK\x10\x05\x12\x17\n\x13ORIGIN_UNDESIGNATED\x10\x06\x12\x13\n\x0fORIGIN_TRANSFER\x10\x07\x12\x17\n\x13ORIGIN_WAITING_RULE\x10\x08\x12\x1a\n\x16ORIGIN_CONNECTION_LOST\x10\t*\x96\x01\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15SESSION_STATE_WAITING\x10\x01\x12\x19\n\x15SESSION_STATE_OFFERED\x10\x02\x12\x18\n\x14SESSION_STATE_ACTIVE\x10\x03\x12\x17\n\x13SESSION_STATE_ENDED\x10\x04*w\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45ND_REASON_COMPLETED\x10\x01\x12\x18\n\x14\x45ND_REASON_ABANDONED\x10\x02\x12\x1a\n\x16\x45ND_REASON_NO_FALLBACK\x10\x03*k\n\x08StepKind\x12\x19\n\x15STEP_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rSTEP_KIND_ANY\x10\x01\x12\x14\n\x10STEP_KIND_SKILLS\x10\x02\x12\x1b\n\x17STEP_KIND_PREFERRED_REP\x10\x03\x42h\n\x10io.assigncore.v1P\x01ZBgithub.com/assigncore/assigncore/gen/go/assigncore/v1;assigncorev1\xaa\x02\rAssignCore.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'assigncore.v1.common_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020io.assigncore.v1P\001ZBgithub.com/assigncore/assigncore/gen/go/assigncore/v1;assigncorev1\252\002\rAssignCore.V1'
-  _globals['_QUEUEKIND']._serialized_start=1568
-  _globals['_QUEUEKIND']._serialized_end=1677
-  _globals['_CHANNEL']._serialized_start=1679
-  _globals['_CHANNEL']._serialized_end=1767
-  _globals['_ORIGIN']._serialized_start=1770
-  _globals['_ORIGIN']._serialized_end=2021
-  _globals['_SESSIONSTATE']._serialized_start=2024
-  _globals['_SESSIONSTATE']._serialized_end=2174
-  _globals['_ENDREASON']._serialized_start=2176
-  _globals['_ENDREASON']._serialized_end=2295
+  _globals['_QUEUEKIND']._serialized_start=2258
+  _globals['_QUEUEKIND']._serialized_end=2367
+  _globals['_CHANNEL']._serialized_start=2369
+  _globals['_CHANNEL']._serialized_end=2457
+  _globals['_ORIGIN']._serialized_start=2460
+  _globals['_ORIGIN']._serialized_end=2711
+  _globals['_SESSIONSTATE']._serialized_start=2714
+  _globals['_SESSIONSTATE']._serialized_end=2864
+  _globals['_ENDREASON']._serialized_start=2866
+  _globals['_ENDREASON']._serialized_end=2985
+  _globals['_STEPKIND']._serialized_start=2987
+  _globals['_STEPKIND']._serialized_end=3094
   _globals['_QUEUEREF']._serialized_start=110
   _globals['_QUEUEREF']._serialized_end=178
   _globals['_CUSTOMER']._serialized_start=180
@@ -54,13 +56,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVE']._serialized_start=291
   _globals['_MOVE']._serialized_end=417
   _globals['_SESSION']._serialized_start=420
-  _globals['_SESSION']._serialized_end=1006
-  _globals['_INVITATION']._serialized_start=1009
-  _globals['_INVITATION']._serialized_end=1166
-  _globals['_QUEUEITEM']._serialized_start=1168
-  _globals['_QUEUEITEM']._serialized_end=1279
-  _globals['_TARGET']._serialized_start=1281
-  _globals['_TARGET']._serialized_end=1336
-  _globals['_PERMISSIONPROFILE']._serialized_start=1339
-  _globals['_PERMISSIONPROFILE']._serialized_end=1566
+  _globals['_SESSION']._serialized_end=1112
+  _globals['_ROUTINGSTEP']._serialized_start=1115
+  _globals['_ROUTINGSTEP']._serialized_end=1258
+  _globals['_ROUTINGSTEPSTATE']._serialized_start=1261
+  _globals['_ROUTINGSTEPSTATE']._serialized_end=1396
+  _globals['_STEPCHANGE']._serialized_start=1398
+  _globals['_STEPCHANGE']._serialized_end=1483
+  _globals['_CAPACITYPROFILE']._serialized_start=1485
+  _globals['_CAPACITYPROFILE']._serialized_end=1573
+  _globals['_CHANNELCAPACITY']._serialized_start=1575
+  _globals['_CHANNELCAPACITY']._serialized_end=1646
+  _globals['_INVITATION']._serialized_start=1649
+  _globals['_INVITATION']._serialized_end=1806
+  _globals['_QUEUEITEM']._serialized_start=1808
+  _globals['_QUEUEITEM']._serialized_end=1919
+  _globals['_TARGET']._serialized_start=1921
+  _globals['_TARGET']._serialized_end=1976
+  _globals['_PERMISSIONPROFILE']._serialized_start=1979
+  _globals['_PERMISSIONPROFILE']._serialized_end=2256
 # @@protoc_insertion_point(module_scope)

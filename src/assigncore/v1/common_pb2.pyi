@@ -188,6 +188,38 @@ END_REASON_NO_FALLBACK: EndReason.ValueType  # 3
 """Its rep was gone and there was no queue left to return it to."""
 Global___EndReason: _TypeAlias = EndReason  # noqa: Y015
 
+class _StepKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StepKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STEP_KIND_UNSPECIFIED: _StepKind.ValueType  # 0
+    """Not set; refused."""
+    STEP_KIND_ANY: _StepKind.ValueType  # 1
+    """Any member of the team, ranked by the session's own required skills (with the least
+    important dropped until someone qualifies, as the algorithm says).
+    """
+    STEP_KIND_SKILLS: _StepKind.ValueType  # 2
+    """Members who hold every one of the step's skills at its level, ranked by them."""
+    STEP_KIND_PREFERRED_REP: _StepKind.ValueType  # 3
+    """Only the rep named at intake (`preferred_rep_id`), if a member of the team."""
+
+class StepKind(_StepKind, metaclass=_StepKindEnumTypeWrapper):
+    """Who a routing step lets take a session."""
+
+STEP_KIND_UNSPECIFIED: StepKind.ValueType  # 0
+"""Not set; refused."""
+STEP_KIND_ANY: StepKind.ValueType  # 1
+"""Any member of the team, ranked by the session's own required skills (with the least
+important dropped until someone qualifies, as the algorithm says).
+"""
+STEP_KIND_SKILLS: StepKind.ValueType  # 2
+"""Members who hold every one of the step's skills at its level, ranked by them."""
+STEP_KIND_PREFERRED_REP: StepKind.ValueType  # 3
+"""Only the rep named at intake (`preferred_rep_id`), if a member of the team."""
+Global___StepKind: _TypeAlias = StepKind  # noqa: Y015
+
 @_typing.final
 class QueueRef(_message.Message):
     """Names one queue."""
@@ -326,6 +358,9 @@ class Session(_message.Message):
     PARTICIPANT_REP_IDS_FIELD_NUMBER: _builtins.int
     DECLINED_BY_REP_IDS_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    SERVICE_CHANNEL_FIELD_NUMBER: _builtins.int
+    PREFERRED_REP_ID_FIELD_NUMBER: _builtins.int
+    ROUTING_STEP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id."""
     channel: Global___Channel.ValueType
@@ -342,6 +377,12 @@ class Session(_message.Message):
     """Why it ended, once ENDED."""
     owner_rep_id: _builtins.str
     """The rep who owns it (ACTIVE)."""
+    service_channel: _builtins.str
+    """The service channel it costs a rep's capacity in (see AdminService.DefineChannels);
+    empty: the desk's default channel.
+    """
+    preferred_rep_id: _builtins.str
+    """The rep named at intake for a PREFERRED_REP routing step; empty if none."""
     @_builtins.property
     def customer(self) -> Global___Customer:
         """The customer."""
@@ -376,6 +417,10 @@ class Session(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___Move]:
         """Every queue it entered."""
 
+    @_builtins.property
+    def routing_step(self) -> Global___RoutingStepState:
+        """In a team queue: where it is in its routing steps."""
+
     def __init__(
         self,
         *,
@@ -395,14 +440,184 @@ class Session(_message.Message):
         participant_rep_ids: _abc.Iterable[_builtins.str] | None = ...,
         declined_by_rep_ids: _abc.Iterable[_builtins.str] | None = ...,
         history: _abc.Iterable[Global___Move] | None = ...,
+        service_channel: _builtins.str = ...,
+        preferred_rep_id: _builtins.str = ...,
+        routing_step: Global___RoutingStepState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "queue", b"queue", "queued_time", b"queued_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "customer", b"customer", "queue", b"queue", "queued_time", b"queued_time", "routing_step", b"routing_step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "create_time", b"create_time", "customer", b"customer", "declined_by_rep_ids", b"declined_by_rep_ids", "end_reason", b"end_reason", "history", b"history", "id", b"id", "issue_type_id", b"issue_type_id", "origin", b"origin", "owner_rep_id", b"owner_rep_id", "participant_rep_ids", b"participant_rep_ids", "priority", b"priority", "queue", b"queue", "queued_time", b"queued_time", "required_skills", b"required_skills", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "create_time", b"create_time", "customer", b"customer", "declined_by_rep_ids", b"declined_by_rep_ids", "end_reason", b"end_reason", "history", b"history", "id", b"id", "issue_type_id", b"issue_type_id", "origin", b"origin", "owner_rep_id", b"owner_rep_id", "participant_rep_ids", b"participant_rep_ids", "preferred_rep_id", b"preferred_rep_id", "priority", b"priority", "queue", b"queue", "queued_time", b"queued_time", "required_skills", b"required_skills", "routing_step", b"routing_step", "service_channel", b"service_channel", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class RoutingStep(_message.Message):
+    """One step of a routing step list: who may take the session, and for how long before
+    the next step widens the pool. A session skips a step at once when no member who is
+    signed in could ever match it. The last step never expires.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SKILLS_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    kind: Global___StepKind.ValueType
+    """Who may take it in this step."""
+    @_builtins.property
+    def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequiredSkill]:
+        """SKILLS only: the skills required, most important first (1-8)."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long the step lasts (1 s to 7 days); unset on the last step."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___StepKind.ValueType = ...,
+        skills: _abc.Iterable[Global___RequiredSkill] | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "kind", b"kind", "skills", b"skills"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingStep: _TypeAlias = RoutingStep  # noqa: Y015
+
+@_typing.final
+class RoutingStepState(_message.Message):
+    """A session's place in its routing steps."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    STEP_COUNT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    """The current step, 0-based."""
+    step_count: _builtins.int
+    """How many steps its list has; 0 outside a team queue."""
+    kind: Global___StepKind.ValueType
+    """Who the current step lets take it."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___StepChange]:
+        """Every step change in its current queue entry, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        step_count: _builtins.int = ...,
+        kind: Global___StepKind.ValueType = ...,
+        changes: _abc.Iterable[Global___StepChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "kind", b"kind", "step", b"step", "step_count", b"step_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingStepState: _TypeAlias = RoutingStepState  # noqa: Y015
+
+@_typing.final
+class StepChange(_message.Message):
+    """A waiting session moved to another routing step."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    """The step it moved to, 0-based."""
+    skipped: _builtins.int
+    """Steps passed over at once because nobody signed in could match them."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        step: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["skipped", b"skipped", "step", b"step", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepChange: _TypeAlias = StepChange  # noqa: Y015
+
+@_typing.final
+class CapacityProfile(_message.Message):
+    """A rep's capacity by service channel: `total_units`; a session of a channel costs its
+    `units` and at most `max_sessions` of a channel run at once. A channel not listed is
+    never offered to the rep. Replaces max_concurrent_sessions; load for "least busy" is
+    the share of units in use.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_UNITS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    total_units: _builtins.int
+    """Units the rep has (1-1000)."""
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelCapacity]:
+        """Per channel: what a session costs and how many may run at once."""
+
+    def __init__(
+        self,
+        *,
+        total_units: _builtins.int = ...,
+        channels: _abc.Iterable[Global___ChannelCapacity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels", "total_units", b"total_units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapacityProfile: _TypeAlias = CapacityProfile  # noqa: Y015
+
+@_typing.final
+class ChannelCapacity(_message.Message):
+    """One channel of a capacity profile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    MAX_SESSIONS_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """A channel the desk declared ("" for the default channel)."""
+    units: _builtins.int
+    """Units a session of this channel costs (1-1000)."""
+    max_sessions: _builtins.int
+    """Most sessions of this channel at once; 0 = as many as the units allow."""
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        units: _builtins.int = ...,
+        max_sessions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "max_sessions", b"max_sessions", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelCapacity: _TypeAlias = ChannelCapacity  # noqa: Y015
 
 @_typing.final
 class Invitation(_message.Message):
@@ -519,6 +734,7 @@ class PermissionProfile(_message.Message):
     MAY_TRANSFER_FIELD_NUMBER: _builtins.int
     MAY_USE_GENERAL_QUEUE_FIELD_NUMBER: _builtins.int
     SHOWN_ON_PUBLIC_SITE_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
     max_concurrent_sessions: _builtins.int
     """Most sessions at once for automatic assignment; 0 = no limit (at most 1000)."""
     may_get_next: _builtins.bool
@@ -535,6 +751,10 @@ class PermissionProfile(_message.Message):
     def idle_timeout(self) -> _duration_pb2.Duration:
         """Idle after this long without activity; unset or 0 = never."""
 
+    @_builtins.property
+    def capacity(self) -> Global___CapacityProfile:
+        """Capacity by service channel; when set, max_concurrent_sessions must be 0."""
+
     def __init__(
         self,
         *,
@@ -545,10 +765,11 @@ class PermissionProfile(_message.Message):
         may_transfer: _builtins.bool = ...,
         may_use_general_queue: _builtins.bool = ...,
         shown_on_public_site: _builtins.bool = ...,
+        capacity: Global___CapacityProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "idle_timeout", b"idle_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idle_timeout", b"idle_timeout", "max_concurrent_sessions", b"max_concurrent_sessions", "may_get_next", b"may_get_next", "may_opt_out", b"may_opt_out", "may_transfer", b"may_transfer", "may_use_general_queue", b"may_use_general_queue", "shown_on_public_site", b"shown_on_public_site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "idle_timeout", b"idle_timeout", "max_concurrent_sessions", b"max_concurrent_sessions", "may_get_next", b"may_get_next", "may_opt_out", b"may_opt_out", "may_transfer", b"may_transfer", "may_use_general_queue", b"may_use_general_queue", "shown_on_public_site", b"shown_on_public_site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,6 +50,8 @@ class StartSessionRequest(_message.Message):
     HELP_LINK_ID_FIELD_NUMBER: _builtins.int
     UNDESIGNATED_FIELD_NUMBER: _builtins.int
     CUSTOMER_ADDRESS_FIELD_NUMBER: _builtins.int
+    SERVICE_CHANNEL_FIELD_NUMBER: _builtins.int
+    PREFERRED_REP_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key, 1-64 characters."""
     session_key: _builtins.str
@@ -66,6 +68,14 @@ class StartSessionRequest(_message.Message):
     """The end customer's network address as the portal sees it (IPv4 or IPv6, at most
     100 characters); failed session keys are counted per address. Without it, the
     portal's own address is used.
+    """
+    service_channel: _builtins.str
+    """The service channel (a channel the desk declared); empty: the issue type's, or the
+    default channel.
+    """
+    preferred_rep_id: _builtins.str
+    """A rep to prefer, for a PREFERRED_REP routing step (for example the rep who helped
+    this customer last).
     """
     @_builtins.property
     def customer(self) -> _common_pb2.Customer:
@@ -87,10 +97,12 @@ class StartSessionRequest(_message.Message):
         help_link_id: _builtins.str = ...,
         undesignated: Global___Undesignated | None = ...,
         customer_address: _builtins.str = ...,
+        service_channel: _builtins.str = ...,
+        preferred_rep_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "help_link_id", b"help_link_id", "issue_type_id", b"issue_type_id", "public_rep_id", b"public_rep_id", "session_key", b"session_key", "support_button_id", b"support_button_id", "undesignated", b"undesignated", "via", b"via"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "customer_address", b"customer_address", "help_link_id", b"help_link_id", "issue_type_id", b"issue_type_id", "public_rep_id", b"public_rep_id", "request_id", b"request_id", "session_key", b"session_key", "support_button_id", b"support_button_id", "undesignated", b"undesignated", "via", b"via"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer", b"customer", "customer_address", b"customer_address", "help_link_id", b"help_link_id", "issue_type_id", b"issue_type_id", "preferred_rep_id", b"preferred_rep_id", "public_rep_id", b"public_rep_id", "request_id", b"request_id", "service_channel", b"service_channel", "session_key", b"session_key", "support_button_id", b"support_button_id", "undesignated", b"undesignated", "via", b"via"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_via: _TypeAlias = _typing.Literal["session_key", "public_rep_id", "support_button_id", "issue_type_id", "help_link_id", "undesignated"]  # noqa: Y015
     _WhichOneofArgType_via: _TypeAlias = _typing.Literal["via", b"via"]  # noqa: Y015

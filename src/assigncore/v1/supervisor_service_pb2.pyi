@@ -23,6 +23,70 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _NotOfferedReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NotOfferedReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NotOfferedReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOT_OFFERED_REASON_UNSPECIFIED: _NotOfferedReason.ValueType  # 0
+    """Not set."""
+    NOT_OFFERED_REASON_OFFLINE: _NotOfferedReason.ValueType  # 1
+    """Not signed in."""
+    NOT_OFFERED_REASON_LOCKED: _NotOfferedReason.ValueType  # 2
+    """The console is locked."""
+    NOT_OFFERED_REASON_IDLE: _NotOfferedReason.ValueType  # 3
+    """Idle past the idle timeout."""
+    NOT_OFFERED_REASON_AUTO_ASSIGN_OFF: _NotOfferedReason.ValueType  # 4
+    """Automatic assignment is off."""
+    NOT_OFFERED_REASON_WRAP_UP: _NotOfferedReason.ValueType  # 5
+    """In wrap-up after a session."""
+    NOT_OFFERED_REASON_HAS_PENDING_OFFER: _NotOfferedReason.ValueType  # 6
+    """Has another offer pending."""
+    NOT_OFFERED_REASON_AT_CAPACITY: _NotOfferedReason.ValueType  # 7
+    """At max_concurrent_sessions, or no room in any channel."""
+    NOT_OFFERED_REASON_NO_ROOM_FOR_CHANNEL: _NotOfferedReason.ValueType  # 8
+    """No room for this session's channel."""
+    NOT_OFFERED_REASON_DECLINED: _NotOfferedReason.ValueType  # 9
+    """Declined it (rejected, or let an offer time out)."""
+    NOT_OFFERED_REASON_MISSING_SKILL: _NotOfferedReason.ValueType  # 10
+    """Lacks a skill (or level) the current step requires; see `missing_skill`."""
+    NOT_OFFERED_REASON_NOT_PREFERRED_REP: _NotOfferedReason.ValueType  # 11
+    """The current step allows only the preferred rep."""
+    NOT_OFFERED_REASON_NOT_A_MEMBER: _NotOfferedReason.ValueType  # 12
+    """The preferred rep is not a member of the team."""
+
+class NotOfferedReason(_NotOfferedReason, metaclass=_NotOfferedReasonEnumTypeWrapper):
+    """Why a rep is not offered a session now."""
+
+NOT_OFFERED_REASON_UNSPECIFIED: NotOfferedReason.ValueType  # 0
+"""Not set."""
+NOT_OFFERED_REASON_OFFLINE: NotOfferedReason.ValueType  # 1
+"""Not signed in."""
+NOT_OFFERED_REASON_LOCKED: NotOfferedReason.ValueType  # 2
+"""The console is locked."""
+NOT_OFFERED_REASON_IDLE: NotOfferedReason.ValueType  # 3
+"""Idle past the idle timeout."""
+NOT_OFFERED_REASON_AUTO_ASSIGN_OFF: NotOfferedReason.ValueType  # 4
+"""Automatic assignment is off."""
+NOT_OFFERED_REASON_WRAP_UP: NotOfferedReason.ValueType  # 5
+"""In wrap-up after a session."""
+NOT_OFFERED_REASON_HAS_PENDING_OFFER: NotOfferedReason.ValueType  # 6
+"""Has another offer pending."""
+NOT_OFFERED_REASON_AT_CAPACITY: NotOfferedReason.ValueType  # 7
+"""At max_concurrent_sessions, or no room in any channel."""
+NOT_OFFERED_REASON_NO_ROOM_FOR_CHANNEL: NotOfferedReason.ValueType  # 8
+"""No room for this session's channel."""
+NOT_OFFERED_REASON_DECLINED: NotOfferedReason.ValueType  # 9
+"""Declined it (rejected, or let an offer time out)."""
+NOT_OFFERED_REASON_MISSING_SKILL: NotOfferedReason.ValueType  # 10
+"""Lacks a skill (or level) the current step requires; see `missing_skill`."""
+NOT_OFFERED_REASON_NOT_PREFERRED_REP: NotOfferedReason.ValueType  # 11
+"""The current step allows only the preferred rep."""
+NOT_OFFERED_REASON_NOT_A_MEMBER: NotOfferedReason.ValueType  # 12
+"""The preferred rep is not a member of the team."""
+Global___NotOfferedReason: _TypeAlias = NotOfferedReason  # noqa: Y015
+
 class _RepState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -66,6 +130,169 @@ REP_STATE_AWAY: RepState.ValueType  # 5
 REP_STATE_AVAILABLE: RepState.ValueType  # 6
 """Ready for the next session."""
 Global___RepState: _TypeAlias = RepState  # noqa: Y015
+
+@_typing.final
+class ExplainRoutingRequest(_message.Message):
+    """Request of ExplainRouting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainRoutingRequest: _TypeAlias = ExplainRoutingRequest  # noqa: Y015
+
+@_typing.final
+class RoutingCandidate(_message.Message):
+    """One rep who could be in a waiting session's pool."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REP_ID_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    MISSING_SKILL_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_SINCE_FIELD_NUMBER: _builtins.int
+    rep_id: _builtins.str
+    """The rep."""
+    score: _builtins.int
+    """Eligible reps: the ranking keys, compared in this order (then the rep's ordinal).
+    The algorithm's score, smaller first (0 for LEAST_BUSY; -(skills matched) for
+    SKILLS_MATCH_LEAST_BUSY; -(matched << 20 + proficiency sum) for BEST_SKILLS).
+    """
+    load: _builtins.int
+    """Load: sessions, or for a capacity profile the share of units in use in 1/1024ths."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[Global___NotOfferedReason.ValueType]:
+        """Why the rep is not offered it now; empty: a candidate."""
+
+    @_builtins.property
+    def missing_skill(self) -> _common_pb2.RequiredSkill:
+        """MISSING_SKILL: the first of the step's skills the rep lacks at its level."""
+
+    @_builtins.property
+    def available_since(self) -> _timestamp_pb2.Timestamp:
+        """Since when the rep is available at this load."""
+
+    def __init__(
+        self,
+        *,
+        rep_id: _builtins.str = ...,
+        reasons: _abc.Iterable[Global___NotOfferedReason.ValueType] | None = ...,
+        missing_skill: _common_pb2.RequiredSkill | None = ...,
+        score: _builtins.int = ...,
+        load: _builtins.int = ...,
+        available_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_since", b"available_since", "missing_skill", b"missing_skill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_since", b"available_since", "load", b"load", "missing_skill", b"missing_skill", "reasons", b"reasons", "rep_id", b"rep_id", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingCandidate: _TypeAlias = RoutingCandidate  # noqa: Y015
+
+@_typing.final
+class RoutingDecision(_message.Message):
+    """A routing decision as recorded with its offer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_MEMBERS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    AVAILABLE_SINCE_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    """The routing step the session was at, 0-based."""
+    eligible_members: _builtins.int
+    """Members of the team who were eligible."""
+    score: _builtins.int
+    """The chosen rep's keys, as in RoutingCandidate."""
+    load: _builtins.int
+    """As in RoutingCandidate."""
+    @_builtins.property
+    def available_since(self) -> _timestamp_pb2.Timestamp:
+        """As in RoutingCandidate."""
+
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        eligible_members: _builtins.int = ...,
+        score: _builtins.int = ...,
+        load: _builtins.int = ...,
+        available_since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_since", b"available_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_since", b"available_since", "eligible_members", b"eligible_members", "load", b"load", "score", b"score", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+
+@_typing.final
+class ExplainRoutingResponse(_message.Message):
+    """Response of ExplainRouting."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    ROUTED_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    NEXT_REP_ID_FIELD_NUMBER: _builtins.int
+    OFFERED_TO_REP_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    routed: _builtins.bool
+    """Whether it waits in a team queue that assigns automatically."""
+    next_rep_id: _builtins.str
+    """A waiting session: the rep it would be offered to now; empty if nobody."""
+    offered_to_rep_id: _builtins.str
+    """An offered or accepted session: the rep it was offered to or is owned by."""
+    @_builtins.property
+    def session(self) -> _common_pb2.Session:
+        """The session."""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutingCandidate]:
+        """A waiting session: every member of its team (and a preferred rep who is not one),
+        the candidates first in ranking order, then the others.
+        """
+
+    @_builtins.property
+    def decision(self) -> Global___RoutingDecision:
+        """That offer's decision; unset for a session accepted by hand."""
+
+    def __init__(
+        self,
+        *,
+        session: _common_pb2.Session | None = ...,
+        routed: _builtins.bool = ...,
+        candidates: _abc.Iterable[Global___RoutingCandidate] | None = ...,
+        next_rep_id: _builtins.str = ...,
+        offered_to_rep_id: _builtins.str = ...,
+        decision: Global___RoutingDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "decision", b"decision", "next_rep_id", b"next_rep_id", "offered_to_rep_id", b"offered_to_rep_id", "routed", b"routed", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainRoutingResponse: _TypeAlias = ExplainRoutingResponse  # noqa: Y015
 
 @_typing.final
 class WindowCounts(_message.Message):
@@ -273,6 +500,8 @@ class TeamStatistics(_message.Message):
     STAFFED_FIELD_NUMBER: _builtins.int
     AVAILABLE_FIELD_NUMBER: _builtins.int
     BUSY_FIELD_NUMBER: _builtins.int
+    CAPACITY_UNITS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
     team_id: _builtins.str
     """The team."""
     display_name: _builtins.str
@@ -283,6 +512,12 @@ class TeamStatistics(_message.Message):
     """Members available for the next session."""
     busy: _builtins.int
     """Members handling sessions or answering an offer."""
+    capacity_units: _builtins.int
+    """Capacity units of the members signed in who have a capacity profile."""
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelUse]:
+        """Per service channel with sessions in hand: what the members signed in hold."""
+
     def __init__(
         self,
         *,
@@ -291,14 +526,46 @@ class TeamStatistics(_message.Message):
         staffed: _builtins.int = ...,
         available: _builtins.int = ...,
         busy: _builtins.int = ...,
+        capacity_units: _builtins.int = ...,
+        channels: _abc.Iterable[Global___ChannelUse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "busy", b"busy", "display_name", b"display_name", "staffed", b"staffed", "team_id", b"team_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "busy", b"busy", "capacity_units", b"capacity_units", "channels", b"channels", "display_name", b"display_name", "staffed", b"staffed", "team_id", b"team_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TeamStatistics: _TypeAlias = TeamStatistics  # noqa: Y015
+
+@_typing.final
+class ChannelUse(_message.Message):
+    """What a team's members hold of one service channel."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """The channel ("" for the default channel)."""
+    sessions: _builtins.int
+    """Sessions of this channel the members own or share."""
+    units: _builtins.int
+    """Capacity units those sessions use (members with a capacity profile only)."""
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        sessions: _builtins.int = ...,
+        units: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "sessions", b"sessions", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelUse: _TypeAlias = ChannelUse  # noqa: Y015
 
 @_typing.final
 class Statistics(_message.Message):

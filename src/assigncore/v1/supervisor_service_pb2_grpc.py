@@ -108,6 +108,11 @@ class SupervisorServiceStub:
                 request_serializer=assigncore_dot_v1_dot_supervisor__service__pb2.SetRepAutoAssignRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_supervisor__service__pb2.SetRepAutoAssignResponse.FromString,
                 _registered_method=True)
+        self.ExplainRouting = channel.unary_unary(
+                '/assigncore.v1.SupervisorService/ExplainRouting',
+                request_serializer=assigncore_dot_v1_dot_supervisor__service__pb2.ExplainRoutingRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_supervisor__service__pb2.ExplainRoutingResponse.FromString,
+                _registered_method=True)
 
 
 class SupervisorServiceServicer:
@@ -213,6 +218,18 @@ class SupervisorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainRouting(self, request, context):
+        """Why a session is, or is not, offered to each rep. For a session waiting in a team
+        queue: its routing step, every member of the team with why they are not offered it
+        now (none: a candidate), the candidates in the order the ranking compares them with
+        their keys, and the rep it would be offered to next. For an offered or accepted
+        session: the decision as it was recorded with the offer. Computed by the routing
+        code itself. Errors: INVALID_ARGUMENT, NOT_FOUND (a session out of scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +272,11 @@ def add_SupervisorServiceServicer_to_server(servicer, server):
                     servicer.SetRepAutoAssign,
                     request_deserializer=assigncore_dot_v1_dot_supervisor__service__pb2.SetRepAutoAssignRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_supervisor__service__pb2.SetRepAutoAssignResponse.SerializeToString,
+            ),
+            'ExplainRouting': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainRouting,
+                    request_deserializer=assigncore_dot_v1_dot_supervisor__service__pb2.ExplainRoutingRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_supervisor__service__pb2.ExplainRoutingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -506,6 +528,33 @@ class SupervisorService:
             '/assigncore.v1.SupervisorService/SetRepAutoAssign',
             assigncore_dot_v1_dot_supervisor__service__pb2.SetRepAutoAssignRequest.SerializeToString,
             assigncore_dot_v1_dot_supervisor__service__pb2.SetRepAutoAssignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assigncore.v1.SupervisorService/ExplainRouting',
+            assigncore_dot_v1_dot_supervisor__service__pb2.ExplainRoutingRequest.SerializeToString,
+            assigncore_dot_v1_dot_supervisor__service__pb2.ExplainRoutingResponse.FromString,
             options,
             channel_credentials,
             insecure,

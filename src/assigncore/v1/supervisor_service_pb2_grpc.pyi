@@ -100,6 +100,14 @@ class SupervisorServiceStub:
     """Switches a rep's automatic assignment on or off, whatever the rep's own
     permissions. Errors: INVALID_ARGUMENT, NOT_FOUND.
     """
+    ExplainRouting: _grpc.UnaryUnaryMultiCallable[_supervisor_service_pb2.ExplainRoutingRequest, _supervisor_service_pb2.ExplainRoutingResponse]
+    """Why a session is, or is not, offered to each rep. For a session waiting in a team
+    queue: its routing step, every member of the team with why they are not offered it
+    now (none: a candidate), the candidates in the order the ranking compares them with
+    their keys, and the rep it would be offered to next. For an offered or accepted
+    session: the decision as it was recorded with the offer. Computed by the routing
+    code itself. Errors: INVALID_ARGUMENT, NOT_FOUND (a session out of scope).
+    """
 
 @_typing.type_check_only
 class SupervisorServiceAsyncStub(SupervisorServiceStub):
@@ -171,6 +179,14 @@ class SupervisorServiceAsyncStub(SupervisorServiceStub):
     SetRepAutoAssign: _aio.UnaryUnaryMultiCallable[_supervisor_service_pb2.SetRepAutoAssignRequest, _supervisor_service_pb2.SetRepAutoAssignResponse]  # type: ignore[assignment]
     """Switches a rep's automatic assignment on or off, whatever the rep's own
     permissions. Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
+    ExplainRouting: _aio.UnaryUnaryMultiCallable[_supervisor_service_pb2.ExplainRoutingRequest, _supervisor_service_pb2.ExplainRoutingResponse]  # type: ignore[assignment]
+    """Why a session is, or is not, offered to each rep. For a session waiting in a team
+    queue: its routing step, every member of the team with why they are not offered it
+    now (none: a candidate), the candidates in the order the ranking compares them with
+    their keys, and the rep it would be offered to next. For an offered or accepted
+    session: the decision as it was recorded with the offer. Computed by the routing
+    code itself. Errors: INVALID_ARGUMENT, NOT_FOUND (a session out of scope).
     """
 
 class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -288,6 +304,20 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_supervisor_service_pb2.SetRepAutoAssignResponse, _abc.Awaitable[_supervisor_service_pb2.SetRepAutoAssignResponse]]:
         """Switches a rep's automatic assignment on or off, whatever the rep's own
         permissions. Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainRouting(
+        self,
+        request: _supervisor_service_pb2.ExplainRoutingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_supervisor_service_pb2.ExplainRoutingResponse, _abc.Awaitable[_supervisor_service_pb2.ExplainRoutingResponse]]:
+        """Why a session is, or is not, offered to each rep. For a session waiting in a team
+        queue: its routing step, every member of the team with why they are not offered it
+        now (none: a candidate), the candidates in the order the ranking compares them with
+        their keys, and the rep it would be offered to next. For an offered or accepted
+        session: the decision as it was recorded with the offer. Computed by the routing
+        code itself. Errors: INVALID_ARGUMENT, NOT_FOUND (a session out of scope).
         """
 
 def add_SupervisorServiceServicer_to_server(servicer: SupervisorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

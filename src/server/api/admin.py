@@ -27,13 +27,20 @@ TEAM_FIELDS = {
     "settings.waiting_rule.overflow": "team.queue_settings.waiting_rule.overflow_queue",
 }
 REP_FIELDS = {
+    # (a capacity profile's parts are named as the API has them; before "permissions")
+    "permissions.capacity.total": "rep.permissions.capacity.total_units",
+    "permissions.capacity.cost": "rep.permissions.capacity.channels",
+    "permissions.capacity.limit": "rep.permissions.capacity.channels",
     "rep_id": "rep.id",
     "name": "rep.display_name",
     "skills": "rep.skills",
     "permissions": "rep.permissions",
     "teams": "rep.team_ids",
 }
-ISSUE_TYPE_FIELDS = {"issue_type.name": "issue_type.display_name"}
+ISSUE_TYPE_FIELDS = {
+    "issue_type.name": "issue_type.display_name",
+    "issue_type.channel": "issue_type.service_channel",
+}
 BUTTON_FIELDS = {"support_button.name": "support_button.display_name"}
 LINK_FIELDS = {"help_link.name": "help_link.display_name"}
 
@@ -440,6 +447,17 @@ class AdminServicer(OnDesk, agrpc.AdminServiceServicer):
         if not self.rt.tokens.revoke(v.ident("token_id", request.token_id)):
             raise NotFound("access token", request.token_id)
         return apb.RevokeAccessTokenResponse()
+
+    # ------------------------------------------------------------- service channels
+
+    @rpc(audited=True)
+    async def DefineChannels(self, request: apb.DefineChannelsRequest, context: Any) -> Any:
+        names = self.rt.command(self.engine.define_channels, list(request.channels)).value
+        return apb.DefineChannelsResponse(channels=names)
+
+    @rpc
+    async def ListChannels(self, request: apb.ListChannelsRequest, context: Any) -> Any:
+        return apb.ListChannelsResponse(channels=self.engine.channels())
 
     @rpc
     async def ListAccessTokens(self, request: apb.ListAccessTokensRequest, context: Any) -> Any:

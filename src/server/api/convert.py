@@ -151,6 +151,71 @@ def session_out(s: model.Session) -> pb.Session:
             )
             for m in s.history
         ],
+        service_channel=s.service_channel,
+        preferred_rep_id=s.preferred_rep,
+        routing_step=step_state_out(s),
+    )
+
+
+def step_state_out(s: model.Session) -> pb.RoutingStepState | None:
+    if not s.steps or s.queue is None or s.queue.kind is not model.QueueKind.TEAM:
+        return None
+    return pb.RoutingStepState(
+        step=s.step,
+        step_count=len(s.steps),
+        kind=enum_out(pb.StepKind, "STEP_KIND_", s.steps[s.step].kind),
+        changes=[
+            pb.StepChange(time=timestamp(c.time), step=c.step, skipped=c.skipped)
+            for c in s.step_changes
+        ],
+    )
+
+
+def steps_in(steps: Any) -> tuple[model.RoutingStep, ...]:
+    """Unchecked, like settings_in: an unknown kind becomes None for the engine to
+    refuse with the rest."""
+    return tuple(
+        model.RoutingStep(
+            enum_or_none(pb.StepKind, "STEP_KIND_", model.StepKind, step.kind),
+            tuple((r.skill, r.min_level) for r in step.skills),
+            seconds_of(step.duration),
+        )
+        for step in steps
+    )
+
+
+def steps_out(steps: tuple[model.RoutingStep, ...]) -> list[pb.RoutingStep]:
+    return [
+        pb.RoutingStep(
+            kind=enum_out(pb.StepKind, "STEP_KIND_", step.kind),
+            skills=[pb.RequiredSkill(skill=k, min_level=lv) for k, lv in step.skills],
+            duration=duration(step.duration) if step.duration else None,
+        )
+        for step in steps
+    ]
+
+
+def capacity_in(p: pb.PermissionProfile) -> model.CapacityProfile | None:
+    if not p.HasField("capacity"):
+        return None
+    c = p.capacity
+    return model.CapacityProfile(
+        c.total_units,
+        tuple((ch.channel, ch.units) for ch in c.channels),
+        tuple((ch.channel, ch.max_sessions) for ch in c.channels if ch.max_sessions),
+    )
+
+
+def capacity_out(p: model.CapacityProfile | None) -> pb.CapacityProfile | None:
+    if p is None:
+        return None
+    limits = dict(p.limit)
+    return pb.CapacityProfile(
+        total_units=p.total,
+        channels=[
+            pb.ChannelCapacity(channel=ch, units=units, max_sessions=limits.get(ch, 0))
+            for ch, units in p.cost
+        ],
     )
 
 
@@ -227,6 +292,7 @@ def permissions_in(p: pb.PermissionProfile) -> model.Permissions:
         may_transfer=p.may_transfer,
         may_use_general_queue=p.may_use_general_queue,
         shown_on_public_site=p.shown_on_public_site,
+        capacity=capacity_in(p),
     )
 
 
@@ -239,6 +305,7 @@ def permissions_out(p: model.Permissions) -> pb.PermissionProfile:
         may_transfer=p.may_transfer,
         may_use_general_queue=p.may_use_general_queue,
         shown_on_public_site=p.shown_on_public_site,
+        capacity=capacity_out(p.capacity),
     )
 
 
@@ -279,6 +346,7 @@ def settings_in(s: admin_pb.QueueSettings) -> model.QueueSettings:
         wrap_up=seconds_of(s.wrap_up),
         max_missed_offers=s.max_missed_offers,
         service_level_threshold=seconds_of(s.service_level_threshold, 20.0),
+        steps=steps_in(s.steps),
     )
 
 
@@ -289,6 +357,7 @@ def settings_out(s: model.QueueSettings) -> admin_pb.QueueSettings:
         wrap_up=duration(s.wrap_up),
         max_missed_offers=s.max_missed_offers,
         service_level_threshold=duration(s.service_level_threshold),
+        steps=steps_out(s.steps),
     )
     if s.waiting_rule is not None:
         w = s.waiting_rule
@@ -325,6 +394,8 @@ def issue_type_in(it: admin_pb.IssueType) -> model.IssueType:
         it.team_id,
         tuple((r.skill, r.min_level) for r in it.required_skills),
         it.priority,
+        steps_in(it.steps),
+        it.service_channel,
     )
 
 
@@ -335,6 +406,8 @@ def issue_type_out(it: model.IssueType) -> admin_pb.IssueType:
         team_id=it.team_id,
         priority=it.priority,
         required_skills=[pb.RequiredSkill(skill=k, min_level=lv) for k, lv in it.required_skills],
+        steps=steps_out(it.steps),
+        service_channel=it.channel,
     )
 
 

@@ -59,6 +59,10 @@ def check_start(request: ipb.StartSessionRequest) -> None:
         c(v.ident, via, getattr(request, via))
     elif via == "session_key" and len(request.session_key) > v.MAX_SESSION_KEY_LEN:
         c.add("session_key", f"at most {v.MAX_SESSION_KEY_LEN} characters")
+    if request.service_channel:
+        c(v.ident, "service_channel", request.service_channel)
+    if request.preferred_rep_id:
+        c(v.ident, "preferred_rep_id", request.preferred_rep_id)
     c.done()
 
 
@@ -101,23 +105,31 @@ class IntakeServicer(OnDesk, igrpc.IntakeServiceServicer):
         customer = convert.customer_in(request.customer, request.HasField("customer"))
         via = request.WhichOneof("via")
         e, mine = self.engine, portal()
+        channel = request.service_channel or None  # unset: the issue type's, or none
+        prefer = request.preferred_rep_id
         if via == "session_key":
             address = request.customer_address or peer
             outcome = self.rt.command(
-                e.start_with_key, request.session_key, customer, mine, address
+                e.start_with_key, request.session_key, customer, mine, address, channel
             )
         elif via == "public_rep_id":
-            outcome = self.rt.command(e.start_with_rep, request.public_rep_id, customer, mine)
+            outcome = self.rt.command(
+                e.start_with_rep, request.public_rep_id, customer, mine, channel
+            )
         elif via == "support_button_id":
             outcome = self.rt.command(
-                e.start_from_button, request.support_button_id, customer, mine
+                e.start_from_button, request.support_button_id, customer, mine, channel, prefer
             )
         elif via == "issue_type_id":
-            outcome = self.rt.command(e.start_from_issue, request.issue_type_id, customer, mine)
+            outcome = self.rt.command(
+                e.start_from_issue, request.issue_type_id, customer, mine, channel, prefer
+            )
         elif via == "help_link_id":
-            outcome = self.rt.command(e.start_from_help_link, request.help_link_id, customer, mine)
+            outcome = self.rt.command(
+                e.start_from_help_link, request.help_link_id, customer, mine, channel, prefer
+            )
         elif via == "undesignated":
-            outcome = self.rt.command(e.start_undesignated, customer, mine)
+            outcome = self.rt.command(e.start_undesignated, customer, mine, channel)
         else:
             raise InvalidArgument("via", "name how the session starts")
         session = outcome.value

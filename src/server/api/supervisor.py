@@ -12,6 +12,7 @@ from assigncore import stats as st
 from assigncore import validation as v
 from assigncore.engine import Engine
 from assigncore.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from assigncore.explain import Candidate
 from assigncore.model import QueueKind, QueueRef, Session, SessionState
 from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import supervisor_service_pb2 as spb
@@ -85,6 +86,11 @@ def statistics_out(s: st.DeskStatistics) -> spb.Statistics:
                 staffed=t.staffed,
                 available=t.available,
                 busy=t.busy,
+                capacity_units=t.capacity_units,
+                channels=[
+                    spb.ChannelUse(channel=c.channel, sessions=c.sessions, units=c.units)
+                    for c in t.channels
+                ],
             )
             for t in s.teams
         ],
@@ -153,6 +159,23 @@ class Scope:
         if not self.has_session(s):
             raise NotFound("session", session_id)
         return s
+
+
+def candidate_out(c: Candidate) -> spb.RoutingCandidate:
+    out = spb.RoutingCandidate(
+        rep_id=c.rep_id,
+        reasons=[
+            convert.enum_out(spb.NotOfferedReason, "NOT_OFFERED_REASON_", r) for r in c.reasons
+        ],
+        score=c.major,
+        load=c.load,
+    )
+    if c.missing_skill is not None:
+        skill, level = c.missing_skill
+        out.missing_skill.CopyFrom(pb.RequiredSkill(skill=skill, min_level=level))
+    if not c.reasons:
+        out.available_since.CopyFrom(convert.timestamp(c.available_since))
+    return out
 
 
 class SupervisorServicer(OnDesk, sgrpc.SupervisorServiceServicer):
@@ -276,6 +299,31 @@ class SupervisorServicer(OnDesk, sgrpc.SupervisorServiceServicer):
                 for d in s.declines
             ],
         )
+
+    @rpc
+    async def ExplainRouting(self, request: spb.ExplainRoutingRequest, context: Any) -> Any:
+        s = self._scope().session(request.session_id)
+        self.rt.tick()  # timers due by now fire first: the step is the current one
+        x = self.engine.explain_routing(s.id)
+        out = spb.ExplainRoutingResponse(
+            session=self.rt.session_message(self.engine.session(s.id)),
+            routed=x.routed,
+            next_rep_id=x.best_rep_id,
+            offered_to_rep_id=x.offered_to,
+            candidates=[candidate_out(c) for c in x.candidates],
+        )
+        if x.decision is not None:
+            d = x.decision
+            out.decision.CopyFrom(
+                spb.RoutingDecision(
+                    step=d.step,
+                    eligible_members=d.candidates,
+                    score=d.major,
+                    load=d.load,
+                    available_since=convert.timestamp(d.available_since),
+                )
+            )
+        return out
 
     @rpc(audited=True)
     async def PullSession(self, request: spb.PullSessionRequest, context: Any) -> Any:

@@ -456,6 +456,9 @@ class Hub:
         audience = [r for r in self.audience(s.queue) if r != skip]
         self._item(CHANGED, s.queue, session_id, time, audience)
 
+    def _on_StepChanged(self, e: ev.StepChanged) -> None:
+        self._changed(e.session_id, e.time)  # the item shows its routing step
+
     def _on_OfferMade(self, e: ev.OfferMade) -> None:
         if e.rep_id not in self.feeds:  # only a connected rep is offered anything
             return

@@ -10,12 +10,15 @@ from assigncore.errors import DomainError
 from assigncore.model import (
     GENERAL_QUEUE,
     Algorithm,
+    CapacityProfile,
     HelpLink,
     IssueType,
     Permissions,
     QueueRef,
     QueueSettings,
+    RoutingStep,
     RuleAction,
+    StepKind,
     SupportButton,
     Target,
     TeamKind,
@@ -47,6 +50,41 @@ def _target(entry: dict[str, Any], where: str) -> Target:
     return Target(rep_id=entry.get("rep", ""), team_id=entry.get("team", ""))
 
 
+def routing_steps(entry: dict[str, Any], where: str) -> tuple[RoutingStep, ...]:
+    """`steps = [{ kind = "SKILLS", skills = [["french", 5]], duration = 60 }, ...]`"""
+    steps = entry.get("steps", [])
+    if not isinstance(steps, list) or not all(isinstance(x, dict) for x in steps):
+        raise ConfigError(f"{where}: steps is a list of tables")
+    out = []
+    for i, step in enumerate(steps):
+        unknown = set(step) - {"kind", "skills", "duration"}
+        if unknown:
+            raise ConfigError(f"{where}: steps[{i}]: unknown keys {sorted(unknown)}")
+        out.append(
+            RoutingStep(
+                _enum(StepKind, step.get("kind", "ANY"), f"{where}: steps[{i}]"),
+                tuple(tuple(x) for x in step.get("skills", [])),
+                step.get("duration", 0.0),
+            )
+        )
+    return tuple(out)
+
+
+def capacity_profile(perms: dict[str, Any], where: str) -> dict[str, Any]:
+    """`capacity = { total = 3, cost = { chat = 1, voice = 2 }, limit = { voice = 1 } }`
+    in a rep's permissions becomes a CapacityProfile."""
+    c = perms.get("capacity")
+    if c is None:
+        return perms
+    if not isinstance(c, dict) or set(c) - {"total", "cost", "limit"}:
+        raise ConfigError(f"{where}: capacity has total, cost and limit")
+    cost, limit = c.get("cost", {}), c.get("limit", {})
+    if not isinstance(cost, dict) or not isinstance(limit, dict):
+        raise ConfigError(f"{where}: capacity cost and limit are tables of channel = number")
+    profile = CapacityProfile(c.get("total", 0), tuple(cost.items()), tuple(limit.items()))
+    return {**perms, "capacity": profile}
+
+
 def queue_settings(entry: dict[str, Any], where: str) -> QueueSettings:
     rule = None
     if "waiting_rule" in entry:
@@ -63,6 +101,7 @@ def queue_settings(entry: dict[str, Any], where: str) -> QueueSettings:
         wrap_up=entry.get("wrap_up", 0.0),
         max_missed_offers=entry.get("max_missed_offers", 0),
         service_level_threshold=entry.get("service_level_threshold", 20.0),
+        steps=routing_steps(entry, where),
     )
 
 
@@ -78,6 +117,11 @@ def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
         except (TypeError, KeyError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
 
+    channels = desk.get("channels", [])
+    if channels:
+        if not isinstance(channels, list):
+            raise ConfigError("channels: a list of service channel names")
+        apply("channels", engine.define_channels, channels)
     teams = desk.get("teams", [])
     for i, t in enumerate(teams):
         where = f"teams[{i}] ({t.get('id', '?')})"
@@ -88,6 +132,8 @@ def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
             None,
             settings.wrap_up,
             settings.max_missed_offers,
+            settings.service_level_threshold,
+            settings.steps,
         )
         apply(
             where,
@@ -113,7 +159,7 @@ def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
             r.get("id"),
             r.get("name", r.get("id")),
             skills=r.get("skills", {}),
-            permissions=Permissions(**perms),
+            permissions=Permissions(**capacity_profile(perms, where)),
             teams=r.get("teams", []),
         )
     for i, it in enumerate(desk.get("issue_types", [])):
@@ -128,6 +174,8 @@ def load_desk(engine: Engine, tokens: TokenStore, desk: dict[str, Any]) -> None:
                 it.get("team"),
                 skills,
                 it.get("priority", 0),
+                routing_steps(it, where),
+                it.get("channel", ""),
             ),
         )
     entries = (

@@ -58,7 +58,7 @@ QUEUE_COLUMNS = (
     "Aband.% today",
     "Arrivals 15m",
 )
-TEAM_COLUMNS = ("Team", "Staffed", "Available", "Busy", "Occupancy")
+TEAM_COLUMNS = ("Team", "Staffed", "Available", "Busy", "Occupancy", "Channels")
 REP_COLUMNS = ("Rep", "State", "For", "Load", "Teams")
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -295,10 +295,21 @@ def team_rows(stats: spb.Statistics) -> list[tuple[str, list[Text]]]:
                 num(t.available, "green" if t.available else "red"),
                 num(t.busy),
                 rate(t.busy, t.busy + t.available),
+                Text(channel_use(t)),
             ],
         )
         for t in stats.teams
     ]
+
+
+def channel_use(t: spb.TeamStatistics) -> str:
+    """Sessions in hand per service channel; with capacity profiles, the share of the
+    units signed in that they use: "chat 3 · voice 1 · 5/12u 42%"."""
+    parts = [f"{c.channel or 'default'} {c.sessions}" for c in t.channels]
+    if t.capacity_units:
+        used = sum(c.units for c in t.channels)
+        parts.append(f"{used}/{t.capacity_units}u {100 * used // t.capacity_units}%")
+    return " · ".join(parts)
 
 
 def arrivals(stats: spb.Statistics) -> list[int]:
