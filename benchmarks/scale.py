@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py --json            # small and large desk, full samples
     python benchmarks/scale.py --json --quick    # fewer samples and a 200k backlog
+    python benchmarks/scale.py --json --steps    # every issue type with three routing steps
 
 Each desk is built through engine commands, in a process of its own (so its RSS is its
 own), on a manual clock:
@@ -10,6 +11,10 @@ own), on a manual clock:
   positions and pages; the issue's "nothing waiting" desk plus those);
 - large: 10,000 teams, 100,000 reps, 1,000,000 sessions waiting, almost all of them in
   ten backlogged "storm" queues whose members are offline.
+
+With --steps, every issue type has three routing steps (a skill at level 6 for 30 s,
+at level 2 for 60 s, then anyone), and the storm teams' members are signed in but
+locked, so every backlogged session waits out its first step in a step FIFO.
 
 Both desks have the same probes: 20 probe teams of connected reps with no backlog of
 their own, where lifecycles run (one rep per lifecycle), and a storm queue for Get Next,
@@ -37,6 +42,8 @@ from assigncore.model import (
     IssueType,
     Permissions,
     QueueSettings,
+    RoutingStep,
+    StepKind,
     SupportButton,
     Target,
     team_queue,
@@ -51,6 +58,11 @@ N_STORMS = 10
 N_PROBES = 20
 PROBE_REPS = 5  # connected reps per probe team
 CUSTOMER = Customer("Carol", "ACME", "printer on fire")
+THREE_STEPS = (
+    RoutingStep(StepKind.SKILLS, (("storage", 6),), 30.0),
+    RoutingStep(StepKind.SKILLS, (("storage", 2),), 60.0),
+    RoutingStep(),
+)
 
 
 class Clock:
@@ -70,9 +82,11 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def build(n_teams: int, n_reps: int) -> Engine:
+def build(n_teams: int, n_reps: int, steps: bool = False) -> Engine:
     """The directory: teams, reps (connected, but for the storm teams'), issue types,
-    buttons and links."""
+    buttons and links. With `steps`, issue types have three routing steps and the storm
+    teams' members are connected and locked (they could match, so nobody skips)."""
+    listed = THREE_STEPS if steps else ()
     e = Engine(Clock(), EngineConfig(ended_retention=60.0))
     for t in range(n_teams):
         e.create_team(f"t{t}", f"Team {t}", settings=QueueSettings(Algorithm.LEAST_BUSY))
@@ -88,14 +102,18 @@ def build(n_teams: int, n_reps: int) -> Engine:
             first = base + r % (n_teams - base)
             teams = [f"t{first}"] + ([f"t{base + (r * 7) % (n_teams - base)}"] if r % 2 else [])
             teams = list(dict.fromkeys(teams))
-        e.create_rep(f"r{r}", f"Rep {r}", permissions=perms, teams=teams)
+        skills = {"storage": 7} if steps else None
+        e.create_rep(f"r{r}", f"Rep {r}", skills=skills, permissions=perms, teams=teams)
         if r >= N_STORMS:
             e.connect(f"r{r}")
+        elif steps:
+            e.connect(f"r{r}")
+            e.set_locked(f"r{r}", True)
     for t in range(N_STORMS):
-        e.create_issue_type(IssueType(f"storm{t}", "Storm", f"t{t}"))
+        e.create_issue_type(IssueType(f"storm{t}", "Storm", f"t{t}", steps=listed))
     for p in range(N_PROBES):
         team = f"t{N_STORMS + p}"
-        e.create_issue_type(IssueType(f"probe{p}", "Probe", team))
+        e.create_issue_type(IssueType(f"probe{p}", "Probe", team, steps=listed))
         e.create_support_button(SupportButton(f"btn{p}", "Button", Target(team_id=team)))
         e.create_help_link(HelpLink(f"link{p}", "Link", Target(team_id=team)))
     return e
@@ -194,7 +212,7 @@ def measure(e: Engine, samples: int, times: dict[str, list[float]], first: int =
     e._assign = real_assign  # type: ignore[method-assign]
 
 
-def child(desk: str, quick: bool) -> None:
+def child(desk: str, quick: bool, steps: bool) -> None:
     """One desk, driven over stdin by the parent: `round N` times N samples of every
     command; `report` prints the figures. Rounds of the two desks alternate, so drift on
     a shared machine falls on both alike."""
@@ -203,7 +221,7 @@ def child(desk: str, quick: bool) -> None:
         size["waiting"] = QUICK_WAITING
     gc.disable()  # building: nothing to collect, and the collector's walks grow with the heap
     t0 = time.perf_counter()
-    engine = build(size["teams"], size["reps"])
+    engine = build(size["teams"], size["reps"], steps)
     directory_rss = rss_mb()
     backlog(engine, size["waiting"])
     built = time.perf_counter() - t0
@@ -212,6 +230,7 @@ def child(desk: str, quick: bool) -> None:
     rss = rss_mb()
     result: dict[str, Any] = {
         "desk": desk,
+        "steps": steps,
         **size,
         "build_s": round(built, 1),
         "rss_mb": round(rss, 1),
@@ -240,15 +259,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="fewer samples, 200k backlog")
+    parser.add_argument("--steps", action="store_true", help="three routing steps everywhere")
     parser.add_argument("--desk", choices=sorted(DESKS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     samples = 200 if args.quick else 2000
     if args.desk:  # a child: one desk
-        child(args.desk, args.quick)
+        child(args.desk, args.quick, args.steps)
         return
     children = {}
     for desk in ("small", "large"):  # built one after the other, each in its own process
         cmd = [sys.executable, __file__, "--desk", desk] + (["--quick"] if args.quick else [])
+        cmd += ["--steps"] if args.steps else []
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdin is not None
         if proc.stdout.readline().strip() != "ready":
@@ -277,6 +298,7 @@ def main() -> None:
     }
     report = {
         "quick": args.quick,
+        "steps": args.steps,
         "small": results["small"],
         "large": results["large"],
         "large_over_small_p50": ratios,

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from assigncore.client import AssignCoreError, Connection, Supervisor
 from assigncore.v1 import admin_service_pb2 as apb
 from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import console_service_pb2 as cpb
@@ -154,6 +155,13 @@ async def test_explain_is_scoped_to_the_supervisors_teams(live):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await explain(live, theirs.id)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # the client library's typed call: the same answer, the same refusal
+    async with Connection(f"127.0.0.1:{live.port}", token=FRENCH_SUPERVISOR) as conn:
+        typed = await Supervisor(conn).explain_routing(mine.id)
+        assert typed.session.id == mine.id and typed.routed
+        with pytest.raises(AssignCoreError) as refused:
+            await Supervisor(conn).explain_routing(theirs.id)
+        assert refused.value.code == grpc.StatusCode.NOT_FOUND
     admin_view = await explain(live, theirs.id, ADMIN)
     assert [c.rep_id for c in admin_view.candidates] == ["olga"]
     assert list(admin_view.candidates[0].reasons) == [REASON.NOT_OFFERED_REASON_OFFLINE]

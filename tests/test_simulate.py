@@ -15,6 +15,7 @@ from assigncore_server import config
 from assigncore_server.tools import check, erlang, staffing
 from assigncore_server.tools.simulate import Simulation
 from assigncore_server.tools.traffic import TrafficError, parse
+from assigncore_server.tools.traffic import load as load_traffic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,3 +211,71 @@ def test_get_next_serves_a_queue_without_automatic_assignment() -> None:
     assert polled.longest <= 20 + 1e-9  # a free rep takes it at its next poll
     with pytest.raises(TrafficError, match="get_next_every"):
         parse(traffic(behaviour={"get_next_every": -1}))
+
+
+def examples(name: str) -> Path:
+    return ROOT / "examples" / "routing" / name
+
+
+def run_desk(desk: str, model: str, seed: int = 1):
+    settings = config.load(examples(desk))
+    traffic_model = load_traffic(examples(model))
+    return Simulation(settings, traffic_model, seed=seed).run()
+
+
+def test_desks_compared_meet_the_very_same_customers() -> None:
+    """Common random numbers: arrivals, handle times and patience come from each
+    stream's own generator, so what two desks do differently cannot change who comes."""
+    a = run_desk("one-step.toml", "specialists-traffic.toml")
+    b = run_desk("three-steps.toml", "specialists-traffic.toml")
+    for name in ("database", "question"):
+        assert [c.arrived for c in a.issue_types[name]] == [c.arrived for c in b.issue_types[name]]
+    arrivals = sorted(r.arrived for r in a.customers)
+    assert arrivals == sorted(r.arrived for r in b.customers)
+    total = a.issue_totals("database")
+    assert total.arrived == total.answered + total.abandoned + sum(
+        1
+        for r in a.customers
+        if r.issue_type == "database" and r.answered is None and not r.abandoned
+    )
+
+
+def test_widening_steps_serve_a_short_staffed_specialty_better() -> None:
+    """The README's first table: three steps against one, the same customers."""
+    one = run_desk("one-step.toml", "specialists-traffic.toml").issue_totals("database")
+    three = run_desk("three-steps.toml", "specialists-traffic.toml").issue_totals("database")
+    assert three.service_level > one.service_level
+    assert three.asa < one.asa and three.abandon_rate < one.abandon_rate
+
+
+def test_capacity_by_channel_lets_chats_share_a_rep() -> None:
+    """The README's second table: chats wait far less when a rep holds several."""
+    single = run_desk("max-sessions.toml", "channels-traffic.toml")
+    blended = run_desk("capacity-blended.toml", "channels-traffic.toml")
+    assert blended.issue_totals("chat").asa < single.issue_totals("chat").asa
+    assert blended.concurrency("contact") > 1 >= single.concurrency("contact")
+    # reps never held more than their profile allows: one call and a chat, or three chats
+    assert single.concurrency("contact") <= 1
+
+
+def test_the_command_line_compares_desks(tmp_path) -> None:
+    out_json = tmp_path / "compare.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "assigncore_server.cli", "simulate",
+         str(examples("max-sessions.toml")), str(examples("channels-traffic.toml")),
+         "--compare", str(examples("capacity.toml")),
+         "--compare", str(examples("capacity-blended.toml")), "--json", str(out_json)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    head = done.stdout.splitlines()[2].split()
+    assert head == ["max-sessions", "capacity", "capacity-blended"]
+    assert "issue type chat" in done.stdout and "sessions in hand" in done.stdout
+    assert len(json.loads(out_json.read_text())) == 3
+    missing = subprocess.run(
+        [sys.executable, "-m", "assigncore_server.cli", "simulate",
+         str(examples("max-sessions.toml")), str(examples("channels-traffic.toml")),
+         "--compare", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "nope.toml" in missing.stderr

@@ -35,7 +35,7 @@ from .errors import (
 )
 
 # Reads are safe to retry on another server; so are writes with a request_id.
-READ_PREFIXES = ("Get", "List", "Search", "Inspect")
+READ_PREFIXES = ("Get", "List", "Search", "Inspect", "Explain")
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -266,6 +266,10 @@ class Supervisor(_Service):
     async def statistics(self, team_ids: Iterable[str] = ()) -> spb.Statistics:
         reply = await self.call("GetStatistics", spb.GetStatisticsRequest(team_ids=list(team_ids)))
         return reply.statistics
+
+    async def explain_routing(self, session_id: str) -> spb.ExplainRoutingResponse:
+        """Why the session is, or is not, offered to each rep of its team (a read)."""
+        return await self.call("ExplainRouting", spb.ExplainRoutingRequest(session_id=session_id))
 
     async def watch_statistics(
         self,

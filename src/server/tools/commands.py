@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from .. import config
@@ -39,6 +40,14 @@ def add_simulate_parser(sub: Any) -> None:
     p.add_argument("--staff", action="store_true", help="the fewest reps per team and interval")
     p.add_argument("--check", action="store_true", help="compare the engine with queueing theory")
     p.add_argument("--quick", action="store_true", help="with --check: fewer customers")
+    p.add_argument(
+        "--compare",
+        metavar="DESK2",
+        action="append",
+        default=[],
+        help="run another desk under the same customers (traffic and seed) and compare "
+        "them; repeat for more desks",
+    )
 
 
 def simulate_command(args: argparse.Namespace) -> int:
@@ -56,9 +65,25 @@ def simulate_command(args: argparse.Namespace) -> int:
     except (config.ConfigError, TrafficError, OSError) as exc:
         print(f"assigncore simulate: {exc}", file=sys.stderr)
         return 2
+    others = []
+    try:
+        for path in args.compare:
+            others.append((path, config.load(path)))
+    except (config.ConfigError, OSError) as exc:
+        print(f"assigncore simulate: {exc}", file=sys.stderr)
+        return 2
     started = time.process_time()
     result = Simulation(settings, traffic, seed=args.seed).run()
     cpu = time.process_time() - started
+    if others:
+        runs = [(args.desk, result)]
+        runs += [(path, Simulation(s, traffic, seed=args.seed).run()) for path, s in others]
+        print(f"the same customers ({args.traffic}, seed {args.seed}) on {len(runs)} desks\n")
+        print(report.compare([(Path(path).stem, r) for path, r in runs]))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({path: r.as_dict() for path, r in runs}, f, indent=2)
+        return 0
     print(report.table(result, args.target))
     speed = result.simulated_customers / cpu if cpu else 0.0
     print(

@@ -45,6 +45,20 @@ def table(report: Report, target: float | None = None) -> str:
                 f"{offers:>11}{c.rejected:>9}{c.timed_out:>10}"
             )
         out.append("")
+    if report.issue_types:
+        out.append("by issue type, whole day (waits from the customer's arrival)")
+        out.append(f"{'issue type':<18}" + header[9:])
+        for name in sorted(report.issue_types):
+            c = report.issue_totals(name)
+            level = c.service_level
+            mark = "" if target is None or level is None or level >= target else " !"
+            offers = f"{c.offers / c.answered:.2f}" if c.answered else "-"
+            out.append(
+                f"{name[:17]:<18}{c.arrived:>8}{c.answered:>9}{c.abandoned:>7}"
+                f"{_pct(level) + mark:>6}{_secs(c.asa):>7}{_secs(c.longest):>9}"
+                f"{offers:>11}{c.rejected:>9}{c.timed_out:>10}"
+            )
+        out.append("")
     teams = [team for team in sorted(report.staffed) if any(report.staffed[team])]
     if teams:
         out.append("occupancy (busy time over signed-in time, breaks excluded)")
@@ -55,6 +69,50 @@ def table(report: Report, target: float | None = None) -> str:
                 + "".join(f"{_pct(report.occupancy(team, i)):>13}" for team in teams)
             )
     return "\n".join(out)
+
+
+def _worst(per: list[Any]) -> float | None:
+    levels = [c.service_level for c in per if c.service_level is not None]
+    return min(levels) if levels else None
+
+
+def _concurrency(r: Report, team: str) -> str:
+    value = r.concurrency(team)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def compare(runs: list[tuple[str, Report]]) -> str:
+    """Desks under the same traffic, side by side: per issue type (waits from the
+    customer's arrival) and per team, the whole day and the worst interval."""
+    width = max(10, *(len(label) for label, _ in runs))
+    rows = [f"{'':<22}" + "  ".join(f"{label:>{width}}" for label, _ in runs)]
+
+    def line(name: str, values: list[str]) -> None:
+        rows.append(f"{name:<22}" + "  ".join(f"{v:>{width}}" for v in values))
+
+    def cells(name: str, measure: Any, fmt: Any) -> list[str]:
+        return [
+            fmt(measure(r.issue_totals(name))) if name in r.issue_types else "-" for _, r in runs
+        ]
+
+    issue_types = sorted({name for _, r in runs for name in r.issue_types})
+    for name in issue_types:
+        rows.append(f"issue type {name}")
+        line("  service level", cells(name, lambda c: c.service_level, _pct))
+        line(
+            "  worst interval SL",
+            [_pct(_worst(r.issue_types[name])) if name in r.issue_types else "-" for _, r in runs],
+        )
+        line("  average wait", cells(name, lambda c: c.asa, _secs))
+        line("  longest wait", cells(name, lambda c: c.longest, _secs))
+        line("  abandoned", cells(name, lambda c: c.abandon_rate, _pct))
+    teams = sorted(set.intersection(*(set(r.staffed) for _, r in runs)))
+    for team in teams:
+        if any(any(r.staffed[team]) for _, r in runs):
+            rows.append(f"team {team}")
+            line("  occupancy", [_pct(r.occupancy(team)) for _, r in runs])
+            line("  sessions in hand", [_concurrency(r, team) for _, r in runs])
+    return "\n".join(rows)
 
 
 def plot(report: Report, path: str | Path, target: float | None = None) -> None:

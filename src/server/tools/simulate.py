@@ -120,6 +120,7 @@ class Record:
     answered: float | None = None
     wait: float | None = None  # from entering its last queue to the answer
     abandoned: bool = False
+    issue_type: str = ""  # the arrival stream's
 
 
 @dataclass
@@ -139,13 +140,34 @@ class Report:
     queues: dict[str, list[Counts]]
     staffed: dict[str, list[float]]  # team -> seconds of staffed rep time per interval
     busy: dict[str, list[float]]  # team -> seconds of busy rep time per interval
+    # By arrival stream (issue type): waits from the customer's arrival, whatever the
+    # queues it went through.
+    issue_types: dict[str, list[Counts]] = field(default_factory=dict)
+    held: dict[str, list[float]] = field(default_factory=dict)  # team -> session-seconds
     customers: list[Record] = field(default_factory=list, repr=False)
     events: int = 0
     simulated_customers: int = 0
 
-    def occupancy(self, team: str, i: int) -> float | None:
-        staffed = self.staffed[team][i]
-        return self.busy[team][i] / staffed if staffed else None
+    def occupancy(self, team: str, i: int | None = None) -> float | None:
+        """Busy time over signed-in time (breaks excluded): in interval i, or all day."""
+        staffed = sum(self.staffed[team]) if i is None else self.staffed[team][i]
+        busy = sum(self.busy[team]) if i is None else self.busy[team][i]
+        return busy / staffed if staffed else None
+
+    def concurrency(self, team: str, i: int | None = None) -> float | None:
+        """Sessions in hand on average over signed-in time: above 1, reps work several
+        sessions at once (capacity by channel)."""
+        staffed = sum(self.staffed[team]) if i is None else self.staffed[team][i]
+        held = self.held.get(team)
+        if not staffed or held is None:
+            return None
+        return (sum(held) if i is None else held[i]) / staffed
+
+    def issue_totals(self, issue_type: str) -> Counts:
+        total = Counts()
+        for c in self.issue_types[issue_type]:
+            total.add(c)
+        return total
 
     def totals(self, queue: str) -> Counts:
         total = Counts()
@@ -166,8 +188,19 @@ class Report:
                 }
                 for name, counts in sorted(self.queues.items())
             },
+            "issue_types": {
+                name: {
+                    "total": self.issue_totals(name).as_dict(),
+                    "per_interval": [c.as_dict() for c in counts],
+                }
+                for name, counts in sorted(self.issue_types.items())
+            },
             "occupancy": {
                 team: [_round(self.occupancy(team, i), 4) for i in range(t.intervals)]
+                for team in sorted(self.staffed)
+            },
+            "concurrency": {
+                team: [_round(self.concurrency(team, i), 4) for i in range(t.intervals)]
                 for team in sorted(self.staffed)
             },
             "simulated_customers": self.simulated_customers,
@@ -179,7 +212,14 @@ class Simulation:
 
     def __init__(self, settings: Settings, traffic: Traffic, seed: int = 1) -> None:
         self.traffic = traffic
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # reps' behaviour
+        # Each arrival stream draws its customers (arrival times, handle times,
+        # patience) from a generator of its own, so two desks run under the same
+        # traffic and seed meet the very same customers (common random numbers).
+        self.stream_rngs = {
+            id(stream): random.Random(f"{seed}:{i}:{stream.issue_type}")
+            for i, stream in enumerate(traffic.arrivals)
+        }
         self.now = T0
         self.events = 0
         self._handlers: dict[type, Callable[[Any], None]] = {}
@@ -208,6 +248,8 @@ class Simulation:
         n = traffic.intervals
         self.staffed = {t: [0.0] * n for t in teams}
         self.busy = {t: [0.0] * n for t in teams}
+        self.held = {t: [0.0] * n for t in teams}
+        self.issue_types: dict[str, list[Counts]] = {}
         self.reps: dict[str, RepClock] = {}
         for rep in self.engine.state.reps.values():
             self.reps[rep.id] = RepClock([t.id for t in self.engine.rep_teams(rep.id)])
@@ -264,6 +306,8 @@ class Simulation:
             self.queues,
             self.staffed,
             self.busy,
+            issue_types=self.issue_types,
+            held=self.held,
             customers=self.done,
             events=self.events,
             simulated_customers=len(self.done) + len(self.customers),
@@ -272,6 +316,12 @@ class Simulation:
     def _interval(self) -> int:
         i = int((self.now - T0) // self.traffic.interval)
         return min(max(i, 0), self.traffic.intervals - 1)
+
+    def _issue_counts(self, issue_type: str) -> Counts:
+        per = self.issue_types.get(issue_type)
+        if per is None:
+            per = self.issue_types[issue_type] = [Counts() for _ in range(self.traffic.intervals)]
+        return per[self._interval()]
 
     def _counts(self, queue: QueueRef) -> Counts:
         name = queue_name(queue)
@@ -301,7 +351,7 @@ class Simulation:
             if count <= 0:
                 t = boundary
                 continue
-            t += self.rng.expovariate(count / traffic.interval)
+            t += self.stream_rngs[id(stream)].expovariate(count / traffic.interval)
             if t < boundary:
                 self.at(t, self._arrive, stream)
                 return
@@ -312,13 +362,17 @@ class Simulation:
             outcome = self._try(self.engine.start_undesignated, CUSTOMER)
         else:
             outcome = self._try(self.engine.start_from_issue, stream.issue_type, CUSTOMER)
+        rng = self.stream_rngs[id(stream)]
+        handle = stream.handle_time.sample(rng)  # drawn whatever the desk does with it
+        patience = None if stream.patience is None else stream.patience.sample(rng)
         if outcome is not None:
             session = outcome.value
             customer = self.customers.get(session.id)
             if customer is not None:
-                customer.handle = stream.handle_time.sample(self.rng)
-                if stream.patience is not None and customer.answered is None:
-                    patience = stream.patience.sample(self.rng)
+                customer.issue_type = stream.issue_type
+                self._issue_counts(stream.issue_type).arrived += 1
+                customer.handle = handle
+                if patience is not None:
                     self.at(self.now + patience, self._give_up, session.id)
         self._next_arrival(stream, self.now)
 
@@ -346,6 +400,7 @@ class Simulation:
                 self.staffed[team][i] += piece
                 if clock.busy:
                     self.busy[team][i] += piece
+                    self.held[team][i] += piece * clock.busy
             start += piece
 
     def _sign_in(self, rep_id: str) -> None:
@@ -422,9 +477,20 @@ class Simulation:
             counts.within += 1
         if customer.answered is None:
             customer.answered, customer.wait = self.now, wait
+            if customer.issue_type:
+                self._issue_answered(customer)
         self._account(e.rep_id)
         self.reps[e.rep_id].busy += 1
         self.at(self.now + customer.handle, self._finish, e.rep_id, e.session_id)
+
+    def _issue_answered(self, customer: Record) -> None:
+        assert customer.answered is not None and customer.issue_type
+        counts = self._issue_counts(customer.issue_type)
+        wait = customer.answered - customer.arrived
+        counts.answered += 1
+        counts.wait_sum += wait
+        counts.longest = max(counts.longest, wait)
+        counts.within += wait <= self.traffic.threshold
 
     def _released(self, e: ev.OwnerReleased) -> None:
         clock = self.reps.get(e.rep_id)
@@ -442,4 +508,8 @@ class Simulation:
                 counts = self._counts(customer.queue)
                 counts.abandoned += 1
                 counts.longest = max(counts.longest, self.now - customer.entered)
+            if customer.issue_type:
+                counts = self._issue_counts(customer.issue_type)
+                counts.abandoned += 1
+                counts.longest = max(counts.longest, self.now - customer.arrived)
         self.done.append(customer)
