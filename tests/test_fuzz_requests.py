@@ -59,7 +59,7 @@ TOKEN = {
     "AdminService": ADMIN,
     "SupervisorService": ADMIN,
 }
-READS = re.compile(r"^(Get|List|Search|Watch|Inspect)")
+READS = re.compile(r"^(Get|List|Search|Watch|Inspect|Explain)")
 # An exception's class name in a status message: an internal error leaked.
 LEAK = re.compile(r"\b\w*(Error|Exception|Traceback)\b|object has no attribute|\bNoneType\b")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from assigncore.errors import InvalidArgument
-from assigncore.events import EligibilityChanged, StepChanged
+from assigncore.events import EligibilityChanged, SessionQueued, StepChanged
 from assigncore.explain import Reason
 from assigncore.model import (
     Algorithm,
@@ -127,6 +127,23 @@ def test_rule_14_a_step_nobody_signed_in_could_match_is_skipped_at_once():
     [change] = d.of(StepChanged, session_id=s.id)
     assert (change.step, change.skipped) == (2, 2)
     assert d.engine.state.step_fifos == {}  # the last step never expires
+    # told after the queue entry itself, so a console never hears of a change first
+    kinds = [type(e) for e in d.events if getattr(e, "session_id", None) == s.id]
+    assert kinds.index(SessionQueued) < kinds.index(StepChanged)
+
+
+def test_rule_13_a_rep_who_learns_a_steps_skill_is_offered_the_session():
+    d = steps_desk()
+    d.rep("fra", ["support"], skills={"french": 2}, connect=False)
+    d.rep("gone", ["support"], skills={"french": 9}, connect=False)
+    d.engine.connect("gone")
+    d.engine.set_locked("gone", True)  # signed in: step 2 holds, nobody eligible
+    t = start(d)
+    assert d.engine.session(t.id).step == 1
+    d.engine.connect("fra")
+    assert offered_to(d, t) is None  # fra is free but lacks French 5
+    d.engine.update_rep("fra", skills={"french": 6})
+    assert offered_to(d, t) == "fra"
 
 
 def test_rule_14_an_unknown_or_outside_preferred_rep_skips_the_step():

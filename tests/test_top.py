@@ -66,7 +66,7 @@ async def test_the_board_follows_the_statistics_stream(live):
         assert "Busy 1" in reps and "Offline 3" in reps
         assert cells(app.query_one("#rep-list", DataTable), "ann")["State"].plain == "Busy"
         teams = app.query_one("#teams", DataTable)
-        assert [str(c) for c in teams.get_row("support")][1:] == ["1", "0", "1", "100%"]
+        assert [str(c) for c in teams.get_row("support")][1:] == ["1", "0", "1", "100%", ""]
         spark = app.query_one("#arrivals", Sparkline)
         assert list(spark.data)[-3:] in ([0, 0, 2], [0, 1, 1], [1, 0, 1])  # two arrivals
         assert sum(spark.data) == 2
@@ -225,3 +225,19 @@ async def test_token_commands_and_the_client_config(live, tmp_path):
     assert code == 1 and "NOT_FOUND" in err
     code, _, err = await cli("token", "list", "--server", f"127.0.0.1:{live.port}")
     assert code == 1 and "UNAUTHENTICATED" in err
+
+
+def test_channel_use_per_team_on_the_board():
+    from assigncore.v1 import supervisor_service_pb2 as spb
+    from assigncore_server.ops.board import channel_use
+
+    plain = spb.TeamStatistics(channels=[spb.ChannelUse(channel="", sessions=4)])
+    assert channel_use(plain) == ""  # no channels declared: the column stays empty
+    blended = spb.TeamStatistics(
+        capacity_units=12,
+        channels=[
+            spb.ChannelUse(channel="chat", sessions=3, units=3),
+            spb.ChannelUse(channel="voice", sessions=1, units=2),
+        ],
+    )
+    assert channel_use(blended) == "chat 3 · voice 1 · 5/12u 41%"

@@ -374,6 +374,10 @@ def update_rep(
     if skill_map is not None:
         rep.skills = skill_map
         write_skills(st, rep)
+        if rep.eligible:  # it may now hold a routing step's skills (rule 13)
+            room = int(st.reps_table.room[rep.ordinal])
+            for t in sorted(rep.teams):
+                queue_order.gained(st, st.teams[t].ordinal, rep.ordinal, room)
     if team_ids is not None:
         for t in sorted(rep.teams - set(team_ids)):
             leave_team(st, st.teams[t], rep)

@@ -275,6 +275,8 @@ def enqueue(st: State, s: Session, queue: QueueRef, origin: Origin) -> None:
             )
     sync_slot(st, s)
     st.emit(SessionQueued(st.now, s.id, queue, origin))
+    if queue.kind is QueueKind.TEAM:
+        steps.announce(st, s)
 
 
 def dequeue(st: State, s: Session) -> QueueRef:

@@ -84,10 +84,19 @@ def could_match(st: State, s: Session, step: RoutingStep) -> bool:
 
 
 def start(st: State, s: Session) -> None:
-    """A team queue entry begins at the first step of its list."""
+    """A team queue entry begins at the first step of its list (or past the steps
+    nobody could match: `announce` tells of that once the entry itself is told)."""
     s.steps = steps_for(st, s)
     s.step_changes = ()
     enter(st, s, 0, initial=True)
+
+
+def announce(st: State, s: Session) -> None:
+    """After SessionQueued: the steps a new queue entry skipped at once, if any."""
+    if s.step_changes:
+        change = s.step_changes[-1]
+        assert s.queue is not None
+        st.emit(StepChanged(st.now, s.id, s.queue, change.step, len(s.steps), change.skipped))
 
 
 def enter(st: State, s: Session, step: int, initial: bool = False) -> None:
@@ -120,8 +129,9 @@ def enter(st: State, s: Session, step: int, initial: bool = False) -> None:
         _wait(st, s, step, current.duration)
     if not initial or skipped:
         s.step_changes += (StepChange(st.now, step, skipped),)
-        assert s.queue is not None
-        st.emit(StepChanged(st.now, s.id, s.queue, step, len(s.steps), skipped))
+        if not initial:
+            assert s.queue is not None
+            st.emit(StepChanged(st.now, s.id, s.queue, step, len(s.steps), skipped))
 
 
 def _wait(st: State, s: Session, step: int, duration: float) -> None:

@@ -305,6 +305,8 @@ def team_rows(stats: spb.Statistics) -> list[tuple[str, list[Text]]]:
 def channel_use(t: spb.TeamStatistics) -> str:
     """Sessions in hand per service channel; with capacity profiles, the share of the
     units signed in that they use: "chat 3 · voice 1 · 5/12u 42%"."""
+    if not t.capacity_units and all(not c.channel for c in t.channels):
+        return ""  # a desk without channels: nothing to tell apart
     parts = [f"{c.channel or 'default'} {c.sessions}" for c in t.channels]
     if t.capacity_units:
         used = sum(c.units for c in t.channels)
