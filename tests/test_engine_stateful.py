@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from assigncore.capacity import LOAD_SCALE
-from assigncore.columns import INELIGIBLE, LOAD_SHIFT
+from assigncore.columns import ALL_CHANNELS, INELIGIBLE, LOAD_SHIFT
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError
 from assigncore.events import OfferDeclined, OfferMade, OfferRescinded, SessionQueued
@@ -514,6 +514,7 @@ class EngineMachine(RuleBasedStateMachine):
         key = (t.load[: t.n].astype(np.int64) << LOAD_SHIFT) | t.avail[: t.n]
         assert (t.rank_key[: t.n] == np.where(ok, key, INELIGIBLE)).all()
         assert t.n_eligible == int(ok.sum())
+        assert t.narrow[0] == int((t.room[: t.n] != ALL_CHANNELS).sum())
 
     @invariant()
     def work_conserving(self):

@@ -21,25 +21,33 @@ include "_kernel_constants.pxi"
 # What narrows a session's candidates beyond eligibility (routing steps, capacity by
 # channel, declines). `excluded` is the one place these are tested, for ranking and for
 # explaining alike.
+# The columns it reads travel in the struct, so a ranking loop keeps one pointer live
+# for the rare call instead of six (the loop's registers are its speed).
 cdef struct Filter:
     uint16_t chan      # the session's channel bit; a rep needs it in its room mask
     int32_t only       # the one rep the session's step allows, or -1
     int strict         # how many of the requirements a rep must hold (a skills step)
     bint any_declined  # declined reps are marked in the marks column
+    bint check_room    # some rep lacks room for some channel (else every room is full)
+    const uint8_t* marks
+    const uint16_t* room
+    const level_t* skills      # the rep x skill matrix, `row` levels per rep
+    Py_ssize_t row
+    const int32_t* req_skill   # the session's requirements, most important first
+    const level_t* req_level
 
 
-cdef inline uint8_t excluded(ord_t r, const Filter* f, const uint8_t* marks,
-                             const uint16_t* room, const level_t* skill_row,
-                             const int32_t* req_skill, const level_t* req_level) noexcept nogil:
+cdef inline uint8_t excluded(ord_t r, const Filter* f) noexcept nogil:
     """WHY_* bits of what keeps an eligible rep `r` from the session; 0 = a candidate."""
     cdef uint8_t why = 0
-    if f.any_declined and marks[r]:
+    if f.any_declined and f.marks[r]:
         why |= WHY_DECLINED
-    if not (room[r] & f.chan):
+    if f.check_room and not (f.room[r] & f.chan):
         why |= WHY_NO_ROOM
     if f.only >= 0 and r != f.only:
         why |= WHY_NOT_PREFERRED
-    if f.strict and matched_prefix(skill_row, req_skill, req_level, f.strict) < f.strict:
+    if f.strict and matched_prefix(f.skills + r * f.row, f.req_skill, f.req_level,
+                                   f.strict) < f.strict:
         why |= WHY_MISSING_SKILL
     return why
 
@@ -106,6 +114,7 @@ cdef class RankKernel:
     cdef uint8_t[:, ::1] skills
     cdef uint8_t[::1] marks        # scratch: declined reps of the session being ranked
     cdef uint16_t[::1] room        # bit c: room for a session of service channel c
+    cdef int64_t[::1] narrow       # [0]: reps whose room is not every channel
     cdef Py_ssize_t n_reps
     # team columns: team t's members are team_members[team_start[t]:team_end[t]]
     cdef int32_t[::1] team_start
@@ -136,13 +145,15 @@ cdef class RankKernel:
 
     def bind_reps(self, int64_t[::1] rank_key, uint8_t[::1] flags,
                   uint8_t[:, ::1] skills, uint8_t[::1] marks, uint16_t[::1] room,
-                  Py_ssize_t n_reps):
+                  int64_t[::1] narrow, Py_ssize_t n_reps):
         if not (rank_key.shape[0] >= n_reps and flags.shape[0] >= n_reps
                 and skills.shape[0] >= n_reps and marks.shape[0] >= n_reps
-                and room.shape[0] >= n_reps and skills.shape[1] >= 1):
+                and room.shape[0] >= n_reps and skills.shape[1] >= 1
+                and narrow.shape[0] == 1):
             raise ValueError("rep columns are shorter than n_reps")
         self.rank_key, self.flags = rank_key, flags
         self.skills, self.marks, self.room, self.n_reps = skills, marks, room, n_reps
+        self.narrow = narrow
 
     def bind_teams(self, int32_t[::1] start, int32_t[::1] end, int32_t[::1] members,
                    int8_t[::1] alg, Py_ssize_t n_teams):
@@ -187,7 +198,7 @@ cdef class RankKernel:
 
     cdef ord_t _rank(self, const int32_t* cand, Py_ssize_t n, int algorithm,
                      const int32_t* req_skill, const level_t* req_level, int nreq,
-                     const Filter* f, Py_ssize_t* n_eligible) noexcept nogil:
+                     Filter* f, Py_ssize_t* n_eligible) noexcept nogil:
         """Best eligible candidate that `f` lets through, or -1. Reads one rank_key per
         candidate (load, then available_since, folded into an int64; INELIGIBLE if not
         eligible). The filter (declines, channel room, a step's one rep or its skills)
@@ -195,16 +206,20 @@ cdef class RankKernel:
         Counts eligible candidates (filtered or not) into n_eligible, or sets it to -1
         and returns -1 if a candidate ordinal is out of range (checked before use)."""
         cdef const int64_t* rank_key = &self.rank_key[0]
-        cdef const uint8_t* marks = &self.marks[0]
-        cdef const uint16_t* room = &self.room[0]
         cdef const uint8_t* skills = &self.skills[0, 0]
         cdef Py_ssize_t row = self.skills.shape[1]
         cdef policy_fn policy = POLICIES[algorithm]
         cdef ord_t best = -1, r
         cdef int64_t best_key = INELIGIBLE, k
         cdef int64_t best_major = INT64_MAX, major
+        cdef int64_t fast_best = INELIGIBLE - 1
         cdef Py_ssize_t i, ok = 0
         cdef uint32_t n_reps = <uint32_t>self.n_reps
+        cdef bint narrowed
+        f.req_skill, f.req_level = req_skill, req_level
+        # Most sessions on most desks have no filter at all: then the policy loop reads
+        # nothing but the rank key and the skill row (as it did before filters existed).
+        narrowed = f.any_declined | (f.only >= 0) | (f.strict != 0) | f.check_room
         if policy == NULL:
             for i in range(n):
                 r = cand[i]
@@ -216,13 +231,15 @@ cdef class RankKernel:
                     AC_PREFETCH(rank_key + <uint32_t>cand[i + PREFETCH_AHEAD])  # never faults
                 k = rank_key[r]
                 ok += k != INELIGIBLE
-                if AC_UNLIKELY(k <= best_key):
-                    if k == INELIGIBLE:
-                        continue
-                    if (k < best_key) | (r < best):
-                        if excluded(r, f, marks, room, skills + r * row, req_skill, req_level):
+                # fast_best starts below INELIGIBLE (every real key is below 2**62), so an
+                # ineligible rep never enters this branch, and no test for INELIGIBLE is
+                # left for the compiler to put first: with half the reps eligible that
+                # test is a coin toss for the branch predictor (5x slower when it was).
+                if AC_UNLIKELY(k <= fast_best):
+                    if (k < fast_best) | (r < best):
+                        if excluded(r, f):
                             continue
-                        best, best_key = r, k
+                        best, fast_best = r, k
         else:
             for i in range(n):
                 r = cand[i]
@@ -233,7 +250,7 @@ cdef class RankKernel:
                 if k == INELIGIBLE:
                     continue
                 ok += 1
-                if excluded(r, f, marks, room, skills + r * row, req_skill, req_level):
+                if narrowed and excluded(r, f):
                     continue
                 major = policy(skills + r * row, req_skill, req_level, nreq)
                 if ranks_before(major, k, r, best_major, best_key, best):
@@ -241,10 +258,21 @@ cdef class RankKernel:
         n_eligible[0] = ok
         return best
 
+    cdef inline void _columns(self, Filter* f) noexcept nogil:
+        """The columns a filter reads: set once per call into the kernel (`_rank` sets
+        the session's requirements)."""
+        f.marks, f.room = &self.marks[0], &self.room[0]
+        f.check_room = self.narrow[0] != 0
+        f.chan = 0xFFFF
+        f.skills, f.row = &self.skills[0, 0], self.skills.shape[1]
+
     cdef inline void _slot_filter(self, Py_ssize_t s, Filter* f) noexcept nogil:
-        f.chan = self.s_chan[s]
+        if f.check_room:  # (else every rep has room for every channel)
+            f.chan = self.s_chan[s]
         f.only = self.s_only[s]
-        f.strict = self.s_strict[s]
+        # Never past the requirement row (the table keeps strict <= nreq <= the width;
+        # the clamp keeps a damaged column from reading outside it, at no cost).
+        f.strict = min(self.s_strict[s], self.s_req_skill.shape[1])
         f.any_declined = self.s_decl_cnt[s] > 0
 
     cdef inline void _mark(self, const int32_t* reps, Py_ssize_t n, uint8_t value) noexcept nogil:
@@ -279,6 +307,7 @@ cdef class RankKernel:
         for i in range(nd):
             if <size_t>declined[i] >= <size_t>n_reps:
                 raise IndexError(f"declined rep ordinal {declined[i]} out of range")
+        self._columns(&f)
         f.chan, f.only, f.strict, f.any_declined = chan, only, strict, nd > 0
         with nogil:
             self._mark(&declined[0] if nd else _EMPTY_I32, nd, 1)
@@ -333,11 +362,11 @@ cdef class RankKernel:
             if self.s_decl_cnt[s] and (self.s_decl_off[s] < 0
                                        or self.s_decl_off[s] + self.s_decl_cnt[s] > pool_n):
                 raise IndexError(f"declined list of slot {s} is outside the pool")
-            self._check_slot(s)
         for k in range(pool_n):
             if decl_pool[k] < 0 or decl_pool[k] >= n_reps:
                 raise IndexError(f"declined rep ordinal {decl_pool[k]} out of range")
         with nogil:
+            self._columns(&f)
             for k in range(n):
                 if remaining == 0 or made == cap_out:
                     break
@@ -418,8 +447,10 @@ cdef class RankKernel:
         for i in range(nd):
             if <size_t>declined[i] >= <size_t>self.n_reps:
                 raise IndexError(f"declined rep ordinal {declined[i]} out of range")
+        self._columns(&f)
         self._slot_filter(s, &f)
         f.any_declined = nd > 0
+        f.req_skill, f.req_level = &self.s_req_skill[s, 0], &self.s_req_level[s, 0]
         policy = POLICIES[self.team_alg[t]]
         cdef const int32_t* req_skill = &self.s_req_skill[s, 0]
         cdef const level_t* req_level = &self.s_req_level[s, 0]
@@ -430,8 +461,7 @@ cdef class RankKernel:
                 r = self.team_members[start + i]
                 out_key[i] = self.rank_key[r]
                 out_why[i] = (WHY_INELIGIBLE if out_key[i] == INELIGIBLE else 0) | excluded(
-                    r, &f, &self.marks[0], &self.room[0], &self.skills[r, 0], req_skill,
-                    req_level)
+                    r, &f)
                 out_major[i] = 0 if policy == NULL else policy(&self.skills[r, 0], req_skill,
                                                                req_level, nreq)
             if self.team_alg[t] == ALG_NONE or n == 0:

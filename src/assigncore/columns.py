@@ -73,12 +73,15 @@ class RepTable(_Bound):
         self.marks = np.zeros(capacity, dtype=np.uint8)
         self.room = np.full(capacity, ALL_CHANNELS, dtype=np.uint16)
         self.serves = np.full(capacity, ALL_CHANNELS, dtype=np.uint16)  # ever has room
+        self.narrow = np.zeros(1, dtype=np.int64)  # reps whose room is not ALL_CHANNELS
         self.n_skills = 0
         self.n_eligible = 0  # reps whose rank_key is not INELIGIBLE, kept by refresh()
         self._bind()
 
     def _bind(self) -> None:
-        self.kernel.bind_reps(self.rank_key, self.flags, self.skills, self.marks, self.room, self.n)
+        self.kernel.bind_reps(
+            self.rank_key, self.flags, self.skills, self.marks, self.room, self.narrow, self.n
+        )
 
     def add(self) -> int:
         """A new rep ordinal (offline, no load, no skills). Ordinals are never reused."""
@@ -133,6 +136,11 @@ class RepTable(_Bound):
         """The kernel's pass set INELIGIBLE on `count` reps (their new pending offers)."""
         self.n_eligible -= count
 
+    def set_room(self, rep: int, room: int, serves: int) -> None:
+        """The channels the rep has room for now, and could ever have (rule 16)."""
+        self.narrow[0] += (room != ALL_CHANNELS) - (int(self.room[rep]) != ALL_CHANNELS)
+        self.room[rep], self.serves[rep] = room, serves
+
     def set_flag(self, rep: int, flag: int, on: bool) -> None:
         current = int(self.flags[rep])
         self.flags[rep] = (current | flag) if on else (current & ~flag & 0xFF)
@@ -158,6 +166,7 @@ class RepTable(_Bound):
         if ((self.avail[:n] < 0) | (self.avail[:n] > MAX_AVAIL_TICKS)).any():
             raise ValueError("available_since is outside the table's range")
         ok = (self.flags[:n] == 0) & (self.load[:n] < self.cap[:n]) & (self.room[:n] != 0)
+        self.narrow[0] = int((self.room[:n] != ALL_CHANNELS).sum())
         load = np.minimum(self.load[:n], MAX_RANKED_LOAD).astype(np.int64)
         self.rank_key[:n] = np.where(ok, (load << LOAD_SHIFT) | self.avail[:n], INELIGIBLE)
         self.n_eligible = int(ok.sum())

@@ -110,7 +110,7 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
         table.load[o], room, serves = capacity.usage(st, rep, profile)
         table.cap[o] = NO_CAP
         st.profiled.add(rep.id)
-    table.room[o], table.serves[o] = room, serves
+    table.set_room(o, room, serves)
     table.refresh(o)
     eligible = bool(table.rank_key[o] != INELIGIBLE)
     if load_changed or (eligible and not was_eligible):

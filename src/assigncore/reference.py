@@ -85,7 +85,7 @@ class RankKernel:
         self.n_teams = 0
         self.n_slots = 0
 
-    def bind_reps(self, rank_key, flags, skills, marks, room, n_reps: int) -> None:
+    def bind_reps(self, rank_key, flags, skills, marks, room, narrow, n_reps: int) -> None:
         if min(len(rank_key), len(flags), len(skills), len(marks), len(room)) < n_reps:
             raise ValueError("rep columns are shorter than n_reps")
         self.rank_key, self.flags = rank_key, flags
