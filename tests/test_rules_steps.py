@@ -109,7 +109,7 @@ def test_rule_13_steps_expire_in_the_order_sessions_entered_them():
     assert [d.engine.session(x.id).step for x in (first, second)] == [1, 0]
     d.later(10)
     assert [d.engine.session(x.id).step for x in (first, second)] == [1, 1]
-    # one FIFO per (queue, list, step); one timer at its head
+    # one FIFO per (queue, duration), one timer at its head; step 1's is gone
     assert len(d.engine.state.step_fifos) == 1
     [fifo] = d.engine.state.step_fifos.values()
     assert list(fifo.entries) == [first.id, second.id]
@@ -412,3 +412,33 @@ def test_explain_ranks_the_eligible_in_kernel_order_and_names_the_pick():
     x = d.engine.explain_routing(accepted.id)
     assert x.state is SessionState.ACTIVE and x.offered_to == "c"
     assert x.decision is not None and x.decision.major == -((1 << 20) + 9)
+
+
+def test_rule_14_skipping_follows_sign_ins_skills_and_membership():
+    """Whether a step could match is remembered per team until the team changes: each
+    change that can alter the answer is seen by the next session."""
+    d = steps_desk()
+    d.team("elsewhere")
+    d.rep("fra", ["support"], skills={"french": 9}, connect=False)
+    d.rep("newbie", ["support"], skills={"french": 1})
+    d.rep("mover", ["elsewhere"], skills={"french": 9})
+    for rep in ("newbie", "mover"):
+        busy(d, rep)
+
+    def step_of_a_new_session() -> int:
+        return d.engine.session(start(d).id).step
+
+    assert step_of_a_new_session() == 2  # nobody French signed in: straight to anyone
+    d.engine.connect("fra")
+    busy(d, "fra")
+    assert step_of_a_new_session() == 1  # fra signed in
+    d.engine.disconnect("fra", signed_out=True)
+    assert step_of_a_new_session() == 2
+    d.engine.update_rep("newbie", skills={"french": 5})
+    assert step_of_a_new_session() == 1  # newbie learned French
+    d.engine.update_rep("newbie", skills={"french": 1})
+    assert step_of_a_new_session() == 2
+    d.engine.add_team_member("support", "mover")
+    assert step_of_a_new_session() == 1  # a French speaker joined the team
+    d.engine.remove_team_member("support", "mover")
+    assert step_of_a_new_session() == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import capacity, presence, queue_order, routing, waiting_rules
+from . import capacity, presence, queue_order, routing, steps, waiting_rules
 from . import validation as v
 from .columns import (
     FLAG_REMOVED,
@@ -64,6 +64,7 @@ def write_skills(st: State, rep: Rep) -> None:
     row[:] = 0
     for ordinal, level in levels:
         row[ordinal] = level
+    steps.touch(st, [st.teams[t].ordinal for t in rep.teams])
 
 
 def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
@@ -188,6 +189,7 @@ def create_team(
     index = st.queues[ref] = QueueIndex(ref)
     st.team_index.append(index)
     st.team_eligible.append(0)
+    st.team_version.append(0)
     st.emit(DirectoryChanged(st.now, "team", team_id, "created"))
     return team
 
@@ -327,6 +329,7 @@ def join_team(st: State, team: Team, rep: Rep) -> None:
     rep.teams.add(team.id)
     rep.chat_read.setdefault(team.id, team.chat_seq)
     st.teams_table.add_member(team.ordinal, rep.ordinal)
+    steps.touch(st, [team.ordinal])
     if rep.eligible:
         st.team_eligible[team.ordinal] += 1
         queue_order.gained(st, team.ordinal, rep.ordinal, int(st.reps_table.room[rep.ordinal]))
@@ -342,6 +345,7 @@ def leave_team(st: State, team: Team, rep: Rep) -> None:
     rep.favourites = rep.favourites - {team.id}
     rep.chat_read.pop(team.id, None)
     st.teams_table.remove_member(team.ordinal, rep.ordinal)
+    steps.touch(st, [team.ordinal])
     if rep.eligible:
         st.team_eligible[team.ordinal] -= 1
 

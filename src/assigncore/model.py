@@ -362,7 +362,7 @@ class Session:
     steps: tuple[RoutingStep, ...] = ()  # the list of its current team queue entry
     step: int = 0  # its current step in `steps`
     step_changes: tuple[StepChange, ...] = ()  # in its current queue entry
-    step_fifo: tuple | None = None  # (queue, steps, step) FIFO it waits in to expire
+    step_fifo: tuple | None = None  # (queue, duration): the FIFO it waits in to expire
     pool_key: tuple = ()  # its candidate pool in its team queue (queue_order)
     decision: Decision | None = None  # of the offer it was accepted from, if any
 

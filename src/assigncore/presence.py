@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import capacity, queue_order, routing, sharing
+from . import capacity, queue_order, routing, sharing, steps
 from . import validation as v
 from .columns import (
     ALL_CHANNELS,
@@ -14,6 +14,7 @@ from .columns import (
     FLAG_OFFLINE,
     FLAG_OPTED_OUT,
     FLAG_PENDING_OFFER,
+    FLAG_REMOVED,
     FLAG_WRAP_UP,
     INELIGIBLE,
     MAX_AVAIL_TICKS,
@@ -98,8 +99,9 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
         | (FLAG_WRAP_UP if rep.wrap_up_timer is not None else 0)
         | (FLAG_PENDING_OFFER if rep.offer is not None else 0)
     )
+    gone = int(table.flags[o]) & (FLAG_OFFLINE | FLAG_REMOVED)
     table.flags[o] = flags
-    old_room = int(table.room[o])
+    old_room, old_serves = int(table.room[o]), int(table.serves[o])
     profile = rep.permissions.capacity
     if profile is None:
         table.load[o] = rep.load
@@ -111,6 +113,8 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
         table.cap[o] = NO_CAP
         st.profiled.add(rep.id)
     table.set_room(o, room, serves)
+    if gone != flags & (FLAG_OFFLINE | FLAG_REMOVED) or serves != old_serves:
+        steps.touch(st, [st.teams[t].ordinal for t in rep.teams])
     table.refresh(o)
     eligible = bool(table.rank_key[o] != INELIGIBLE)
     if load_changed or (eligible and not was_eligible):

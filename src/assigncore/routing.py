@@ -141,9 +141,17 @@ def candidates(st: State, t: int, key: PoolKey) -> int:
     if strict is None and only < 0 and not st.profiled:
         return st.team_eligible[t]  # every eligible rep has room for every channel
     rt = st.reps_table
+    if only >= 0:  # one rep: no need to look at the team
+        rep = st.rep_by_ord[only]
+        team = st.team_by_ord[t]
+        return int(
+            rep is not None
+            and team is not None
+            and team.id in rep.teams
+            and rt.rank_key[only] != INELIGIBLE
+            and bool(rt.room[only] & chan)
+        )
     members = st.teams_table.members(t)
-    if only >= 0:
-        members = members[members == only]
     ok = (rt.rank_key[members] != INELIGIBLE) & ((rt.room[members] & chan) != 0)
     if strict is not None and strict[0]:
         ords, levels = strict
@@ -156,14 +164,18 @@ def park(st: State, heads: list[int], considered: list[tuple[int, PoolKey]]) -> 
     the pass looked at every head (it never ran out of such reps there), so a head
     still ready was declined by every one of them. It waits, parked, until the pool
     gains one."""
-    open_pools = {(t, key) for t, key in considered if candidates(st, t, key) > 0}
-    if not open_pools:
-        return
+    left: list[tuple[int, Session]] = []  # heads still ready: usually none
     for k in heads:
         s = st.session_by_slot[k & SLOT_MASK]
-        if s is None or s.pool != READY or s.key != k:
-            continue
-        t = int(st.sessions_table.team[s.slot])
+        if s is not None and s.pool == READY and s.key == k:
+            left.append((int(st.sessions_table.team[s.slot]), s))
+    if not left:
+        return
+    looked = set(considered)
+    pools = {(t, s.pool_key) for t, s in left}
+    open_pools = {p for p in pools if p in looked and candidates(st, *p) > 0}
+    for t, s in left:
+        k = s.key
         if (t, s.pool_key) in open_pools:
             index = st.team_index[t]
             assert index is not None and index.pools is not None

@@ -170,12 +170,17 @@ class State:
         # became ready there, or the team gained an eligible member (rule 5). Nowhere
         # else can a pass make an offer, since the previous pass left none possible.
         self.dirty: set[tuple[int, Any]] = set()  # (team ordinal, pool key)
-        # Step FIFOs by (queue, steps, step): sessions waiting out a routing step.
+        # Step FIFOs by (queue, duration): sessions waiting out a routing step.
         self.step_fifos: dict[tuple, Any] = {}
         # Service channels by name: bit numbers of the room masks; "" is the default.
         self.channels: dict[str, int] = {"": 0}
         self.profiles: dict[Any, Any] = {}  # CapacityProfile -> its compiled form
         self.profiled: set[str] = set()  # reps with a capacity profile
+        # steps.could_match's answers by (team, channel, skills), with the team's version
+        # they were given at; a team's version moves when its members' sign-in, skills,
+        # capacity or membership change.
+        self.team_version: list[int] = []
+        self.match_cache: dict[tuple, tuple[int, bool]] = {}
         self.inv_by_key: dict[int, str] = {}
         # Arrival order of sessions and invitations (rule 4): one sequence for both.
         self.counters = {"seq": 0}

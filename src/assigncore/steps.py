@@ -6,9 +6,10 @@ session's kernel columns (requirements, strict prefix, the one rep allowed) and 
 its pool (queue_order). A step nobody signed in could ever match is skipped at once;
 the last step never expires.
 
-Expiry costs no scan: every session of one queue that entered the same step of the
-same list waits the same duration, so they expire in the order they entered it. Each
-(queue, list, step) keeps a FIFO, with one timer at its head.
+Expiry costs no scan: sessions of one queue that wait out steps of the same duration
+expire in the order they entered those steps, whatever the list or the step. So each
+(queue, duration) keeps a FIFO with one timer at its head: one per (queue, step) of a
+desk's lists, or fewer when steps share a duration.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _GONE = FLAG_OFFLINE | FLAG_REMOVED
 
 
 class StepFifo:
-    """Sessions waiting out one step of one list in one queue, in entry order."""
+    """Sessions waiting out steps of one duration in one queue, in entry order."""
 
     __slots__ = ("entries", "timer")
 
@@ -65,22 +66,43 @@ def _skills(st: State, pairs: tuple[tuple[str, int], ...]) -> tuple[list[int], l
 
 def could_match(st: State, s: Session, step: RoutingStep) -> bool:
     """Whether a member of the session's team who is signed in could ever take it in
-    `step`: serves its channel, and is the step's rep or holds the step's skills."""
+    `step`: serves its channel, and is the step's rep or holds the step's skills.
+
+    The answer for a team, channel and step filter is kept until something it depends
+    on changes in the team (a member signs in or out, joins or leaves, or changes its
+    skills or capacity: `touch`), so arrivals do not scan the team each time."""
     assert s.queue is not None
     team = st.teams[s.queue.owner]
     rt = st.reps_table
+    chan = channel_bit(st, s)
     if step.kind is StepKind.PREFERRED_REP:
         rep = st.reps.get(s.preferred_rep)
-        if rep is None or team.id not in rep.teams:
-            return False
-        members = np.array([rep.ordinal], dtype=np.int32)
-    else:
-        members = st.teams_table.members(team.ordinal)
-    ok = ((rt.flags[members] & _GONE) == 0) & ((rt.serves[members] & channel_bit(st, s)) != 0)
-    if step.kind is StepKind.SKILLS and step.skills:
+        return bool(
+            rep is not None
+            and team.id in rep.teams
+            and not rt.flags[rep.ordinal] & _GONE
+            and rt.serves[rep.ordinal] & chan
+        )
+    t = team.ordinal
+    key = (t, chan, step.skills if step.kind is StepKind.SKILLS else ())
+    version = st.team_version[t]
+    known = st.match_cache.get(key)
+    if known is not None and known[0] == version:
+        return known[1]
+    members = st.teams_table.members(t)
+    ok = ((rt.flags[members] & _GONE) == 0) & ((rt.serves[members] & chan) != 0)
+    if key[2]:
         ords, levels = _skills(st, step.skills)
         ok &= (rt.skills[members][:, ords] >= np.array(levels, dtype=np.uint8)).all(axis=1)
-    return bool(ok.any())
+    answer = bool(ok.any())
+    st.match_cache[key] = (version, answer)
+    return answer
+
+
+def touch(st: State, team_ords: list[int]) -> None:
+    """Who in these teams could match a step may have changed: forget the answers."""
+    for t in team_ords:
+        st.team_version[t] += 1
 
 
 def start(st: State, s: Session) -> None:
@@ -136,7 +158,7 @@ def enter(st: State, s: Session, step: int, initial: bool = False) -> None:
 
 def _wait(st: State, s: Session, step: int, duration: float) -> None:
     assert s.queue is not None
-    key = (s.queue, s.steps, step)
+    key = (s.queue, duration)
     fifo = st.step_fifos.get(key)
     if fifo is None:
         fifo = st.step_fifos[key] = StepFifo()

@@ -20,7 +20,7 @@ class TimerKind(Enum):
     RECONNECT_GRACE = "reconnect_grace"  # payload: rep id
     FORGET_SESSION = "forget_session"  # payload: session id
     KEY_EXPIRY = "key_expiry"  # payload: session key
-    STEP_EXPIRY = "step_expiry"  # payload: a step FIFO's key (queue, steps, step)
+    STEP_EXPIRY = "step_expiry"  # payload: a step FIFO's key (queue, duration)
 
 
 @dataclass(slots=True, eq=False)
