@@ -320,9 +320,8 @@ cdef class RankKernel:
         return best
 
     def assign_batch(self, const int64_t[::1] log_slot, const int64_t[::1] log_seq,
-                     const int32_t[::1] decl_pool, int32_t[::1] out_slot,
-                     int32_t[::1] out_rep, int64_t[::1] out_major, int64_t[::1] out_key,
-                     int32_t[::1] out_eligible, Py_ssize_t remaining):
+                     const int32_t[::1] decl_pool, int64_t[:, ::1] out,
+                     Py_ssize_t remaining):
         """One assignment pass over the arrival log: (slot, seq) entries in rule-4 order
         (priority, then arrival). An entry counts if its slot still holds that session
         (same seq) and the session waits without an offer in a team queue. Each such
@@ -330,13 +329,13 @@ cdef class RankKernel:
         member; that rep's rank_key becomes INELIGIBLE and FLAG_PENDING_OFFER is set at
         once, so later sessions see it taken. Teams found with no eligible member are
         skipped for the rest of the pass; the pass stops when no rep is left. Writes the
-        offers to out_slot/out_rep, with the decision (the winner's major score and rank
-        key, and how many members were eligible) to out_major/out_key/out_eligible, and
+        offers to the columns of `out` (rows: session slot, rep, and the decision: the
+        winner's major score and rank key, and how many members were eligible), and
         returns how many were made. `remaining` is the number of eligible reps (kept by
         the caller, so a pass never counts the table)."""
         cdef Py_ssize_t n = log_slot.shape[0], k, made = 0, ok, start, end, nd
         cdef Py_ssize_t n_reps = self.n_reps, n_teams = self.n_teams
-        cdef Py_ssize_t n_slots = self.n_slots, cap_out = out_slot.shape[0]
+        cdef Py_ssize_t n_slots = self.n_slots, cap_out = out.shape[1]
         cdef Py_ssize_t pool_n = decl_pool.shape[0]
         cdef int64_t s
         cdef int32_t t
@@ -344,10 +343,8 @@ cdef class RankKernel:
         cdef ord_t best
         cdef Filter f
         cdef policy_fn policy
-        if (out_rep.shape[0] < cap_out or out_major.shape[0] < cap_out
-                or out_key.shape[0] < cap_out or out_eligible.shape[0] < cap_out
-                or log_seq.shape[0] != n):
-            raise ValueError("log_seq or out_rep has the wrong length")
+        if out.shape[0] != 5 or log_seq.shape[0] != n:
+            raise ValueError("log_seq or out has the wrong shape")
         if n == 0 or n_reps == 0 or n_teams == 0:
             return 0
         cdef uint8_t[::1] team_done = self.team_done
@@ -394,16 +391,16 @@ cdef class RankKernel:
                 if best < 0:
                     continue
                 policy = POLICIES[self.team_alg[t]]
-                out_major[made] = 0 if policy == NULL else policy(
+                out[2, made] = 0 if policy == NULL else policy(
                     &self.skills[best, 0], &self.s_req_skill[s, 0], &self.s_req_level[s, 0],
                     nreq)
-                out_key[made] = self.rank_key[best]
-                out_eligible[made] = <int32_t>ok
+                out[3, made] = self.rank_key[best]
+                out[4, made] = ok
                 self.flags[best] |= FLAG_PENDING_OFFER
                 self.rank_key[best] = INELIGIBLE
                 remaining -= 1
-                out_slot[made] = <int32_t>s
-                out_rep[made] = best
+                out[0, made] = s
+                out[1, made] = best
                 made += 1
             for k in range(n):  # leave the scratch all zero for the next pass
                 t = self.s_team[log_slot[k]]

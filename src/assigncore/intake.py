@@ -115,7 +115,8 @@ def new_session(
         else service_channel,
         preferred_rep=preferred_rep,
     )
-    st.sessions_table.chan[slot] = 1 << st.channels[s.service_channel]
+    if s.service_channel:  # (alloc wrote the default channel's bit)
+        st.sessions_table.chan[slot] = 1 << st.channels[s.service_channel]
     st.sessions[s.id] = s
     if slot == len(st.session_by_slot):
         st.session_by_slot.append(s)

@@ -56,22 +56,37 @@ def _as(arr, dtype: np.dtype, name: str) -> np.ndarray:
 
 
 class Batch:
-    """The offers of one assignment pass: session slots, rep ordinals, and for each the
-    decision as the kernel made it (the winner's major score and rank key, and how many
-    members of its team were eligible)."""
+    """The offers of one assignment pass, one row each: session slot, rep ordinal, and
+    the decision as the kernel made it (the winner's major score and rank key, and how
+    many members of its team were eligible). One array, so a pass allocates once."""
 
-    __slots__ = ("slots", "reps", "majors", "keys", "eligible")
+    __slots__ = ("rows",)
 
-    def __init__(self, size: int) -> None:
-        self.slots = np.empty(size, dtype=np.int32)
-        self.reps = np.empty(size, dtype=np.int32)
-        self.majors = np.empty(size, dtype=np.int64)
-        self.keys = np.empty(size, dtype=np.int64)
-        self.eligible = np.empty(size, dtype=np.int32)
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows  # (offers, 5)
 
-    def cut(self, made: int) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name)[:made])
+    @property
+    def slots(self) -> np.ndarray:
+        return self.rows[:, 0]
+
+    @property
+    def reps(self) -> np.ndarray:
+        return self.rows[:, 1]
+
+    @property
+    def majors(self) -> np.ndarray:
+        return self.rows[:, 2]
+
+    @property
+    def keys(self) -> np.ndarray:
+        return self.rows[:, 3]
+
+    @property
+    def eligible(self) -> np.ndarray:
+        return self.rows[:, 4]
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 class Kernel:
@@ -127,20 +142,15 @@ class Kernel:
         """One pass over a log of (slot, seq) entries in rule-4 order; returns the offers
         made, with each decision. `remaining` is the number of eligible reps. The reps'
         rank keys and pending-offer flags are already updated."""
-        out = Batch(max_offers)
+        out = np.empty((5, max_offers), dtype=_I64)
         made = self.impl.assign_batch(
             _as(log_slot, _I64, "log_slot"),
             _as(log_seq, _I64, "log_seq"),
             _as(decl_pool, _I32, "decl_pool"),
-            out.slots,
-            out.reps,
-            out.majors,
-            out.keys,
-            out.eligible,
+            out,
             int(remaining),
         )
-        out.cut(made)
-        return out
+        return Batch(out[:, :made].T)
 
     def explain(
         self, slot: int, declined, members: int

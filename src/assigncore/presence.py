@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .state import State
 
 _NO_REASONS: frozenset[IneligibleReason] = frozenset()
+_GONE = FLAG_OFFLINE | FLAG_REMOVED  # flags that take a rep out of what steps could match
 
 
 def _full(st: State, rep: Rep) -> bool:
@@ -99,21 +100,27 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
         | (FLAG_WRAP_UP if rep.wrap_up_timer is not None else 0)
         | (FLAG_PENDING_OFFER if rep.offer is not None else 0)
     )
-    gone = int(table.flags[o]) & (FLAG_OFFLINE | FLAG_REMOVED)
+    gone = int(table.flags[o]) & _GONE
     table.flags[o] = flags
-    old_room, old_serves = int(table.room[o]), int(table.serves[o])
     profile = rep.permissions.capacity
+    changed = gone != flags & _GONE  # signed in or out: what steps could match moved
     if profile is None:
         table.load[o] = rep.load
         table.cap[o] = rep.permissions.max_concurrent_sessions or NO_CAP
-        room = serves = ALL_CHANNELS
-        st.profiled.discard(rep.id)
+        room = old_room = ALL_CHANNELS
+        if rep.id in st.profiled:  # the profile was just taken away
+            st.profiled.discard(rep.id)
+            old_room = int(table.room[o])
+            table.set_room(o, ALL_CHANNELS, ALL_CHANNELS)
+            changed = True
     else:
+        old_room, old_serves = int(table.room[o]), int(table.serves[o])
         table.load[o], room, serves = capacity.usage(st, rep, profile)
         table.cap[o] = NO_CAP
         st.profiled.add(rep.id)
-    table.set_room(o, room, serves)
-    if gone != flags & (FLAG_OFFLINE | FLAG_REMOVED) or serves != old_serves:
+        table.set_room(o, room, serves)
+        changed |= serves != old_serves
+    if changed:
         steps.touch(st, [st.teams[t].ordinal for t in rep.teams])
     table.refresh(o)
     eligible = bool(table.rank_key[o] != INELIGIBLE)

@@ -275,7 +275,7 @@ def enqueue(st: State, s: Session, queue: QueueRef, origin: Origin) -> None:
             )
     sync_slot(st, s)
     st.emit(SessionQueued(st.now, s.id, queue, origin))
-    if queue.kind is QueueKind.TEAM:
+    if s.step_changes and queue.kind is QueueKind.TEAM:
         steps.announce(st, s)
 
 

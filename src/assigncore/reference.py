@@ -185,22 +185,10 @@ class RankKernel:
         best, _ = self._rank(cand, algorithm, list(req_skill), list(req_level), f, self._columns())
         return best
 
-    def assign_batch(
-        self,
-        log_slot,
-        log_seq,
-        decl_pool,
-        out_slot,
-        out_rep,
-        out_major,
-        out_key,
-        out_eligible,
-        remaining,
-    ) -> int:
-        if min(len(out_rep), len(out_major), len(out_key), len(out_eligible)) < len(
-            out_slot
-        ) or len(log_seq) != len(log_slot):
-            raise ValueError("log_seq or out_rep has the wrong length")
+    def assign_batch(self, log_slot, log_seq, decl_pool, out, remaining) -> int:
+        if out.shape[0] != 5 or len(log_seq) != len(log_slot):
+            raise ValueError("log_seq or out has the wrong shape")
+        out_slot, out_rep, out_major, out_key, out_eligible = out
         if len(log_slot) == 0 or self.n_reps == 0 or self.n_teams == 0:
             return 0
         pool = [int(d) for d in decl_pool]

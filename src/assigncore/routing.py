@@ -81,9 +81,12 @@ def assign(st: State) -> None:
         pool = index.pools.get(key)
         if pool is None or not pool.ready:
             continue
-        need = candidates(st, t, key)
-        if need <= 0:
-            continue
+        if key[1] is None and key[2] < 0 and not st.profiled:
+            need = st.team_eligible[t]  # (candidates' first case, without the call)
+        else:
+            need = candidates(st, t, key)
+            if need <= 0:
+                continue
         considered.append((t, key))
         for k in pool.ready:
             heads.append(k)
@@ -111,15 +114,8 @@ def assign(st: State) -> None:
         min(len(heads), rt.n_eligible),
         rt.n_eligible,
     )
-    rt.offers_made(len(batch.slots))
-    for slot, rep_ord, major, key, eligible in zip(
-        batch.slots.tolist(),
-        batch.reps.tolist(),
-        batch.majors.tolist(),
-        batch.keys.tolist(),
-        batch.eligible.tolist(),
-        strict=True,
-    ):
+    rt.offers_made(len(batch))
+    for slot, rep_ord, major, key, eligible in batch.rows.tolist():
         session = st.session_by_slot[slot]
         rep = st.rep_by_ord[rep_ord]
         assert session is not None and rep is not None

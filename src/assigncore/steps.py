@@ -108,9 +108,30 @@ def touch(st: State, team_ords: list[int]) -> None:
 def start(st: State, s: Session) -> None:
     """A team queue entry begins at the first step of its list (or past the steps
     nobody could match: `announce` tells of that once the entry itself is told)."""
-    s.steps = steps_for(st, s)
+    steps = s.steps = steps_for(st, s)
     s.step_changes = ()
+    was = s.pool_key
+    if (
+        len(steps) == 1
+        and steps[0].kind is StepKind.ANY
+        and (not was or (was[1] is None and was[2] < 0))
+    ):
+        # The usual case, and the seeds' routing: one ANY step, and the columns hold
+        # the session's own requirements already. Nothing to write, nothing to wait.
+        s.step = 0
+        s.pool_key = _pool_key(st, s, None, -1)
+        return
     enter(st, s, 0, initial=True)
+
+
+# Pool keys are shared (a million waiting sessions, one key object per pool), but for
+# the keys of one rep, which come and go with the sessions that name it.
+_KEYS: dict[tuple, tuple] = {}
+
+
+def _pool_key(st: State, s: Session, strict: tuple | None, only: int) -> tuple:
+    key = (channel_bit(st, s) if s.service_channel else 1, strict, only)
+    return key if only >= 0 else _KEYS.setdefault(key, key)
 
 
 def announce(st: State, s: Session) -> None:
@@ -133,16 +154,20 @@ def enter(st: State, s: Session, step: int, initial: bool = False) -> None:
     current = s.steps[step]
     only = -1
     strict = None
-    if current.kind is StepKind.SKILLS:
-        ords, levels = _skills(st, current.skills)
-        strict = (tuple(ords), tuple(levels))
+    was = s.pool_key
+    if current.kind is StepKind.ANY and (not was or (was[1] is None and was[2] < 0)):
+        pass  # the columns hold the session's own requirements already (the usual case)
     else:
-        ords, levels = _skills(st, s.required_skills)
-        if current.kind is StepKind.PREFERRED_REP:
-            rep = st.reps.get(s.preferred_rep)
-            only = rep.ordinal if rep is not None else -1
-    st.sessions_table.set_requirements(s.slot, ords, levels, strict is not None, only)
-    key = (channel_bit(st, s), strict, only)
+        if current.kind is StepKind.SKILLS:
+            ords, levels = _skills(st, current.skills)
+            strict = (tuple(ords), tuple(levels))
+        else:
+            ords, levels = _skills(st, s.required_skills)
+            if current.kind is StepKind.PREFERRED_REP:
+                rep = st.reps.get(s.preferred_rep)
+                only = rep.ordinal if rep is not None else -1
+        st.sessions_table.set_requirements(s.slot, ords, levels, strict is not None, only)
+    key = _pool_key(st, s, strict, only)
     if initial:
         s.pool_key = key
     elif key != s.pool_key:
