@@ -9,7 +9,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from assigncore.client import AssignCoreError, Connection, Supervisor
+from assigncore.client import AssignCoreError, Connection, Portal, Supervisor
 from assigncore.v1 import admin_service_pb2 as apb
 from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import console_service_pb2 as cpb
@@ -155,7 +155,16 @@ async def test_explain_is_scoped_to_the_supervisors_teams(live):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await explain(live, theirs.id)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    # the client library's typed call: the same answer, the same refusal
+    # the client library: a portal naming a channel and a preferred rep, and the typed
+    # explanation, with the same answer and the same refusal as the raw stub
+    async with Connection(f"127.0.0.1:{live.port}", token=INTAKE) as conn:
+        started = await Portal(conn).start(
+            pb.Customer(name="Dora"), issue_type="fr-voice", service_channel="chat",
+            preferred_rep="bob",
+        )  # fmt: skip
+        assert started.session.service_channel == "chat"
+        assert started.session.preferred_rep_id == "bob"
+        assert started.session.routing_step.kind == pb.STEP_KIND_ANY
     async with Connection(f"127.0.0.1:{live.port}", token=FRENCH_SUPERVISOR) as conn:
         typed = await Supervisor(conn).explain_routing(mine.id)
         assert typed.session.id == mine.id and typed.routed

@@ -108,10 +108,14 @@ class Portal(_Service):
         support_button: str | None = None,
         help_link: str | None = None,
         customer_address: str = "",
+        service_channel: str = "",
+        preferred_rep: str = "",
         request_id: str | None = None,
     ) -> ipb.StartSessionResponse:
         """Starts a session: through at most one of issue_type, session_key, public_rep,
-        support_button or help_link; with none, in the general queue."""
+        support_button or help_link; with none, in the general queue. `service_channel`
+        (a channel the desk declared; default: the issue type's) and `preferred_rep` (for
+        a PREFERRED_REP routing step) steer its routing."""
         via = {
             "issue_type_id": issue_type,
             "session_key": session_key,
@@ -126,6 +130,8 @@ class Portal(_Service):
             request_id=request_id or uuid.uuid4().hex,
             customer=customer,
             customer_address=customer_address,
+            service_channel=service_channel,
+            preferred_rep_id=preferred_rep,
         )
         for name, value in chosen.items():
             setattr(request, name, value)
