@@ -17,6 +17,7 @@ from assigncore.model import (
     RoutingStep,
     SessionState,
     StepKind,
+    personal_queue,
     team_queue,
 )
 
@@ -442,3 +443,17 @@ def test_rule_14_skipping_follows_sign_ins_skills_and_membership():
     assert step_of_a_new_session() == 1  # a French speaker joined the team
     d.engine.remove_team_member("support", "mover")
     assert step_of_a_new_session() == 2
+
+
+def test_explain_a_session_outside_team_queues_shows_no_routing():
+    d = Desk()
+    d.team("support", offer_timeout=20)
+    d.engine.create_issue_type(IssueType("it", "It", "support"))
+    d.rep("ann", ["support"], permissions=Permissions(may_transfer=True))
+    s = start(d)
+    accept(d, s)
+    assert d.engine.explain_routing(s.id).decision is not None  # accepted from an offer
+    d.engine.transfer_session("ann", s.id, personal_queue("ann"))
+    x = d.engine.explain_routing(s.id)
+    assert x.state is SessionState.WAITING and not x.routed
+    assert x.candidates == () and x.decision is None and x.steps == 0

@@ -111,8 +111,10 @@ def explain(st: State, session_id: str) -> Explanation:
         assert s.offer is not None
         offer = st.offers[s.offer]
         return Explanation(**base, offered_to=offer.rep_id, decision=offer.decision)  # type: ignore[arg-type]
-    if s.state is SessionState.ACTIVE or team is None or s.state is SessionState.ENDED:
+    if s.state is SessionState.ACTIVE or s.state is SessionState.ENDED:
         return Explanation(**base, offered_to=s.owner or "", decision=s.decision)  # type: ignore[arg-type]
+    if team is None:  # waiting in a personal queue or the general one: never routed
+        return Explanation(**base)  # type: ignore[arg-type]
     declined = [st.reps[r].ordinal for r in s.declined_by if r in st.reps]
     members = st.teams_table.members(team.ordinal).tolist()
     best, why, major, key = st.kernel.explain(s.slot, declined, len(members))
