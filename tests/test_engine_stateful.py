@@ -76,7 +76,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.engine = Engine(
             self.clock,
             EngineConfig(reconnect_grace=20, max_rule_moves=3),
-            listener=self.events.append,
+            listener=self.heard,
             rng=random.Random(3),
         )
         e = self.engine
@@ -169,6 +169,19 @@ class EngineMachine(RuleBasedStateMachine):
         self.seen_events = 0
 
     # ------------------------------------------------------------- helpers
+
+    def heard(self, event) -> None:
+        """Every event, as the engine emits it. An offer is checked at that moment,
+        against the brute-force rules: the rep had room for the session's channel (16)
+        and its step allowed the rep (13)."""
+        self.events.append(event)
+        if isinstance(event, OfferMade):
+            s = self.engine.state.sessions[event.session_id]
+            rep = self.engine.state.reps[event.rep_id]
+            assert self.has_room(event.rep_id, s.service_channel), (event, s)
+            step = s.steps[s.step]
+            assert step.kind is not StepKind.PREFERRED_REP or event.rep_id == s.preferred_rep
+            assert all(rep.skills.get(n, 0) >= lv for n, lv in step.skills), (event, step)
 
     def run(self, fn, *args, **kwargs):
         self.engine.advance()  # timers due now fire first, outside the command

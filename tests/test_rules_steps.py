@@ -281,6 +281,27 @@ def test_rule_16_one_voice_call_and_one_chat_or_three_chats():
     assert offered_to(d, v2) == "ann"
 
 
+def test_rule_16_a_channel_limit_binds_before_the_units_do():
+    d = chat_voice_desk()
+    # four units: two calls would fit, but at most one call at once
+    profile = CapacityProfile(4, (("chat", 1), ("voice", 2)), (("voice", 1),))
+    d.rep("ann", ["support"], permissions=Permissions(capacity=profile))
+    v1 = start(d, it="voice")
+    accept(d, v1)
+    v2 = start(d, it="voice")
+    assert offered_to(d, v2) is None  # 2 + 2 units fit; the limit of one call does not
+    c = start(d, it="chat")
+    assert offered_to(d, c) == "ann"  # a chat still has room beside the call
+    x = d.engine.explain_routing(v2.id)
+    assert [c.reasons for c in x.candidates] == [
+        (Reason.HAS_PENDING_OFFER, Reason.NO_ROOM_FOR_CHANNEL)
+    ]
+    accept(d, c)
+    assert [c.reasons for c in d.engine.explain_routing(v2.id).candidates] == [
+        (Reason.NO_ROOM_FOR_CHANNEL,)
+    ]
+
+
 def test_rule_16_least_busy_compares_the_share_of_capacity_in_use():
     d = chat_voice_desk()
     d.rep("big", ["support"], permissions=chats(4))

@@ -64,7 +64,13 @@ def write_skills(st: State, rep: Rep) -> None:
     row[:] = 0
     for ordinal, level in levels:
         row[ordinal] = level
-    steps.touch(st, [st.teams[t].ordinal for t in rep.teams])
+    # Skills decide who may take a session in a SKILLS step (rule 13): what steps could
+    # match is asked again, and an eligible rep's pools may hold sessions it now fits.
+    teams = [st.teams[t].ordinal for t in sorted(rep.teams)]
+    steps.touch(st, teams)
+    if rep.eligible:
+        for t in teams:
+            queue_order.gained(st, t, rep.ordinal, int(st.reps_table.room[rep.ordinal]))
 
 
 def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
@@ -378,10 +384,6 @@ def update_rep(
     if skill_map is not None:
         rep.skills = skill_map
         write_skills(st, rep)
-        if rep.eligible:  # it may now hold a routing step's skills (rule 13)
-            room = int(st.reps_table.room[rep.ordinal])
-            for t in sorted(rep.teams):
-                queue_order.gained(st, st.teams[t].ordinal, rep.ordinal, room)
     if team_ids is not None:
         for t in sorted(rep.teams - set(team_ids)):
             leave_team(st, st.teams[t], rep)

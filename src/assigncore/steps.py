@@ -125,12 +125,15 @@ def start(st: State, s: Session) -> None:
 
 
 # Pool keys are shared (a million waiting sessions, one key object per pool), but for
-# the keys of one rep, which come and go with the sessions that name it.
+# the keys of one rep, which come and go with the sessions that name it. Not state:
+# equal keys are equal whichever object holds them.
 _KEYS: dict[tuple, tuple] = {}
 
 
 def _pool_key(st: State, s: Session, strict: tuple | None, only: int) -> tuple:
-    key = (channel_bit(st, s) if s.service_channel else 1, strict, only)
+    if not s.service_channel and strict is None and only < 0:
+        return queue_order.DEFAULT_POOL
+    key = (channel_bit(st, s), strict, only)
     return key if only >= 0 else _KEYS.setdefault(key, key)
 
 
