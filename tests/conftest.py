@@ -1,7 +1,14 @@
 from __future__ import annotations
 
 import os
-import random
+
+# gRPC's fork handlers, run in a child forked while other threads are inside gRPC, can
+# crash that child before it execs (SIGSEGV or SIGABRT: seen in CI as pg_ctl dying when
+# the PostgreSQL server started beside a running channel). Nothing here uses gRPC across
+# a fork; the variable must be set before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import random  # noqa: E402
 
 import pytest
 from hypothesis import HealthCheck, settings
