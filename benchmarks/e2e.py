@@ -225,6 +225,106 @@ def journal_size(path: Path) -> tuple[int, int]:
     return int(size or 0), int(count or 0)
 
 
+BARE_UNARY = "/bench.Bare/Empty"
+BARE_STREAM = "/bench.Bare/EmptyStream"
+
+
+def bare_server() -> None:
+    """A bare grpc.aio server on uvloop, as assigncore serves: one trivial unary method,
+    and the same made request-streaming (reads its one message). Prints its port, serves
+    until stdin closes."""
+    import uvloop
+
+    async def empty(request: bytes, context: object) -> bytes:
+        return b""
+
+    async def empty_stream(requests: object, context: object) -> bytes:
+        async for _ in requests:  # type: ignore[attr-defined]
+            break
+        return b""
+
+    async def main() -> None:
+        handlers = {
+            "Empty": grpc.unary_unary_rpc_method_handler(empty),
+            "EmptyStream": grpc.stream_unary_rpc_method_handler(empty_stream),
+        }
+        server = grpc.aio.server(
+            handlers=[grpc.method_handlers_generic_handler("bench.Bare", handlers)]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.stop(None)
+
+    uvloop.run(main())
+
+
+async def per_call(call: object, pid: int, seconds: float, in_flight: int = 64) -> float:
+    """The server's CPU per call (µs), `in_flight` calls at a time for `seconds`."""
+    count = 0
+    stop = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal count
+        while time.perf_counter() < stop:
+            await call()  # type: ignore[operator]
+            count += 1
+
+    for _ in range(200):  # warm-up
+        await call()  # type: ignore[operator]
+    cpu0 = cpu_seconds(pid)
+    await asyncio.gather(*(loop() for _ in range(in_flight)))
+    return (cpu_seconds(pid) - cpu0) / count * 1e6
+
+
+async def call_table(target: str, port: int, server_pid: int, quick: bool, health: object) -> dict:
+    """Server CPU per call (µs, 64 in flight): a bare grpc.aio server's trivial unary
+    call and the same made request-streaming, beside this server's health Check (no
+    token) and GetMyProfile (a rep's token, a unary call through the guard). Rounds
+    alternate the calls; each figure is the median of its rounds, and each call is also
+    given over the bare unary call."""
+    bare = subprocess.Popen(
+        [sys.executable, __file__, "--bare-server"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        bare_port = int(bare.stdout.readline())  # type: ignore[union-attr]
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}", options=options)
+        rep_channel = grpc.aio.insecure_channel(target, options=options)
+        unary = bare_channel.unary_unary(BARE_UNARY)
+        streaming = bare_channel.stream_unary(BARE_STREAM)
+        profile = cgrpc.RepConsoleServiceStub(rep_channel).GetMyProfile
+        check = health.Check  # type: ignore[attr-defined]
+        calls = {
+            "bare_unary": (lambda: unary(b""), bare.pid),
+            "bare_request_streaming": (lambda: streaming(iter((b"",))), bare.pid),
+            "health_check": (lambda: check(health_pb2.HealthCheckRequest()), server_pid),
+            "get_my_profile": (
+                lambda: profile(cpb.GetMyProfileRequest(), metadata=auth(rep_token(0))),
+                server_pid,
+            ),
+        }
+        rounds: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(2 if quick else 3):
+            for name, (call, pid) in calls.items():
+                rounds[name].append(await per_call(call, pid, 1.5 if quick else 3.0))
+        await bare_channel.close()
+        await rep_channel.close()
+    finally:
+        bare.stdin.close()  # type: ignore[union-attr]
+        bare.wait(timeout=30)
+    table = {name: round(statistics.median(v), 1) for name, v in rounds.items()}
+    base = table["bare_unary"]
+    return {
+        "us": table,
+        "over_bare_unary": {name: round(v / base, 2) for name, v in table.items()},
+    }
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU a process has used so far (from /proc)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -284,6 +384,8 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     cpu0 = cpu_seconds(server_pid)
     await asyncio.gather(*(checker() for _ in range(64)))
     floor_cpu = (cpu_seconds(server_pid) - cpu0) / checks
+
+    calls = await call_table(target, port, server_pid, quick, health)
 
     offer_lat = []
     for k in range(samples // 2):
@@ -361,6 +463,7 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
         "floor_p99_us": round(percentile(floor, 99) * 1e6, 1),
         "floor_p999_us": round(percentile(floor, 99.9) * 1e6, 1),
         "floor_server_cpu_us_per_call": round(floor_cpu * 1e6, 1),
+        "per_call_server_cpu_us": calls,
         "offer_p50_us": round(p50(offer_lat) * 1e6, 1),
         "offer_p99_us": round(percentile(offer_lat, 99) * 1e6, 1),
         "offer_p999_us": round(percentile(offer_lat, 99.9) * 1e6, 1),
@@ -403,7 +506,19 @@ class Scraper(threading.Thread):
             self.times.append(time.perf_counter() - t0)
 
 
-def serve(tmp: str, reps: int, journal: bool, quick: bool, operations: bool = True) -> dict:
+async def calls_only(port: int, quick: bool, server_pid: int) -> dict:
+    target = f"127.0.0.1:{port}"
+    channel = grpc.aio.insecure_channel(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    await health.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True)
+    result = await call_table(target, port, server_pid, quick, health)
+    await channel.close()
+    return result
+
+
+def serve(
+    tmp: str, reps: int, journal: bool, quick: bool, operations: bool = True, calls: bool = False
+) -> dict:
     """Starts a server with the journal on or off (and statistics and metrics on or
     off), measures, stops it."""
     name = f"bench-desk-{'on' if journal else 'off'}-{'ops' if operations else 'bare'}"
@@ -443,9 +558,12 @@ def serve(tmp: str, reps: int, journal: bool, quick: bool, operations: bool = Tr
         if scraper is not None:
             scraper.start()
         budget = 300 if quick else 900  # seconds: a hang becomes an error, not a stuck run
-        result = asyncio.run(
-            asyncio.wait_for(run(port, reps, quick, desk_file, server.pid), budget)
+        work = (
+            calls_only(port, quick, server.pid)
+            if calls
+            else run(port, reps, quick, desk_file, server.pid)
         )
+        result = asyncio.run(asyncio.wait_for(work, budget))
         if scraper is not None:
             scraper.stopped.set()
             scraper.join()
@@ -484,7 +602,21 @@ def main() -> None:
     parser.add_argument("--one", metavar="TMP", help=argparse.SUPPRESS)  # see measure()
     parser.add_argument("--journal", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--calls-only",
+        action="store_true",
+        help="only the per-call table, on one server with the journal on",
+    )
     args = parser.parse_args()
+    if args.bare_server:
+        bare_server()
+        return
+    if args.calls_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = serve(tmp, args.reps, True, args.quick, operations=False, calls=True)
+        print(json.dumps(table, indent=2))
+        return
     if args.one:
         one = serve(args.one, args.reps, args.journal, args.quick, operations=not args.bare)
         print(json.dumps(one))

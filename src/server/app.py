@@ -24,7 +24,7 @@ from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from .api import reflection_v1
 from .api.admin import AdminServicer
-from .api.auth import AuthInterceptor, Limits
+from .api.auth import Guard, Limits, Routes
 from .api.calls import Calls
 from .api.console import ConsoleServicer
 from .api.intake import IntakeServicer
@@ -268,10 +268,22 @@ def _build(settings: Settings, host: Host, metrics: Metrics | None) -> tuple[Ser
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
-    # No grpc-level maximum_concurrent_rpcs: it cannot spare health checks. The
-    # interceptor keeps budgets per class of call instead (see auth.py).
-    interceptor = AuthInterceptor(
+    # No grpc-level maximum_concurrent_rpcs: it cannot spare health checks. The guard
+    # keeps budgets per class of call instead (see auth.py). Every service is served
+    # through the guard, none registered with grpc itself (see auth.py: the accept loop).
+    routes = Routes()
+    cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(), routes)  # type: ignore[arg-type]
+    igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(), routes)  # type: ignore[arg-type]
+    agrpc.add_AdminServiceServicer_to_server(AdminServicer(), routes)  # type: ignore[arg-type]
+    sgrpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(), routes)  # type: ignore[arg-type]
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, routes)  # type: ignore[arg-type]
+    reflection_v1.enable(
+        [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], routes
+    )
+    guard = Guard(
         host,
+        routes,
         Limits(
             message_timeout=settings.message_timeout,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -280,17 +292,8 @@ def _build(settings: Settings, host: Host, metrics: Metrics | None) -> tuple[Ser
         Calls(metrics, settings.access_log, settings.tls_client_ca is not None),
     )
     for rt in host.runtimes:
-        rt.gate = interceptor.gate
-    server = grpc.aio.server(interceptors=[interceptor], options=options)
-    cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(), server)
-    igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(), server)
-    agrpc.add_AdminServiceServicer_to_server(AdminServicer(), server)
-    sgrpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection_v1.enable(
-        [*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server
-    )
+        rt.gate = guard.gate
+    server = grpc.aio.server(handlers=[guard], options=options)
     credentials = server_credentials(settings)
     check_free(settings.listen, "gRPC ([server] listen)")
     try:

@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 
 from assigncore.v1 import common_pb2 as assigncore_dot_v1_dot_common__pb2
+from assigncore.v1 import console_service_pb2 as assigncore_dot_v1_dot_console__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"assigncore/v1/intake_service.proto\x12\rassigncore.v1\x1a\x1a\x61ssigncore/v1/common.proto\"\x0e\n\x0cUndesignated\"\xdb\x02\n\x13StartSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x63ustomer\x18\x02 \x01(\x0b\x32\x17.assigncore.v1.Customer\x12\x15\n\x0bsession_key\x18\x03 \x01(\tH\x00\x12\x17\n\rpublic_rep_id\x18\x04 \x01(\tH\x00\x12\x1b\n\x11support_button_id\x18\x05 \x01(\tH\x00\x12\x17\n\rissue_type_id\x18\x06 \x01(\tH\x00\x12\x16\n\x0chelp_link_id\x18\x07 \x01(\tH\x00\x12\x33\n\x0cundesignated\x18\x08 \x01(\x0b\x32\x1b.assigncore.v1.UndesignatedH\x00\x12\x18\n\x10\x63ustomer_address\x18\t \x01(\t\x12\x17\n\x0fservice_channel\x18\n \x01(\t\x12\x18\n\x10preferred_rep_id\x18\x0b \x01(\tB\x05\n\x03via\"Q\n\x14StartSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.assigncore.v1.Session\x12\x10\n\x08position\x18\x02 \x01(\x05\">\n\x14\x43\x61ncelSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"@\n\x15\x43\x61ncelSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.assigncore.v1.Session\"-\n\x17GetSessionStatusRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xae\x01\n\x18GetSessionStatusResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.assigncore.v1.SessionState\x12&\n\x05queue\x18\x02 \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12\x10\n\x08position\x18\x03 \x01(\x05\x12,\n\nend_reason\x18\x04 \x01(\x0e\x32\x18.assigncore.v1.EndReason2\xa9\x02\n\rIntakeService\x12W\n\x0cStartSession\x12\".assigncore.v1.StartSessionRequest\x1a#.assigncore.v1.StartSessionResponse\x12Z\n\rCancelSession\x12#.assigncore.v1.CancelSessionRequest\x1a$.assigncore.v1.CancelSessionResponse\x12\x63\n\x10GetSessionStatus\x12&.assigncore.v1.GetSessionStatusRequest\x1a\'.assigncore.v1.GetSessionStatusResponseBh\n\x10io.assigncore.v1P\x01ZBgithub.com/assigncore/assigncore/gen/go/assigncore/v1;assigncorev1\xaa\x02\rAssignCore.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"assigncore/v1/intake_service.proto\x12\rassigncore.v1\x1a\x1a\x61ssigncore/v1/common.proto\x1a#assigncore/v1/console_service.proto\"\x93\x01\n\rIntakeRequest\x12;\n\rstart_session\x18\x01 \x01(\x0b\x32\".assigncore.v1.StartSessionRequestH\x00\x12=\n\x0e\x63\x61ncel_session\x18\x02 \x01(\x0b\x32#.assigncore.v1.CancelSessionRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xdb\x01\n\x0eIntakeResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0b\x32\x1b.assigncore.v1.ActionStatus\x12<\n\rstart_session\x18\x03 \x01(\x0b\x32#.assigncore.v1.StartSessionResponseH\x00\x12>\n\x0e\x63\x61ncel_session\x18\x04 \x01(\x0b\x32$.assigncore.v1.CancelSessionResponseH\x00\x42\n\n\x08response\"\x0e\n\x0cUndesignated\"\xdb\x02\n\x13StartSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x63ustomer\x18\x02 \x01(\x0b\x32\x17.assigncore.v1.Customer\x12\x15\n\x0bsession_key\x18\x03 \x01(\tH\x00\x12\x17\n\rpublic_rep_id\x18\x04 \x01(\tH\x00\x12\x1b\n\x11support_button_id\x18\x05 \x01(\tH\x00\x12\x17\n\rissue_type_id\x18\x06 \x01(\tH\x00\x12\x16\n\x0chelp_link_id\x18\x07 \x01(\tH\x00\x12\x33\n\x0cundesignated\x18\x08 \x01(\x0b\x32\x1b.assigncore.v1.UndesignatedH\x00\x12\x18\n\x10\x63ustomer_address\x18\t \x01(\t\x12\x17\n\x0fservice_channel\x18\n \x01(\t\x12\x18\n\x10preferred_rep_id\x18\x0b \x01(\tB\x05\n\x03via\"Q\n\x14StartSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.assigncore.v1.Session\x12\x10\n\x08position\x18\x02 \x01(\x05\">\n\x14\x43\x61ncelSessionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"@\n\x15\x43\x61ncelSessionResponse\x12\'\n\x07session\x18\x01 \x01(\x0b\x32\x16.assigncore.v1.Session\"-\n\x17GetSessionStatusRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xae\x01\n\x18GetSessionStatusResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.assigncore.v1.SessionState\x12&\n\x05queue\x18\x02 \x01(\x0b\x32\x17.assigncore.v1.QueueRef\x12\x10\n\x08position\x18\x03 \x01(\x05\x12,\n\nend_reason\x18\x04 \x01(\x0e\x32\x18.assigncore.v1.EndReason2\xf4\x02\n\rIntakeService\x12W\n\x0cStartSession\x12\".assigncore.v1.StartSessionRequest\x1a#.assigncore.v1.StartSessionResponse\x12Z\n\rCancelSession\x12#.assigncore.v1.CancelSessionRequest\x1a$.assigncore.v1.CancelSessionResponse\x12\x63\n\x10GetSessionStatus\x12&.assigncore.v1.GetSessionStatusRequest\x1a\'.assigncore.v1.GetSessionStatusResponse\x12I\n\x06Intake\x12\x1c.assigncore.v1.IntakeRequest\x1a\x1d.assigncore.v1.IntakeResponse(\x01\x30\x01\x42h\n\x10io.assigncore.v1P\x01ZBgithub.com/assigncore/assigncore/gen/go/assigncore/v1;assigncorev1\xaa\x02\rAssignCore.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +35,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'assigncore.v1.intake_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020io.assigncore.v1P\001ZBgithub.com/assigncore/assigncore/gen/go/assigncore/v1;assigncorev1\252\002\rAssignCore.V1'
-  _globals['_UNDESIGNATED']._serialized_start=81
-  _globals['_UNDESIGNATED']._serialized_end=95
-  _globals['_STARTSESSIONREQUEST']._serialized_start=98
-  _globals['_STARTSESSIONREQUEST']._serialized_end=445
-  _globals['_STARTSESSIONRESPONSE']._serialized_start=447
-  _globals['_STARTSESSIONRESPONSE']._serialized_end=528
-  _globals['_CANCELSESSIONREQUEST']._serialized_start=530
-  _globals['_CANCELSESSIONREQUEST']._serialized_end=592
-  _globals['_CANCELSESSIONRESPONSE']._serialized_start=594
-  _globals['_CANCELSESSIONRESPONSE']._serialized_end=658
-  _globals['_GETSESSIONSTATUSREQUEST']._serialized_start=660
-  _globals['_GETSESSIONSTATUSREQUEST']._serialized_end=705
-  _globals['_GETSESSIONSTATUSRESPONSE']._serialized_start=708
-  _globals['_GETSESSIONSTATUSRESPONSE']._serialized_end=882
-  _globals['_INTAKESERVICE']._serialized_start=885
-  _globals['_INTAKESERVICE']._serialized_end=1182
+  _globals['_INTAKEREQUEST']._serialized_start=119
+  _globals['_INTAKEREQUEST']._serialized_end=266
+  _globals['_INTAKERESPONSE']._serialized_start=269
+  _globals['_INTAKERESPONSE']._serialized_end=488
+  _globals['_UNDESIGNATED']._serialized_start=490
+  _globals['_UNDESIGNATED']._serialized_end=504
+  _globals['_STARTSESSIONREQUEST']._serialized_start=507
+  _globals['_STARTSESSIONREQUEST']._serialized_end=854
+  _globals['_STARTSESSIONRESPONSE']._serialized_start=856
+  _globals['_STARTSESSIONRESPONSE']._serialized_end=937
+  _globals['_CANCELSESSIONREQUEST']._serialized_start=939
+  _globals['_CANCELSESSIONREQUEST']._serialized_end=1001
+  _globals['_CANCELSESSIONRESPONSE']._serialized_start=1003
+  _globals['_CANCELSESSIONRESPONSE']._serialized_end=1067
+  _globals['_GETSESSIONSTATUSREQUEST']._serialized_start=1069
+  _globals['_GETSESSIONSTATUSREQUEST']._serialized_end=1114
+  _globals['_GETSESSIONSTATUSRESPONSE']._serialized_start=1117
+  _globals['_GETSESSIONSTATUSRESPONSE']._serialized_end=1291
+  _globals['_INTAKESERVICE']._serialized_start=1294
+  _globals['_INTAKESERVICE']._serialized_end=1666
 # @@protoc_insertion_point(module_scope)

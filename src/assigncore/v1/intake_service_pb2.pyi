@@ -5,6 +5,7 @@ isort:skip_file
 """
 
 from assigncore.v1 import common_pb2 as _common_pb2
+from assigncore.v1 import console_service_pb2 as _console_service_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 import builtins as _builtins
@@ -17,6 +18,82 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class IntakeRequest(_message.Message):
+    """One call on the Intake stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_SESSION_FIELD_NUMBER: _builtins.int
+    CANCEL_SESSION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start_session(self) -> Global___StartSessionRequest:
+        """As StartSession's request."""
+
+    @_builtins.property
+    def cancel_session(self) -> Global___CancelSessionRequest:
+        """As CancelSession's request."""
+
+    def __init__(
+        self,
+        *,
+        start_session: Global___StartSessionRequest | None = ...,
+        cancel_session: Global___CancelSessionRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel_session", b"cancel_session", "start_session", b"start_session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "cancel_session", b"cancel_session", "start_session", b"start_session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_call: _TypeAlias = _typing.Literal["start_session", "cancel_session"]  # noqa: Y015
+    _WhichOneofArgType_call: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_call) -> _WhichOneofReturnType_call | None: ...
+
+Global___IntakeRequest: _TypeAlias = IntakeRequest  # noqa: Y015
+
+@_typing.final
+class IntakeResponse(_message.Message):
+    """The result of one call on the Intake stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    START_SESSION_FIELD_NUMBER: _builtins.int
+    CANCEL_SESSION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The call's `request_id`."""
+    @_builtins.property
+    def status(self) -> _console_service_pb2.ActionStatus:
+        """The outcome: code 0 (OK) with the response below, or the error the unary RPC would
+        have ended with.
+        """
+
+    @_builtins.property
+    def start_session(self) -> Global___StartSessionResponse:
+        """As StartSession's response."""
+
+    @_builtins.property
+    def cancel_session(self) -> Global___CancelSessionResponse:
+        """As CancelSession's response."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        status: _console_service_pb2.ActionStatus | None = ...,
+        start_session: Global___StartSessionResponse | None = ...,
+        cancel_session: Global___CancelSessionResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancel_session", b"cancel_session", "response", b"response", "start_session", b"start_session", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_session", b"cancel_session", "request_id", b"request_id", "response", b"response", "start_session", b"start_session", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_response: _TypeAlias = _typing.Literal["start_session", "cancel_session"]  # noqa: Y015
+    _WhichOneofArgType_response: _TypeAlias = _typing.Literal["response", b"response"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_response) -> _WhichOneofReturnType_response | None: ...
+
+Global___IntakeResponse: _TypeAlias = IntakeResponse  # noqa: Y015
 
 @_typing.final
 class Undesignated(_message.Message):

@@ -65,6 +65,27 @@ class IntakeServiceStub:
     "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
     takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
     leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
+
+    Intake stream. Portals and chat gateways that start sessions all day can send their
+    StartSession and CancelSession calls on one `Intake` stream instead of a unary call
+    each. Every message is one call (`start_session` or `cancel_session`), named by its
+    request's `request_id`. The server applies the calls in the order they arrive and
+    answers each with one IntakeResponse carrying that `request_id`: the same response
+    message, or the same status code, message and details, as the unary RPC would have
+    given. Results come in the order of the calls, each once what it reports is durable;
+    a portal need not wait for one result before sending the next call (the server reads
+    ahead a bounded number of calls, then stops reading until results are taken).
+    Idempotency is the unary calls': a call sent again with the same `request_id`, on
+    this stream, another one or as a unary call, gets the first call's result and
+    changes nothing, so a portal whose stream broke sends again every call it has no
+    result for. A message that names no call gets INVALID_ARGUMENT in its result, and
+    the stream goes on; bytes that are not an IntakeRequest end the stream with
+    INVALID_ARGUMENT. The stream may stay quiet for as long as the portal has nothing
+    to send. Authentication and authorization are those of the stream's token and apply
+    to every call; revoking the token ends the stream with UNAUTHENTICATED, a takeover
+    by another process with UNAVAILABLE (NOT_LEADER, as above), and a shutdown with
+    UNAVAILABLE. Before any of these ends, every call already applied gets its result;
+    calls read after it are not applied. The unary RPCs stay for simple clients.
     """
 
     def __init__(self, channel):
@@ -87,6 +108,11 @@ class IntakeServiceStub:
                 '/assigncore.v1.IntakeService/GetSessionStatus',
                 request_serializer=assigncore_dot_v1_dot_intake__service__pb2.GetSessionStatusRequest.SerializeToString,
                 response_deserializer=assigncore_dot_v1_dot_intake__service__pb2.GetSessionStatusResponse.FromString,
+                _registered_method=True)
+        self.Intake = channel.stream_stream(
+                '/assigncore.v1.IntakeService/Intake',
+                request_serializer=assigncore_dot_v1_dot_intake__service__pb2.IntakeRequest.SerializeToString,
+                response_deserializer=assigncore_dot_v1_dot_intake__service__pb2.IntakeResponse.FromString,
                 _registered_method=True)
 
 
@@ -129,6 +155,27 @@ class IntakeServiceServicer:
     "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
     takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
     leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
+
+    Intake stream. Portals and chat gateways that start sessions all day can send their
+    StartSession and CancelSession calls on one `Intake` stream instead of a unary call
+    each. Every message is one call (`start_session` or `cancel_session`), named by its
+    request's `request_id`. The server applies the calls in the order they arrive and
+    answers each with one IntakeResponse carrying that `request_id`: the same response
+    message, or the same status code, message and details, as the unary RPC would have
+    given. Results come in the order of the calls, each once what it reports is durable;
+    a portal need not wait for one result before sending the next call (the server reads
+    ahead a bounded number of calls, then stops reading until results are taken).
+    Idempotency is the unary calls': a call sent again with the same `request_id`, on
+    this stream, another one or as a unary call, gets the first call's result and
+    changes nothing, so a portal whose stream broke sends again every call it has no
+    result for. A message that names no call gets INVALID_ARGUMENT in its result, and
+    the stream goes on; bytes that are not an IntakeRequest end the stream with
+    INVALID_ARGUMENT. The stream may stay quiet for as long as the portal has nothing
+    to send. Authentication and authorization are those of the stream's token and apply
+    to every call; revoking the token ends the stream with UNAUTHENTICATED, a takeover
+    by another process with UNAVAILABLE (NOT_LEADER, as above), and a shutdown with
+    UNAVAILABLE. Before any of these ends, every call already applied gets its result;
+    calls read after it are not applied. The unary RPCs stay for simple clients.
     """
 
     def StartSession(self, request, context):
@@ -156,6 +203,16 @@ class IntakeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Intake(self, request_iterator, context):
+        """StartSession and CancelSession calls on one stream (see the service comment).
+        Errors: UNAUTHENTICATED (revoked), UNAVAILABLE (another process took the desk
+        over; shutdown), INVALID_ARGUMENT (bytes that are not an IntakeRequest); a call's
+        own error comes in its result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntakeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +230,11 @@ def add_IntakeServiceServicer_to_server(servicer, server):
                     servicer.GetSessionStatus,
                     request_deserializer=assigncore_dot_v1_dot_intake__service__pb2.GetSessionStatusRequest.FromString,
                     response_serializer=assigncore_dot_v1_dot_intake__service__pb2.GetSessionStatusResponse.SerializeToString,
+            ),
+            'Intake': grpc.stream_stream_rpc_method_handler(
+                    servicer.Intake,
+                    request_deserializer=assigncore_dot_v1_dot_intake__service__pb2.IntakeRequest.FromString,
+                    response_serializer=assigncore_dot_v1_dot_intake__service__pb2.IntakeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +283,27 @@ class IntakeService:
     "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
     takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
     leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
+
+    Intake stream. Portals and chat gateways that start sessions all day can send their
+    StartSession and CancelSession calls on one `Intake` stream instead of a unary call
+    each. Every message is one call (`start_session` or `cancel_session`), named by its
+    request's `request_id`. The server applies the calls in the order they arrive and
+    answers each with one IntakeResponse carrying that `request_id`: the same response
+    message, or the same status code, message and details, as the unary RPC would have
+    given. Results come in the order of the calls, each once what it reports is durable;
+    a portal need not wait for one result before sending the next call (the server reads
+    ahead a bounded number of calls, then stops reading until results are taken).
+    Idempotency is the unary calls': a call sent again with the same `request_id`, on
+    this stream, another one or as a unary call, gets the first call's result and
+    changes nothing, so a portal whose stream broke sends again every call it has no
+    result for. A message that names no call gets INVALID_ARGUMENT in its result, and
+    the stream goes on; bytes that are not an IntakeRequest end the stream with
+    INVALID_ARGUMENT. The stream may stay quiet for as long as the portal has nothing
+    to send. Authentication and authorization are those of the stream's token and apply
+    to every call; revoking the token ends the stream with UNAUTHENTICATED, a takeover
+    by another process with UNAVAILABLE (NOT_LEADER, as above), and a shutdown with
+    UNAVAILABLE. Before any of these ends, every call already applied gets its result;
+    calls read after it are not applied. The unary RPCs stay for simple clients.
     """
 
     @staticmethod
@@ -294,6 +377,33 @@ class IntakeService:
             '/assigncore.v1.IntakeService/GetSessionStatus',
             assigncore_dot_v1_dot_intake__service__pb2.GetSessionStatusRequest.SerializeToString,
             assigncore_dot_v1_dot_intake__service__pb2.GetSessionStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Intake(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/assigncore.v1.IntakeService/Intake',
+            assigncore_dot_v1_dot_intake__service__pb2.IntakeRequest.SerializeToString,
+            assigncore_dot_v1_dot_intake__service__pb2.IntakeResponse.FromString,
             options,
             channel_credentials,
             insecure,

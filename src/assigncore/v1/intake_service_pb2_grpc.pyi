@@ -66,6 +66,27 @@ class IntakeServiceStub:
     "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
     takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
     leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
+
+    Intake stream. Portals and chat gateways that start sessions all day can send their
+    StartSession and CancelSession calls on one `Intake` stream instead of a unary call
+    each. Every message is one call (`start_session` or `cancel_session`), named by its
+    request's `request_id`. The server applies the calls in the order they arrive and
+    answers each with one IntakeResponse carrying that `request_id`: the same response
+    message, or the same status code, message and details, as the unary RPC would have
+    given. Results come in the order of the calls, each once what it reports is durable;
+    a portal need not wait for one result before sending the next call (the server reads
+    ahead a bounded number of calls, then stops reading until results are taken).
+    Idempotency is the unary calls': a call sent again with the same `request_id`, on
+    this stream, another one or as a unary call, gets the first call's result and
+    changes nothing, so a portal whose stream broke sends again every call it has no
+    result for. A message that names no call gets INVALID_ARGUMENT in its result, and
+    the stream goes on; bytes that are not an IntakeRequest end the stream with
+    INVALID_ARGUMENT. The stream may stay quiet for as long as the portal has nothing
+    to send. Authentication and authorization are those of the stream's token and apply
+    to every call; revoking the token ends the stream with UNAUTHENTICATED, a takeover
+    by another process with UNAVAILABLE (NOT_LEADER, as above), and a shutdown with
+    UNAVAILABLE. Before any of these ends, every call already applied gets its result;
+    calls read after it are not applied. The unary RPCs stay for simple clients.
     """
 
     @_typing.overload
@@ -84,6 +105,12 @@ class IntakeServiceStub:
     GetSessionStatus: _grpc.UnaryUnaryMultiCallable[_intake_service_pb2.GetSessionStatusRequest, _intake_service_pb2.GetSessionStatusResponse]
     """A session's state and, while it waits, its position in its queue.
     Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
+    """
+    Intake: _grpc.StreamStreamMultiCallable[_intake_service_pb2.IntakeRequest, _intake_service_pb2.IntakeResponse]
+    """StartSession and CancelSession calls on one stream (see the service comment).
+    Errors: UNAUTHENTICATED (revoked), UNAVAILABLE (another process took the desk
+    over; shutdown), INVALID_ARGUMENT (bytes that are not an IntakeRequest); a call's
+    own error comes in its result.
     """
 
 @_typing.type_check_only
@@ -126,6 +153,27 @@ class IntakeServiceAsyncStub(IntakeServiceStub):
     "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
     takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
     leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
+
+    Intake stream. Portals and chat gateways that start sessions all day can send their
+    StartSession and CancelSession calls on one `Intake` stream instead of a unary call
+    each. Every message is one call (`start_session` or `cancel_session`), named by its
+    request's `request_id`. The server applies the calls in the order they arrive and
+    answers each with one IntakeResponse carrying that `request_id`: the same response
+    message, or the same status code, message and details, as the unary RPC would have
+    given. Results come in the order of the calls, each once what it reports is durable;
+    a portal need not wait for one result before sending the next call (the server reads
+    ahead a bounded number of calls, then stops reading until results are taken).
+    Idempotency is the unary calls': a call sent again with the same `request_id`, on
+    this stream, another one or as a unary call, gets the first call's result and
+    changes nothing, so a portal whose stream broke sends again every call it has no
+    result for. A message that names no call gets INVALID_ARGUMENT in its result, and
+    the stream goes on; bytes that are not an IntakeRequest end the stream with
+    INVALID_ARGUMENT. The stream may stay quiet for as long as the portal has nothing
+    to send. Authentication and authorization are those of the stream's token and apply
+    to every call; revoking the token ends the stream with UNAUTHENTICATED, a takeover
+    by another process with UNAVAILABLE (NOT_LEADER, as above), and a shutdown with
+    UNAVAILABLE. Before any of these ends, every call already applied gets its result;
+    calls read after it are not applied. The unary RPCs stay for simple clients.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -141,6 +189,12 @@ class IntakeServiceAsyncStub(IntakeServiceStub):
     GetSessionStatus: _aio.UnaryUnaryMultiCallable[_intake_service_pb2.GetSessionStatusRequest, _intake_service_pb2.GetSessionStatusResponse]  # type: ignore[assignment]
     """A session's state and, while it waits, its position in its queue.
     Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
+    """
+    Intake: _aio.StreamStreamMultiCallable[_intake_service_pb2.IntakeRequest, _intake_service_pb2.IntakeResponse]  # type: ignore[assignment]
+    """StartSession and CancelSession calls on one stream (see the service comment).
+    Errors: UNAUTHENTICATED (revoked), UNAVAILABLE (another process took the desk
+    over; shutdown), INVALID_ARGUMENT (bytes that are not an IntakeRequest); a call's
+    own error comes in its result.
     """
 
 class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -182,6 +236,27 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
     "NOT_LEADER", metadata "desk", "leader": HOST:PORT of the leader, empty while a
     takeover is under way, and "epoch"); nothing of the call was applied. Retry at the
     leader, or let protos/assigncore/v1/service_config.json retry it across the servers.
+
+    Intake stream. Portals and chat gateways that start sessions all day can send their
+    StartSession and CancelSession calls on one `Intake` stream instead of a unary call
+    each. Every message is one call (`start_session` or `cancel_session`), named by its
+    request's `request_id`. The server applies the calls in the order they arrive and
+    answers each with one IntakeResponse carrying that `request_id`: the same response
+    message, or the same status code, message and details, as the unary RPC would have
+    given. Results come in the order of the calls, each once what it reports is durable;
+    a portal need not wait for one result before sending the next call (the server reads
+    ahead a bounded number of calls, then stops reading until results are taken).
+    Idempotency is the unary calls': a call sent again with the same `request_id`, on
+    this stream, another one or as a unary call, gets the first call's result and
+    changes nothing, so a portal whose stream broke sends again every call it has no
+    result for. A message that names no call gets INVALID_ARGUMENT in its result, and
+    the stream goes on; bytes that are not an IntakeRequest end the stream with
+    INVALID_ARGUMENT. The stream may stay quiet for as long as the portal has nothing
+    to send. Authentication and authorization are those of the stream's token and apply
+    to every call; revoking the token ends the stream with UNAUTHENTICATED, a takeover
+    by another process with UNAVAILABLE (NOT_LEADER, as above), and a shutdown with
+    UNAVAILABLE. Before any of these ends, every call already applied gets its result;
+    calls read after it are not applied. The unary RPCs stay for simple clients.
     """
 
     @_abc_1.abstractmethod
@@ -213,6 +288,18 @@ class IntakeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_intake_service_pb2.GetSessionStatusResponse, _abc.Awaitable[_intake_service_pb2.GetSessionStatusResponse]]:
         """A session's state and, while it waits, its position in its queue.
         Errors: INVALID_ARGUMENT, NOT_FOUND (also for a session another portal started).
+        """
+
+    @_abc_1.abstractmethod
+    def Intake(
+        self,
+        request_iterator: _MaybeAsyncIterator[_intake_service_pb2.IntakeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_intake_service_pb2.IntakeResponse], _abc.AsyncIterator[_intake_service_pb2.IntakeResponse]]:
+        """StartSession and CancelSession calls on one stream (see the service comment).
+        Errors: UNAUTHENTICATED (revoked), UNAVAILABLE (another process took the desk
+        over; shutdown), INVALID_ARGUMENT (bytes that are not an IntakeRequest); a call's
+        own error comes in its result.
         """
 
 def add_IntakeServiceServicer_to_server(servicer: IntakeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

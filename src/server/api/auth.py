@@ -1,18 +1,30 @@
-"""Access tokens, and the interceptor that guards every call before its body is read.
+"""Access tokens, and the guard that checks every call on its headers, before its body is
+read.
 
 Tokens are random and stored only as SHA-256 hashes; a token id is random too and never
-reused. The interceptor runs on the request headers alone (grpc.aio resolves the handler
-before it reads a message), so that:
+reused. The guard is the server's one generic handler (`Guard.service`): grpc.aio asks
+it for a method's handler with the request headers alone, so that:
 
 - a missing, unknown or revoked token is refused at once, with nothing read;
-- every handler becomes request-streaming, so the request message is read by our code,
-  under a deadline (`message_timeout`): a client that sends headers and half a message
-  cannot hold a call open;
+- a call that must be counted (everything with a token) has its request read by our
+  code, under a deadline (`message_timeout`): a client that sends headers and half a
+  message cannot hold a call, nor its budget, open. grpc.aio can end a call only from
+  a handler that holds its context, and a unary handler gets it only once the whole
+  request arrived, so these handlers are request-streaming (see `_wrap`);
+- health Check, which needs no token and is never counted, stays a unary call: a
+  half-sent Check holds nothing of ours, only its HTTP/2 stream, which grpc's own limits
+  bound (`max_streams_per_connection` per connection, keepalive, `max_connection_age`
+  plus its grace);
 - the message is decoded by our code: bytes that are not a valid protobuf get
   INVALID_ARGUMENT ("malformed request"), never UNKNOWN with a traceback;
 - in-flight calls are counted by class: authenticated calls share `max_concurrent_rpcs`,
   long-lived unauthenticated streams (health Watch, reflection) a small budget of their
   own, each rep at most a few console streams; a health Check is never refused.
+
+No method is registered with grpc (`add_registered_method_handlers`): grpc 1.85's aio
+accept loop waits on one pending request per registered method for every incoming
+call (grpc/grpc PR #43461), so every method is served through this one generic handler
+and a dictionary lookup instead.
 """
 
 from __future__ import annotations
@@ -26,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from ..desk.tokens import Principal, PrincipalKind
-from .calls import REQUEST_ID, Calls, current_principal, current_runtime, method_names
+from .calls import (
+    REQUEST_ID,
+    Calls,
+    current_principal,
+    current_request_id,
+    current_runtime,
+    method_names,
+    request_id_of,
+)
 from .errors import UNAVAILABLE, not_leader_status
 
 if TYPE_CHECKING:
@@ -52,6 +72,38 @@ CONSOLE_STREAMS = {
     "/assigncore.v1.RepConsoleService/Subscribe",
     "/assigncore.v1.RepConsoleService/Connect",
 }
+# A portal's stream of calls may stay quiet from its start: no message of it is timed.
+INTAKE_STREAM = "/assigncore.v1.IntakeService/Intake"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+class Routes:
+    """Collects what the generated `add_*_to_server` functions register, so that the
+    guard serves it: give it in their `server` argument."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.services: set[str] = set()
+        self._generic: list[Any] = []
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.services.add(service)
+        for name, handler in handlers.items():
+            self.handlers[f"/{service}/{name}"] = handler
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # The generated code gives each service both ways; the dictionary is kept.
+        self._generic.extend(handlers)
+
+    def check(self) -> None:
+        """Every generic handler given is a service also given as registered methods
+        (else a method would be served by nothing)."""
+        for handler in self._generic:
+            name = getattr(handler, "service_name", lambda: None)()
+            if name not in self.services:
+                raise ValueError(f"a generic handler for {name!r} has no method table")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,14 +200,16 @@ async def _timed_messages(
     deserialize: Callable[[bytes], Any] | None,
     timeout: float,
     first_only: bool = False,
+    untimed: bool = False,
 ) -> AsyncIterator[Any]:
     """A request stream whose every message must arrive within `timeout` of the last;
-    with `first_only`, only the first (a console stream is quiet while its rep is:
-    it holds only its own slot of the rep's few), and a later message that is not a
-    request raises MalformedRequest (the console reads them in a task of its own)."""
+    with `first_only`, only the first (a console stream is quiet while its rep is: it
+    holds only its own slot of the rep's few); `untimed`, none (a portal's Intake
+    stream). A message read without a deadline that is not a request raises
+    MalformedRequest (such streams are read in a task of their own)."""
     first = True
     while True:
-        later = first_only and not first
+        later = untimed or (first_only and not first)
         first = False
         message = await _read(
             requests, context, deserialize, None if later else timeout, _END, later
@@ -165,41 +219,50 @@ async def _timed_messages(
         yield message
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Checks the bearer token on the headers before anything else happens, bounds how
-    long a request message may take, decodes it, counts the call against its budget,
-    and makes the principal available to the handler through `current_principal`.
-    Every call, refused or not, goes through `calls` (request id, metrics, access
-    log)."""
+class Guard(grpc.GenericRpcHandler):
+    """The server's one generic handler: checks the bearer token on the headers before
+    anything else happens, bounds how long a request message may take, decodes it,
+    counts the call against its budget, and makes the principal available to the
+    handler through `current_principal`. Every call, refused or not, goes through
+    `calls` (request id, metrics, access log)."""
 
     def __init__(
         self,
         host: Host,
+        routes: Routes,
         limits: Limits | None = None,
         calls: Calls | None = None,
     ):
+        routes.check()
         self.host = host  # the desks: each call's runtime is found by its token
+        self.routes = routes.handlers
         self.gate = Gate(limits or Limits())
         self.calls = calls or Calls(access_log="off")
-        self._names: dict[str, tuple[str, str, str]] = {}
+        self._names = {
+            method: method_names(method, h.request_streaming, h.response_streaming)
+            for method, h in self.routes.items()
+        }
+        check = self.routes.get(HEALTH_CHECK)
+        self._check = None if check is None else self._unary(check, self._names[HEALTH_CHECK])
 
-    async def intercept_service(
-        self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await continuation(details)
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        method = details.method
+        handler = self.routes.get(method)
         if handler is None:
             return None  # grpc answers UNIMPLEMENTED
-        method = details.method
-        names = self._names.get(method)
-        if names is None:
-            names = method_names(method, handler.request_streaming, handler.response_streaming)
-            self._names[method] = names
+        names = self._names[method]
         authorization = rid = ""
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 authorization = value if isinstance(value, str) else ""
             elif key == REQUEST_ID and isinstance(value, str):
                 rid = value
+        # The call's own task resolves its handler and then runs it: what is set here
+        # is the handler's.
+        rid = request_id_of(rid)
+        current_request_id.set(rid)
+        if method == HEALTH_CHECK:
+            return self._check
         call = (names, rid)
         allowed = SERVICE_ACCESS.get(names[1])
         if allowed is None:  # health and reflection: no token; streams share a budget
@@ -235,7 +298,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"a {principal.kind.value.lower()} token may not call {names[1]}",
             )
         console = method in CONSOLE_STREAMS
-        return self._wrap(handler, call, principal, console=console, counted=True, rt=runtime)
+        untimed = method == INTAKE_STREAM
+        return self._wrap(
+            handler, call, principal, console=console, counted=True, rt=runtime, untimed=untimed
+        )
 
     # ------------------------------------------------------------- budgets
 
@@ -282,6 +348,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         console: bool,
         counted: bool,
         rt: Runtime | None = None,
+        untimed: bool = False,
     ) -> grpc.RpcMethodHandler:
         timeout = self.gate.limits.message_timeout
         deserialize = handler.request_deserializer
@@ -304,7 +371,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if unary_in:
                     return await _first_message(requests, context, deserialize, timeout)
-                return _timed_messages(requests, context, deserialize, timeout, console)
+                return _timed_messages(requests, context, deserialize, timeout, console, untimed)
             except BaseException:
                 release(principal, console, counted)
                 raise
@@ -355,6 +422,36 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, request_deserializer=None, response_serializer=serialize
+        )
+
+    def _unary(
+        self, handler: grpc.RpcMethodHandler, names: tuple[str, str, str]
+    ) -> grpc.RpcMethodHandler:
+        """A unary call that needs no token and is never counted (health Check), kept
+        unary: grpc reads its request, and it is decoded here (bytes that are not the
+        message get INVALID_ARGUMENT)."""
+        inner, deserialize = handler.unary_unary, handler.request_deserializer
+        begin, end = self.calls.begin, self.calls.end
+
+        async def unary(raw: bytes, context: Any) -> Any:
+            began = begin(context, current_request_id.get())
+            error = None
+            try:
+                try:
+                    request = deserialize(raw)
+                except Exception:  # DecodeError and friends
+                    return await _refuse(
+                        context, grpc.StatusCode.INVALID_ARGUMENT, "malformed request"
+                    )
+                return await inner(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                end(names, None, context, error, began)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=None, response_serializer=handler.response_serializer
         )
 
     def _refusal(

@@ -40,7 +40,7 @@ current_request_id: contextvars.ContextVar[str] = contextvars.ContextVar(
 # core has freed the transport's peer string, and reading it crashes the process.
 current_peer: contextvars.ContextVar[str] = contextvars.ContextVar("current_peer", default="")
 # The principal of the call being served, and the runtime of the desk its token belongs
-# to; set by the interceptor (server/api/auth.py) for the handler.
+# to; set by the guard (server/api/auth.py) for the handler.
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 current_runtime: contextvars.ContextVar[Runtime] = contextvars.ContextVar("runtime")
 
@@ -101,7 +101,7 @@ def method_names(
 
 
 class Calls:
-    """Begins and ends every call the interceptor lets through (or refuses)."""
+    """Begins and ends every call the guard lets through (or refuses)."""
 
     def __init__(
         self, metrics: Any = None, access_log: str = "errors", client_certificates: bool = False
@@ -111,11 +111,10 @@ class Calls:
         self.log_errors = access_log in ("all", "errors")
         self.client_certificates = client_certificates  # mutual TLS: subjects in the peer
 
-    def begin(self, context: Any, sent: str) -> float:
-        """The call's request id (the client's, or a new one) set and put in its
+    def begin(self, context: Any, rid: str) -> float:
+        """The call's request id (`request_id_of` the client's) set and put in its
         trailers, and its peer read while the call is live; returns when the call
         began."""
-        rid = request_id_of(sent)
         current_request_id.set(rid)
         current_peer.set(peer_of(context, self.client_certificates))
         context.set_trailing_metadata(((REQUEST_ID, rid),))
@@ -169,7 +168,7 @@ class Calls:
 
 
 class OnDesk:
-    """A servicer's view of the desk its call is for: the runtime the interceptor found
+    """A servicer's view of the desk its call is for: the runtime the guard found
     by the call's token, and that desk's engine (a new one after a rebuild)."""
 
     @property

@@ -177,12 +177,31 @@ async def invoke(
 ) -> tuple[Any, status_pb2.Status | None]:
     """Runs a handler to its reply, made durable (write-ahead: nothing leaves before
     what it reflects is durable); or to the status it fails with. Used by unary calls
-    and by actions on the console stream alike.
+    and by actions on the console stream alike."""
+    reply, status, wait = await apply(method, fields, servicer, request, context, audited)
+    if wait:
+        try:
+            await servicer.rt.durable()
+        except JournalError:
+            return None, unavailable(servicer.rt)
+    return reply, status
+
+
+async def apply(
+    method: Callable[..., Any],
+    fields: dict[str, str] | None,
+    servicer: Any,
+    request: Any,
+    context: Any,
+    audited: bool = False,
+) -> tuple[Any, status_pb2.Status | None, bool]:
+    """Runs a handler to its reply or to the status it fails with, and says whether
+    either must wait for durability before it leaves (`invoke` waits; the Intake stream
+    waits for the journal position of its call, see Runtime.durable_point).
 
     What can be refused is refused before the handler runs (every Duration and
     Timestamp in range); an audited call's entry is encoded before too, and recorded
-    with what the call did before the reply waits for durability: nothing that can
-    fail runs after a change was applied."""
+    with what the call did: nothing that can fail runs after a change was applied."""
     rt = servicer.rt
     status = None
     body = audit_body(request) if audited else ""
@@ -194,10 +213,9 @@ async def invoke(
         reply = await method(servicer, request, context)
         if audited:
             audit(servicer, method, body, None)
-        await rt.durable()
-        return reply, None
+        return reply, None, True
     except JournalError:
-        return None, unavailable(rt)
+        return None, unavailable(rt), False
     except InvalidArgument as exc:
         status = _proto(renamed(exc, fields) if fields else exc)
     except DomainError as exc:
@@ -209,15 +227,10 @@ async def invoke(
         status = _plain_proto(grpc.StatusCode.INTERNAL, _internal(rt, applied))
     if audited:
         audit(servicer, method, body, status)
-    if rt.failed and status.code == code_pb2.INTERNAL:
-        return None, status  # a command failed midway: the desk is being rebuilt
-    try:
-        # A refusal reads the desk as well: it waits for what it read to be durable,
-        # as a reply does (a client must never hear of a state a crash could undo).
-        await rt.durable()
-    except JournalError:
-        return None, unavailable(rt)
-    return None, status
+    # A refusal reads the desk as well: it waits for what it read to be durable, as a
+    # reply does (a client must never hear of a state a crash could undo); unless a
+    # command failed midway and the desk is being rebuilt.
+    return None, status, not (rt.failed and status.code == code_pb2.INTERNAL)
 
 
 def _internal(rt: Any, applied: int) -> str:
@@ -278,6 +291,7 @@ def rpc(
             return reply
 
         handler.invoke = functools.partial(invoke, method, fields)  # type: ignore[attr-defined]
+        handler.apply = functools.partial(apply, method, fields)  # type: ignore[attr-defined]
         return handler
 
     return wrap(method) if method is not None else wrap

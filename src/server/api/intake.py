@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable
 from typing import Any
+
+import grpc
+from google.rpc import code_pb2, status_pb2
 
 from assigncore import validation as v
 from assigncore.errors import InvalidArgument, NotFound
@@ -13,10 +17,13 @@ from assigncore.v1 import intake_service_pb2 as ipb
 from assigncore.v1 import intake_service_pb2_grpc as igrpc
 
 from ..desk.durable import MAX_REQUEST_ID
+from ..desk.hub import IntakeStream, StreamEnd, stream_end_status
 from ..desk.tokens import PrincipalKind
+from ..storage.journal import JournalError
 from . import convert
+from .auth import MalformedRequest
 from .calls import OnDesk, current_peer, current_principal
-from .errors import rpc
+from .errors import abort_with, rpc, unavailable
 
 
 def peer_host(peer: str | None) -> str:
@@ -32,6 +39,9 @@ def portal() -> str:
 
 
 MAX_CUSTOMER_ADDRESS = 100
+# Calls an Intake stream reads ahead of the results its portal has taken: then it stops
+# reading, and HTTP/2 flow control holds the portal back.
+INTAKE_READ_AHEAD = 256
 # How each way of starting names its id, and the rule for it.
 VIA_FIELDS = ("public_rep_id", "support_button_id", "issue_type_id", "help_link_id")
 
@@ -163,3 +173,84 @@ class IntakeServicer(OnDesk, igrpc.IntakeServiceServicer):
             position=self.engine.queue_position(s.id),
             end_reason=out.end_reason,
         )
+
+    # ------------------------------------------------------------- the Intake stream
+
+    async def Intake(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        """StartSession and CancelSession calls on one stream (see the proto). A reader
+        task applies the calls in order; this generator sends their results in the same
+        order, each once its journal entry is durable, so that later calls are applied
+        while earlier ones wait for the disk."""
+        rt, hub = self.rt, self.rt.hub
+        if hub.draining or rt.failed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        stream = IntakeStream(current_principal.get().token_id, INTAKE_READ_AHEAD)
+        hub.intakes.add(stream)
+        reader = asyncio.get_running_loop().create_task(self._read_intake(requests, stream))
+        try:
+            while True:
+                if stream.results:
+                    request_id, kind, reply, status, point = stream.take()
+                    if point is not None:
+                        try:
+                            await asyncio.shield(point)  # never cancels the entry
+                        except JournalError:
+                            reply, status = None, unavailable(rt)
+                    result = ipb.IntakeResponse(request_id=request_id)
+                    if status is None:
+                        getattr(result, kind).CopyFrom(reply)
+                    else:
+                        result.status.ParseFromString(status.SerializeToString())
+                    yield result
+                    continue
+                why = stream.ended
+                if why is StreamEnd.CLOSED:
+                    return
+                if why is StreamEnd.MALFORMED:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
+                if why is StreamEnd.DRAINING:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+                if why is not None:
+                    await abort_with(context, stream_end_status(why, None, hub.not_leader))
+                stream.wake.clear()
+                await stream.wake.wait()
+        finally:
+            reader.cancel()
+            hub.intakes.discard(stream)
+
+    async def _read_intake(self, requests: Any, stream: IntakeStream) -> None:
+        """Reads the portal's calls and applies each, in order, while the stream is
+        open; a call read after the stream ended is not applied."""
+        try:
+            async for request in requests:
+                while not stream.room.is_set():
+                    await stream.room.wait()
+                if stream.ended is not None:
+                    return
+                stream.push(await self._intake_call(request))
+            stream.end(StreamEnd.CLOSED)
+        except asyncio.CancelledError:
+            raise
+        except MalformedRequest:  # bytes that are not an IntakeRequest
+            stream.end(StreamEnd.MALFORMED)
+
+    async def _intake_call(self, request: ipb.IntakeRequest) -> tuple[Any, ...]:
+        """One call of the stream, applied as its unary RPC applies it: (request id,
+        response field, reply, status, what the result waits for to be durable)."""
+        kind = request.WhichOneof("call")
+        if kind is None:
+            return "", "", None, _no_call(), None
+        call = getattr(request, kind)
+        method = INTAKE_CALLS[kind]
+        reply, status, wait = await method.apply(self, call, None)  # type: ignore[attr-defined]
+        return call.request_id, kind, reply, status, self.rt.durable_point() if wait else None
+
+
+INTAKE_CALLS = {
+    "start_session": IntakeServicer.StartSession,
+    "cancel_session": IntakeServicer.CancelSession,
+}
+
+
+def _no_call() -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="no call given")

@@ -7,6 +7,8 @@ ask for v1 first."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
@@ -38,7 +40,7 @@ def _register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.Add(proto)
 
 
-def enable(service_names: list[str], server: grpc.aio.Server) -> None:
+def enable(service_names: list[str], server: Any) -> None:
     """Registers reflection (v1alpha and v1) listing `service_names` and itself."""
     pool = descriptor_pool.Default()
     _register_v1_descriptor(pool)
@@ -50,6 +52,4 @@ def enable(service_names: list[str], server: grpc.aio.Server) -> None:
         request_deserializer=alpha.ServerReflectionRequest.FromString,
         response_serializer=alpha.ServerReflectionResponse.SerializeToString,
     )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {"ServerReflectionInfo": handler}),)
-    )
+    server.add_registered_method_handlers(V1_SERVICE_NAME, {"ServerReflectionInfo": handler})

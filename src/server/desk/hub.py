@@ -45,6 +45,43 @@ class StreamEnd(Enum):
     UNAVAILABLE = "UNAVAILABLE"  # the journal cannot be written: the desk is rebuilt
     DEPOSED = "DEPOSED"  # this process no longer leads the desk (hub.not_leader says who)
     MALFORMED = "MALFORMED"  # Connect: the console sent bytes that are not a request
+    CLOSED = "CLOSED"  # Intake: the portal sent its last call (half-closed)
+
+
+class IntakeStream:
+    """One open Intake stream: the results of the calls applied, in order, each with
+    what it must wait for to be durable; once ended, why. The reader stops reading while
+    `limit` results wait (`room`)."""
+
+    __slots__ = ("token_id", "results", "wake", "room", "ended", "limit")
+
+    def __init__(self, token_id: str, limit: int) -> None:
+        self.token_id = token_id
+        self.results: deque[Any] = deque()
+        self.wake = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.ended: StreamEnd | None = None
+        self.limit = limit
+
+    def push(self, result: Any) -> None:
+        self.results.append(result)
+        if len(self.results) >= self.limit:
+            self.room.clear()
+        self.wake.set()
+
+    def take(self) -> Any:
+        result = self.results.popleft()
+        if len(self.results) < self.limit:
+            self.room.set()
+        return result
+
+    def end(self, why: StreamEnd) -> None:
+        """No call read from now on is applied; the results already pushed still go."""
+        if self.ended is None:
+            self.ended = why
+        self.wake.set()
+        self.room.set()
 
 
 class ConsoleStream:
@@ -76,10 +113,10 @@ class ConsoleStream:
 
 
 def stream_end_status(
-    why: StreamEnd, feed: Feed, not_leader: dict[str, str] | None = None
+    why: StreamEnd, feed: Feed | None, not_leader: dict[str, str] | None = None
 ) -> grpc.Status:
-    """The status a stream ended from outside ends with (not SIGNED_OUT or DRAINING)."""
-    oldest = feed.buffer[0].sequence if feed.buffer else feed.seq + 1
+    """The status a stream ended from outside ends with (not SIGNED_OUT or DRAINING);
+    an Intake stream has no feed (and never overflows)."""
     if why is StreamEnd.REPLACED:
         return plain_status(
             grpc.StatusCode.ABORTED, "replaced by a newer console stream for this rep"
@@ -94,6 +131,8 @@ def stream_end_status(
             "the server cannot write its journal and is recovering; reconnect with "
             "resume_after = the last sequence you processed",
         )
+    assert feed is not None
+    oldest = feed.buffer[0].sequence if feed.buffer else feed.seq + 1
     return info_status(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "this console stopped reading and too many events were waiting for it; reconnect "
@@ -180,6 +219,7 @@ class Hub:
         self.buffer_size = buffer_size
         self.outbox_limit = outbox_limit or buffer_size
         self.feeds: dict[str, Feed] = {}
+        self.intakes: set[IntakeStream] = set()  # open Intake streams (portals)
         self.draining = False
         # Who leads the desk, for streams ended because this process no longer does.
         self.not_leader: dict[str, str] = {}
@@ -261,6 +301,9 @@ class Hub:
         for f in list(self.feeds.values()):
             if f.stream is not None and f.stream.token_id == token_id:
                 self.end(f.stream, StreamEnd.REVOKED, lost=True)
+        for intake in self.intakes:
+            if intake.token_id == token_id:
+                intake.end(StreamEnd.REVOKED)
 
     def stream_of(self, rep_id: str) -> ConsoleStream | None:
         f = self.feeds.get(rep_id)
@@ -332,6 +375,8 @@ class Hub:
         for f in self.feeds.values():
             if f.stream is not None:
                 f.stream.end(why)
+        for intake in self.intakes:
+            intake.end(why)
 
     # ------------------------------------------------------------- audiences
 

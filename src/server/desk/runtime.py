@@ -148,7 +148,7 @@ class Runtime:
             # Desk time stands still while the loop is stalled (see server/desk/stall.py).
             settings.clock = StallClock(settings.clock)
         self.clock = settings.clock
-        self.gate: Gate | None = None  # the interceptor's call budgets, once serving
+        self.gate: Gate | None = None  # the guard's call budgets, once serving
         self.storage: Store | None = None
         if metrics is None and settings.metrics_listen:
             metrics = Metrics(lambda: [self])
@@ -285,7 +285,7 @@ class Runtime:
         return self.desk.audit
 
     def principal(self, secret: str) -> Principal | None:
-        """The interceptor's token lookup (on whatever desk is current)."""
+        """The guard's token lookup (on whatever desk is current)."""
         return self.desk.tokens.principal(secret) if self.loaded else None
 
     def _load(self) -> tuple[Desk | None, int]:
@@ -376,6 +376,13 @@ class Runtime:
             # leaves: an offer reaches its rep as soon as the caller hears of it.
             self.hub.woke = False
             await asyncio.sleep(0)
+
+    def durable_point(self) -> asyncio.Future[int] | None:
+        """What `durable()` would wait for now, to be awaited later (None: nothing):
+        the Intake stream applies a portal's next call while an earlier one's result
+        waits for its entry."""
+        recorder = self.recorder
+        return None if recorder is None else (recorder.open or recorder.last)
 
     # ------------------------------------------------------------- leading, standing by
 

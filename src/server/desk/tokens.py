@@ -1,6 +1,6 @@
 """Access tokens: random secrets stored only as SHA-256 hashes, each naming a principal
 (a rep, a portal, an admin or a supervisor). A token id is random too and never reused.
-The store is part of a desk (its changes are journal records); the interceptor that asks
+The store is part of a desk (its changes are journal records); the guard that asks
 it on every call is server/api/auth.py."""
 
 from __future__ import annotations
