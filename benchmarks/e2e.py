@@ -41,7 +41,9 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -212,6 +214,58 @@ class SdkConsoles:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+class IntakeDriver:
+    """A portal on the Intake stream: many starts in flight on one stream, each
+    result matched to its start by request id."""
+
+    def __init__(self, stub: igrpc.IntakeServiceStub) -> None:
+        self.queue: asyncio.Queue[ipb.IntakeRequest] = asyncio.Queue()
+        self.call = stub.Intake(self._requests(), metadata=auth(INTAKE))
+        self.waiting: dict[str, asyncio.Future[ipb.IntakeResponse]] = {}
+        self.task = asyncio.create_task(self._pump())
+
+    async def _requests(self) -> AsyncIterator[ipb.IntakeRequest]:
+        while True:
+            yield await self.queue.get()
+
+    async def _pump(self) -> None:
+        try:
+            async for result in self.call:
+                self.waiting.pop(result.request_id).set_result(result)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+
+    async def start(self, request: ipb.StartSessionRequest) -> None:
+        done = self.waiting[request.request_id] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(ipb.IntakeRequest(start_session=request))
+        result = await done
+        if result.status.code:
+            raise RuntimeError(f"start failed: {result.status.message}")
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def fsync_p50(directory: Path, samples: int = 200) -> float:
+    """The median time (s) of a small write made durable with fsync, in the directory
+    of the desk file: the disk's share of an offer with the journal on."""
+    path = directory / "fsync-probe"
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for i in range(samples):
+            t0 = time.perf_counter()
+            os.pwrite(fd, b"x" * 512, (i % 8) * 4096)
+            os.fsync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times)
+
+
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -344,17 +398,15 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     await asyncio.sleep(0.5)
     request_seq = 0
 
-    async def start(i: int) -> None:
+    def request(i: int) -> ipb.StartSessionRequest:
         nonlocal request_seq
         request_seq += 1
-        await intake.StartSession(
-            ipb.StartSessionRequest(
-                request_id=f"b{request_seq}",
-                customer=pb.Customer(name="bench"),
-                issue_type_id=f"i{i}",
-            ),
-            metadata=auth(INTAKE),
+        return ipb.StartSessionRequest(
+            request_id=f"b{request_seq}", customer=pb.Customer(name="bench"), issue_type_id=f"i{i}"
         )
+
+    async def start(i: int) -> None:
+        await intake.StartSession(request(i), metadata=auth(INTAKE))
 
     # warm-up
     for _ in range(200):
@@ -401,7 +453,7 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     duration = 8.0 if quick else 20.0
     workers = 64
 
-    async def sustained(drive: Consoles | StreamConsoles | SdkConsoles) -> dict:
+    async def sustained(drive: Consoles | StreamConsoles | SdkConsoles, begin: Any = start) -> dict:
         done = 0
         stop_at = time.perf_counter() + duration
 
@@ -412,7 +464,7 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
             while time.perf_counter() < stop_at:
                 i = mine[k % len(mine)]
                 k += 1
-                await start(i)
+                await begin(i)
                 await drive.answer(i, await drive.offers[i].get())
                 done += 1
 
@@ -440,6 +492,23 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
     streams = StreamConsoles(channels, n)
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in streams.ready)), 60)
     stream = await sustained(streams)
+    # All on streams: the starts on one Intake stream, the consoles on Connect.
+    portal_stream = IntakeDriver(intake)
+
+    async def start_on_stream(i: int) -> None:
+        await portal_stream.start(request(i))
+
+    stream_offer_lat = []
+    for k in range(samples // 2):
+        i = (k * 7919) % n
+        t0 = time.perf_counter()
+        send = asyncio.create_task(start_on_stream(i))
+        offer = await streams.offers[i].get()
+        stream_offer_lat.append(time.perf_counter() - t0)
+        await send
+        await streams.answer(i, offer)
+    all_stream = await sustained(streams, start_on_stream)
+    await portal_stream.close()
     await streams.close()
     await asyncio.sleep(0.5)
     # The same stream path driven through the Python client, on connections of its own.
@@ -483,6 +552,24 @@ async def run(port: int, n: int, quick: bool, desk_file: Path, server_pid: int) 
             stream["lifecycles_per_s"] / unary["lifecycles_per_s"], 2
         ),
         "offer_to_floor_p50_ratio": round(p50(offer_lat) / p50(floor), 2),
+        # The all-stream path: starts on the Intake stream, consoles on Connect.
+        "all_stream_lifecycles_per_s": all_stream["lifecycles_per_s"],
+        "all_stream_server_cpu_ms_per_lifecycle": all_stream["server_cpu_ms"],
+        "all_stream_client_cpu_ms_per_lifecycle": all_stream["client_cpu_ms"],
+        "all_stream_server_cpu_in_bare_unary_calls": round(
+            all_stream["server_cpu_ms"] * 1e3 / calls["us"]["bare_unary"], 2
+        ),
+        "all_stream_to_unary_lifecycles": round(
+            all_stream["lifecycles_per_s"] / unary["lifecycles_per_s"], 2
+        ),
+        "all_stream_offer_p50_us": round(p50(stream_offer_lat) * 1e6, 1),
+        "all_stream_offer_p99_us": round(percentile(stream_offer_lat, 99) * 1e6, 1),
+        "all_stream_offer_p999_us": round(percentile(stream_offer_lat, 99.9) * 1e6, 1),
+        "all_stream_offer_to_floor_p50": round(p50(stream_offer_lat) / p50(floor), 2),
+        "all_stream_offer_p999_to_p50": round(
+            percentile(stream_offer_lat, 99.9) / p50(stream_offer_lat), 2
+        ),
+        "fsync_p50_us": round(fsync_p50(desk_file.parent) * 1e6, 1),
         "lifecycles_per_s": unary["lifecycles_per_s"],
         "lifecycles_in_flight": workers,
         "samples": {"floor": len(floor), "offer": len(offer_lat), "lifecycles": done},

@@ -303,3 +303,35 @@ def test_statistics_are_rebuilt_from_the_journal_and_kept_in_snapshots(support):
     for engine in (live, restored):
         engine.start_from_issue("it-sales", Customer("Dora"))
     assert restored.statistics() == live.statistics()
+
+
+@pytest.mark.parametrize("fold_at", [1, 3, 4096])
+def test_counting_later_gives_the_counts_of_counting_at_once(monkeypatch, fold_at):
+    """Events are counted when the statistics are read (or once FOLD_AT wait): what
+    they need of the moment (a declined offer's queue, the threshold) is kept with
+    them, so a threshold changed before the count changes nothing already answered."""
+    import dataclasses
+
+    from assigncore import stats
+
+    def day(fold: int) -> object:
+        monkeypatch.setattr(stats, "FOLD_AT", fold)
+        d = Desk(EngineConfig(time_zone="Europe/Berlin"))
+        d.team("support", offer_timeout=20, service_level_threshold=30)
+        d.team("sales")
+        d.rep("ann", ["support"])
+        d.rep("bob", ["support"])
+        issue(d, "support")
+        issue(d, "sales")
+        morning(d)
+        # s1 was answered within 30 s: raising the bar now leaves it within.
+        team = d.engine.team("support")
+        d.engine.update_team(
+            "support", settings=dataclasses.replace(team.settings, service_level_threshold=5)
+        )
+        at(d, 200)
+        return d.engine.statistics()
+
+    assert day(fold_at) == day(1)
+    q = next(q for q in day(fold_at).queues if q.queue == team_queue("support"))
+    assert q.today.service_level == 1 / 3

@@ -83,6 +83,11 @@ HISTORY = max(WINDOWS)  # buckets kept per queue
     TRANSFERRED,
 ) = range(12)
 SLOTS = 12  # (snapshots with fewer slots get the missing ones as 0: __setstate__)
+# Events observed and not yet counted, at most (then they are counted at once).
+FOLD_AT = 4096
+_COUNTED = frozenset(
+    {SessionQueued, SessionDequeued, OfferMade, OfferDeclined, SessionAccepted, SessionEnded}
+)
 
 
 class RepState(Enum):
@@ -171,7 +176,13 @@ class QueueCounters:
 
 
 class Statistics:
-    """A desk's counters, fed by its events (see the module's docstring)."""
+    """A desk's counters, fed by its events (see the module's docstring).
+
+    Counting is off the command's path: `observe` keeps each counted event with the
+    little it needs of the state at that moment (the queue a declined offer came from,
+    the threshold an answer is measured against), and `fold` counts them, in order, when
+    the statistics are read (`statistics`, `summary`, a snapshot, a queue deleted) or
+    once FOLD_AT of them wait. The counts are the same as counting each at once."""
 
     # Off (the server's `[server] statistics = false`, to measure what they cost),
     # nothing is counted, and a desk that turns them on again counts from then. A class
@@ -191,6 +202,18 @@ class Statistics:
         self.left: tuple[str, QueueRef, float] | None = None
         self.reps: dict[str, tuple[RepState, str, float]] = {}  # state, reason, since
         self.touched: set[str] = set()  # reps whose state may have changed
+        self.pending: list[tuple[Event, object]] = []  # observed, not yet counted
+
+    def __getstate__(self) -> dict[str, object]:
+        """A snapshot holds the counts, never events waiting to be counted."""
+        self.fold()
+        state = dict(self.__dict__)
+        del state["pending"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.pending = []
 
     def _day(self, t: float) -> float:
         if not self.day_start <= t < self.day_end:
@@ -206,6 +229,27 @@ class Statistics:
     def observe(self, st: State, e: Event) -> None:
         if not self.enabled:
             return
+        kind = type(e)
+        if kind not in _COUNTED:
+            return
+        extra: object = None
+        if kind is OfferDeclined:
+            s = st.sessions.get(e.session_id)  # type: ignore[attr-defined]
+            extra = None if s is None else s.queue
+        elif kind is SessionAccepted:
+            extra = self.threshold(st, e.queue)  # type: ignore[attr-defined]
+        pending = self.pending
+        pending.append((e, extra))
+        if len(pending) >= FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        """Counts the events observed so far, in order."""
+        pending, self.pending = self.pending, []
+        for e, extra in pending:
+            self._count(e, extra)
+
+    def _count(self, e: Event, extra: object) -> None:
         kind = type(e)
         if kind is SessionQueued:
             assert isinstance(e, SessionQueued)
@@ -230,9 +274,8 @@ class Statistics:
             self._add(e.queue, e.time, OFFERED)
         elif kind is OfferDeclined:
             assert isinstance(e, OfferDeclined)
-            s = st.sessions.get(e.session_id)
-            if s is not None and s.queue is not None:
-                self._add(s.queue, e.time, TIMED_OUT if e.timed_out else REJECTED)
+            if extra is not None:
+                self._add(extra, e.time, TIMED_OUT if e.timed_out else REJECTED)  # type: ignore[arg-type]
         elif kind is SessionAccepted:
             assert isinstance(e, SessionAccepted)
             entered = e.time
@@ -241,7 +284,7 @@ class Statistics:
             wait = e.time - entered
             self._add(e.queue, e.time, ACCEPTED)
             self._add(e.queue, e.time, WAIT_SUM, wait)
-            if wait <= self.threshold(st, e.queue):
+            if wait <= extra:  # type: ignore[operator]
                 self._add(e.queue, e.time, WITHIN_THRESHOLD)
             self.handling[e.session_id] = (e.queue, e.time)
         elif kind is SessionEnded:
@@ -288,6 +331,7 @@ class Statistics:
 
     def forget_queue(self, queue: QueueRef) -> None:
         """A deleted team's or rep's queue: its counters go with it."""
+        self.fold()
         self.queues.pop(queue, None)
         self.waiting.pop(queue, None)
 
@@ -467,6 +511,7 @@ def statistics(st: State, team_ids: frozenset[str] | None = None) -> DeskStatist
     members and their members' personal queues (a supervisor's scope). Personal queues
     are listed once anything happened in them."""
     stats, now = st.stats, st.now
+    stats.fold()
     minute = int(now // BUCKET)
     day, _ = day_bounds(now, stats.zone)
     teams = [t for t in st.teams.values() if team_ids is None or t.id in team_ids]
@@ -514,6 +559,7 @@ def summary(st: State) -> DeskSummary:
     """Cheap enough to take at every scrape of a desk of thousands of queues and reps:
     no windows, no per-rep rows."""
     stats, now = st.stats, st.now
+    stats.fold()
     day, _ = day_bounds(now, stats.zone)
 
     def totals(queue: QueueRef, parts: list[QueueRef]) -> QueueTotals:
