@@ -283,3 +283,55 @@ async def test_a_shutdown_sends_the_results_of_applied_calls_then_ends_unavailab
     finally:
         with contextlib.suppress(Exception):
             await live.channel.close()
+
+
+async def test_a_result_leaves_only_once_its_call_is_durable(monkeypatch):
+    """Write-ahead on the stream: with the journal's writer held back, the calls are
+    applied (later ones too: the stream reads ahead) but no result leaves; released,
+    the results come in order. A call whose entry cannot be written is told
+    UNAVAILABLE, never OK."""
+    import threading
+
+    from assigncore_server.storage.base import JournalError
+    from assigncore_server.storage.journal import Journal
+
+    live = await live_server()
+    gate = threading.Event()
+    write = Journal._write
+    try:
+        call = live.intake.Intake(metadata=auth(INTAKE))
+        await call.write(start("w0", issue_type_id="manual-help"))
+        await results(call, 1)
+
+        def held(self, batch):
+            gate.wait(30)
+            return write(self, batch)
+
+        monkeypatch.setattr(Journal, "_write", held)
+        for i in range(1, 4):
+            await call.write(start(f"w{i}", issue_type_id="manual-help"))
+        engine = live.server.runtime.engine
+        await until(lambda: len(engine.sessions()) == 4)  # applied, not yet durable
+        first = asyncio.ensure_future(call.read())
+        await asyncio.sleep(0.5)
+        assert not first.done()  # nothing leaves before it is durable
+        gate.set()
+        got = [await asyncio.wait_for(first, 10), *await results(call, 2)]
+        assert [r.request_id for r in got] == ["w1", "w2", "w3"]
+        assert all(r.status.code == code_pb2.OK for r in got)
+
+        def broken(self, batch):
+            error = JournalError("the journal cannot be written: disk I/O error")
+            for _, future in batch:
+                future.set_exception(error)
+
+        monkeypatch.setattr(Journal, "_write", broken)
+        await call.write(start("w4", issue_type_id="manual-help"))
+        (failed,) = await results(call, 1)  # told, before the stream ends
+        assert failed.request_id == "w4"
+        assert failed.status.code == code_pb2.UNAVAILABLE
+        assert await call.code() == grpc.StatusCode.UNAVAILABLE  # the desk is rebuilt
+    finally:
+        gate.set()
+        monkeypatch.setattr(Journal, "_write", write)
+        await live.close()

@@ -23,10 +23,16 @@ MAX_TOKEN_NUMBER = 2**128  # above any offset or order key this server hands out
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
     whole = math.floor(seconds)
-    ts.seconds, ts.nanos = int(whole), int(round((seconds - whole) * 1e9)) % 1_000_000_000
-    return ts
+    return timestamp_pb2.Timestamp(
+        seconds=int(whole), nanos=int(round((seconds - whole) * 1e9)) % 1_000_000_000
+    )
+
+
+def _time_fields(seconds: float) -> Any:
+    """A Timestamp's fields, for a message built around it (cheaper than a message)."""
+    whole = math.floor(seconds)
+    return {"seconds": int(whole), "nanos": int(round((seconds - whole) * 1e9)) % 1_000_000_000}
 
 
 def seconds_of(d: duration_pb2.Duration, default: float | None = None) -> float:
@@ -79,8 +85,17 @@ def _enum_number(wrapper: Any, name: str) -> int:
     return int(wrapper.Value(name))
 
 
+_ENUM_NUMBERS: dict[tuple[str, Any], int] = {}
+
+
 def enum_out(wrapper: Any, prefix: str, value: Any) -> Any:
-    return _enum_number(wrapper, prefix + value.name) if value is not None else 0
+    if value is None:
+        return 0
+    key = (prefix, value)
+    number = _ENUM_NUMBERS.get(key)
+    if number is None:
+        number = _ENUM_NUMBERS[key] = _enum_number(wrapper, prefix + value.name)
+    return number
 
 
 # ----------------------------------------------------------------- queues, sessions
@@ -135,8 +150,8 @@ def session_out(s: model.Session) -> pb.Session:
         issue_type_id=s.issue_type_id,
         required_skills=[pb.RequiredSkill(skill=k, min_level=lv) for k, lv in s.required_skills],
         priority=s.priority,
-        create_time=timestamp(s.created_time),
-        queued_time=timestamp(s.queued_time),
+        create_time=_time_fields(s.created_time),
+        queued_time=_time_fields(s.queued_time),
         state=enum_out(pb.SessionState, "SESSION_STATE_", s.state),
         end_reason=enum_out(pb.EndReason, "END_REASON_", s.end_reason),
         queue=queue_out(s.queue),
@@ -146,7 +161,7 @@ def session_out(s: model.Session) -> pb.Session:
         history=[
             pb.Move(
                 queue=queue_out(m.queue),
-                time=timestamp(m.time),
+                time=_time_fields(m.time),
                 cause=enum_out(pb.Origin, "ORIGIN_", m.cause),
             )
             for m in s.history

@@ -193,7 +193,7 @@ class IntakeServicer(OnDesk, igrpc.IntakeServiceServicer):
                     request_id, kind, reply, status, point = stream.take()
                     if point is not None:
                         try:
-                            await asyncio.shield(point)  # never cancels the entry
+                            await rt.durable_at(point)
                         except JournalError:
                             reply, status = None, unavailable(rt)
                     result = ipb.IntakeResponse(request_id=request_id)

@@ -190,6 +190,14 @@ class Desk:
         self.hub.on_feed = lambda rep_id: put(FEED_OPENED, rep_id)
         self.audit.on_add = lambda entry: put(AUDITED, *astuple(entry))
 
+    def count_to(self, count: Callable[[], None]) -> None:
+        """Without storage: every change is only counted (`count()`), never encoded."""
+        self.engine.on_command = lambda record: count()
+        self.tokens.on_change = lambda change, what: count()
+        self.idempotency.on_store = lambda *entry: count()
+        self.hub.on_feed = lambda rep_id: count()
+        self.audit.on_add = lambda entry: count()
+
     # ------------------------------------------------------------- replaying
 
     def apply(self, record: CommandRecord) -> None:

@@ -82,6 +82,9 @@ class Recorder:
             collections.deque()
         )
         self.waking = False
+        # Who waits for each entry on its way (see wait): resolved as the entry settles,
+        # so a waiting reply runs in the loop's next turn, not two turns later.
+        self.waiters: dict[asyncio.Future[int], list[asyncio.Future[None]]] = {}
 
     def add(self, body: bytes) -> None:
         if self.open is None:
@@ -116,13 +119,21 @@ class Recorder:
 
     def _settled(self, done: Any, future: asyncio.Future[int], held: list[Any]) -> None:
         error = done.exception()
+        waiters = self.waiters.pop(future, ())
         if error is None:
             self.hub.release(held)
             future.set_result(done.result())
+            for waiter in waiters:
+                if not waiter.done():  # its caller may have left (cancelled)
+                    waiter.set_result(None)
             self.on_durable()
         else:
             future.set_exception(error)
             future.exception()  # retrieved: whoever awaits it is told
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+                    waiter.exception()
             self.on_failure(error)
 
     async def durable(self) -> None:
@@ -130,7 +141,17 @@ class Recorder:
         it could not be written."""
         future = self.open or self.last
         if future is not None:
-            await asyncio.shield(future)  # a waiter cancelled never cancels the entry
+            await self.wait(future)
+
+    async def wait(self, future: asyncio.Future[int]) -> None:
+        """Returns once the entry of `future` is durable (JournalError if it failed). A
+        waiter of its own per caller: one cancelled never cancels the entry."""
+        if future.done():
+            future.result()
+            return
+        waiter = self.loop.create_future()
+        self.waiters.setdefault(future, []).append(waiter)
+        await waiter
 
 
 class Runtime:
@@ -336,7 +357,10 @@ class Runtime:
         desk.record_to(None)
         if self.storage is not None and startup:
             self.storage.journal.append(encode_entry(startup)).result()
-        desk.record_to(self._record)
+        if self.storage is None:
+            desk.count_to(self._count)  # nothing to write: changes are only counted
+        else:
+            desk.record_to(self._record)
         desk.engine.timings = self.timings
         desk.engine.state.stats.enabled = settings.statistics
         desk.hub.holding = self.storage is not None
@@ -352,6 +376,9 @@ class Runtime:
         elif not any(r.principal.kind is PrincipalKind.ADMIN for r in tokens.records()):
             admin = self.generated_admin_token = secrets.token_urlsafe(24)
             tokens.add(admin, Principal(PrincipalKind.ADMIN), "first admin token")
+
+    def _count(self) -> None:
+        self.applied += 1
 
     def _record(self, body: bytes) -> None:
         self.applied += 1
@@ -378,11 +405,17 @@ class Runtime:
             await asyncio.sleep(0)
 
     def durable_point(self) -> asyncio.Future[int] | None:
-        """What `durable()` would wait for now, to be awaited later (None: nothing):
-        the Intake stream applies a portal's next call while an earlier one's result
-        waits for its entry."""
+        """What `durable()` would wait for now, to be awaited later with `durable_at`
+        (None: nothing): the Intake stream applies a portal's next call while an
+        earlier one's result waits for its entry."""
         recorder = self.recorder
         return None if recorder is None else (recorder.open or recorder.last)
+
+    async def durable_at(self, point: asyncio.Future[int] | None) -> None:
+        """Returns once the entry of a `durable_point` is durable; JournalError if it
+        could not be written."""
+        if point is not None and self.recorder is not None:
+            await self.recorder.wait(point)
 
     # ------------------------------------------------------------- leading, standing by
 

@@ -164,14 +164,17 @@ class Journal(ABC):
             for _, future in batch:
                 future.set_exception(exc)
             return
+        took = time.perf_counter() - started
         self.last_position = position
-        self._after_commit(position)
         self.stats.records += len(batch)
         self.stats.commits += 1
-        if self.on_commit is not None:
-            self.on_commit(time.perf_counter() - started, len(batch))
+        # The records are durable: their callers are told first, the rest after (the
+        # caller's loop needs the GIL this thread holds meanwhile).
         for (_, future), (pos, _, _) in zip(batch, rows, strict=True):
             future.set_result(pos)
+        self._after_commit(position)
+        if self.on_commit is not None:
+            self.on_commit(took, len(batch))
 
     def _stop_writer(self) -> None:
         self._queue.put(_STOP)
