@@ -437,3 +437,54 @@ def test_the_client_config_table_and_its_fallbacks(tmp_path) -> None:
         load_client_config(bad)
     with pytest.raises(ValueError, match="at least one"):
         Connection([])
+
+
+async def test_a_portal_stream_sends_again_what_a_dropped_connection_left_unanswered() -> None:
+    """Portal.stream(): many starts in flight on one Intake stream; the network drops
+    while results are swallowed, the stream is opened again and every call without a
+    result is sent again: each customer gets one session, and its own."""
+    live = await live_server()
+    proxy = await Proxy(live.port).start()
+    portal = Portal(Connection(proxy.address, token=INTAKE))
+    engine = live.server.runtime.engine
+    try:
+        async with portal.stream() as stream:
+            first = await stream.start(CAROL, issue_type="manual-help")  # the stream is up
+            proxy.swallow = True  # results never arrive ...
+            starts = [
+                asyncio.ensure_future(
+                    stream.start(pb.Customer(name=f"c{i}"), issue_type="manual-help")
+                )
+                for i in range(30)
+            ]
+            await until(lambda: len(engine.state.sessions) == 31)
+            proxy.cut()  # ... and the connection drops
+            proxy.swallow = False
+            replies = await asyncio.wait_for(asyncio.gather(*starts), 20)
+            assert len(engine.state.sessions) == 31  # nothing started twice
+            assert [r.session.customer.name for r in replies] == [f"c{i}" for i in range(30)]
+            assert len({r.session.id for r in replies} | {first.session.id}) == 31
+            # A call's own error is typed, and the stream goes on.
+            with pytest.raises(NotFound):
+                await stream.start(CAROL, issue_type="no-such-type")
+            cancelled = await stream.cancel(first.session.id)
+            assert cancelled.state == pb.SESSION_STATE_ENDED
+    finally:
+        await portal.connection.close()
+        await proxy.close()
+        await live.close()
+
+
+async def test_a_portal_stream_refused_for_good_tells_every_caller() -> None:
+    live = await live_server()
+    portal = Portal(Connection(f"127.0.0.1:{live.port}", token="not-a-token-0123456789"))
+    try:
+        async with portal.stream() as stream:
+            with pytest.raises(Unauthenticated):
+                await asyncio.wait_for(stream.start(CAROL, issue_type="manual-help"), 10)
+            with pytest.raises(Unauthenticated):  # and every later call
+                await stream.start(CAROL, issue_type="manual-help")
+        assert live.server.runtime.engine.sessions() == []
+    finally:
+        await portal.connection.close()
+        await live.close()

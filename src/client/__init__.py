@@ -47,7 +47,7 @@ from .events import (
     SessionOverdue,
     SettingsChanged,
 )
-from .services import Admin, Disconnected, Portal, Supervisor
+from .services import Admin, Disconnected, IntakeStream, Portal, Supervisor
 
 __all__ = [
     "Aborted",
@@ -74,6 +74,7 @@ __all__ = [
     "OfferRescinded",
     "OutcomeUnknown",
     "PermissionDenied",
+    "IntakeStream",
     "Portal",
     "QueueItemAdded",
     "QueueItemChanged",

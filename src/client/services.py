@@ -8,11 +8,13 @@ own; every RPC of the service is reachable with `call("MethodName", request)`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from google.protobuf import duration_pb2
 
 from assigncore.v1 import admin_service_pb2 as apb
@@ -26,12 +28,14 @@ from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 from .connection import Backoff, Connection
 from .errors import (
     AssignCoreError,
+    Cancelled,
     DeadlineExceeded,
     NotLeader,
     PermissionDenied,
     Unauthenticated,
     Unavailable,
     from_rpc_error,
+    from_status,
 )
 
 # Reads are safe to retry on another server; so are writes with a request_id.
@@ -116,28 +120,25 @@ class Portal(_Service):
         support_button or help_link; with none, in the general queue. `service_channel`
         (a channel the desk declared; default: the issue type's) and `preferred_rep` (for
         a PREFERRED_REP routing step) steer its routing."""
-        via = {
-            "issue_type_id": issue_type,
-            "session_key": session_key,
-            "public_rep_id": public_rep,
-            "support_button_id": support_button,
-            "help_link_id": help_link,
-        }
-        chosen = {k: v for k, v in via.items() if v is not None}
-        if len(chosen) > 1:
-            raise ValueError(f"start a session one way, not {sorted(chosen)}")
-        request = ipb.StartSessionRequest(
-            request_id=request_id or uuid.uuid4().hex,
-            customer=customer,
+        request = start_request(
+            customer,
+            issue_type=issue_type,
+            session_key=session_key,
+            public_rep=public_rep,
+            support_button=support_button,
+            help_link=help_link,
             customer_address=customer_address,
             service_channel=service_channel,
-            preferred_rep_id=preferred_rep,
+            preferred_rep=preferred_rep,
+            request_id=request_id,
         )
-        for name, value in chosen.items():
-            setattr(request, name, value)
-        if not chosen:
-            request.undesignated.SetInParent()
         return await self._idempotent("StartSession", request)
+
+    def stream(self) -> IntakeStream:
+        """The same starts and cancels on one long-lived `Intake` stream (for a portal
+        or gateway that starts sessions all day): `async with portal.stream() as s:
+        await s.start(...)`."""
+        return IntakeStream(self.connection)
 
     async def cancel(self, session_id: str, *, request_id: str | None = None) -> pb.Session:
         """The customer left: the session ends as abandoned."""
@@ -165,6 +166,168 @@ class Portal(_Service):
             if status.state == pb.SESSION_STATE_ENDED:
                 return
             await asyncio.sleep(every)
+
+
+def start_request(
+    customer: pb.Customer,
+    *,
+    issue_type: str | None = None,
+    session_key: str | None = None,
+    public_rep: str | None = None,
+    support_button: str | None = None,
+    help_link: str | None = None,
+    customer_address: str = "",
+    service_channel: str = "",
+    preferred_rep: str = "",
+    request_id: str | None = None,
+) -> ipb.StartSessionRequest:
+    """A StartSession request (see Portal.start), with a new request id if none."""
+    via = {
+        "issue_type_id": issue_type,
+        "session_key": session_key,
+        "public_rep_id": public_rep,
+        "support_button_id": support_button,
+        "help_link_id": help_link,
+    }
+    chosen = {k: v for k, v in via.items() if v is not None}
+    if len(chosen) > 1:
+        raise ValueError(f"start a session one way, not {sorted(chosen)}")
+    request = ipb.StartSessionRequest(
+        request_id=request_id or uuid.uuid4().hex,
+        customer=customer,
+        customer_address=customer_address,
+        service_channel=service_channel,
+        preferred_rep_id=preferred_rep,
+    )
+    for name, value in chosen.items():
+        setattr(request, name, value)
+    if not chosen:
+        request.undesignated.SetInParent()
+    return request
+
+
+class IntakeStream:
+    """Starts and cancels on one `Intake` stream, many in flight: each call waits for
+    the result that carries its request id. When the stream breaks (the server went
+    away, another one took the desk over), it is opened again, at the leader, and every
+    call without a result is sent again: the request ids make that safe (the server
+    answers a call it already applied with its first result). A call's own error is
+    raised to its caller; a refusal of the stream itself (a revoked token) to every
+    caller waiting."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        # request id -> (the call, its caller's future), in the order sent
+        self._pending: dict[str, tuple[ipb.IntakeRequest, asyncio.Future[Any]]] = {}
+        self._outbox: asyncio.Queue[ipb.IntakeRequest] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._error: AssignCoreError | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> IntakeStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self, customer: pb.Customer, **how: Any) -> ipb.StartSessionResponse:
+        """As Portal.start, on the stream."""
+        request = start_request(customer, **how)
+        return await self._call(ipb.IntakeRequest(start_session=request), "start_session")
+
+    async def cancel(self, session_id: str, *, request_id: str | None = None) -> pb.Session:
+        """As Portal.cancel, on the stream."""
+        request = ipb.CancelSessionRequest(
+            request_id=request_id or uuid.uuid4().hex, session_id=session_id
+        )
+        reply = await self._call(ipb.IntakeRequest(cancel_session=request), "cancel_session")
+        return reply.session
+
+    async def close(self) -> None:
+        """Stops the stream; calls still waiting raise Cancelled."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._fail(Cancelled("the intake stream was closed"))
+
+    async def _call(self, message: ipb.IntakeRequest, field: str) -> Any:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise Cancelled("the intake stream was closed")
+        request_id = getattr(message, field).request_id
+        if request_id in self._pending:
+            raise ValueError(f"request id {request_id!r} is already waiting for its result")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (message, future)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        elif self._outbox is not None:
+            self._outbox.put_nowait(message)
+        return await future
+
+    def _fail(self, error: AssignCoreError) -> None:
+        pending, self._pending = self._pending, {}
+        for _, future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    async def _run(self) -> None:
+        """Opens the stream at the leader, sends every call without a result (again),
+        and reads results until the stream ends; then opens it again, unless it was
+        refused for good."""
+
+        async def attempt(channel: Any) -> None:
+            outbox: asyncio.Queue[ipb.IntakeRequest] = asyncio.Queue()
+            for message, _ in self._pending.values():
+                outbox.put_nowait(message)
+            self._outbox = outbox
+
+            async def requests() -> AsyncIterator[ipb.IntakeRequest]:
+                while True:
+                    yield await outbox.get()
+
+            stub = igrpc.IntakeServiceStub(channel)
+            call = stub.Intake(requests(), metadata=self.connection.metadata())
+            try:
+                async for result in call:
+                    self._result(result)
+            finally:
+                self._outbox = None
+                call.cancel()
+            if self._pending:  # ended cleanly with calls unanswered: open it again
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    "the intake stream ended with calls unanswered",
+                )
+
+        try:
+            while self._pending and not self._closed:
+                try:
+                    await self.connection.at_leader(attempt, idempotent=True)
+                except (Unavailable, DeadlineExceeded):
+                    await asyncio.sleep(0.1)  # at_leader waited out its leader_wait
+        except AssignCoreError as error:  # refused for good: every caller is told
+            self._error = error
+            self._fail(error)
+        finally:
+            self._task = None
+
+    def _result(self, result: ipb.IntakeResponse) -> None:
+        entry = self._pending.pop(result.request_id, None)
+        if entry is None:
+            return  # no caller waits (a result sent again after a reconnect)
+        _, future = entry
+        if future.done():
+            return
+        if result.status.code != 0:
+            future.set_exception(from_status(result.status))
+        else:
+            future.set_result(getattr(result, result.WhichOneof("response") or "start_session"))
 
 
 # ------------------------------------------------------------------- admin
