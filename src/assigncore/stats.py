@@ -573,9 +573,20 @@ def summary(st: State) -> DeskSummary:
             tuple(_add_up([c.today for c in counters])),
         )
 
+    counted, waiting, zero = stats.queues, stats.waiting, (0.0,) * SLOTS
+
+    def one(queue: QueueRef) -> QueueTotals:  # totals() of one queue, as a scrape needs
+        c, w = counted.get(queue), waiting.get(queue)
+        return QueueTotals(
+            queue,
+            len(w) if w else 0,
+            now - next(iter(w.values())) if w else 0.0,
+            tuple(c.today) if c is not None and c.day == day else zero,
+        )
+
     personal = [q for q in {*stats.queues, *stats.waiting} if q.kind is QueueKind.PERSONAL]
-    queues = [totals(team_queue(t), [team_queue(t)]) for t in st.teams]
-    queues.append(totals(GENERAL_QUEUE, [GENERAL_QUEUE]))
+    queues = [one(team_queue(t)) for t in st.teams]
+    queues.append(one(GENERAL_QUEUE))
     queues.append(totals(ALL_PERSONAL, personal))
     states = dict.fromkeys(RepState, 0)
     teams = {t: [0, 0, 0] for t in st.teams}  # staffed, available, busy

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("assigncore.server")
 
 RECOVERY_RETRY = 1.0  # seconds between attempts to write the journal again
+# Statistics events waiting to be counted when a fold is scheduled (see Runtime.command).
+FOLD_EVERY = 256
 
 
 class Recorder:
@@ -204,6 +206,7 @@ class Runtime:
         self._reloading: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._sleeping_until = math.inf  # the deadline the timer task sleeps until
+        self._folding = False  # a fold of the statistics is scheduled
         self._task: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._snapshotter: asyncio.subprocess.Process | None = None
@@ -697,7 +700,19 @@ class Runtime:
         deadline = self.engine.next_deadline()
         if deadline is not None and deadline < self._sleeping_until:
             self._wake.set()  # the timer task sleeps past a new, earlier deadline
+        stats = self.engine.state.stats
+        if len(stats.pending) >= FOLD_EVERY and not self._folding:
+            # Counted between calls, a few hundred events at a time, never in one.
+            try:
+                asyncio.get_running_loop().call_soon(self._fold)
+                self._folding = True
+            except RuntimeError:  # no loop (a tool): counted now
+                stats.fold()
         return outcome
+
+    def _fold(self) -> None:
+        self._folding = False
+        self.engine.state.stats.fold()
 
     # ------------------------------------------------------------- timers
 

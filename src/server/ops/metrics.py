@@ -61,7 +61,7 @@ from assigncore.stats import summary
 from ..config import split_listen
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ENGINE_BUCKETS = (
@@ -235,11 +235,7 @@ class DeskCollector:
             running = None
         if running is loop:
             return self.gather()
-
-        async def gather() -> bytes:
-            return self.gather()
-
-        future = asyncio.run_coroutine_threadsafe(gather(), loop)
+        future = asyncio.run_coroutine_threadsafe(self.gather_async(), loop)
         try:
             return future.result(SCRAPE_TIMEOUT)
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
@@ -249,6 +245,21 @@ class DeskCollector:
     def gather(self) -> bytes:
         """Every desk series, now (on the event loop), each labelled with its desk."""
         out = Exposition()
+        for _ in self._gather(out):
+            pass
+        return out.bytes()
+
+    async def gather_async(self) -> bytes:
+        """As gather, yielding the loop between slices of the series (a desk of
+        thousands of queues has tens of thousands of samples), so that a scrape never
+        holds a reply for the whole of it. Each desk's figures are taken at once (one
+        summary), and the slices only write them out."""
+        out = Exposition()
+        for _ in self._gather(out):
+            await asyncio.sleep(0)
+        return out.bytes()
+
+    def _gather(self, out: Exposition) -> Iterator[None]:
         gate = None
         for rt in self.desks():
             gate = gate or rt.gate
@@ -299,9 +310,15 @@ class DeskCollector:
             if not rt.serving:
                 continue
             st = rt.engine.state
+            streams = Exposition()
+            streams.desk = rt.desk_id
+            _stream_series(streams, rt)  # taken now, with the desk's figures
             if st.stats.enabled:
-                _desk_series(out, summary(st), st)
-            _stream_series(out, rt)
+                desk = summary(st)
+                thresholds = [stats.Statistics.threshold(st, q.queue) for q in desk.queues]
+                yield  # the figures are taken: the rest only writes them out
+                yield from _desk_series(out, desk, thresholds)
+            out.merge(streams)
         out.desk = ""
         if gate is not None:
             out.single(
@@ -310,7 +327,6 @@ class DeskCollector:
                 "Authenticated calls in flight, console streams included",
                 gate.authenticated,
             )
-        return out.bytes()
 
 
 def _escape(value: str) -> str:
@@ -347,6 +363,15 @@ class Exposition:
     def single(self, name: str, kind: str, help: str, value: float) -> None:
         self.family(name, kind, help)
         self.sample(name, "", value)
+
+    def merge(self, other: Exposition) -> None:
+        """Adds the samples of `other` (its families' HELP and TYPE once)."""
+        for name, lines in other.families.items():
+            mine = self.families.get(name)
+            if mine is None:
+                self.families[name] = list(lines)
+            else:
+                mine.extend(lines[1:])
 
     def bytes(self) -> bytes:
         return "".join(line for lines in self.families.values() for line in lines).encode()
@@ -414,33 +439,50 @@ QUEUE_COUNTERS = (
 TODAY = " since midnight in the desk's time zone (resets then)"
 
 
-def _desk_series(out: Exposition, desk: stats.DeskSummary, st: Any) -> None:
+SLICE = 500  # samples written between two yields of the loop
+
+
+def _desk_series(
+    out: Exposition, desk: stats.DeskSummary, thresholds: list[float]
+) -> Iterator[None]:
+    """Writes the desk's series from its summary; yields every SLICE samples or so."""
+    yield
     queues = [
         (q, out.labels(queue="personal" if q.queue == stats.ALL_PERSONAL else str(q.queue)))
         for q in desk.queues
     ]
     out.family("assigncore_queue_waiting_sessions", "gauge", "Sessions waiting in the queue")
-    for q, labels in queues:
+    for i, (q, labels) in enumerate(queues):
         out.sample("assigncore_queue_waiting_sessions", labels, q.waiting)
+        if i % SLICE == SLICE - 1:
+            yield
     name = "assigncore_queue_longest_wait_seconds"
     out.family(name, "gauge", "How long the longest waiting session has waited in the queue")
-    for q, labels in queues:
+    for i, (q, labels) in enumerate(queues):
         out.sample(name, labels, q.longest_wait)
+        if i % SLICE == SLICE - 1:
+            yield
     name = "assigncore_queue_service_level_threshold_seconds"
     out.family(name, "gauge", "Answered within this counts toward the service level")
-    for q, labels in queues:
-        out.sample(name, labels, stats.Statistics.threshold(st, q.queue))
+    for i, ((_, labels), threshold) in enumerate(zip(queues, thresholds, strict=True)):
+        out.sample(name, labels, threshold)
+        if i % SLICE == SLICE - 1:
+            yield
     out.family("assigncore_queue_sessions_total", "counter", "Sessions by outcome" + TODAY)
-    for q, labels in queues:
+    for i, (q, labels) in enumerate(queues):
         head = labels[:-1]
         for outcome, slot in OUTCOMES:
             out.sample(
                 "assigncore_queue_sessions_total", f'{head},outcome="{outcome}"}}', q.today[slot]
             )
+        if i % (SLICE // len(OUTCOMES)) == 0:
+            yield
     for name, help, slot in QUEUE_COUNTERS:
         out.family(name, "counter", help + TODAY)
-        for q, labels in queues:
+        for i, (q, labels) in enumerate(queues):
             out.sample(name, labels, q.today[slot])
+            if i % SLICE == SLICE - 1:
+                yield
     out.family("assigncore_reps", "gauge", "Reps by state")
     for state, count in desk.reps.items():
         out.sample("assigncore_reps", out.labels(state=state.value.lower()), count)
