@@ -1,5 +1,10 @@
 """End-to-end benchmark of the gRPC server, measured in one run:
 
+- where a lifecycle's cost lies in-process, layer by layer (benchmarks/layers.py: the
+  engine, + fan-out, + journal, + servicers);
+- the server's CPU per call against a bare grpc.aio server in the same run: its
+  trivial unary call and the same made request-streaming, beside this server's health
+  Check and GetMyProfile (`per_call_server_cpu_us`);
 - the empty-RPC floor: health Check round trips (p50/p99);
 - enqueue-to-offer latency: from sending StartSession through the intake service until
   the offer event arrives on the chosen rep's console stream (p50/p99);
@@ -9,7 +14,11 @@
   once with the same actions on its `Connect` stream with the raw stubs, and once on
   the same stream through the Python client (`assigncore.client.Console`); and the
   server's and the client's CPU per lifecycle for each (from /proc): the client's
-  overhead is their ratio (`sdk_to_raw_client_cpu`).
+  overhead is their ratio (`sdk_to_raw_client_cpu`);
+- the all-stream path beside them: the starts on one `Intake` stream and the consoles
+  on `Connect` (`all_stream_*`): lifecycles/s, CPU per lifecycle (also in bare unary
+  calls of the same run), and enqueue-to-offer latency on that path, with the disk's
+  fsync p50 measured beside the desk file.
 
 The server runs as a separate process (`python -m assigncore_server.cli serve`) with 1,000 team
 queues and 1,000 reps whose consoles are connected and streaming throughout. In the
@@ -709,6 +718,14 @@ def main() -> None:
         print(json.dumps(one))
         return
     t0 = time.perf_counter()
+    # Where a lifecycle's cost lies without gRPC: benchmarks/layers.py, in a process of
+    # its own, before any server runs.
+    layers = [sys.executable, str(Path(__file__).with_name("layers.py")), "--json"]
+    layers += ["--reps", str(args.reps)]
+    layers += ["--rounds", "1", "--lifecycles", "1280"] if args.quick else []
+    in_process = json.loads(
+        subprocess.run(layers, stdout=subprocess.PIPE, text=True, check=True).stdout
+    )
     with tempfile.TemporaryDirectory() as tmp:
         off = measure(tmp, args.reps, journal=False, quick=args.quick)
         pairs = []
@@ -733,6 +750,7 @@ def main() -> None:
     result = {
         "reps_streaming": args.reps,
         "team_queues": args.reps,
+        "in_process_layers": in_process,
         "journal_off": off,
         "journal_on": on,
         "journal_on_statistics_and_metrics_off": bare,
