@@ -270,7 +270,8 @@ def _build(settings: Settings, host: Host, metrics: Metrics | None) -> tuple[Ser
     ]
     # No grpc-level maximum_concurrent_rpcs: it cannot spare health checks. The guard
     # keeps budgets per class of call instead (see auth.py). Every service is served
-    # through the guard, none registered with grpc itself (see auth.py: the accept loop).
+    # through the guard; only the hot unary methods are registered with grpc itself,
+    # each checking its own calls (see auth.py: the accept loop).
     routes = Routes()
     cgrpc.add_RepConsoleServiceServicer_to_server(ConsoleServicer(), routes)  # type: ignore[arg-type]
     igrpc.add_IntakeServiceServicer_to_server(IntakeServicer(), routes)  # type: ignore[arg-type]
@@ -294,6 +295,8 @@ def _build(settings: Settings, host: Host, metrics: Metrics | None) -> tuple[Ser
     for rt in host.runtimes:
         rt.gate = guard.gate
     server = grpc.aio.server(handlers=[guard], options=options)
+    for service, handlers in guard.registered().items():
+        server.add_registered_method_handlers(service, handlers)
     credentials = server_credentials(settings)
     check_free(settings.listen, "gRPC ([server] listen)")
     try:

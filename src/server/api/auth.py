@@ -77,6 +77,31 @@ INTAKE_STREAM = "/assigncore.v1.IntakeService/Intake"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
+# Unary methods a busy desk calls most: registered with grpc (see Guard.registered).
+HOT = frozenset(
+    {
+        HEALTH_CHECK,
+        "/assigncore.v1.IntakeService/StartSession",
+        "/assigncore.v1.IntakeService/CancelSession",
+        "/assigncore.v1.IntakeService/GetSessionStatus",
+        "/assigncore.v1.RepConsoleService/AnswerOffer",
+        "/assigncore.v1.RepConsoleService/AcceptSession",
+        "/assigncore.v1.RepConsoleService/EndSession",
+        "/assigncore.v1.RepConsoleService/GetNextSession",
+        "/assigncore.v1.RepConsoleService/TransferSession",
+        "/assigncore.v1.RepConsoleService/ReportPresence",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Details:
+    """A registered hot method's call, as the guard's `service` reads it."""
+
+    method: str
+    invocation_metadata: Any
+
+
 class Routes:
     """Collects what the generated `add_*_to_server` functions register, so that the
     guard serves it: give it in their `server` argument."""
@@ -244,6 +269,32 @@ class Guard(grpc.GenericRpcHandler):
         }
         check = self.routes.get(HEALTH_CHECK)
         self._check = None if check is None else self._unary(check, self._names[HEALTH_CHECK])
+
+    def registered(self) -> dict[str, dict[str, grpc.RpcMethodHandler]]:
+        """The hot unary methods (HOT), by service, to register with grpc: each handler
+        checks its own call (`service` on its headers, as the guard does for the rest).
+        grpc accepts calls of each registered method on a slot of its own, where all
+        other methods share one, so a desk's busiest calls are accepted in parallel."""
+        out: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        for method in sorted(HOT & self.routes.keys()):
+            _, service, name = method.split("/")
+            out.setdefault(service, {})[name] = self._self_checked(method)
+        return out
+
+    def _self_checked(self, method: str) -> grpc.RpcMethodHandler:
+        if method == HEALTH_CHECK:
+            return self._check  # type: ignore[return-value]
+        inner = self.routes[method]
+        assert not inner.request_streaming and not inner.response_streaming, method
+        service = self.service
+
+        async def checked(requests: AsyncIterator[bytes], context: Any) -> Any:
+            handler = service(_Details(method, context.invocation_metadata()))
+            return await handler.stream_unary(requests, context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            checked, request_deserializer=None, response_serializer=inner.response_serializer
+        )
 
     def service(self, details: grpc.HandlerCallDetails) -> Any:
         method = details.method
