@@ -21,11 +21,12 @@ it for a method's handler with the request headers alone, so that:
   long-lived unauthenticated streams (health Watch, reflection) a small budget of their
   own, each rep at most a few console streams; a health Check is never refused.
 
-No method is registered with grpc (`add_registered_method_handlers`): grpc 1.85's aio
-accept loop waits on one pending request per registered method for every incoming
-call (grpc/grpc PR #43461), so every method is served through this one generic handler
-and a dictionary lookup instead.
-"""
+Methods are served through this one generic handler and a dictionary lookup. grpc
+1.85's aio accept loop waits on one pending request per registered method for every
+incoming call (grpc/grpc PR #43461), so registering all 69 costs every call; but the
+unregistered ones share one accept slot, taken one call per turn of that loop. The
+ten hottest unary methods (HOT) are registered, each handler making the same checks
+on its own call (`Guard.registered`)."""
 
 from __future__ import annotations
 
