@@ -180,3 +180,37 @@ async def test_a_deserialized_request_still_works_through_the_guard():
         assert response.session.id
     finally:
         await live.close()
+
+
+async def test_the_registered_hot_methods_check_their_calls_as_the_guard_does():
+    """The hot unary methods are registered with grpc (their own accept slots), and
+    their handlers check each call themselves: no token, a wrong kind of token, or a
+    half-read body get the same statuses as on the generic path."""
+    from assigncore_server.api.auth import HOT
+
+    from .server_harness import rep_token
+
+    live = await live_server()
+    try:
+        for method in sorted(HOT - {CHECK}):
+            raw = live.channel.unary_unary(method)  # bytes on the wire
+            for token, code in (
+                (None, grpc.StatusCode.UNAUTHENTICATED),
+                ("not-a-token-0123456789", grpc.StatusCode.UNAUTHENTICATED),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await raw(b"", metadata=auth(token) if token else None)
+                assert err.value.code() == code, method
+            wrong = INTAKE if "RepConsoleService" in method else rep_token("ann")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"", metadata=auth(wrong))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+            right = rep_token("ann") if "RepConsoleService" in method else INTAKE
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff\xff", metadata=auth(right))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert err.value.details() == "malformed request"
+        assert live.server.runtime.gate.in_flight() == 0
+        assert await health_ok(live)
+    finally:
+        await live.close()
