@@ -196,6 +196,20 @@ async def load(port: int, acked: Acknowledged, rng: random.Random) -> None:
         async def console(rep: str) -> None:
             stub = cgrpc.RepConsoleServiceStub(channel)
             feed = stub.Subscribe(cpb.SubscribeRequest(), metadata=md(rep_token(rep)))
+            # As a console does when it comes back: it goes on with the sessions the rep
+            # still owns (their handling died with the last server). Without this, the
+            # sessions accepted before a kill stay ACTIVE for good, the reps stay full,
+            # and after a few cycles nothing is offered, transferred or invited.
+            mine = await stub.ListMySessions(
+                cpb.ListMySessionsRequest(), metadata=md(rep_token(rep))
+            )
+            for session in mine.sessions:
+                if session.owner_rep_id == rep and session.state == pb.SESSION_STATE_ACTIVE:
+                    handling = asyncio.get_running_loop().create_task(
+                        after_accept(stub, rep, session.id)
+                    )
+                    endings.add(handling)
+                    handling.add_done_callback(endings.discard)
             async for event in feed:
                 if event.WhichOneof("event") != "offer_made":
                     continue
