@@ -174,7 +174,7 @@ async def test_the_stream_needs_an_intake_or_admin_token(token, code):
 
 
 async def test_revoking_the_token_ends_the_stream_and_applies_nothing_after():
-    live = await live_server()
+    live = await live_server(message_timeout=0.2)
     try:
         issued = await live.admin.IssueAccessToken(
             apb.IssueAccessTokenRequest(kind=apb.PRINCIPAL_KIND_INTAKE), metadata=auth(ADMIN)
@@ -183,7 +183,7 @@ async def test_revoking_the_token_ends_the_stream_and_applies_nothing_after():
         await call.write(start("r1", issue_type_id="manual-help"))
         (first,) = await results(call, 1)
         assert first.status.code == code_pb2.OK
-        await asyncio.sleep(0.3)  # quiet: a portal's stream is not timed
+        await asyncio.sleep(0.5)  # quiet past message_timeout: a portal's stream is not timed
         await live.admin.RevokeAccessToken(
             apb.RevokeAccessTokenRequest(token_id=issued.access_token.token_id),
             metadata=auth(ADMIN),
@@ -334,4 +334,28 @@ async def test_a_result_leaves_only_once_its_call_is_durable(monkeypatch):
     finally:
         gate.set()
         monkeypatch.setattr(Journal, "_write", write)
+        await live.close()
+
+
+async def test_a_reader_that_fails_ends_the_stream_with_internal(monkeypatch):
+    """A bug in reading the portal's calls ends the stream with INTERNAL (after the
+    results of what was applied), never leaves it hanging with its budget held."""
+    from assigncore_server.api.intake import IntakeServicer
+
+    live = await live_server()
+    try:
+        call = live.intake.Intake(metadata=auth(INTAKE))
+        await call.write(start("f0", issue_type_id="manual-help"))
+        (first,) = await results(call, 1)
+        assert first.status.code == code_pb2.OK
+
+        async def broken(self, request):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(IntakeServicer, "_intake_call", broken)
+        await call.write(start("f1", issue_type_id="manual-help"))
+        assert await asyncio.wait_for(call.code(), 10) == grpc.StatusCode.INTERNAL
+        await until(lambda: live.server.runtime.gate.in_flight() == 0)
+        assert len(live.server.runtime.engine.sessions()) == 1
+    finally:
         await live.close()

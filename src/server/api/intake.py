@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,8 @@ def portal() -> str:
     principal = current_principal.get()
     return principal.token_id if principal.kind is PrincipalKind.INTAKE else ""
 
+
+log = logging.getLogger("assigncore.server")
 
 MAX_CUSTOMER_ADDRESS = 100
 # Calls an Intake stream reads ahead of the results its portal has taken: then it stops
@@ -208,6 +211,8 @@ class IntakeServicer(OnDesk, igrpc.IntakeServiceServicer):
                     return
                 if why is StreamEnd.MALFORMED:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
+                if why is StreamEnd.FAILED:
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error; reconnect")
                 if why is StreamEnd.DRAINING:
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
                 if why is not None:
@@ -233,6 +238,9 @@ class IntakeServicer(OnDesk, igrpc.IntakeServiceServicer):
             raise
         except MalformedRequest:  # bytes that are not an IntakeRequest
             stream.end(StreamEnd.MALFORMED)
+        except Exception:  # never leave the writer waiting on a reader that died
+            log.exception("the Intake stream's reader failed")
+            stream.end(StreamEnd.FAILED)
 
     async def _intake_call(self, request: ipb.IntakeRequest) -> tuple[Any, ...]:
         """One call of the stream, applied as its unary RPC applies it: (request id,

@@ -46,6 +46,7 @@ class StreamEnd(Enum):
     DEPOSED = "DEPOSED"  # this process no longer leads the desk (hub.not_leader says who)
     MALFORMED = "MALFORMED"  # Connect: the console sent bytes that are not a request
     CLOSED = "CLOSED"  # Intake: the portal sent its last call (half-closed)
+    FAILED = "FAILED"  # Intake: its reader failed (a bug): INTERNAL, applied calls answered
 
 
 class IntakeStream:
