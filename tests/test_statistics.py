@@ -54,8 +54,7 @@ def offered(d: Desk, session_id: str) -> tuple[str, str]:
     return o.rep_id, o.id
 
 
-@pytest.fixture
-def support() -> Desk:
+def support_desk() -> Desk:
     d = Desk(EngineConfig(time_zone="Europe/Berlin"))
     d.team("support", offer_timeout=20, service_level_threshold=30)
     d.team("sales")
@@ -64,6 +63,11 @@ def support() -> Desk:
     issue(d, "support")
     issue(d, "sales")
     return d
+
+
+@pytest.fixture
+def support() -> Desk:
+    return support_desk()
 
 
 def morning(d: Desk) -> None:
@@ -316,13 +320,7 @@ def test_counting_later_gives_the_counts_of_counting_at_once(monkeypatch, fold_a
 
     def day(fold: int) -> object:
         monkeypatch.setattr(stats, "FOLD_AT", fold)
-        d = Desk(EngineConfig(time_zone="Europe/Berlin"))
-        d.team("support", offer_timeout=20, service_level_threshold=30)
-        d.team("sales")
-        d.rep("ann", ["support"])
-        d.rep("bob", ["support"])
-        issue(d, "support")
-        issue(d, "sales")
+        d = support_desk()
         morning(d)
         # s1 was answered within 30 s: raising the bar now leaves it within.
         team = d.engine.team("support")
