@@ -70,7 +70,7 @@ def write_skills(st: State, rep: Rep) -> None:
     steps.touch(st, teams)
     if rep.eligible:
         for t in teams:
-            queue_order.gained(st, t, rep.ordinal, int(st.reps_table.room[rep.ordinal]))
+            queue_order.gained(st, t, rep.ordinal, st.reps_table.room_v[rep.ordinal])
 
 
 def settings_fields(team_id: str, settings: Any, c: v.Checks) -> None:
@@ -338,7 +338,7 @@ def join_team(st: State, team: Team, rep: Rep) -> None:
     steps.touch(st, [team.ordinal])
     if rep.eligible:
         st.team_eligible[team.ordinal] += 1
-        queue_order.gained(st, team.ordinal, rep.ordinal, int(st.reps_table.room[rep.ordinal]))
+        queue_order.gained(st, team.ordinal, rep.ordinal, st.reps_table.room_v[rep.ordinal])
 
 
 def leave_team(st: State, team: Team, rep: Rep) -> None:

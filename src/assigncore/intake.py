@@ -116,7 +116,7 @@ def new_session(
         preferred_rep=preferred_rep,
     )
     if s.service_channel:  # (alloc wrote the default channel's bit)
-        st.sessions_table.chan[slot] = 1 << st.channels[s.service_channel]
+        st.sessions_table.chan_v[slot] = 1 << st.channels[s.service_channel]
     st.sessions[s.id] = s
     if slot == len(st.session_by_slot):
         st.session_by_slot.append(s)

@@ -51,7 +51,7 @@ def _full(st: State, rep: Rep) -> bool:
     """No room for another session: at max_concurrent_sessions, or (with a capacity
     profile) no room in any channel."""
     if rep.permissions.capacity is not None:
-        return not st.reps_table.room[rep.ordinal]
+        return not st.reps_table.room_v[rep.ordinal]
     cap = rep.permissions.max_concurrent_sessions
     return bool(cap and rep.load >= cap)
 
@@ -100,30 +100,30 @@ def sync_rep(st: State, rep: Rep, load_changed: bool = False) -> None:
         | (FLAG_WRAP_UP if rep.wrap_up_timer is not None else 0)
         | (FLAG_PENDING_OFFER if rep.offer is not None else 0)
     )
-    gone = int(table.flags[o]) & _GONE
-    table.flags[o] = flags
+    gone = table.flags_v[o] & _GONE
+    table.flags_v[o] = flags
     profile = rep.permissions.capacity
     changed = gone != flags & _GONE  # signed in or out: what steps could match moved
     if profile is None:
-        table.load[o] = rep.load
-        table.cap[o] = rep.permissions.max_concurrent_sessions or NO_CAP
+        table.load_v[o] = rep.load
+        table.cap_v[o] = rep.permissions.max_concurrent_sessions or NO_CAP
         room = old_room = ALL_CHANNELS
         if rep.id in st.profiled:  # the profile was just taken away
             st.profiled.discard(rep.id)
-            old_room = int(table.room[o])
+            old_room = table.room_v[o]
             table.set_room(o, ALL_CHANNELS, ALL_CHANNELS)
             changed = True
     else:
-        old_room, old_serves = int(table.room[o]), int(table.serves[o])
-        table.load[o], room, serves = capacity.usage(st, rep, profile)
-        table.cap[o] = NO_CAP
+        old_room, old_serves = table.room_v[o], table.serves_v[o]
+        table.load_v[o], room, serves = capacity.usage(st, rep, profile)
+        table.cap_v[o] = NO_CAP
         st.profiled.add(rep.id)
         table.set_room(o, room, serves)
         changed |= serves != old_serves
     if changed:
         steps.touch(st, [st.teams[t].ordinal for t in rep.teams])
     table.refresh(o)
-    eligible = bool(table.rank_key[o] != INELIGIBLE)
+    eligible = table.key_v[o] != INELIGIBLE
     if load_changed or (eligible and not was_eligible):
         table.set_available(o, available_ticks(st))
     if eligible != was_eligible:

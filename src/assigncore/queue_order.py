@@ -228,12 +228,12 @@ def sync_slot(st: State, s: Session) -> None:
     queue, and keep it among that queue's ready sessions exactly then (in the pool of
     its routing step)."""
     table = st.sessions_table
-    was = int(table.team[s.slot])
+    was = table.team_v[s.slot]
     team_ord = -1
     if s.state is SessionState.WAITING and s.queue is not None and s.queue.kind is QueueKind.TEAM:
         team_ord = st.teams[s.queue.owner].ordinal
-    table.team[s.slot] = team_ord
-    table.decl_cnt[s.slot] = len(s.declined_by)
+    table.team_v[s.slot] = team_ord
+    table.decl_cnt_v[s.slot] = len(s.declined_by)
     if team_ord != was:
         leave_pool(st, s, was)
     if team_ord >= 0 and s.pool == NOT_READY:
@@ -246,7 +246,7 @@ def sync_slot(st: State, s: Session) -> None:
 
 def repool(st: State, s: Session, key: PoolKey) -> None:
     """The session's routing step changed its pool: it moves there, ready again."""
-    team_ord = int(st.sessions_table.team[s.slot])
+    team_ord = st.sessions_table.team_v[s.slot]
     if team_ord >= 0:
         leave_pool(st, s, team_ord)
     s.pool_key = key
@@ -285,8 +285,8 @@ def dequeue(st: State, s: Session) -> QueueRef:
     st.queues[queue].remove_session(s.key)
     # Leaving a queue leaves its pools: back in one (even the same), a session is
     # ready afresh, since a transfer clears what parked it.
-    leave_pool(st, s, int(st.sessions_table.team[s.slot]))
-    st.sessions_table.team[s.slot] = -1
+    leave_pool(st, s, st.sessions_table.team_v[s.slot])
+    st.sessions_table.team_v[s.slot] = -1
     st.timers.cancel(s.rule_timer)
     s.rule_timer = None
     steps.leave(st, s)

@@ -90,7 +90,7 @@ def assign(st: State) -> None:
         considered.append((t, key))
         for k in pool.ready:
             heads.append(k)
-            if table.decl_cnt[k & SLOT_MASK] == 0:
+            if table.decl_cnt_v[k & SLOT_MASK] == 0:
                 need -= 1
                 if need == 0:
                     break
@@ -105,7 +105,7 @@ def assign(st: State) -> None:
         if s.declined_by:
             ords = [st.reps[r].ordinal for r in s.declined_by if r in st.reps]
             table.decl_off[slot] = len(pool_ords)
-            table.decl_cnt[slot] = len(ords)
+            table.decl_cnt_v[slot] = len(ords)
             pool_ords.extend(ords)
     batch = st.kernel.assign_batch(
         np.array(slot_list, dtype=np.int64),
@@ -144,8 +144,8 @@ def candidates(st: State, t: int, key: PoolKey) -> int:
             rep is not None
             and team is not None
             and team.id in rep.teams
-            and rt.rank_key[only] != INELIGIBLE
-            and bool(rt.room[only] & chan)
+            and rt.key_v[only] != INELIGIBLE
+            and bool(rt.room_v[only] & chan)
         )
     members = st.teams_table.members(t)
     ok = (rt.rank_key[members] != INELIGIBLE) & ((rt.room[members] & chan) != 0)
@@ -164,7 +164,7 @@ def park(st: State, heads: list[int], considered: list[tuple[int, PoolKey]]) -> 
     for k in heads:
         s = st.session_by_slot[k & SLOT_MASK]
         if s is not None and s.pool == READY and s.key == k:
-            left.append((int(st.sessions_table.team[s.slot]), s))
+            left.append((st.sessions_table.team_v[s.slot], s))
     if not left:
         return
     looked = set(considered)

@@ -80,8 +80,8 @@ def could_match(st: State, s: Session, step: RoutingStep) -> bool:
         return bool(
             rep is not None
             and team.id in rep.teams
-            and not rt.flags[rep.ordinal] & _GONE
-            and rt.serves[rep.ordinal] & chan
+            and not rt.flags_v[rep.ordinal] & _GONE
+            and rt.serves_v[rep.ordinal] & chan
         )
     t = team.ordinal
     key = (t, chan, step.skills if step.kind is StepKind.SKILLS else ())
