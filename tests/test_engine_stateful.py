@@ -16,6 +16,7 @@ from assigncore.columns import ALL_CHANNELS, INELIGIBLE, LOAD_SHIFT
 from assigncore.engine import Engine, EngineConfig
 from assigncore.errors import DomainError
 from assigncore.events import OfferDeclined, OfferMade, OfferRescinded, SessionQueued
+from assigncore.explain import MAX_LISTED, Reason
 from assigncore.model import (
     GENERAL_QUEUE,
     Algorithm,
@@ -542,6 +543,54 @@ class EngineMachine(RuleBasedStateMachine):
                 assert not (self.could_take(rep_id, s) and rep_id not in s.declined_by), (
                     f"{rep_id} idles while {s.id} waits in {s.queue} at step {s.step}"
                 )
+
+    @invariant()
+    def explanations_follow_the_rules(self):
+        """ExplainRouting, for every waiting session, against the brute-force rules: no
+        candidate idles (as work_conserving), and each member's reasons are exactly
+        what the rules say keeps it from the session; the counts add up."""
+        e = self.engine
+        for s in e.sessions():
+            if s.state is not SessionState.WAITING or s.queue.kind is not QueueKind.TEAM:
+                continue
+            team = e.team(s.queue.owner)
+            if team.settings.algorithm is Algorithm.NONE:
+                continue
+            x = e.explain_routing(s.id, MAX_LISTED)
+            assert (x.best_rep_id, x.eligible) == ("", 0), x
+            step = s.steps[s.step]
+            outsider = step.kind is StepKind.PREFERRED_REP and s.preferred_rep not in team.members
+            assert x.members == len(x.candidates) == len(team.members) + outsider
+            counts: dict[Reason, int] = {}
+            for c in x.candidates:
+                for r in c.reasons:
+                    counts[r] = counts.get(r, 0) + 1
+                if c.reasons == (Reason.NOT_A_MEMBER,):
+                    assert c.rep_id == s.preferred_rep
+                    continue
+                rep = e.rep(c.rep_id)
+                want = {
+                    Reason.OFFLINE: not rep.connected,
+                    Reason.LOCKED: rep.locked,
+                    Reason.IDLE: rep.idle,
+                    Reason.AUTO_ASSIGN_OFF: not rep.auto_assign,
+                    Reason.WRAP_UP: rep.wrap_up_timer is not None,
+                    Reason.HAS_PENDING_OFFER: rep.offer is not None,
+                    Reason.DECLINED: c.rep_id in s.declined_by,
+                    Reason.NOT_PREFERRED_REP: step.kind is StepKind.PREFERRED_REP
+                    and c.rep_id != s.preferred_rep,
+                    Reason.MISSING_SKILL: step.kind is StepKind.SKILLS
+                    and any(rep.skills.get(n, 0) < lv for n, lv in step.skills),
+                    Reason.NO_ROOM_FOR_CHANNEL: c.rep_id in PROFILES
+                    and not self.has_room(c.rep_id, s.service_channel),
+                }
+                got = set(c.reasons) - {Reason.AT_CAPACITY}
+                assert got == {r for r, on in want.items() if on}, (c, s.id)
+                # at capacity: ineligible for no reason of its own state but room
+                assert (Reason.AT_CAPACITY in c.reasons) == (
+                    not any(want[r] for r in list(want)[:6]) and not rep.eligible
+                ), (c, s.id)
+            assert dict(x.reason_counts) == counts
 
     @invariant()
     def steps_expire_on_time_and_in_order(self):

@@ -18,6 +18,7 @@ from assigncore.v1 import supervisor_service_pb2 as spb
 from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from .server_harness import ADMIN, INTAKE, auth, live_server
+from .test_hardening import violations
 
 DESK = """
 channels = ["chat", "voice"]
@@ -267,3 +268,34 @@ async def test_channels_and_steps_are_refused_whole_with_details(live):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     after = await live.admin.ListChannels(apb.ListChannelsRequest(), metadata=auth(ADMIN))
     assert list(after.channels) == ["chat", "voice", "email"]
+
+
+async def test_explain_is_bounded_and_counts_every_member(live):
+    """max_candidates bounds the listing; the counts cover the whole team; a bad bound
+    is refused before the session is looked up."""
+    s = await live.start(issue_type_id="fr-voice")  # nobody signed in: it waits
+    full = await explain(live, s.id)
+    assert [c.rep_id for c in full.candidates] == ["ann", "bob"]
+    assert (full.members, full.eligible_candidates) == (2, 0)
+    assert [(r.reason, r.reps) for r in full.reason_counts] == [
+        (REASON.NOT_OFFERED_REASON_OFFLINE, 2),
+        (REASON.NOT_OFFERED_REASON_NO_ROOM_FOR_CHANNEL, 1),  # bob's profile has no voice
+    ]
+    sup = sgrpc.SupervisorServiceStub(live.channel)
+    one = await sup.ExplainRouting(
+        spb.ExplainRoutingRequest(session_id=s.id, max_candidates=1), metadata=auth(ADMIN)
+    )
+    assert [c.rep_id for c in one.candidates] == ["ann"]
+    assert (one.members, list(one.reason_counts)) == (2, list(full.reason_counts))
+    for session_id in (s.id, "no-such-session"):
+        for bad in (-1, 5001):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await sup.ExplainRouting(
+                    spb.ExplainRoutingRequest(session_id=session_id, max_candidates=bad),
+                    metadata=auth(ADMIN),
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert violations(err.value) == ["max_candidates"]
+    async with Connection(f"127.0.0.1:{live.port}", token=FRENCH_SUPERVISOR) as conn:
+        typed = await Supervisor(conn).explain_routing(s.id, max_candidates=1)
+        assert [c.rep_id for c in typed.candidates] == ["ann"] and typed.members == 2

@@ -478,3 +478,34 @@ def test_explain_a_session_outside_team_queues_shows_no_routing():
     x = d.engine.explain_routing(s.id)
     assert x.state is SessionState.WAITING and not x.routed
     assert x.candidates == () and x.decision is None and x.steps == 0
+
+
+def test_explain_lists_at_most_the_limit_and_counts_every_member():
+    """A large team's explanation is bounded: the candidates first in ranking order,
+    then the others by id, at most `limit`; the counts cover every member."""
+    d = Desk()
+    d.team("support", Algorithm.NONE)  # nothing is offered: the eligible stay candidates
+    for i in (4, 2, 0, 3, 1):  # signed in in this order: the earliest ranks first
+        d.rep(f"on{i}", ["support"])
+        d.later(1)
+    for i in range(7):
+        d.rep(f"off{i}", ["support"], connect=False)
+    d.engine.set_locked("on3", True)
+    d.engine.create_issue_type(IssueType("it", "It", "support"))
+    s = start(d)
+    full = d.engine.explain_routing(s.id, 5000)
+    assert [c.rep_id for c in full.candidates] == [
+        *("on4", "on2", "on0", "on1"),  # candidates: longest available first
+        *(f"off{i}" for i in range(7)),  # then the others by id (on3 is locked)
+        "on3",
+    ]
+    assert (full.members, full.eligible) == (12, 4)
+    assert dict(full.reason_counts) == {Reason.OFFLINE: 7, Reason.LOCKED: 1}
+    for limit in (1, 3, 4, 6, 12):
+        x = d.engine.explain_routing(s.id, limit)
+        assert x.candidates == full.candidates[:limit]
+        assert (x.members, x.eligible, x.reason_counts) == (12, 4, full.reason_counts)
+    for bad in (0, -1, 5001, True, 2.5):
+        with pytest.raises(InvalidArgument) as err:
+            d.engine.explain_routing(s.id, bad)
+        assert [f for f, _ in err.value.violations] == ["max_candidates"]

@@ -308,9 +308,12 @@ class Engine:
         """The desk's service channels, in declaration order."""
         return [name for name in self.state.channels if name]
 
-    def explain_routing(self, session_id: str) -> explain.Explanation:
-        """Why the session is or is not offered to each rep (ExplainRouting)."""
-        return explain.explain(self.state, session_id)
+    def explain_routing(
+        self, session_id: str, limit: int = explain.DEFAULT_LISTED
+    ) -> explain.Explanation:
+        """Why the session is or is not offered to each rep (ExplainRouting): at most
+        `limit` reps listed, every member counted."""
+        return explain.explain(self.state, session_id, limit)
 
     # ------------------------------------------------------------------ directory
 

@@ -436,9 +436,13 @@ class Supervisor(_Service):
         reply = await self.call("GetStatistics", spb.GetStatisticsRequest(team_ids=list(team_ids)))
         return reply.statistics
 
-    async def explain_routing(self, session_id: str) -> spb.ExplainRoutingResponse:
-        """Why the session is, or is not, offered to each rep of its team (a read)."""
-        return await self.call("ExplainRouting", spb.ExplainRoutingRequest(session_id=session_id))
+    async def explain_routing(
+        self, session_id: str, max_candidates: int = 0
+    ) -> spb.ExplainRoutingResponse:
+        """Why the session is, or is not, offered to each rep of its team (a read): at
+        most `max_candidates` reps listed (0: the server's 200), every member counted."""
+        request = spb.ExplainRoutingRequest(session_id=session_id, max_candidates=max_candidates)
+        return await self.call("ExplainRouting", request)
 
     async def watch_statistics(
         self,

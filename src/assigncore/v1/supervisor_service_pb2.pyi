@@ -138,16 +138,22 @@ class ExplainRoutingRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
+    max_candidates: _builtins.int
+    """A waiting session: list at most this many reps (0: 200; at most 5,000). The counts
+    in the response cover every member, listed or not.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        max_candidates: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_candidates", b"max_candidates", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,25 +262,39 @@ class ExplainRoutingResponse(_message.Message):
     NEXT_REP_ID_FIELD_NUMBER: _builtins.int
     OFFERED_TO_REP_ID_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_CANDIDATES_FIELD_NUMBER: _builtins.int
+    REASON_COUNTS_FIELD_NUMBER: _builtins.int
     routed: _builtins.bool
     """Whether it waits in a team queue that assigns automatically."""
     next_rep_id: _builtins.str
     """A waiting session: the rep it would be offered to now; empty if nobody."""
     offered_to_rep_id: _builtins.str
     """An offered or accepted session: the rep it was offered to or is owned by."""
+    members: _builtins.int
+    """A waiting session: how many reps `candidates` would list without the limit."""
+    eligible_candidates: _builtins.int
+    """A waiting session: how many of them are candidates now (no reason listed)."""
     @_builtins.property
     def session(self) -> _common_pb2.Session:
         """The session."""
 
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutingCandidate]:
-        """A waiting session: every member of its team (and a preferred rep who is not one),
-        the candidates first in ranking order, then the others.
+        """A waiting session: the members of its team (and a preferred rep who is not one),
+        the candidates first in ranking order, then the others by rep id; at most
+        max_candidates of them.
         """
 
     @_builtins.property
     def decision(self) -> Global___RoutingDecision:
         """That offer's decision; unset for a session accepted by hand."""
+
+    @_builtins.property
+    def reason_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasonCount]:
+        """A waiting session: how many of them have each reason, listed or not; reasons no
+        rep has are left out.
+        """
 
     def __init__(
         self,
@@ -285,14 +305,43 @@ class ExplainRoutingResponse(_message.Message):
         next_rep_id: _builtins.str = ...,
         offered_to_rep_id: _builtins.str = ...,
         decision: Global___RoutingDecision | None = ...,
+        members: _builtins.int = ...,
+        eligible_candidates: _builtins.int = ...,
+        reason_counts: _abc.Iterable[Global___ReasonCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "decision", b"decision", "next_rep_id", b"next_rep_id", "offered_to_rep_id", b"offered_to_rep_id", "routed", b"routed", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "decision", b"decision", "eligible_candidates", b"eligible_candidates", "members", b"members", "next_rep_id", b"next_rep_id", "offered_to_rep_id", b"offered_to_rep_id", "reason_counts", b"reason_counts", "routed", b"routed", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExplainRoutingResponse: _TypeAlias = ExplainRoutingResponse  # noqa: Y015
+
+@_typing.final
+class ReasonCount(_message.Message):
+    """How many reps have a reason not to be offered a session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    REPS_FIELD_NUMBER: _builtins.int
+    reason: Global___NotOfferedReason.ValueType
+    """The reason."""
+    reps: _builtins.int
+    """How many reps have it (a rep with several reasons counts under each)."""
+    def __init__(
+        self,
+        *,
+        reason: Global___NotOfferedReason.ValueType = ...,
+        reps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "reps", b"reps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReasonCount: _TypeAlias = ReasonCount  # noqa: Y015
 
 @_typing.final
 class WindowCounts(_message.Message):

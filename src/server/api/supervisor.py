@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from assigncore import explain
 from assigncore import stats as st
 from assigncore import validation as v
 from assigncore.engine import Engine
@@ -302,15 +303,26 @@ class SupervisorServicer(OnDesk, sgrpc.SupervisorServiceServicer):
 
     @rpc
     async def ExplainRouting(self, request: spb.ExplainRoutingRequest, context: Any) -> Any:
+        limit = request.max_candidates or explain.DEFAULT_LISTED
+        v.integer("max_candidates", limit, 1, explain.MAX_LISTED)  # before any lookup
         s = self._scope().session(request.session_id)
         self.rt.tick()  # timers due by now fire first: the step is the current one
-        x = self.engine.explain_routing(s.id)
+        x = self.engine.explain_routing(s.id, limit)
         out = spb.ExplainRoutingResponse(
             session=self.rt.session_message(self.engine.session(s.id)),
             routed=x.routed,
             next_rep_id=x.best_rep_id,
             offered_to_rep_id=x.offered_to,
             candidates=[candidate_out(c) for c in x.candidates],
+            members=x.members,
+            eligible_candidates=x.eligible,
+            reason_counts=[
+                spb.ReasonCount(
+                    reason=convert.enum_out(spb.NotOfferedReason, "NOT_OFFERED_REASON_", r),
+                    reps=n,
+                )
+                for r, n in x.reason_counts
+            ],
         )
         if x.decision is not None:
             d = x.decision
