@@ -509,3 +509,22 @@ def test_explain_lists_at_most_the_limit_and_counts_every_member():
         with pytest.raises(InvalidArgument) as err:
             d.engine.explain_routing(s.id, bad)
         assert [f for f, _ in err.value.violations] == ["max_candidates"]
+
+
+def test_rule_16_profiles_replaced_over_and_over_keep_a_bounded_cache():
+    """Each distinct profile is compiled once and cached; a desk whose profiles keep
+    changing does not keep them all (the cache starts again), and routes the same."""
+    from assigncore.capacity import PROFILES_KEPT
+
+    d = chat_voice_desk()
+    d.rep("ann", ["support"], permissions=chats(1))
+    both = (("chat", 1), ("voice", 1))
+    for units in range(1, 1001):  # 2,000 distinct profiles
+        d.engine.update_rep("ann", permissions=chats(units))
+        d.engine.update_rep("ann", permissions=Permissions(capacity=CapacityProfile(units, both)))
+        assert len(d.engine.state.profiles) <= PROFILES_KEPT
+    d.engine.update_rep("ann", permissions=chats(2))
+    first, second, third = (start(d, it="chat") for _ in range(3))
+    accept(d, first)
+    accept(d, second)
+    assert offered_to(d, third) is None  # two units, two chats

@@ -101,9 +101,14 @@ def check_profile(st: State, field_name: str, profile: object) -> None:
     c.done()
 
 
+PROFILES_KEPT = 1024  # compiled profiles cached; more are compiled again when used
+
+
 def compiled(st: State, profile: CapacityProfile) -> Compiled:
     got = st.profiles.get(profile)
     if got is None:
+        if len(st.profiles) >= PROFILES_KEPT:  # profiles replaced over and over: start again
+            st.profiles.clear()
         cost = {st.channels[n]: units for n, units in profile.cost}
         limit = {st.channels[n]: count for n, count in profile.limit}
         serves = 0
