@@ -9,6 +9,7 @@ import sqlite3
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2, field_mask_pb2
 from google.protobuf.json_format import MessageToDict
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,6 +18,8 @@ from assigncore.v1 import common_pb2 as pb
 from assigncore.v1 import console_service_pb2 as cpb
 from assigncore.v1 import console_service_pb2_grpc as cgrpc
 from assigncore.v1 import intake_service_pb2 as ipb
+from assigncore.v1 import supervisor_service_pb2 as spb
+from assigncore.v1 import supervisor_service_pb2_grpc as sgrpc
 
 from . import postgres
 from .server_harness import ADMIN, INTAKE, Console, Live, auth, live_server, rep_token, until
@@ -37,6 +40,7 @@ async def view(live: Live, sessions: list[str], dan_token: str) -> dict:
     for name in ("Reps", "Teams", "IssueTypes", "SupportButtons", "HelpLinks", "AccessTokens"):
         request = getattr(apb, f"List{name}Request")(page_size=500)
         out[name] = plain(await getattr(a, f"List{name}")(request, metadata=md))
+    out["channels"] = plain(await a.ListChannels(apb.ListChannelsRequest(), metadata=md))
     # Presence is the one thing a restart changes on purpose: nobody has a console.
     out["connected"] = sorted(r["id"] for r in out["Reps"]["reps"] if r.pop("connected", 0))
     out["Reps"] = sorted(out["Reps"]["reps"], key=str)
@@ -168,6 +172,45 @@ async def test_a_restarted_desk_is_the_same_desk(tmp_path, crash_like, backend):
             "SetFavoriteTeam", cpb.SetFavoriteTeamRequest(team_id="skills", favorite=True)
         )
         await ann.next("chat_message")
+        # Routing beyond the seeds: channels, a capacity profile, and a session that
+        # waits out its first routing step (bob, its preferred rep, is signed in); the
+        # next step names a skill nobody had before.
+        await live.admin.DefineChannels(
+            apb.DefineChannelsRequest(channels=["chat", "voice"]), metadata=md
+        )
+        profile = pb.CapacityProfile(
+            total_units=2, channels=[pb.ChannelCapacity(channel="chat", units=1)]
+        )
+        await live.admin.UpdateRep(
+            apb.UpdateRepRequest(
+                rep=apb.Rep(id="cat", permissions=pb.PermissionProfile(capacity=profile)),
+                update_mask=field_mask_pb2.FieldMask(paths=["permissions"]),
+            ),
+            metadata=md,
+        )
+        ten_minutes = duration_pb2.Duration(seconds=600)
+        await live.admin.CreateIssueType(
+            apb.CreateIssueTypeRequest(
+                issue_type=apb.IssueType(
+                    id="stepped",
+                    display_name="Stepped",
+                    team_id="manual",
+                    service_channel="chat",
+                    steps=[
+                        pb.RoutingStep(kind=pb.STEP_KIND_PREFERRED_REP, duration=ten_minutes),
+                        pb.RoutingStep(
+                            kind=pb.STEP_KIND_SKILLS,
+                            skills=[pb.RequiredSkill(skill="linux", min_level=4)],
+                            duration=ten_minutes,
+                        ),
+                        pb.RoutingStep(kind=pb.STEP_KIND_ANY),
+                    ],
+                )
+            ),
+            metadata=md,
+        )
+        stepped = await live.start(issue_type_id="stepped", preferred_rep_id="bob")
+        assert (stepped.routing_step.step, stepped.service_channel) == (0, "chat")
         sessions = [s.id for s in live.server.runtime.engine.sessions()]
         before = await view(live, sessions, dan.secret)
         ann_seen = ann.seen[-1].sequence
@@ -215,6 +258,15 @@ async def test_a_restarted_desk_is_the_same_desk(tmp_path, crash_like, backend):
         # Ids are never reused.
         fresh = await live.start(issue_type_id="manual-help")
         assert fresh.id not in sessions and keyed.id not in sessions
+        # The step's timer came back: at its expiry the session moves on, past the
+        # skills step that nobody signed in could match now.
+        await live.advance(600)
+        inspected = await sgrpc.SupervisorServiceStub(live.channel).InspectSession(
+            spb.InspectSessionRequest(session_id=stepped.id), metadata=md
+        )
+        routing = inspected.session.routing_step
+        assert (routing.step, routing.kind) == (2, pb.STEP_KIND_ANY)
+        assert [(c.step, c.skipped) for c in routing.changes] == [(2, 1)]
     finally:
         await live.close()
 
