@@ -530,15 +530,19 @@ class EngineMachine(RuleBasedStateMachine):
         assert t.n_eligible == int(ok.sum())
         assert t.narrow[0] == int((t.room[: t.n] != ALL_CHANNELS).sum())
 
-    @invariant()
-    def work_conserving(self):
+    def routed_waiting(self):
+        """(session, team) of every session waiting in a team queue that assigns."""
         e = self.engine
         for s in e.sessions():
             if s.state is not SessionState.WAITING or s.queue.kind is not QueueKind.TEAM:
                 continue
             team = e.team(s.queue.owner)
-            if team.settings.algorithm is Algorithm.NONE:
-                continue
+            if team.settings.algorithm is not Algorithm.NONE:
+                yield s, team
+
+    @invariant()
+    def work_conserving(self):
+        for s, team in self.routed_waiting():
             for rep_id in team.members:
                 assert not (self.could_take(rep_id, s) and rep_id not in s.declined_by), (
                     f"{rep_id} idles while {s.id} waits in {s.queue} at step {s.step}"
@@ -550,12 +554,7 @@ class EngineMachine(RuleBasedStateMachine):
         candidate idles (as work_conserving), and each member's reasons are exactly
         what the rules say keeps it from the session; the counts add up."""
         e = self.engine
-        for s in e.sessions():
-            if s.state is not SessionState.WAITING or s.queue.kind is not QueueKind.TEAM:
-                continue
-            team = e.team(s.queue.owner)
-            if team.settings.algorithm is Algorithm.NONE:
-                continue
+        for s, team in self.routed_waiting():
             x = e.explain_routing(s.id, MAX_LISTED)
             assert (x.best_rep_id, x.eligible) == ("", 0), x
             step = s.steps[s.step]
