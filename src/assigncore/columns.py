@@ -83,9 +83,15 @@ class RepTable(_Bound):
         self._bind()
 
     def _bind(self) -> None:
+        self._bind_kernel()
+        self._views()
+
+    def _bind_kernel(self) -> None:
         self.kernel.bind_reps(
             self.rank_key, self.flags, self.skills, self.marks, self.room, self.narrow, self.n
         )
+
+    def _views(self) -> None:
         # One rep's columns are read and written from Python on every command, through
         # memoryviews: a read costs ~25 ns there against ~125 ns through numpy (and
         # gives a Python int). Rebuilt with every reallocation, as the kernel's binding.
@@ -96,6 +102,7 @@ class RepTable(_Bound):
         self.key_v = self.rank_key.data
         self.room_v = self.room.data
         self.serves_v = self.serves.data
+        self.skills_v = self.skills.data  # [rep, skill]
 
     def add(self) -> int:
         """A new rep ordinal (offline, no load, no skills). Ordinals are never reused."""
@@ -113,15 +120,16 @@ class RepTable(_Bound):
                 "serves",
             ):
                 setattr(self, name, _grow(getattr(self, name), size))
+            self._views()
         ordinal = self.n
         self.n += 1
-        self.load[ordinal] = 0
-        self.cap[ordinal] = NO_CAP
-        self.flags[ordinal] = FLAG_OFFLINE
-        self.avail[ordinal] = 0
-        self.rank_key[ordinal] = INELIGIBLE
-        self.room[ordinal] = self.serves[ordinal] = ALL_CHANNELS
-        self._bind()
+        self.load_v[ordinal] = 0
+        self.cap_v[ordinal] = NO_CAP
+        self.flags_v[ordinal] = FLAG_OFFLINE
+        self.avail_v[ordinal] = 0
+        self.key_v[ordinal] = INELIGIBLE
+        self.room_v[ordinal] = self.serves_v[ordinal] = ALL_CHANNELS
+        self._bind_kernel()  # (the count changed; the views stay unless reallocated)
         return ordinal
 
     def add_skill_column(self) -> int:
