@@ -528,3 +528,55 @@ def test_rule_16_profiles_replaced_over_and_over_keep_a_bounded_cache():
     accept(d, first)
     accept(d, second)
     assert offered_to(d, third) is None  # two units, two chats
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pool_candidates_counted_by_loop_and_by_numpy_agree(seed, monkeypatch):
+    """A pass counts a pool's candidates with a loop for small teams and numpy for
+    large ones; both give the brute-force count (eligible, room for the channel, the
+    step's skills) for every filter."""
+    import random
+
+    from assigncore import routing, steps
+
+    rng = random.Random(seed)
+    d = chat_voice_desk()
+    for i in range(70):
+        profile = rng.choice([None, BLENDED, CapacityProfile(2, (("chat", 1),))])
+        d.rep(
+            f"r{i:02}",
+            ["support"],
+            connect=rng.random() < 0.8,
+            skills={"french": rng.randint(1, 10), "windows": rng.randint(1, 10)},
+            permissions=Permissions(capacity=profile),
+        )
+        if rng.random() < 0.2:
+            busy(d, f"r{i:02}")
+    for _ in range(25):  # some load, so that room differs per channel
+        s = start(d, it=rng.choice(["chat", "voice"]))
+        if d.pending_offer(s.id) is not None and rng.random() < 0.7:
+            accept(d, s)
+    st = d.engine.state
+    t = st.teams["support"].ordinal
+    french, windows = st.skills["french"], st.skills["windows"]
+    for channel in ("", "chat", "voice"):
+        bit = 1 << st.channels[channel]
+        for strict in (None, ((french,), (5,)), ((french, windows), (3, 7))):
+            key = (bit, strict, -1)
+            counts = set()
+            for small in (0, 10**6):
+                monkeypatch.setattr(routing, "SMALL_TEAM", small)
+                counts.add(routing.candidates(st, t, key))
+            brute = 0
+            for rep in st.teams["support"].members:
+                r = st.reps[rep]
+                step = steps.RoutingStep(
+                    StepKind.SKILLS if strict else StepKind.ANY,
+                    tuple(zip(("french", "windows"), strict[1], strict=False)) if strict else (),
+                )
+                brute += (
+                    r.eligible
+                    and bool(st.reps_table.room_v[r.ordinal] & bit)
+                    and all(r.skills.get(n, 0) >= lv for n, lv in step.skills)
+                )
+            assert counts == {brute}, (channel, strict, counts, brute)

@@ -130,6 +130,9 @@ def assign(st: State) -> None:
     park(st, heads, considered)
 
 
+SMALL_TEAM = 48
+
+
 def candidates(st: State, t: int, key: PoolKey) -> int:
     """How many members of team `t` could be offered a session of pool `key` now:
     eligible, with room for its channel, allowed by its step (declines aside)."""
@@ -148,8 +151,19 @@ def candidates(st: State, t: int, key: PoolKey) -> int:
             and bool(rt.room_v[only] & chan)
         )
     members = st.teams_table.members(t)
+    need = list(zip(*strict, strict=True)) if strict is not None and strict[0] else []
+    if len(members) <= SMALL_TEAM:  # a loop over the views costs less than numpy's set-up
+        key_v, room_v, skills_v = rt.key_v, rt.room_v, rt.skills_v
+        return sum(
+            1
+            for r in members.tolist()
+            if key_v[r] != INELIGIBLE
+            and room_v[r] & chan
+            and all(skills_v[r, k] >= level for k, level in need)
+        )
     ok = (rt.rank_key[members] != INELIGIBLE) & ((rt.room[members] & chan) != 0)
-    if strict is not None and strict[0]:
+    if need:
+        assert strict is not None
         ords, levels = strict
         ok &= (rt.skills[members][:, list(ords)] >= np.array(levels, dtype=np.uint8)).all(axis=1)
     return int(ok.sum())
