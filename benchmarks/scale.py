@@ -12,9 +12,11 @@ own), on a manual clock:
 - large: 10,000 teams, 100,000 reps, 1,000,000 sessions waiting, almost all of them in
   ten backlogged "storm" queues whose members are offline.
 
-With --steps, every issue type has three routing steps (a skill at level 6 for 30 s,
-at level 2 for 60 s, then anyone), and the storm teams' members are signed in but
-locked, so every backlogged session waits out its first step in a step FIFO.
+With --steps, every issue type has three routing steps (a skill at level 6, at level
+2, then anyone), and the storm teams' members are signed in but locked, so every
+backlogged session waits out its first step in a step FIFO (steps of 3 h: no measured
+command fires their expiries). `step_expiry` times one session moving on when its
+step expires, beside that backlog.
 
 Both desks have the same probes: 20 probe teams of connected reps with no backlog of
 their own, where lifecycles run (one rep per lifecycle), and a storm queue for Get Next,
@@ -63,6 +65,20 @@ THREE_STEPS = (
     RoutingStep(StepKind.SKILLS, (("storage", 2),), 60.0),
     RoutingStep(),
 )
+# The backlog's steps outlast the run (building a 1M backlog takes 100 s of desk time,
+# the run 2,000 s more): every command is timed beside a million sessions waiting out
+# a step, and no measured command fires their expiries, which `step_expiry` times.
+STORM_STEPS = (
+    RoutingStep(StepKind.SKILLS, (("storage", 6),), 3 * 3600.0),
+    RoutingStep(StepKind.SKILLS, (("storage", 2),), 3 * 3600.0),
+    RoutingStep(),
+)
+# The expiry probe: a session in a storm queue waits out a 1 s step.
+EXPIRY_STEPS = (
+    RoutingStep(StepKind.SKILLS, (("storage", 6),), 1.0),
+    RoutingStep(StepKind.SKILLS, (("storage", 2),), 1.0),
+    RoutingStep(),
+)
 
 
 class Clock:
@@ -87,7 +103,9 @@ def build(n_teams: int, n_reps: int, steps: bool = False) -> Engine:
     buttons and links. With `steps`, issue types have three routing steps and the storm
     teams' members are connected and locked (they could match, so nobody skips)."""
     listed = THREE_STEPS if steps else ()
-    e = Engine(Clock(), EngineConfig(ended_retention=60.0))
+    clock = Clock()
+    e = Engine(clock, EngineConfig(ended_retention=60.0))
+    e.bench_clock = clock  # type: ignore[attr-defined]  (the expiry probe moves it)
     for t in range(n_teams):
         e.create_team(f"t{t}", f"Team {t}", settings=QueueSettings(Algorithm.LEAST_BUSY))
     perms = Permissions(may_get_next=True, shown_on_public_site=True)
@@ -110,7 +128,10 @@ def build(n_teams: int, n_reps: int, steps: bool = False) -> Engine:
             e.connect(f"r{r}")
             e.set_locked(f"r{r}", True)
     for t in range(N_STORMS):
-        e.create_issue_type(IssueType(f"storm{t}", "Storm", f"t{t}", steps=listed))
+        storm_steps = STORM_STEPS if steps else ()
+        e.create_issue_type(IssueType(f"storm{t}", "Storm", f"t{t}", steps=storm_steps))
+    if steps:
+        e.create_issue_type(IssueType("expiry", "Expiry", "t1", steps=EXPIRY_STEPS))
     for p in range(N_PROBES):
         team = f"t{N_STORMS + p}"
         e.create_issue_type(IssueType(f"probe{p}", "Probe", team, steps=listed))
@@ -133,7 +154,9 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(e: Engine, samples: int, times: dict[str, list[float]], first: int = 0) -> None:
+def measure(
+    e: Engine, samples: int, times: dict[str, list[float]], first: int = 0, steps: bool = False
+) -> None:
     """Times `samples` rounds of every command into `times` (sample numbers from
     `first`, so reps created here get new ids)."""
     clock = time.perf_counter
@@ -209,6 +232,18 @@ def measure(e: Engine, samples: int, times: dict[str, list[float]], first: int =
         timed("add_team_member", e.add_team_member, f"t{N_STORMS + (p + 3) % N_PROBES}", rep)
         e.remove_team_member(f"t{N_STORMS + (p + 3) % N_PROBES}", rep)
         timed("create_rep", e.create_rep, f"new{i}", "New", teams=[team])
+        if steps:
+            # A session moves to its next step when its step expires: what else falls
+            # due first is fired untimed, then the expiry alone is timed (the timer
+            # pass, the FIFO's head, the step's columns and pool, its event and pass).
+            desk_clock = e.bench_clock  # type: ignore[attr-defined]
+            s = e.start_from_issue("expiry", CUSTOMER).value
+            desk_clock.t += 0.999
+            e.advance()
+            desk_clock.t += 0.002
+            timed("step_expiry", e.advance)
+            assert e.session(s.id).step == 1, "the expiry probe did not move on"
+            e.cancel_session(s.id)
     e._assign = real_assign  # type: ignore[method-assign]
 
 
@@ -243,7 +278,7 @@ def child(desk: str, quick: bool, steps: bool) -> None:
     for line in sys.stdin:
         word, _, arg = line.strip().partition(" ")
         if word == "round":
-            measure(engine, int(arg), times, done)
+            measure(engine, int(arg), times, done, steps)
             done += int(arg)
             print("done", flush=True)
         elif word == "report":
