@@ -97,6 +97,7 @@ class Chaos:
         self.port, self.seed, self.f = port, seed, figures
         self.address = f"127.0.0.1:{port}"
         self.acknowledged: set[str] = set()
+        self.last_started = ""
         self.tokens: dict[str, str] = {}
         self.stopping = asyncio.Event()
 
@@ -147,6 +148,7 @@ class Chaos:
             try:
                 reply = await intake.StartSession(request, metadata=bearer(INTAKE), timeout=10)
                 self.acknowledged.add(reply.session.id)
+                self.last_started = reply.session.id
                 self.f.sessions_started += 1
                 self.f.calls += 1
             except grpc.aio.AioRpcError as exc:
@@ -287,10 +289,23 @@ class Chaos:
     async def cancelled_calls(self, channel: grpc.aio.Channel, rng: random.Random) -> None:
         intake = igrpc.IntakeServiceStub(channel)
         admin = agrpc.AdminServiceStub(channel)
+        sup = sgrpc.SupervisorServiceStub(channel)
         n = 0
         while not self.stopping.is_set():
             n += 1
-            if rng.random() < 0.5:
+            if rng.random() < 0.3:  # an explanation, asked for and dropped, some bounds bad
+                request = spb.ExplainRoutingRequest(
+                    session_id=self.last_started, max_candidates=rng.choice([0, 1, -1, 9999])
+                )
+                call = sup.ExplainRouting(request, metadata=bearer(ADMIN))
+                if rng.random() < 0.5:
+                    try:
+                        await call
+                    except grpc.aio.AioRpcError as exc:
+                        self.note(exc)
+                    self.f.calls += 1
+                    continue
+            elif rng.random() < 0.5:
                 call = intake.StartSession(
                     ipb.StartSessionRequest(
                         request_id=f"cancelled-{self.seed}-{n}",
