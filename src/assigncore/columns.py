@@ -147,9 +147,9 @@ class RepTable(_Bound):
 
     def refresh(self, rep: int) -> None:
         was = self.key_v[rep] != INELIGIBLE
-        load = self.load_v[rep]
-        if not self.flags_v[rep] and load < self.cap_v[rep] and self.room_v[rep]:
-            self.key_v[rep] = (min(load, MAX_RANKED_LOAD) << LOAD_SHIFT) | self.avail_v[rep]
+        if self.eligible(rep):
+            load = min(self.load_v[rep], MAX_RANKED_LOAD)
+            self.key_v[rep] = (load << LOAD_SHIFT) | self.avail_v[rep]
             self.n_eligible += not was
         else:
             self.key_v[rep] = INELIGIBLE
